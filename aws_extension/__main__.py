@@ -1,0 +1,3 @@
+from aws_extension.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""The `sd-aws` command (also `python -m aws_extension`).
+
+Each subcommand parses its flags here and calls one function of the part it belongs to; heavy modules
+are imported only by the subcommand that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from aws_extension import __version__
+from aws_extension.engine.base import MODEL_TYPES
+
+
+def _add_server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to bind (default 127.0.0.1, env SD_AWS_HOST)")
+    p.add_argument("--port", type=int, help="port to bind (default 8080, env SD_AWS_PORT)")
+    p.add_argument("--data-dir", type=Path, help="data folder (default ~/.sd-aws, env SD_AWS_HOME)")
+
+
+def _add_client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-url", help="middleware URL (env SD_AWS_API_URL, default http://127.0.0.1:8080)")
+    p.add_argument("--api-key", help="API key (env SD_AWS_API_KEY, else the key of the local data dir)")
+    p.add_argument("--data-dir", type=Path, help="local data dir to read the API key from (env SD_AWS_HOME)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sd-aws", description="Stable Diffusion on cloud GPUs.")
+    parser.add_argument("--version", action="version", version=f"sd-aws {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the middleware API")
+    _add_server_flags(p)
+
+    p = sub.add_parser("worker", help="run a worker (SageMaker container contract + /sdapi/v1)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--models-dir", type=Path, required=True, help="folder laid out like the WebUI's models/")
+    p.add_argument("--engine", choices=("diffusers", "webui"), default="diffusers")
+    p.add_argument("--webui-url", help="URL of the A1111 WebUI to forward to (with --engine webui)")
+
+    p = sub.add_parser("make-tiny-model", help="write a tiny random-weight SD 1.x checkpoint for tests and demos")
+    p.add_argument("out", type=Path, help="output .safetensors file")
+    p.add_argument("--extras", type=Path, help="also write a matching LoRA, embedding, VAE and ControlNet here")
+
+    ck = sub.add_parser("checkpoint", help="the model catalogue").add_subparsers(dest="action", required=True)
+    p = ck.add_parser("upload", help="upload model files (multipart, parallel, with progress)")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--type", required=True, choices=MODEL_TYPES, dest="checkpoint_type")
+    p.add_argument("--message", default="", help="a description kept with the checkpoint")
+    _add_client_flags(p)
+    p = ck.add_parser("import", help="import model files from URLs (downloaded by the middleware)")
+    p.add_argument("urls", nargs="+")
+    p.add_argument("--type", required=True, choices=MODEL_TYPES, dest="checkpoint_type")
+    p.add_argument("--hf-token", help="Hugging Face token (sent to huggingface.co only, never stored)")
+    p.add_argument("--civitai-token", help="Civitai token (sent to civitai.com only, never stored)")
+    p.add_argument("--no-wait", action="store_true", help="do not follow the download")
+    _add_client_flags(p)
+    p = ck.add_parser("list", help="list checkpoints")
+    p.add_argument("--type", choices=MODEL_TYPES, dest="checkpoint_type")
+    p.add_argument("--status")
+    _add_client_flags(p)
+
+    ds = sub.add_parser("dataset", help="training datasets").add_subparsers(dest="action", required=True)
+    p = ds.add_parser("create", help="create a dataset from image files and enable it")
+    p.add_argument("name")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--description", default="")
+    _add_client_flags(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from aws_extension.middleware.server import serve
+
+        return serve(host=args.host, port=args.port, data_dir=args.data_dir)
+    if args.command == "worker":
+        from aws_extension.worker.server import serve as serve_worker
+
+        return serve_worker(host=args.host, port=args.port, models_dir=args.models_dir,
+                            engine=args.engine, webui_url=args.webui_url)
+    if args.command == "make-tiny-model":
+        from aws_extension.engine.tiny import write_tiny_model
+
+        write_tiny_model(args.out, extras_dir=args.extras)
+        return 0
+    from aws_extension.client import commands
+
+    return commands.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Every setting of the project, in one place.
+
+Stdlib only (this module is imported inside the WebUI's Python too). Each setting is a dataclass field
+whose metadata names its environment variable; values come from, in increasing priority: the default,
+a JSON config file (`SD_AWS_CONFIG`, or `<data dir>/config.json`), the environment, explicit overrides
+(command-line flags). Each part of the product has its own dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+def _env(name: str, default: Any, help: str) -> Any:
+    return field(default=default, metadata={"env": name, "help": help})
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("SD_AWS_HOME") or Path.home() / ".sd-aws")
+
+
+@dataclass(frozen=True)
+class MiddlewareSettings:
+    data_dir: Path = field(default_factory=_default_data_dir, metadata={"env": "SD_AWS_HOME", "help": "where the store, blobs and secrets live"})
+    host: str = _env("SD_AWS_HOST", "127.0.0.1", "address the middleware binds")
+    port: int = _env("SD_AWS_PORT", 8080, "port the middleware binds")
+    api_key: str | None = _env("SD_AWS_API_KEY", None, "API key; generated into the data dir when unset")
+    public_url: str | None = _env("SD_AWS_PUBLIC_URL", None, "base URL clients reach the middleware at (signed URLs use it); default http://host:port")
+    backend: str = _env("SD_AWS_BACKEND", "local", "local (SQLite, folder, worker processes) or aws")
+    max_body_bytes: int = _env("SD_AWS_MAX_BODY_BYTES", 32 * MiB, "largest JSON request body (413 beyond)")
+    signed_url_ttl_s: int = _env("SD_AWS_SIGNED_URL_TTL_S", 3600, "lifetime of signed blob URLs")
+    multipart_ttl_s: int = _env("SD_AWS_MULTIPART_TTL_S", 24 * 3600, "incomplete multipart uploads are removed after this")
+    multipart_min_part_bytes: int = _env("SD_AWS_MULTIPART_MIN_PART_BYTES", 5 * MiB, "smallest part but the last (S3's rule)")
+    multipart_max_parts: int = _env("SD_AWS_MULTIPART_MAX_PARTS", 10_000, "most parts of one upload (S3's rule)")
+    sweep_interval_s: float = _env("SD_AWS_SWEEP_INTERVAL_S", 300.0, "how often expired uploads are cleaned up")
+    import_allow_private_addresses: bool = _env(
+        "SD_AWS_IMPORT_ALLOW_PRIVATE_ADDRESSES", False,
+        "let URL imports reach loopback/private/link-local addresses (tests only)")
+    import_max_bytes: int = _env("SD_AWS_IMPORT_MAX_BYTES", 50 * GiB, "largest file a URL import may download")
+    import_attempts: int = _env("SD_AWS_IMPORT_ATTEMPTS", 3, "tries per file on transient errors")
+    import_timeout_s: float = _env("SD_AWS_IMPORT_TIMEOUT_S", 60.0, "connect/read timeout of URL imports")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    max_width: int = _env("SD_AWS_MAX_WIDTH", 2048, "largest width (and height) a job may ask for")
+    max_height: int = _env("SD_AWS_MAX_HEIGHT", 2048, "largest height a job may ask for")
+    max_steps: int = _env("SD_AWS_MAX_STEPS", 150, "most sampling steps a job may ask for")
+    max_batch_size: int = _env("SD_AWS_MAX_BATCH_SIZE", 8, "most images per batch")
+    max_n_iter: int = _env("SD_AWS_MAX_N_ITER", 100, "most batches per job")
+    max_prompt_chars: int = _env("SD_AWS_MAX_PROMPT_CHARS", 8000, "longest prompt in characters")
+    pipeline_memory_budget_bytes: int = _env("SD_AWS_PIPELINE_MEMORY_BUDGET_BYTES", 16 * GiB, "loaded pipelines kept in memory (LRU)")
+    model_cache_dir: Path | None = _env("SD_AWS_MODEL_CACHE_DIR", None, "where fetched models are cached (default <models dir>/.cache)")
+    model_cache_budget_bytes: int = _env("SD_AWS_MODEL_CACHE_BUDGET_BYTES", 100 * GiB, "size of the model cache before LRU eviction")
+    download_timeout_s: float = _env("SD_AWS_DOWNLOAD_TIMEOUT_S", 60.0, "connect/read timeout when fetching models")
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    api_url: str = _env("SD_AWS_API_URL", "http://127.0.0.1:8080", "middleware base URL")
+    api_key: str | None = _env("SD_AWS_API_KEY", None, "middleware API key")
+    timeout_s: float = _env("SD_AWS_CLIENT_TIMEOUT_S", 30.0, "timeout of one API call")
+
+
+S = TypeVar("S")
+
+
+def _convert(raw: Any, annotation: Any) -> Any:
+    text = str(annotation)
+    if raw is None:
+        return None
+    if "bool" in text:
+        if isinstance(raw, bool):
+            return raw
+        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+    if "Path" in text:
+        return Path(raw).expanduser()
+    if text.startswith("int") or text == "<class 'int'>":
+        return int(raw)
+    if "float" in text:
+        return float(raw)
+    return str(raw)
+
+
+def load(cls: type[S], environ: dict[str, str] | None = None, **overrides: Any) -> S:
+    """Build settings `cls` from defaults, the config file, the environment and `overrides` (None = unset)."""
+    environ = dict(os.environ if environ is None else environ)
+    hints = get_type_hints(cls)
+    config_path = environ.get("SD_AWS_CONFIG")
+    if not config_path:
+        data_dir = overrides.get("data_dir") or environ.get("SD_AWS_HOME") or Path.home() / ".sd-aws"
+        config_path = str(Path(data_dir).expanduser() / "config.json")
+    file_values: dict[str, Any] = {}
+    if Path(config_path).is_file():
+        file_values = json.loads(Path(config_path).read_text())
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        env_name = f.metadata.get("env")
+        if overrides.get(f.name) is not None:
+            raw = overrides[f.name]
+        elif env_name and environ.get(env_name) not in (None, ""):
+            raw = environ[env_name]
+        elif f.name in file_values:
+            raw = file_values[f.name]
+        else:
+            continue
+        try:
+            values[f.name] = _convert(raw, hints[f.name])
+        except ValueError as exc:
+            raise ValueError(f"Setting {env_name or f.name} has an invalid value {raw!r}: {exc}") from None
+    return cls(**values)
