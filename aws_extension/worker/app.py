@@ -1,0 +1,139 @@
+"""The worker's HTTP surface: SageMaker's `/ping` and `/invocations`, and A1111's `/sdapi/v1/*`.
+
+HTTP only; the work is in `runtime`, `invocations` and the engine. Job routes are plain `def` routes, so
+FastAPI runs them in its thread pool and `/ping` and `/progress` keep answering while a job runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import Body, FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from aws_extension.engine.base import EngineError, Interrupted
+from aws_extension.worker.invocations import execute_invocation
+from aws_extension.worker.runtime import CHECKPOINT_TYPE, EngineNotReady, WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+def _a1111_error(status: int, kind: str, message: str) -> JSONResponse:
+    """An error in the shape the WebUI's API answers with."""
+    return JSONResponse({"error": kind, "detail": message, "body": "", "errors": message}, status_code=status)
+
+
+def _sdapi_call(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except EngineError as exc:
+        return _a1111_error(400, "EngineError", str(exc))
+    except Interrupted:
+        return _a1111_error(409, "Interrupted", "The job was interrupted.")
+    except EngineNotReady as exc:
+        return _a1111_error(503, "EngineNotReady", str(exc))
+    except Exception as exc:  # noqa: BLE001 - the client gets one sentence, the log keeps the trace
+        log.exception("Job failed")
+        return _a1111_error(500, type(exc).__name__, f"Internal error: {type(exc).__name__}: {exc}")
+
+
+def _stem(name: str) -> str:
+    return Path(name).with_suffix("").as_posix()
+
+
+def create_app(runtime: WorkerRuntime) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.start_engine()
+        yield
+
+    app = FastAPI(title="sd-aws worker", lifespan=lifespan)
+
+    @app.get("/ping")
+    async def ping() -> JSONResponse:
+        body: dict[str, Any] = {"status": runtime.status}
+        if runtime.engine_error:
+            body["error"] = runtime.engine_error
+        return JSONResponse(body, status_code=200 if runtime.ready else 503)
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> JSONResponse:
+        body = await request.body()
+        status, answer = await run_in_threadpool(execute_invocation, runtime, body)
+        return JSONResponse(answer, status_code=status)
+
+    def generation_route(task: str) -> Callable[[dict[str, Any]], Any]:
+        def route(payload: dict[str, Any] = Body(...)) -> Any:
+            def run() -> dict[str, Any]:
+                result = runtime.generate(task, payload)
+                return {"images": [base64.b64encode(png).decode() for png in result.images],
+                        "parameters": result.parameters, "info": json.dumps(result.info)}
+
+            return _sdapi_call(run)
+
+        return route
+
+    app.post("/sdapi/v1/txt2img")(generation_route("txt2img"))
+    app.post("/sdapi/v1/img2img")(generation_route("img2img"))
+
+    @app.get("/sdapi/v1/progress")
+    def progress() -> dict[str, Any]:
+        return runtime.jobs.progress_report()
+
+    @app.post("/sdapi/v1/interrupt")
+    def interrupt(job_id: str | None = None) -> dict[str, Any]:
+        return {"interrupted": runtime.jobs.interrupt(job_id)}
+
+    @app.get("/sdapi/v1/samplers")
+    def samplers() -> Any:
+        return _sdapi_call(lambda: [{"name": s, "aliases": [], "options": {}} for s in runtime.engine.samplers()])
+
+    @app.get("/sdapi/v1/sd-models")
+    def sd_models() -> list[dict[str, Any]]:
+        return [{"title": name, "model_name": _stem(name), "hash": None, "sha256": None,
+                 "filename": str(path), "config": None}
+                for name, path in runtime.models.by_type(CHECKPOINT_TYPE).items()]
+
+    @app.get("/sdapi/v1/loras")
+    def loras() -> list[dict[str, Any]]:
+        return [{"name": _stem(name), "alias": _stem(name), "path": str(path), "metadata": {}}
+                for name, path in runtime.models.by_type("Lora").items()]
+
+    @app.get("/sdapi/v1/embeddings")
+    def embeddings() -> dict[str, Any]:
+        loaded = {_stem(name): {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                "shape": None, "vectors": None}
+                  for name in runtime.models.by_type("embeddings")}
+        return {"loaded": loaded, "skipped": {}}
+
+    @app.get("/sdapi/v1/hypernetworks")
+    def hypernetworks() -> list[dict[str, Any]]:
+        return [{"name": _stem(name), "path": str(path)}
+                for name, path in runtime.models.by_type("hypernetworks").items()]
+
+    @app.get("/sdapi/v1/sd-vae")
+    def sd_vae() -> list[dict[str, Any]]:
+        return [{"model_name": name, "filename": str(path)} for name, path in runtime.models.by_type("VAE").items()]
+
+    @app.get("/sdapi/v1/options")
+    def get_options() -> dict[str, Any]:
+        return runtime.options()
+
+    @app.post("/sdapi/v1/options")
+    def set_options(changes: dict[str, Any] = Body(...)) -> Any:
+        return _sdapi_call(lambda: runtime.set_options(changes))
+
+    def refresh() -> None:
+        runtime.models.refresh()
+
+    for what in ("checkpoints", "loras", "embeddings", "vae", "hypernetworks"):
+        app.post(f"/sdapi/v1/refresh-{what}")(refresh)
+
+    return app

@@ -1,0 +1,172 @@
+"""An engine that forwards jobs to a running A1111 WebUI through its `/sdapi/v1` API.
+
+For each job: the job's model files are linked (or copied, across file systems) into the WebUI's model
+folders when that folder is known, the WebUI is told to rescan, the checkpoint is selected through
+`POST /sdapi/v1/options`, and the payload goes to `/sdapi/v1/txt2img|img2img`. Progress comes from the
+WebUI's `/sdapi/v1/progress`, polled while the job runs; cancelling calls `/sdapi/v1/interrupt`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from aws_extension.engine.base import (
+    EngineError,
+    GenerationResult,
+    Interrupted,
+    ModelSet,
+    Progress,
+    ProgressCallback,
+)
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT_TYPE = "Stable-diffusion"
+_REFRESH_ROUTES = ("refresh-checkpoints", "refresh-loras", "refresh-embeddings", "refresh-vae")
+
+
+class WebUIError(RuntimeError):
+    """The WebUI failed (unreachable, or an internal error); not the job's fault."""
+
+
+class WebUIEngine:
+    def __init__(self, webui_url: str, webui_models_dir: Path | None = None, timeout_s: float = 60.0,
+                 poll_interval_s: float = 0.25):
+        self.api = webui_url.rstrip("/") + "/sdapi/v1"
+        self.webui_models_dir = webui_models_dir
+        self.timeout_s = timeout_s
+        self.poll_interval_s = poll_interval_s
+        self._session = requests.Session()
+
+    def wait_until_reachable(self, deadline_s: float | None = None) -> None:
+        """Block until the WebUI answers its API (it may still be starting); forever when no deadline."""
+        started = time.monotonic()
+        while True:
+            try:
+                if self._session.get(f"{self.api}/sd-models", timeout=self.timeout_s).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if deadline_s is not None and time.monotonic() - started > deadline_s:
+                raise WebUIError(f"The WebUI at {self.api} did not answer within {deadline_s:.0f} s")
+            time.sleep(1.0)
+
+    def samplers(self) -> list[str]:
+        return [s["name"] for s in self._call("GET", "samplers")]
+
+    def generate(self, task: str, payload: dict[str, Any], models: ModelSet,
+                 progress: ProgressCallback | None = None,
+                 cancel: threading.Event | None = None) -> GenerationResult:
+        if task not in ("txt2img", "img2img"):
+            raise EngineError(f"The WebUI engine cannot run task {task!r}", field="task")
+        cancel = cancel or threading.Event()
+        if self.webui_models_dir is not None:
+            self._place_models(models)
+        checkpoint = self._checkpoint_name(models)
+        if self._call("GET", "options").get("sd_model_checkpoint") != checkpoint:
+            self._call("POST", "options", {"sd_model_checkpoint": checkpoint})
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="webui-job") as pool:
+            answer = pool.submit(self._call, "POST", task, payload, generation=True)
+            interrupted = False
+            while not answer.done():
+                if cancel.is_set() and not interrupted:
+                    self._call("POST", "interrupt")
+                    interrupted = True
+                if progress is not None:
+                    self._report_progress(progress)
+                time.sleep(self.poll_interval_s)
+            result = answer.result()
+        if cancel.is_set():
+            raise Interrupted()
+        try:
+            images = [base64.b64decode(image, validate=True) for image in result.get("images") or []]
+        except binascii.Error as exc:
+            raise WebUIError(f"The WebUI answered an image that is not base64: {exc}") from exc
+        info = result.get("info") or "{}"
+        return GenerationResult(images=images, parameters=result.get("parameters") or {},
+                                info=json.loads(info) if isinstance(info, str) else info)
+
+    def merge(self, primary: Path, secondary: Path, tertiary: Path | None, method: str, multiplier: float,
+              save_as_half: bool, out: Path, progress: ProgressCallback | None = None) -> None:
+        raise EngineError("The WebUI engine cannot merge checkpoints (the WebUI API has no merge route); "
+                          "send merge-checkpoint jobs to a diffusers worker", field="task")
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _call(self, method: str, route: str, body: Any = None, *, generation: bool = False) -> Any:
+        """One API call; a generation waits as long as the WebUI works on it."""
+        try:
+            response = self._session.request(method, f"{self.api}/{route}", json=body,
+                                             timeout=None if generation else self.timeout_s)
+        except requests.RequestException as exc:
+            raise WebUIError(f"The WebUI did not answer {route}: {type(exc).__name__}") from exc
+        if response.status_code >= 500:
+            raise WebUIError(f"The WebUI failed on {route}: HTTP {response.status_code} {_detail(response)}")
+        if response.status_code == 409:  # an sd-aws worker answers an interrupted job so
+            raise Interrupted()
+        if response.status_code >= 400:
+            raise EngineError(f"The WebUI refused {route}: {_detail(response)}")
+        return response.json() if response.content else None
+
+    def _report_progress(self, progress: ProgressCallback) -> None:
+        try:
+            state = self._call("GET", "progress?skip_current_image=true")["state"]
+        except (WebUIError, KeyError, TypeError):
+            return  # progress is best effort; the job's own answer decides
+        if state.get("sampling_steps"):
+            progress(Progress(step=int(state.get("sampling_step") or 0), total_steps=int(state["sampling_steps"]),
+                              job_no=int(state.get("job_no") or 0), job_count=int(state.get("job_count") or 1)))
+
+    def _checkpoint_name(self, models: ModelSet) -> str:
+        for name, path in models.files.get(_CHECKPOINT_TYPE, {}).items():
+            if path == models.checkpoint:
+                return name
+        return models.checkpoint.name
+
+    def _place_models(self, models: ModelSet) -> None:
+        """Link each of the job's files into the WebUI's folder under its name, then have it rescan."""
+        assert self.webui_models_dir is not None
+        placed = False
+        for model_type, files in models.files.items():
+            for name, source in files.items():
+                target = self.webui_models_dir / model_type / name
+                if target.exists() and target.samefile(source):
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staging = target.with_name(f".{target.name}.placing")
+                staging.unlink(missing_ok=True)
+                try:
+                    os.link(source, staging)
+                except OSError:  # another file system: copy instead
+                    shutil.copyfile(source, staging)
+                staging.replace(target)  # atomic: the WebUI never sees half a file
+                placed = True
+                log.info("Placed %s/%s in the WebUI's models folder", model_type, name)
+        if placed:
+            for route in _REFRESH_ROUTES:
+                try:
+                    self._call("POST", route)
+                except EngineError:
+                    log.info("The WebUI has no %s route; skipped", route)
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(body, dict):
+        return str(body.get("detail") or body.get("errors") or body.get("error") or body)[:300]
+    return str(body)[:300]
