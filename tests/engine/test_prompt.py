@@ -1,0 +1,134 @@
+"""A1111 prompt syntax: attention parsing, extra networks, 75-token chunks, embeddings with emphasis."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aws_extension.engine.base import EngineError
+from aws_extension.engine.prompt import (
+    CHUNK_LENGTH,
+    LoraCall,
+    check_supported_syntax,
+    encode_chunks,
+    encode_prompt_pair,
+    extract_extra_networks,
+    parse_prompt_attention,
+    tokenize_into_chunks,
+)
+
+BOS, EOS = 49406, 49407
+
+
+def _close(runs: list[tuple[str, float]], expected: list[tuple[str, float]]) -> bool:
+    return len(runs) == len(expected) and all(
+        text == want_text and weight == pytest.approx(want_weight)
+        for (text, weight), (want_text, want_weight) in zip(runs, expected)
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [  # the examples of A1111's parse_prompt_attention docstring
+        ("normal text", [("normal text", 1.0)]),
+        ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
+        ("(unbalanced", [("unbalanced", 1.1)]),
+        ("\\(literal\\]", [("(literal]", 1.0)]),
+        ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
+        (
+            "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+            [("a ", 1.0), ("house", 1.573), (" ", 1.1), ("on", 1.0), (" a ", 1.1), ("hill", 0.55),
+             (", sun, ", 1.1), ("sky", 1.4641), (".", 1.1)],
+        ),
+        ("[faint]", [("faint", 1 / 1.1)]),
+        ("a BREAK b", [("a", 1.0), ("BREAK", -1.0), ("b", 1.0)]),
+        ("", [("", 1.0)]),
+    ],
+)
+def test_parse_prompt_attention_matches_a1111(text: str, expected: list[tuple[str, float]]) -> None:
+    assert _close(parse_prompt_attention(text), expected), parse_prompt_attention(text)
+
+
+def test_extra_networks_are_removed_and_returned() -> None:
+    text, calls = extract_extra_networks("a cat <lora:tiny-lora:0.5>, <lyco:other:0.3:0.7> sitting <lora:x>")
+    assert text == "a cat ,  sitting "
+    assert calls == [LoraCall("tiny-lora", 0.5, 0.5), LoraCall("other", 0.3, 0.7), LoraCall("x", 1.0, 1.0)]
+    _, named = extract_extra_networks("<lora:n:te=0.2:unet=0.9>")
+    assert named == [LoraCall("n", 0.2, 0.9)]
+
+
+@pytest.mark.parametrize("bad", ["<hypernet:h:1>", "<lora:n:abc>"])
+def test_unsupported_extra_networks_are_refused(bad: str) -> None:
+    with pytest.raises(EngineError, match="^prompt"):
+        extract_extra_networks(f"a {bad}")
+
+
+@pytest.mark.parametrize("bad", ["a cat AND a dog", "[cat:dog:0.5]", "[cat|dog]", "[dog:10]"])
+def test_scheduled_and_composable_prompts_are_refused(bad: str) -> None:
+    with pytest.raises(EngineError, match="^prompt"):
+        check_supported_syntax(bad, "prompt")
+
+
+def test_plain_brackets_are_allowed() -> None:
+    check_supported_syntax("a [faint] (bold:1.2) \\[x:y\\] cat", "prompt")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from aws_extension.engine.checkpoints import load_tokenizer
+
+    return load_tokenizer()
+
+
+def test_short_prompt_is_one_padded_chunk(tokenizer) -> None:
+    (chunk,) = tokenize_into_chunks("a photo of a cat", tokenizer)
+    assert chunk.tokens[:7] == [BOS, 320, 1125, 539, 320, 2368, EOS]
+    assert chunk.tokens[7:] == [EOS] * 70 and len(chunk.tokens) == CHUNK_LENGTH + 2
+    assert chunk.multipliers == [1.0] * 77
+
+
+def test_emphasis_multipliers_follow_the_tokens(tokenizer) -> None:
+    (chunk,) = tokenize_into_chunks("a (cat:1.5) [dog]", tokenizer)
+    assert chunk.multipliers[1:4] == pytest.approx([1.0, 1.5, 1 / 1.1])
+
+
+def test_long_prompt_and_break_make_more_chunks(tokenizer) -> None:
+    long_chunks = tokenize_into_chunks(" ".join(["cat"] * 100), tokenizer)
+    assert len(long_chunks) == 2
+    assert long_chunks[0].tokens[1:76] == [2368] * 75 and long_chunks[1].tokens[1:26] == [2368] * 25
+    broken = tokenize_into_chunks("a cat BREAK a dog", tokenizer)
+    assert len(broken) == 2
+    assert broken[1].tokens[:4] == [BOS, 320, 1929, EOS]
+
+
+def test_chunk_ending_shortly_after_a_comma_moves_the_tail(tokenizer) -> None:
+    # 70 tokens, a comma, then 10 more: the 10 tokens after the comma start the second chunk.
+    chunks = tokenize_into_chunks(" ".join(["cat"] * 70) + ", " + " ".join(["dog"] * 10), tokenizer)
+    assert len(chunks) == 2
+    assert chunks[0].tokens[71] == tokenizer.convert_tokens_to_ids(",</w>")
+    assert chunks[1].tokens[1:11] == [1929] * 10
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_models_dir):
+    from aws_extension.engine.checkpoints import load_checkpoint_pipeline
+
+    return load_checkpoint_pipeline(tiny_models_dir / "Stable-diffusion" / "tiny-sd.safetensors")
+
+
+def test_prompt_pair_is_padded_to_the_same_length(pipe) -> None:
+    positive, negative = encode_prompt_pair(" ".join(["cat"] * 100), "ugly", pipe)
+    assert positive.shape == negative.shape == (1, 154, pipe.text_encoder.config.hidden_size)
+    # The negative's second chunk is the empty prompt's encoding.
+    empty = encode_chunks(tokenize_into_chunks("", pipe.tokenizer), pipe.text_encoder)
+    assert torch.equal(negative[:, 77:], empty)
+
+
+def test_emphasis_and_clip_skip_change_the_embeddings(pipe) -> None:
+    plain, _ = encode_prompt_pair("a cat", "", pipe)
+    assert torch.allclose(encode_prompt_pair("a (cat:1.0)", "", pipe)[0], plain)
+    emphasised, _ = encode_prompt_pair("a (cat:1.5)", "", pipe)
+    assert not torch.allclose(emphasised, plain)
+    assert emphasised.mean() == pytest.approx(plain.mean().item(), abs=1e-5)  # A1111 restores the mean
+    skipped, _ = encode_prompt_pair("a cat", "", pipe, clip_skip=2)
+    assert not torch.allclose(skipped, plain)
