@@ -188,7 +188,7 @@ def _fetch_models(runtime: WorkerRuntime, invocation: Invocation) -> dict[str, d
     files = runtime.models.all()
     for ref in invocation.models:
         path = runtime.cache.fetch(ref.sha256, ref.name, ref.url,
-                                   check=lambda p, name=ref.name: model_file_problem(p, name))
+                                   check=lambda p, ref=ref: model_file_problem(p, ref.name, ref.type))
         files.setdefault(ref.type, {})[ref.name] = path
     return files
 
@@ -259,7 +259,7 @@ def _run_merge(runtime: WorkerRuntime, invocation: Invocation) -> dict[str, Any]
     started = time.monotonic()
     with runtime.cache.pinned(ref.sha256 for ref in invocation.models):
         by_name = {ref.name: runtime.cache.fetch(ref.sha256, ref.name, ref.url,
-                                                 check=lambda p, name=ref.name: model_file_problem(p, name))
+                                                 check=lambda p, ref=ref: model_file_problem(p, ref.name, ref.type))
                    for ref in invocation.models}
         primary = _merge_path(params, "primary_model_name", by_name, required=True)
         secondary = _merge_path(params, "secondary_model_name", by_name, required=True)

@@ -7,16 +7,12 @@ skipped.
 
 from __future__ import annotations
 
-import json
-import struct
 import threading
 from pathlib import Path
 
 from aws_extension.engine.base import MODEL_TYPES
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-# A safetensors file starts with the length of its JSON header; real headers are far below this.
-_MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024
 
 
 def scan_models(root: Path) -> dict[str, dict[str, Path]]:
@@ -34,34 +30,33 @@ def scan_models(root: Path) -> dict[str, dict[str, Path]]:
     return found
 
 
-def model_file_problem(path: Path, name: str) -> str | None:
-    """Why `path` (to be known as `name`) is not a model file, or None when it looks like one.
+# The kind `engine.checkpoints` detects for each model folder (hypernetworks are not detected).
+_KIND_OF_TYPE = {"Stable-diffusion": "checkpoint", "Lora": "lora", "embeddings": "embedding", "VAE": "vae",
+                 "ControlNet": "controlnet"}
 
-    Only the container format is checked (a safetensors header with tensors, or a zip/pickle torch
-    file): enough to refuse an HTML error page or a text file before it reaches the engine.
+
+def model_file_problem(path: Path, name: str, model_type: str) -> str | None:
+    """Why `path` (to be known as `name`, a model of `model_type`) is refused, or None when it is fine.
+
+    Reads the tensor names and shapes (not the weights): enough to refuse an HTML error page, a text
+    file, or a LoRA sent as a checkpoint before the engine tries to load it.
     """
-    suffix = Path(name).suffix.lower()
-    if suffix not in MODEL_SUFFIXES:
+    from aws_extension.engine.base import EngineError
+    from aws_extension.engine.checkpoints import inspect_model_file, read_tensor_shapes
+
+    if Path(name).suffix.lower() not in MODEL_SUFFIXES:
         return f"{name} is not a model file: expected one of {', '.join(MODEL_SUFFIXES)}"
-    with path.open("rb") as f:
-        head = f.read(8)
-        if suffix == ".safetensors":
-            if len(head) < 8:
-                return f"{name} is not a safetensors file: it is only {len(head)} bytes long"
-            (header_len,) = struct.unpack("<Q", head)
-            if not 0 < header_len <= _MAX_SAFETENSORS_HEADER_BYTES:
-                return f"{name} is not a safetensors file: its header is unreadable"
-            try:
-                header = json.loads(f.read(header_len))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                return f"{name} is not a safetensors file: its header is not JSON"
-            if not isinstance(header, dict) or not any(k != "__metadata__" for k in header):
-                return f"{name} is not a model: the safetensors file holds no tensors"
+    expected_kind = _KIND_OF_TYPE.get(model_type)
+    try:
+        if expected_kind is None:
+            read_tensor_shapes(path)
             return None
-    # .ckpt/.pt/.pth/.bin: torch.save writes a zip archive; older files are a bare pickle.
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return None
-    return f"{name} is not a model file: it is neither a safetensors file nor a torch checkpoint"
+        kind = inspect_model_file(path).kind
+    except EngineError as exc:
+        return str(exc)  # it names the file
+    if kind != expected_kind:
+        return f"{name} is a {kind}, not a model of type {model_type}"
+    return None
 
 
 class ModelsIndex:

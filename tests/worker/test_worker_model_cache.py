@@ -58,9 +58,9 @@ def test_missing_url_and_refused_file_give_reasons(cache: ModelCache, file_serve
         cache.fetch("0" * 64, "gone.safetensors", file_server.url + "/nothing-here")
     page = b"<html>Access denied</html>"
     url = file_server.serve("/page.safetensors", page)
-    with pytest.raises(ModelFetchError, match="not a safetensors file"):
+    with pytest.raises(ModelFetchError, match="not a valid safetensors file"):
         cache.fetch(sha256_of(page), "page.safetensors", url,
-                    check=lambda p: model_file_problem(p, "page.safetensors"))
+                    check=lambda p: model_file_problem(p, "page.safetensors", "Lora"))
     assert not cache.is_cached(sha256_of(page))
     with pytest.raises(ModelFetchError, match="http or https"):
         cache.fetch(sha256_of(page), "x.safetensors", "file:///etc/passwd")
@@ -103,14 +103,14 @@ def test_concurrent_jobs_download_one_file_once(cache: ModelCache, file_server: 
     assert file_server.gets["/concurrent.bin"] == 1
 
 
-def test_model_file_problem_recognises_models(tmp_path: Path):
-    good = tmp_path / "good.safetensors"
-    good.write_bytes(safetensors_bytes(4))
-    assert model_file_problem(good, "good.safetensors") is None
-    zipped = tmp_path / "good.ckpt"
-    zipped.write_bytes(b"PK\x03\x04rest")
-    assert model_file_problem(zipped, "good.ckpt") is None
+def test_model_file_problem_checks_the_kind(tiny_models_dir: Path, tmp_path: Path):
+    checkpoint = tiny_models_dir / "Stable-diffusion" / "tiny-sd.safetensors"
+    lora = tiny_models_dir / "Lora" / "tiny-lora.safetensors"
+    assert model_file_problem(checkpoint, "a.safetensors", "Stable-diffusion") is None
+    assert model_file_problem(lora, "b.safetensors", "Lora") is None
+    assert "is a lora, not a model of type Stable-diffusion" in model_file_problem(lora, "b.safetensors",
+                                                                                    "Stable-diffusion")
     text = tmp_path / "notes.ckpt"
     text.write_bytes(b"hello")
-    assert "neither a safetensors file nor a torch checkpoint" in model_file_problem(text, "notes.ckpt")
-    assert "expected one of" in model_file_problem(text, "notes.txt")
+    assert "notes.ckpt" in model_file_problem(text, "notes.ckpt", "Stable-diffusion")
+    assert "expected one of" in model_file_problem(text, "notes.txt", "Stable-diffusion")
