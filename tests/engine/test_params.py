@@ -1,0 +1,158 @@
+"""Payload validation, A1111 seeds and noise, sampler names (no model needed)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from aws_extension.engine.base import EngineError
+from aws_extension.engine.params import initial_noise, normalise_payload, slerp
+from aws_extension.engine.samplers import SAMPLERS, make_scheduler, resolve_sampler, sampler_names
+from aws_extension.settings import WorkerSettings
+
+SETTINGS = WorkerSettings()
+
+
+def _png(width: int, height: int) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 40, 200)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_defaults_are_the_seed_api_defaults() -> None:
+    params = normalise_payload("txt2img", {"prompt": "a cat"}, SETTINGS)
+    assert (params.steps, params.cfg_scale, params.width, params.height) == (28, 7.0, 512, 512)
+    assert params.sampler == "Euler a" and params.batch_size == 1 and params.n_iter == 1
+    assert 0 <= params.seed < 4294967294 and params.hires is None and params.clip_skip == 1
+
+
+def test_seeds_follow_a1111() -> None:
+    params = normalise_payload("txt2img", {"seed": 10, "subseed": 3, "batch_size": 2, "n_iter": 2}, SETTINGS)
+    assert params.all_seeds == [10, 11, 12, 13]
+    varied = normalise_payload("txt2img", {"seed": 10, "subseed": 3, "subseed_strength": 0.5, "batch_size": 3}, SETTINGS)
+    assert varied.all_seeds == [10, 10, 10] and varied.all_subseeds == [3, 4, 5]
+
+
+def test_width_and_height_round_down_to_multiples_of_8() -> None:
+    params = normalise_payload("txt2img", {"width": 100, "height": 71}, SETTINGS)
+    assert (params.width, params.height) == (96, 64)
+
+
+@pytest.mark.parametrize(
+    ("task", "payload", "field"),
+    [
+        ("txt2img", {"sampler_name": "Nope"}, "sampler_name"),
+        ("txt2img", {"width": 0}, "width"),
+        ("txt2img", {"width": 100000}, "width"),
+        ("txt2img", {"height": 100000}, "height"),
+        ("txt2img", {"steps": 0}, "steps"),
+        ("txt2img", {"steps": 151}, "steps"),
+        ("txt2img", {"batch_size": 0}, "batch_size"),
+        ("txt2img", {"n_iter": 0}, "n_iter"),
+        ("txt2img", {"prompt": "a" * 10_000}, "prompt"),
+        ("txt2img", {"negative_prompt": 5}, "negative_prompt"),
+        ("txt2img", {"cfg_scale": "high"}, "cfg_scale"),
+        ("txt2img", {"restore_faces": True}, "restore_faces"),
+        ("txt2img", {"styles": ["my style"]}, "styles"),
+        ("txt2img", {"script_name": "x/y/z plot"}, "script_name"),
+        ("txt2img", {"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
+        ("txt2img", {"enable_hr": True, "hr_scale": 100}, "hr_scale"),
+        ("txt2img", {"s_churn": 0.5}, "s_churn"),
+        ("txt2img", {"eta": 0.3}, "eta"),
+        ("txt2img", {"scheduler": "Exponential"}, "scheduler"),
+        ("txt2img", {"unknown_field": 1}, "unknown_field"),
+        ("txt2img", {"init_images": [_png(8, 8)]}, "init_images"),
+        ("txt2img", {"override_settings": {"sd_hypernetwork": "x"}}, "override_settings.sd_hypernetwork"),
+        ("txt2img", {"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts.adetailer"),
+        ("txt2img", {"alwayson_scripts": {"controlnet": {"args": [
+            {"module": "canny", "model": "m", "image": _png(8, 8)}]}}}, "alwayson_scripts.controlnet.args[0].module"),
+        ("txt2img", {"alwayson_scripts": {"controlnet": {"args": [
+            {"module": "none", "model": "m", "image": "@@@"}]}}}, "alwayson_scripts.controlnet.args[0].image"),
+        ("img2img", {}, "init_images"),
+        ("img2img", {"init_images": ["not base64!"]}, "init_images[0]"),
+        ("img2img", {"init_images": [base64.b64encode(b"not an image").decode()]}, "init_images[0]"),
+        ("img2img", {"init_images": [_png(64, 64)], "mask": _png(32, 64)}, "mask"),
+        ("img2img", {"init_images": [_png(64, 64)], "denoising_strength": 2}, "denoising_strength"),
+        ("img2img", {"init_images": [_png(64, 64)], "inpainting_fill": 7}, "inpainting_fill"),
+        ("img2img", {"init_images": [_png(64, 64)], "resize_mode": 3}, "resize_mode"),
+        ("img2img", {"init_images": [_png(64, 64)], "enable_hr": True}, "enable_hr"),
+    ],
+)
+def test_bad_input_names_the_field(task: str, payload: dict, field: str) -> None:
+    with pytest.raises(EngineError) as error:
+        normalise_payload(task, payload, SETTINGS)
+    assert error.value.field == field
+    assert str(error.value).startswith(field)
+
+
+def test_no_op_and_neutral_fields_are_accepted() -> None:
+    payload = {
+        "styles": [], "restore_faces": False, "send_images": True, "save_images": False, "do_not_save_samples": True,
+        "do_not_save_grid": True, "override_settings_restore_afterwards": True, "script_args": [],
+        "sampler_index": "Euler a", "script_name": None, "s_tmax": 1.0, "s_tmin": 0.0, "s_noise": 1.0,
+        "firstphase_width": 0, "firstphase_height": 0, "alwayson_scripts": {"extra options": {"args": []}},
+        "override_settings": {"CLIP_stop_at_last_layers": 2, "sd_vae": "tiny-vae.safetensors"},
+        "task_type": "txt2img", "models": {"Stable-diffusion": ["x.safetensors"]}, "sagemaker_endpoint_name": "e",
+    }
+    params = normalise_payload("txt2img", payload, SETTINGS)
+    assert params.clip_skip == 2 and params.sd_vae == "tiny-vae.safetensors"
+
+
+def test_hires_target_size_follows_a1111() -> None:
+    base = {"width": 64, "height": 96, "enable_hr": True}
+    scaled = normalise_payload("txt2img", {**base, "hr_scale": 1.5}, SETTINGS).hires
+    assert scaled and (scaled.width, scaled.height) == (96, 144) and scaled.denoising_strength == 0.7
+    by_x = normalise_payload("txt2img", {**base, "hr_resize_x": 128}, SETTINGS).hires
+    assert by_x and (by_x.width, by_x.height) == (128, 192)
+    cropped = normalise_payload("txt2img", {**base, "hr_resize_x": 128, "hr_resize_y": 128}, SETTINGS).hires
+    assert cropped and (cropped.target_width, cropped.target_height) == (128, 192)
+    assert (cropped.width, cropped.height) == (128, 128)
+
+
+def test_controlnet_unit_is_parsed() -> None:
+    unit = {"enabled": True, "module": "none", "model": "tiny-controlnet [abc123]", "weight": 0.5,
+            "image": _png(64, 64), "guidance_start": 0.1, "guidance_end": 0.8, "resize_mode": "Just Resize",
+            "low_vram": False, "processor_res": 512, "pixel_perfect": False, "is_ui": True}
+    disabled = {"enabled": False, "module": "canny"}
+    params = normalise_payload("txt2img", {"alwayson_scripts": {"controlnet": {"args": [disabled, unit]}}}, SETTINGS)
+    (parsed,) = params.controlnet
+    assert (parsed.index, parsed.weight, parsed.guidance_start, parsed.guidance_end) == (1, 0.5, 0.1, 0.8)
+    assert parsed.image.size == (64, 64)
+
+
+def test_noise_is_seeded_and_variation_seeds_interpolate() -> None:
+    shape = (4, 8, 8)
+    first = initial_noise(shape, [1, 2], [0, 0], 0.0)
+    assert first.shape == (2, 4, 8, 8)
+    assert torch.equal(first[0], torch.randn(shape, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(initial_noise(shape, [2], [0], 0.0)[0], first[1])
+    varied = initial_noise(shape, [1], [5], 0.3)[0]
+    assert not torch.equal(varied, first[0])
+    fully = initial_noise(shape, [1], [5], 1.0)[0]
+    assert torch.allclose(fully, torch.randn(shape, generator=torch.Generator().manual_seed(5)), atol=1e-5)
+    a, b = torch.ones(4, 2, 2), torch.ones(4, 2, 2)
+    assert torch.equal(slerp(0.5, a, b), a)
+
+
+def test_seed_resize_keeps_the_centre_of_the_other_size() -> None:
+    noise = initial_noise((4, 8, 8), [7], [0], 0.0, seed_resize_from_w=32, seed_resize_from_h=32)[0]
+    small = torch.randn((4, 4, 4), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(noise[:, 2:6, 2:6], small)
+
+
+def test_every_sampler_builds_and_unknown_names_list_the_valid_ones() -> None:
+    from diffusers import PNDMScheduler
+
+    from aws_extension.engine.checkpoints import architecture_config_dir
+
+    config = PNDMScheduler.load_config(architecture_config_dir("sd1-tiny") / "scheduler")
+    for name in sampler_names():
+        scheduler = make_scheduler(resolve_sampler(name), config, seed=1)
+        assert type(scheduler).__name__ == SAMPLERS[name].scheduler_class
+    assert make_scheduler(resolve_sampler("Euler", "Karras"), config, 1).config.use_karras_sigmas
+    with pytest.raises(EngineError, match="valid samplers: Euler a, Euler, LMS"):
+        resolve_sampler("Euler b")
