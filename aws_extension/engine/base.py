@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-# The checkpoint types of API.md, which are also the WebUI's model folder names.
-MODEL_TYPES = ("Stable-diffusion", "Lora", "embeddings", "hypernetworks", "ControlNet", "VAE")
+from aws_extension.model_types import MODEL_TYPES  # noqa: F401 - re-exported for the engine and worker
 
 
 class EngineError(ValueError):

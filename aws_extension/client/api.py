@@ -1,0 +1,241 @@
+"""A `requests`-only client of the middleware: one method per route of API.md.
+
+Used by the CLI, the gradio tabs and the WebUI extension, so it imports nothing but the standard
+library and `requests` (it runs inside the WebUI's own Python).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import requests
+
+MiB = 1024 * 1024
+DEFAULT_PART_SIZE = 16 * MiB  # S3's minimum part is 5 MiB; bigger parts mean fewer round trips
+
+
+class ApiError(Exception):
+    """The middleware answered an error (or could not be reached: status 0)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{message} (HTTP {status})" if status else message)
+        self.status = status
+        self.message = message
+
+
+ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+class MiddlewareClient:
+    def __init__(self, api_url: str, api_key: str | None, timeout_s: float = 30.0,
+                 session: requests.Session | None = None):
+        if not api_url:
+            raise ApiError(0, "No API URL is set: enter the middleware's URL (e.g. http://127.0.0.1:8080).")
+        self.api_url = api_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self.session = session or requests.Session()
+
+    # -- plumbing --------------------------------------------------------------------------------------
+    def request(self, method: str, path: str, *, json: Any = None, params: Any = None) -> Any:
+        headers = {"Accept": "application/json"}
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        try:
+            response = self.session.request(method, self.api_url + path, json=json, params=params,
+                                            headers=headers, timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise ApiError(0, f"Cannot reach the middleware at {self.api_url}: {type(exc).__name__}.") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("error") or response.text
+            except ValueError:
+                message = response.text[:300] or response.reason
+            raise ApiError(response.status_code, message)
+        return response.json()
+
+    # -- connection --------------------------------------------------------------------------------------
+    def healthz(self) -> dict:
+        return self.request("GET", "/healthz")
+
+    def test_connection(self) -> dict:
+        return self.request("GET", "/inference/test-connection")
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def create_checkpoint(self, checkpoint_type: str, filenames: list[tuple[str, int]],
+                          params: dict | None = None) -> dict:
+        body = {"checkpoint_type": checkpoint_type, "params": params or {},
+                "filenames": [{"filename": n, "parts_number": p} for n, p in filenames]}
+        return self.request("POST", "/checkpoint", json=body)
+
+    def complete_checkpoint(self, checkpoint_id: str, multi_parts_tags: dict[str, list[dict]]) -> dict:
+        return self.request("PUT", "/checkpoint", json={"checkpoint_id": checkpoint_id, "status": "Active",
+                                                        "multi_parts_tags": multi_parts_tags})
+
+    def set_checkpoint_status(self, checkpoint_id: str, status: str) -> dict:
+        return self.request("PUT", "/checkpoint", json={"checkpoint_id": checkpoint_id, "status": status})
+
+    def list_checkpoints(self, types: list[str] | None = None, status: list[str] | None = None) -> list[dict]:
+        params = {"types": ",".join(types or []), "status": ",".join(status or [])}
+        return self.request("GET", "/checkpoints", params={k: v for k, v in params.items() if v})["checkpoints"]
+
+    def import_checkpoint(self, checkpoint_type: str, urls: list[str], params: dict | None = None) -> dict:
+        return self.request("POST", "/upload_checkpoint",
+                            json={"checkpointType": checkpoint_type, "modelUrl": urls, "params": params or {}})
+
+    def embedding_names(self) -> list[str]:
+        return self.request("GET", "/inference/get-texual-inversion-list")
+
+    def lora_names(self) -> list[str]:
+        return self.request("GET", "/inference/get-lora-list")
+
+    def hypernetwork_names(self) -> list[str]:
+        return self.request("GET", "/inference/get-hypernetwork-list")
+
+    def controlnet_names(self) -> list[str]:
+        return self.request("GET", "/inference/get-controlnet-model-list")
+
+    def presigned_upload_url(self, key: str) -> str:
+        return self.request("GET", "/inference/generate-s3-presigned-url-for-uploading", params={"key": key})
+
+    # -- datasets ------------------------------------------------------------------------------------------
+    def create_dataset(self, name: str, content: list[dict], params: dict | None = None) -> dict:
+        return self.request("POST", "/dataset", json={"dataset_name": name, "content": content, "params": params or {}})
+
+    def set_dataset_status(self, name: str, status: str) -> dict:
+        return self.request("PUT", "/dataset", json={"dataset_name": name, "status": status})
+
+    def list_datasets(self, status: list[str] | None = None) -> list[dict]:
+        params = {"dataset_status": ",".join(status)} if status else None
+        return self.request("GET", "/datasets", params=params)["datasets"]
+
+    def dataset_files(self, name: str) -> list[dict]:
+        return self.request("GET", f"/dataset/{requests.utils.quote(name, safe='')}/data")["data"]
+
+    # -- uploads -------------------------------------------------------------------------------------------
+    def put_file(self, url: str, path: Path, retries: int = 3) -> str:
+        """PUT a whole file to a signed URL; returns the ETag."""
+        return _put_with_retries(self.session, url, path, 0, path.stat().st_size, retries, self.timeout_s)
+
+    def upload_checkpoint_files(self, checkpoint_type: str, paths: list[Path], params: dict | None = None,
+                                part_size: int = DEFAULT_PART_SIZE, workers: int = 4, retries: int = 3,
+                                progress: ProgressCallback | None = None) -> dict:
+        """Upload model files as one checkpoint: parts in parallel, with retries; then complete it."""
+        sizes = {p.name: p.stat().st_size for p in paths}
+        counts = {name: max(1, math.ceil(size / part_size)) for name, size in sizes.items()}
+        created = self.create_checkpoint(checkpoint_type, list(counts.items()), params)
+        total, done = sum(sizes.values()), 0
+        jobs = [(path, n, url) for path in paths for n, url in enumerate(created["s3PresignUrl"][path.name], 1)]
+        tags: dict[str, list[dict]] = {p.name: [] for p in paths}
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {}
+            for path, number, url in jobs:
+                start = (number - 1) * part_size
+                length = min(part_size, sizes[path.name] - start)
+                futures[pool.submit(_put_with_retries, self.session, url, path, start, length, retries,
+                                    self.timeout_s)] = (path.name, number, length)
+            for future in as_completed(futures):
+                name, number, length = futures[future]
+                tags[name].append({"ETag": future.result(), "PartNumber": number})
+                done += length
+                if progress:
+                    progress(done, total)
+        for parts in tags.values():
+            parts.sort(key=lambda t: t["PartNumber"])
+        return self.complete_checkpoint(created["checkpoint"]["id"], tags)["checkpoint"]
+
+    def wait_for_checkpoint(self, checkpoint_id: str, timeout_s: float = 3600, poll_s: float = 1.0,
+                            on_update: Callable[[dict], None] | None = None) -> dict:
+        """Poll until the checkpoint leaves `Initialed` (URL imports); returns its listed record."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = next((c for c in self.list_checkpoints() if c["id"] == checkpoint_id), None)
+            if record is None:
+                raise ApiError(404, f"checkpoint {checkpoint_id} does not exist.")
+            if on_update:
+                on_update(record)
+            if record["status"] != "Initialed":
+                return record
+            if time.monotonic() > deadline:
+                raise ApiError(0, f"checkpoint {checkpoint_id} is still Initialed after {timeout_s} s.")
+            time.sleep(poll_s)
+
+    def create_dataset_from_files(self, name: str, paths: list[Path], description: str = "",
+                                  progress: ProgressCallback | None = None) -> dict:
+        """Create a dataset, upload every file, then enable it."""
+        content = [{"filename": p.name, "name": p.name, "type": _file_type(p)} for p in paths]
+        urls = self.create_dataset(name, content, {"description": description} if description else {})["s3PresignUrl"]
+        total, done = sum(p.stat().st_size for p in paths), 0
+        for path in paths:
+            self.put_file(urls[path.name], path)
+            done += path.stat().st_size
+            if progress:
+                progress(done, total)
+        return self.set_dataset_status(name, "Enabled")
+
+
+def _file_type(path: Path) -> str:
+    return path.suffix.lstrip(".").lower() or "file"
+
+
+class _FileSlice:
+    """A read-only window on a file, so a part is streamed from disk, not loaded into memory."""
+
+    def __init__(self, path: Path, start: int, length: int):
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by _put_with_retries
+        self._file.seek(start)
+        self._left = length
+        self.len = length
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        size = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._file.read(size)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _put_with_retries(session: requests.Session, url: str, path: Path, start: int, length: int,
+                      retries: int, timeout_s: float) -> str:
+    for attempt in range(1, retries + 1):
+        body = _FileSlice(path, start, length)
+        try:
+            response = session.put(url, data=body, headers={"Content-Length": str(length)}, timeout=timeout_s)
+            if response.status_code < 400:
+                return response.headers["ETag"]
+            retryable = response.status_code >= 500 or response.status_code == 429
+            message = _error_text(response)
+        except requests.RequestException as exc:
+            retryable, message = True, f"{type(exc).__name__}"
+        finally:
+            body.close()
+        if not retryable or attempt == retries:
+            raise ApiError(0 if retryable else response.status_code,
+                           f"Uploading {path.name} bytes {start}..{start + length} failed: {message}")
+        time.sleep(min(10.0, 0.5 * 2 ** (attempt - 1)))
+    raise AssertionError("unreachable")
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        return response.json().get("error") or response.reason
+    except ValueError:
+        return response.text[:200] or response.reason
+
+
+def default_api_key(data_dir: Path | None = None) -> str | None:
+    """SD_AWS_API_KEY, else the key a local `sd-aws serve` generated in its data dir."""
+    if os.environ.get("SD_AWS_API_KEY"):
+        return os.environ["SD_AWS_API_KEY"]
+    key_file = Path(data_dir or os.environ.get("SD_AWS_HOME") or Path.home() / ".sd-aws") / "api_key"
+    return key_file.read_text().strip() if key_file.is_file() else None

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from aws_extension.client import MiddlewareClient
+from tests.helpers import start_middleware
+
+API_KEY = "test-key"
+
+
+def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]], filler: int = 0) -> bytes:
+    """A valid safetensors file with zero-filled F32 tensors of the given names and shapes."""
+    header, data, offset = {}, b"", 0
+    for name, (dtype, shape) in tensors.items():
+        size = 4
+        for dim in shape:
+            size *= dim
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        data += bytes([filler]) * size
+        offset += size
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+def fake_lora(path: Path, padding_bytes: int = 0) -> Path:
+    """A LoRA-shaped safetensors file; `padding_bytes` makes it big enough for multipart tests."""
+    floats = max(1, padding_bytes // 4)
+    path.write_bytes(safetensors_bytes({"lora_unet_down_blocks_0_attn.lora_down.weight": ("F32", [floats]),
+                                        "lora_unet_down_blocks_0_attn.alpha": ("F32", [1])}, filler=7))
+    return path
+
+
+@pytest.fixture(scope="session")
+def middleware(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("mw") / "data"
+    server = start_middleware(data_dir, API_KEY, env={"SD_AWS_IMPORT_ALLOW_PRIVATE_ADDRESSES": "1"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(middleware) -> MiddlewareClient:
+    return MiddlewareClient(middleware.url, API_KEY)
+
+
+@pytest.fixture
+def headers() -> dict[str, str]:
+    return {"x-api-key": API_KEY, "Content-Type": "application/json", "Accept": "application/json"}
