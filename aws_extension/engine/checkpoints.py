@@ -51,6 +51,7 @@ _CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 _SD1_CROSS_ATTENTION_KEY = _UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 _SD1_CONTROLNET_CROSS_ATTENTION_KEY = "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 _DIFFUSERS_CROSS_ATTENTION_KEY = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+_TINY_CROSS_ATTENTION_DIM = 32  # no real model is this small: a file without metadata is still recognised
 
 
 @dataclass(frozen=True)
@@ -169,15 +170,17 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _flatten_tensors(mapping: Mapping[Any, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+def _flatten_tensors(container: Mapping[Any, Any] | list[Any] | tuple[Any, ...], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Tensors of nested dicts/lists (A1111 `.pt` embeddings and hypernetworks) under dotted names."""
     import torch
 
+    items = container.items() if isinstance(container, Mapping) else enumerate(container)
     tensors: dict[str, torch.Tensor] = {}
-    for key, value in mapping.items():
+    for key, value in items:
         name = f"{prefix}{key}"
         if isinstance(value, torch.Tensor):
             tensors[name] = value
-        elif isinstance(value, Mapping):
+        elif isinstance(value, (Mapping, list, tuple)):
             tensors.update(_flatten_tensors(value, prefix=name + "."))
     return tensors
 
@@ -240,9 +243,9 @@ def _checkpoint_architecture(shapes: Mapping[str, tuple[int, ...]], declared: st
     if declared:
         return declared
     cross_attention = shapes.get(_SD1_CROSS_ATTENTION_KEY)
-    if any(k.startswith(_CLIP_PREFIX) for k in shapes) and cross_attention and cross_attention[1] == 768:
-        return "sd1"
-    return None
+    if not any(k.startswith(_CLIP_PREFIX) for k in shapes) or not cross_attention:
+        return None
+    return {768: "sd1", _TINY_CROSS_ATTENTION_DIM: "sd1-tiny"}.get(cross_attention[1])
 
 
 def _controlnet_architecture(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> str | None:
@@ -252,7 +255,7 @@ def _controlnet_architecture(shapes: Mapping[str, tuple[int, ...]], prefix: str)
     cross_attention = shapes.get(key)
     if cross_attention is None:
         return None
-    return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(cross_attention[1])
+    return {768: "sd1", 1024: "sd2", 2048: "sdxl", _TINY_CROSS_ATTENTION_DIM: "sd1-tiny"}.get(cross_attention[1])
 
 
 def architecture_config_dir(architecture: str | None) -> Path:
@@ -437,7 +440,7 @@ def _unet_block_prefixes(config: Mapping[str, Any]) -> list[tuple[str, str, bool
                 prefixes.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{ldm_index}.1.", False))
         if i < levels - 1:
             prefixes.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(i + 1) * per_level}.0.op.", False))
-    for i, block_type in enumerate(config["up_block_types"]):
+    for i, block_type in enumerate(config.get("up_block_types", ())):  # a ControlNet has no up blocks
         has_attention = "CrossAttn" in block_type
         for j in range(per_level):
             ldm_index = i * per_level + j
@@ -477,6 +480,35 @@ def _convert_unet_key(key: str, prefixes: list[tuple[str, str, bool]]) -> str:
                 rest = _replace_prefix(rest, _UNET_RESNET)
             return ldm_prefix + rest
     raise EngineError(f"UNet tensor {key} has no A1111 equivalent (unsupported UNet layout)")
+
+
+def diffusers_to_a1111_controlnet(
+    state: Mapping[str, torch.Tensor], config: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """The A1111/sd-webui-controlnet layout (`control_model.*`) of a diffusers ControlNetModel state dict."""
+    prefixes = _unet_block_prefixes(config)
+    # input_hint_block: conv_in at 0, each block conv at 2k+2 (SiLUs between), conv_out after the last
+    hint_conv_out_index = 2 * (2 * len(config["conditioning_embedding_out_channels"]) - 2) + 2
+    converted: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key.startswith("controlnet_down_blocks."):
+            _, index, rest = key.split(".", 2)
+            new_key = f"zero_convs.{index}.0.{rest}"
+        elif key.startswith("controlnet_mid_block."):
+            new_key = "middle_block_out.0." + key.removeprefix("controlnet_mid_block.")
+        elif key.startswith("controlnet_cond_embedding."):
+            rest = key.removeprefix("controlnet_cond_embedding.")
+            if rest.startswith("conv_in."):
+                new_key = "input_hint_block.0." + rest.removeprefix("conv_in.")
+            elif rest.startswith("conv_out."):
+                new_key = f"input_hint_block.{hint_conv_out_index}." + rest.removeprefix("conv_out.")
+            else:
+                _, index, rest = rest.split(".", 2)
+                new_key = f"input_hint_block.{2 * int(index) + 2}.{rest}"
+        else:
+            new_key = _convert_unet_key(key, prefixes)
+        converted["control_model." + new_key] = tensor
+    return converted
 
 
 _VAE_ATTENTION = {

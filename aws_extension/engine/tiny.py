@@ -28,7 +28,7 @@ def write_tiny_model(out: Path, extras_dir: Path | None = None) -> None:
     With `extras_dir`, also write, laid out like the WebUI's models folder: `Lora/tiny-lora.safetensors`
     (kohya keys), `embeddings/tiny-emb.safetensors` (A1111 `emb_params`, 2 vectors, token `tiny-emb`),
     `VAE/tiny-vae.safetensors` (other weights than the checkpoint's VAE) and
-    `ControlNet/tiny-controlnet.safetensors` (diffusers single-file layout). Deterministic.
+    `ControlNet/tiny-controlnet.safetensors` (sd-webui-controlnet `control_model.*` layout). Deterministic.
     """
     from safetensors.torch import save_file
 
@@ -71,6 +71,7 @@ def _write_extras(extras_dir: Path, unet: Any, text_encoder: Any) -> None:
     from aws_extension.engine.checkpoints import (
         ARCHITECTURE_METADATA_KEY,
         architecture_config_dir,
+        diffusers_to_a1111_controlnet,
         diffusers_to_a1111_vae,
     )
 
@@ -106,7 +107,7 @@ def _write_extras(extras_dir: Path, unet: Any, text_encoder: Any) -> None:
             if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
     save_file(
-        _contiguous(controlnet.state_dict()),
+        _contiguous(diffusers_to_a1111_controlnet(controlnet.state_dict(), controlnet.config)),
         str(extras_dir / "ControlNet" / "tiny-controlnet.safetensors"),
         metadata=metadata,
     )
