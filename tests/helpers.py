@@ -73,7 +73,11 @@ def start_middleware(data_dir: Path, api_key: str = "test-key", env: dict[str, s
 
 
 class FileServer:
-    """A real HTTP server on 127.0.0.1 serving `routes` (path → (status, headers, body)); counts hits."""
+    """A real HTTP server on 127.0.0.1 serving `routes`; counts hits per path.
+
+    A route is `(status, headers, body)` or a function of the hit number returning one; a body is bytes
+    or an iterable of byte chunks (sent one by one, for slow or broken downloads).
+    """
 
     def __init__(self, routes: dict[str, tuple[int, dict[str, str], bytes]]):
         self.routes = routes
@@ -83,16 +87,20 @@ class FileServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 server.hits[self.path] = server.hits.get(self.path, 0) + 1
-                status, headers, body = server.routes.get(self.path, (404, {}, b"not found"))
-                if callable(body):
-                    body = body(server.hits[self.path])
+                route = server.routes.get(self.path, (404, {}, b"not found"))
+                status, headers, body = route(server.hits[self.path]) if callable(route) else route
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                if "Content-Length" not in headers:
+                if isinstance(body, bytes) and "Content-Length" not in headers:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    for chunk in [body] if isinstance(body, bytes) else body:
+                        self.wfile.write(chunk)
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away (a test killed it): nothing to do
 
             def log_message(self, *args):
                 pass

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aws_extension import __version__
-from aws_extension.middleware.errors import Forbidden, PayloadTooLarge, ServiceError, Unauthorized
+from aws_extension.middleware.errors import Forbidden, ServiceError, Unauthorized
 from aws_extension.middleware.routes import blobs, checkpoints, connection, datasets
 from aws_extension.middleware.wiring import Services
 
@@ -63,7 +63,8 @@ class BodySizeLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise PayloadTooLarge(too_large)
+                # An HTTPException, because FastAPI turns any other error while reading a body into a 400.
+                raise StarletteHTTPException(413, detail=too_large)
             return message
 
         return await self.app(scope, limited_receive, send)

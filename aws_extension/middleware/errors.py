@@ -30,6 +30,3 @@ class NotFound(ServiceError):
 class Conflict(ServiceError):
     status_code = 409
 
-
-class PayloadTooLarge(ServiceError):
-    status_code = 413

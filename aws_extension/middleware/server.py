@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 from pathlib import Path
 
 import uvicorn
@@ -39,6 +40,9 @@ def serve(host: str | None = None, port: int | None = None, data_dir: Path | Non
         print(f"API key (shown once; kept in {settings.data_dir / 'api_key'}): {api_key}", flush=True)
     elif not settings.api_key:
         print(f"API key: in {settings.data_dir / 'api_key'}", flush=True)
-    # uvicorn stops cleanly on SIGTERM/SIGINT: it finishes open requests, then runs the lifespan shutdown.
+    # uvicorn stops cleanly on SIGTERM/SIGINT (open requests finish, then the lifespan shutdown runs) and
+    # then raises the signal again for the previous handler: make that one a no-op, so the exit code is 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10)
+    print("sd-aws middleware stopped", flush=True)
     return 0

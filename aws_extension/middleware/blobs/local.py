@@ -52,6 +52,12 @@ class LocalBlobStore:
         self.signed_url_ttl_s = signed_url_ttl_s
         self.min_part_bytes = min_part_bytes
         self.max_parts = max_parts
+        self._remove_orphaned_temp_files()
+
+    def _remove_orphaned_temp_files(self) -> None:
+        """Temp files left by a process that died mid-write (one middleware process owns a data dir)."""
+        for temp in [*self.objects.rglob(".*.tmp"), *self.uploads.rglob(".*.tmp")]:
+            temp.unlink(missing_ok=True)
 
     # -- paths -----------------------------------------------------------------------------------------
     def path(self, key: str) -> Path:

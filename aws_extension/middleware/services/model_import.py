@@ -164,7 +164,8 @@ class ModelImporter:
             sha256, received, last_report = hashlib.sha256(), 0, 0.0
             try:
                 with self.checkpoints.blobs.writer(key) as out:
-                    for chunk in response.iter_content(chunk_size=1 << 20):
+                    # read1: whatever has arrived (up to 1 MiB), so progress moves on slow links too.
+                    while chunk := response.raw.read1(1 << 20):
                         if self._stopping.is_set():
                             raise DownloadFailed("the server stopped during the import.")
                         received += len(chunk)
