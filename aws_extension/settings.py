@@ -47,6 +47,17 @@ class MiddlewareSettings:
     import_max_bytes: int = _env("SD_AWS_IMPORT_MAX_BYTES", 50 * GiB, "largest file a URL import may download")
     import_attempts: int = _env("SD_AWS_IMPORT_ATTEMPTS", 3, "tries per file on transient errors")
     import_timeout_s: float = _env("SD_AWS_IMPORT_TIMEOUT_S", 60.0, "connect/read timeout of URL imports")
+    max_instances_per_endpoint: int = _env("SD_AWS_MAX_INSTANCES_PER_ENDPOINT", 6, "most instances of one endpoint")
+    endpoint_start_timeout_s: float = _env("SD_AWS_ENDPOINT_START_TIMEOUT_S", 300.0,
+                                           "an instance not healthy within this fails the deployment")
+    invocation_timeout_s: float = _env("SD_AWS_INVOCATION_TIMEOUT_S", 3600.0, "a job running longer is failed (SageMaker's limit)")
+    job_attempts: int = _env("SD_AWS_JOB_ATTEMPTS", 2, "tries of a job whose worker crashed (first run + retries)")
+    scale_in_idle_s: float = _env("SD_AWS_SCALE_IN_IDLE_S", 600.0, "autoscaling: an endpoint idle this long loses an instance")
+    worker_engine: str = _env("SD_AWS_WORKER_ENGINE", "diffusers", "engine of local workers: diffusers or webui")
+    webhook_allow_private_addresses: bool = _env(
+        "SD_AWS_WEBHOOK_ALLOW_PRIVATE_ADDRESSES", False, "let callback_url point at loopback/private addresses (tests only)")
+    webhook_attempts: int = _env("SD_AWS_WEBHOOK_ATTEMPTS", 4, "deliveries of one webhook before giving up")
+    webhook_timeout_s: float = _env("SD_AWS_WEBHOOK_TIMEOUT_S", 10.0, "timeout of one webhook delivery")
 
 
 @dataclass(frozen=True)

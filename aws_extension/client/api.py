@@ -118,6 +118,102 @@ class MiddlewareClient:
     def dataset_files(self, name: str) -> list[dict]:
         return self.request("GET", f"/dataset/{requests.utils.quote(name, safe='')}/data")["data"]
 
+    # -- endpoints -------------------------------------------------------------------------------------------
+    def deploy_endpoint(self, instance_type: str = "local", initial_instance_count: int = 1,
+                        endpoint_name: str | None = None, autoscaling_enabled: bool = False,
+                        min_instance_number: int | None = None, max_instance_number: int | None = None) -> dict:
+        body: dict[str, Any] = {"instance_type": instance_type, "initial_instance_count": initial_instance_count,
+                                "autoscaling_enabled": autoscaling_enabled}
+        for key, value in (("endpoint_name", endpoint_name), ("min_instance_number", min_instance_number),
+                           ("max_instance_number", max_instance_number)):
+            if value is not None:
+                body[key] = value
+        return self.request("POST", "/endpoints", json=body)
+
+    def list_endpoints(self, status: str | None = None, endpoint_name: str | None = None) -> list[dict]:
+        params = {k: v for k, v in (("status", status), ("endpoint_name", endpoint_name)) if v}
+        return self.request("GET", "/endpoints", params=params)
+
+    def endpoint_deployment_job(self, job_id: str) -> dict:
+        return self.request("GET", "/inference/get-endpoint-deployment-job", params={"jobID": job_id})
+
+    def delete_endpoints(self, names: list[str]) -> dict:
+        return self.request("DELETE", "/endpoints", json={"delete_endpoint_list": names})
+
+    def wait_for_endpoint(self, job_id: str, timeout_s: float = 600, poll_s: float = 1.0) -> dict:
+        """Poll a deployment until it leaves `Creating`; returns its record."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = self.endpoint_deployment_job(job_id)
+            if record["endpoint_status"] != "Creating":
+                return record
+            if time.monotonic() > deadline:
+                raise ApiError(0, f"endpoint {record['endpoint_name']} is still Creating after {timeout_s} s.")
+            time.sleep(poll_s)
+
+    # -- inference -------------------------------------------------------------------------------------------
+    def create_inference(self, body: dict) -> dict:
+        """POST /inference/v2: `body` holds task_type, models, the endpoint and the A1111 parameters."""
+        return self.request("POST", "/inference/v2", json=body)
+
+    def run_inference(self, job_id: str) -> dict:
+        return self.request("PUT", f"/inference/v2/{job_id}/run")
+
+    def cancel_inference(self, job_id: str) -> dict:
+        return self.request("PUT", f"/inference/v2/{job_id}/cancel")
+
+    def inference_job(self, job_id: str) -> dict:
+        return self.request("GET", "/inference/get-inference-job", params={"jobID": job_id})
+
+    def list_inference_jobs(self, status: str | None = None, task_type: str | None = None,
+                            endpoint: str | None = None, limit: int = 100, last_key: str | None = None) -> list[dict]:
+        params = {"status": status, "task_type": task_type, "endpoint": endpoint, "limit": limit,
+                  "last_key": last_key}
+        return self.request("GET", "/inference/list-inference-jobs",
+                            params={k: v for k, v in params.items() if v is not None})
+
+    def inference_image_urls(self, job_id: str) -> list[str]:
+        return self.request("GET", "/inference/get-inference-job-image-output", params={"jobID": job_id})
+
+    def inference_param_url(self, job_id: str) -> str:
+        return self.request("GET", "/inference/get-inference-job-param-output", params={"jobID": job_id})[0]
+
+    def run_model_merge(self, body: dict) -> dict:
+        return self.request("POST", "/inference/run-model-merge", json=body)
+
+    def wait_for_job(self, job_id: str, timeout_s: float = 3600, poll_s: float = 0.5,
+                     on_update: Callable[[dict], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> dict:
+        """Poll an inference job until it ends; `should_stop()` true → the job is cancelled."""
+        deadline = time.monotonic() + timeout_s
+        cancelled = False
+        while True:
+            job = self.inference_job(job_id)
+            if on_update:
+                on_update(job)
+            if job["status"] in ("succeed", "failed", "cancelled"):
+                return job
+            if should_stop and should_stop() and not cancelled:
+                try:
+                    self.cancel_inference(job_id)
+                except ApiError as exc:
+                    if exc.status != 409:  # 409: it ended meanwhile; the next poll shows how
+                        raise
+                cancelled = True
+            if time.monotonic() > deadline:
+                raise ApiError(0, f"job {job_id} has not finished after {timeout_s} s.")
+            time.sleep(poll_s)
+
+    def download(self, url: str) -> bytes:
+        """GET a signed URL (an image or parameter output)."""
+        try:
+            response = self.session.get(url, timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise ApiError(0, f"Cannot download {url.split('?', 1)[0]}: {type(exc).__name__}.") from None
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _error_text(response))
+        return response.content
+
     # -- uploads -------------------------------------------------------------------------------------------
     def put_file(self, url: str, path: Path, retries: int = 3) -> str:
         """PUT a whole file to a signed URL; returns the ETag."""

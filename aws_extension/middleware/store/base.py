@@ -40,18 +40,19 @@ class Store(Protocol):
         condition failed. Atomic."""
 
     def list(self, table: str, *, filters: dict[str, list[str]] | None = None, limit: int = 100,
-             after: str | None = None) -> Page:
-        """Records newest first; `filters` maps an indexed field to the values it may take."""
+             after: str | None = None, oldest_first: bool = False) -> Page:
+        """Records newest first (or oldest first); `filters` maps an indexed field to the values it may take."""
 
     def delete(self, table: str, record_id: str) -> None: ...
 
 
-def list_all(store: Store, table: str, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
-    """Every record matching `filters`, newest first, read page by page."""
+def list_all(store: Store, table: str, filters: dict[str, list[str]] | None = None,
+             oldest_first: bool = False) -> list[dict[str, Any]]:
+    """Every record matching `filters`, newest (or oldest) first, read page by page."""
     records: list[dict[str, Any]] = []
     after = None
     while True:
-        page = store.list(table, filters=filters, limit=1000, after=after)
+        page = store.list(table, filters=filters, limit=1000, after=after, oldest_first=oldest_first)
         records.extend(page.records)
         if not page.next_key:
             return records

@@ -160,7 +160,7 @@ class SQLiteStore:
             raise
 
     def list(self, table: str, *, filters: dict[str, list[str]] | None = None, limit: int = 100,
-             after: str | None = None) -> Page:
+             after: str | None = None, oldest_first: bool = False) -> Page:
         where, args = ["tbl = ?"], [table]
         for field_name, values in (filters or {}).items():
             if field_name not in INDEXED_FIELDS:
@@ -170,11 +170,13 @@ class SQLiteStore:
                 args.extend(values)
         if after:
             created, record_id = _decode_key(after)
-            where.append("(created < ? OR (created = ? AND id < ?))")
+            op = ">" if oldest_first else "<"
+            where.append(f"(created {op} ? OR (created = ? AND id {op} ?))")
             args.extend([created, created, record_id])
+        order = "ASC" if oldest_first else "DESC"
         rows = self._connect().execute(
             f"SELECT data, created, id FROM records WHERE {' AND '.join(where)} "  # noqa: S608 - fixed columns
-            "ORDER BY created DESC, id DESC LIMIT ?", (*args, limit + 1)).fetchall()
+            f"ORDER BY created {order}, id {order} LIMIT ?", (*args, limit + 1)).fetchall()
         records = [json.loads(r[0]) for r in rows[:limit]]
         next_key = _encode_key(rows[limit - 1][1], rows[limit - 1][2]) if len(rows) > limit else None
         return Page(records, next_key)
