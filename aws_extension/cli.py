@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="output .safetensors file")
     p.add_argument("--extras", type=Path, help="also write a matching LoRA, embedding, VAE and ControlNet here")
 
+    p = sub.add_parser("ui", help="serve the gradio tabs standalone (no WebUI needed)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--api-url", help="middleware URL (env SD_AWS_API_URL)")
+    p.add_argument("--api-key", help="API key (env SD_AWS_API_KEY)")
+
     ck = sub.add_parser("checkpoint", help="the model catalogue").add_subparsers(dest="action", required=True)
     p = ck.add_parser("upload", help="upload model files (multipart, parallel, with progress)")
     p.add_argument("files", nargs="+", type=Path)
@@ -88,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
 
         write_tiny_model(args.out, extras_dir=args.extras)
         return 0
+    if args.command == "ui":
+        from aws_extension.ui.app import serve as serve_ui
+
+        return serve_ui(host=args.host, port=args.port, api_url=args.api_url, api_key=args.api_key)
     from aws_extension.client import commands
 
     return commands.run(args)
