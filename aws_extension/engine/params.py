@@ -564,6 +564,12 @@ def normalise_payload(task: str, payload: dict[str, Any], settings: WorkerSettin
         params.denoising_strength = params.hires.denoising_strength
     if task == "img2img":
         params.img2img = _img2img(merged)
+        # A1111: several init images make one batch of that many images.
+        image_count = len(params.img2img.init_images)
+        if image_count > params.batch_size:
+            raise _fail("init_images", f"{image_count} images but batch_size is {params.batch_size}")
+        if image_count > 1:
+            params.batch_size = image_count
         if merged["denoising_strength"] is None:
             merged["denoising_strength"] = IMG2IMG_DEFAULTS["denoising_strength"]
         params.denoising_strength = _number(merged, "denoising_strength", float, 0.0, 1.0)

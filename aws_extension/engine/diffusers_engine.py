@@ -1,0 +1,327 @@
+"""The built-in engine: A1111 txt2img/img2img payloads run on diffusers (see base.Engine).
+
+One job at a time (a lock). Per job: validate the payload (params), resolve every model name against
+the job's ModelSet, take the cached pipeline, apply LoRAs/embeddings for the job (undone afterwards),
+encode the prompts the A1111 way (prompt), sample (generate), and write PNGs with the A1111 infotext.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aws_extension import __version__
+from aws_extension.engine.addons import applied_addons, load_controlnet
+from aws_extension.engine.base import EngineError, GenerationResult, ModelSet, ProgressCallback
+from aws_extension.engine.checkpoints import inspect_model_file
+from aws_extension.engine.generate import (
+    JobRunner,
+    PromptEmbeddings,
+    StepReporter,
+    hires_total_steps,
+    img2img_steps_run,
+)
+from aws_extension.engine.infotext import format_infotext, png_with_infotext, short_hash
+from aws_extension.engine.params import GenerationParams, normalise_payload
+from aws_extension.engine.pipelines import PipelineCache
+from aws_extension.engine.prompt import (
+    LoraCall,
+    check_supported_syntax,
+    encode_prompt_pair,
+    extract_extra_networks,
+)
+from aws_extension.engine.samplers import sampler_names
+from aws_extension.settings import WorkerSettings
+
+VERSION_TEXT = f"sd-aws {__version__}"
+CONTROLNET_CACHE_SIZE = 2  # loaded ControlNet models kept between jobs
+_RE_MODEL_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # A1111 ControlNet names: "name [hash]"
+
+
+def _by_name(files: dict[str, Path], name: str) -> Path | None:
+    """A file of a ModelSet folder by file name or by stem."""
+    if name in files:
+        return files[name]
+    return next((path for file_name, path in files.items() if Path(file_name).stem == name), None)
+
+
+def _available(files: dict[str, Path]) -> str:
+    return ", ".join(sorted(Path(name).stem for name in files)) or "none"
+
+
+class DiffusersEngine:
+    """Implements base.Engine with diffusers on the tiny or real SD 1.x checkpoints."""
+
+    def __init__(self, settings: WorkerSettings | None = None):
+        self.settings = settings or WorkerSettings()
+        self.pipelines = PipelineCache.from_settings(self.settings)
+        self._controlnets: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def samplers(self) -> list[str]:
+        return sampler_names()
+
+    def generate(
+        self,
+        task: str,
+        payload: dict[str, Any],
+        models: ModelSet,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        params = normalise_payload(task, payload, self.settings)
+        prompt_text, loras = self._prompt_networks(params)
+        lora_files = self._lora_files(loras, models)
+        vae_file = self._vae_file(params, models)
+        embedding_files = self._embedding_files(params, models)
+        controlnet_files = self._controlnet_files(params, models)
+        with self._lock, self.pipelines.use(models.checkpoint, vae_file) as pipe, applied_addons(
+            pipe, [(path, call.text_encoder_weight) for path, call in lora_files], embedding_files
+        ):
+            embeddings = PromptEmbeddings(*encode_prompt_pair(prompt_text, params.negative_prompt, pipe, params.clip_skip))
+            hires_embeddings = None
+            if params.hires is not None and (params.hires.prompt or params.hires.negative_prompt):
+                hires_prompt = extract_extra_networks(params.hires.prompt, "hr_prompt")[0] if params.hires.prompt else prompt_text
+                hires_embeddings = PromptEmbeddings(*encode_prompt_pair(
+                    hires_prompt, params.hires.negative_prompt or params.negative_prompt, pipe, params.clip_skip
+                ))
+            architecture = inspect_model_file(models.checkpoint).architecture
+            controlnets = [(unit, self._load_controlnet(path, architecture)) for unit, path in controlnet_files]
+            reporter = StepReporter(self._total_steps(params), params.n_iter, progress, cancel)
+            images = JobRunner(pipe, params, embeddings, hires_embeddings, controlnets, reporter).run()
+        return self._result(params, images, models.checkpoint, vae_file, lora_files, embedding_files, controlnet_files)
+
+    def merge(
+        self,
+        primary: Path,
+        secondary: Path,
+        tertiary: Path | None,
+        method: str,
+        multiplier: float,
+        save_as_half: bool,
+        out: Path,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        from aws_extension.engine.merge import merge_checkpoints
+
+        merge_checkpoints(primary, secondary, tertiary, method, multiplier, save_as_half, out, progress)
+
+    # --- resolving the job's models --------------------------------------------------------------
+
+    @staticmethod
+    def _prompt_networks(params: GenerationParams) -> tuple[str, list[LoraCall]]:
+        check_supported_syntax(params.prompt, "prompt")
+        check_supported_syntax(params.negative_prompt, "negative_prompt", composable=False)
+        prompt_text, loras = extract_extra_networks(params.prompt, "prompt")
+        if params.hires is not None:
+            check_supported_syntax(params.hires.prompt, "hr_prompt")
+            check_supported_syntax(params.hires.negative_prompt, "hr_negative_prompt", composable=False)
+            hires_loras = extract_extra_networks(params.hires.prompt, "hr_prompt")[1]
+            if hires_loras and hires_loras != loras:
+                raise EngineError("hr_prompt: LoRAs in hr_prompt must be the same as in prompt", "hr_prompt")
+        if params.disable_extra_networks:
+            loras = []
+        for call in loras:
+            if call.text_encoder_weight != call.unet_weight:
+                raise EngineError(
+                    f"prompt: <lora:{call.name}:...> has different text-encoder and UNet weights, which is not "
+                    "supported", "prompt",
+                )
+        return prompt_text, loras
+
+    @staticmethod
+    def _lora_files(loras: list[LoraCall], models: ModelSet) -> list[tuple[Path, LoraCall]]:
+        files = models.files.get("Lora", {})
+        resolved = []
+        for call in loras:
+            path = _by_name(files, call.name)
+            if path is None:
+                raise EngineError(
+                    f"prompt: LoRA {call.name!r} is not among this job's models (available: {_available(files)})",
+                    "prompt",
+                )
+            resolved.append((path, call))
+        return resolved
+
+    @staticmethod
+    def _vae_file(params: GenerationParams, models: ModelSet) -> Path | None:
+        if params.sd_vae is None:
+            return None
+        files = models.files.get("VAE", {})
+        path = _by_name(files, params.sd_vae)
+        if path is None:
+            raise EngineError(
+                f"override_settings.sd_vae: VAE {params.sd_vae!r} is not among this job's models "
+                f"(available: {_available(files)})", "override_settings.sd_vae",
+            )
+        return path
+
+    @staticmethod
+    def _embedding_files(params: GenerationParams, models: ModelSet) -> list[Path]:
+        """Embeddings whose name occurs as a word in a prompt (as the WebUI finds them)."""
+        texts = [params.prompt, params.negative_prompt]
+        if params.hires is not None:
+            texts += [params.hires.prompt, params.hires.negative_prompt]
+        text = "\n".join(texts)
+        return [
+            path for name, path in sorted(models.files.get("embeddings", {}).items())
+            if re.search(rf"(?<![\w-]){re.escape(Path(name).stem)}(?![\w-])", text)
+        ]
+
+    @staticmethod
+    def _controlnet_files(params: GenerationParams, models: ModelSet) -> list[tuple[Any, Path]]:
+        files = models.files.get("ControlNet", {})
+        resolved = []
+        for unit in params.controlnet:
+            name = _RE_MODEL_HASH_SUFFIX.sub("", unit.model)
+            path = _by_name(files, name)
+            if path is None:
+                field = f"alwayson_scripts.controlnet.args[{unit.index}].model"
+                raise EngineError(
+                    f"{field}: ControlNet {name!r} is not among this job's models (available: {_available(files)})",
+                    field,
+                )
+            resolved.append((unit, path))
+        return resolved
+
+    def _load_controlnet(self, path: Path, architecture: str | None) -> Any:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key in self._controlnets:
+            self._controlnets.move_to_end(key)
+        else:
+            self._controlnets[key] = load_controlnet(path, architecture)
+            while len(self._controlnets) > CONTROLNET_CACHE_SIZE:
+                self._controlnets.popitem(last=False)
+        return self._controlnets[key]
+
+    @staticmethod
+    def _total_steps(params: GenerationParams) -> int:
+        if params.img2img is not None:
+            per_batch = img2img_steps_run(params.steps, params.denoising_strength or 0.0)
+        else:
+            per_batch = params.steps
+        if params.hires is not None:
+            hires_steps = params.hires.steps or params.steps
+            if hires_total_steps(hires_steps, params.hires.denoising_strength):
+                per_batch += hires_steps
+        return per_batch * params.n_iter
+
+    # --- the response ----------------------------------------------------------------------------
+
+    def _result(self, params: GenerationParams, images: list[Any], checkpoint: Path, vae: Path | None,
+                loras: list[tuple[Path, LoraCall]], embeddings: list[Path], controlnets: list[tuple[Any, Path]]
+                ) -> GenerationResult:
+        shared = self._infotext_parameters(params, checkpoint, vae, loras, embeddings, controlnets)
+        infotexts = []
+        pngs = []
+        for index, image in enumerate(images):
+            seed_parameters = {"Seed": params.all_seeds[index]}
+            if params.subseed_strength:
+                seed_parameters |= {"Variation seed": params.all_subseeds[index],
+                                    "Variation seed strength": params.subseed_strength}
+            infotext = format_infotext(params.prompt, params.negative_prompt, {**shared[0], **seed_parameters, **shared[1]})
+            infotexts.append(infotext)
+            pngs.append(png_with_infotext(image, infotext))
+        count = len(images)
+        info = {
+            "prompt": params.prompt,
+            "all_prompts": [params.prompt] * count,
+            "negative_prompt": params.negative_prompt,
+            "all_negative_prompts": [params.negative_prompt] * count,
+            "seed": params.all_seeds[0],
+            "all_seeds": params.all_seeds,
+            "subseed": params.all_subseeds[0],
+            "all_subseeds": params.all_subseeds,
+            "subseed_strength": params.subseed_strength,
+            "width": params.width,
+            "height": params.height,
+            "sampler_name": params.sampler,
+            "cfg_scale": params.cfg_scale,
+            "steps": params.steps,
+            "batch_size": params.batch_size,
+            "restore_faces": False,
+            "face_restoration_model": None,
+            "sd_model_name": checkpoint.stem,
+            "sd_model_hash": short_hash(checkpoint),
+            "sd_vae_name": vae.stem if vae else None,
+            "sd_vae_hash": short_hash(vae) if vae else None,
+            "seed_resize_from_w": params.seed_resize_from_w,
+            "seed_resize_from_h": params.seed_resize_from_h,
+            "denoising_strength": params.denoising_strength,
+            "extra_generation_params": {k: v for k, v in shared[1].items() if v is not None and k != "Version"},
+            "index_of_first_image": 0,
+            "infotexts": infotexts,
+            "styles": [],
+            "job_timestamp": datetime.now().strftime("%Y%m%d%H%M%S"),
+            "clip_skip": params.clip_skip,
+            "is_using_inpainting_conditioning": False,
+            "version": VERSION_TEXT,
+        }
+        json.dumps(info)  # the worker sends it JSON-encoded: fail here, not there, if something is not
+        return GenerationResult(images=pngs, parameters=params.parameters, info=info)
+
+    @staticmethod
+    def _infotext_parameters(params: GenerationParams, checkpoint: Path, vae: Path | None,
+                             loras: list[tuple[Path, LoraCall]], embeddings: list[Path],
+                             controlnets: list[tuple[Any, Path]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The infotext's keys before the seed and after it, in A1111's order (None = left out)."""
+        before = {
+            "Steps": params.steps,
+            "Sampler": params.sampler,
+            "Schedule type": params.schedule if params.schedule != "Automatic" else None,
+            "CFG scale": params.cfg_scale,
+        }
+        hires = params.hires
+        img2img = params.img2img
+        after: dict[str, Any] = {
+            "Size": f"{params.width}x{params.height}",
+            "Model hash": short_hash(checkpoint),
+            "Model": checkpoint.stem,
+            "VAE hash": short_hash(vae) if vae else None,
+            "VAE": vae.stem if vae else None,
+            "Seed resize from": f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
+            if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None,
+            "Denoising strength": params.denoising_strength,
+            "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
+            "Tiling": "True" if params.tiling else None,
+            "Eta": params.eta,
+        }
+        if img2img is not None and img2img.mask is not None:
+            after |= {
+                "Mask blur": img2img.mask_blur_x if img2img.mask_blur_x == img2img.mask_blur_y else None,
+                "Mask blur x": img2img.mask_blur_x if img2img.mask_blur_x != img2img.mask_blur_y else None,
+                "Mask blur y": img2img.mask_blur_y if img2img.mask_blur_x != img2img.mask_blur_y else None,
+                "Inpaint area": "Only masked" if img2img.inpaint_full_res else None,
+                "Masked area padding": img2img.inpaint_full_res_padding if img2img.inpaint_full_res else None,
+                "Mask mode": "Inpaint not masked" if img2img.inpainting_mask_invert else None,
+                "Masked content": ("fill", "original", "latent noise", "latent nothing")[img2img.inpainting_fill],
+            }
+        if img2img is not None and img2img.initial_noise_multiplier != 1.0:
+            after["Noise multiplier"] = img2img.initial_noise_multiplier
+        if hires is not None:
+            after |= {
+                "Hires upscale": hires.scale if not (hires.resize_x or hires.resize_y) else None,
+                "Hires resize": f"{hires.resize_x}x{hires.resize_y}" if hires.resize_x or hires.resize_y else None,
+                "Hires steps": hires.steps or None,
+                "Hires upscaler": hires.upscaler,
+                "Hires sampler": hires.sampler if hires.sampler != params.sampler else None,
+                "Hires prompt": hires.prompt or None,
+                "Hires negative prompt": hires.negative_prompt or None,
+            }
+        for position, (unit, path) in enumerate(controlnets):
+            after[f"ControlNet {position}"] = (
+                f"Module: none, Model: {path.stem}, Weight: {unit.weight}, Resize Mode: {unit.resize_mode}, "
+                f"Guidance Start: {unit.guidance_start}, Guidance End: {unit.guidance_end}"
+            )
+        if loras:
+            after["Lora hashes"] = ", ".join(f"{call.name}: {short_hash(path)}" for path, call in loras)
+        if embeddings:
+            after["TI hashes"] = ", ".join(f"{path.stem}: {short_hash(path)}" for path in embeddings)
+        after["Version"] = VERSION_TEXT
+        return before, after

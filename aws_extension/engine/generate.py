@@ -1,0 +1,448 @@
+"""Run one normalised job (params.GenerationParams) on a loaded pipeline: txt2img, img2img, inpaint,
+hires fix and ControlNet, with per-step progress and cancel.
+
+The cached pipeline is shared between jobs, so it is never modified here: each pass runs on a view
+(`from_pipe`, which shares the modules) with its own scheduler; tiling is undone when the job ends.
+Noise is always made by `params.initial_noise` (A1111's seeded CPU noise), so every sampler, task and
+pass is reproducible from the seeds.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import (
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+)
+from PIL import Image, ImageFilter, ImageOps
+
+from aws_extension.engine.base import Interrupted, Progress, ProgressCallback
+from aws_extension.engine.params import ControlNetUnit, GenerationParams, Img2ImgInputs, initial_noise
+from aws_extension.engine.samplers import SamplerSpec, make_scheduler
+
+LATENT_SCALE = 8  # pixels per latent pixel (SD 1.x VAE)
+
+
+class _GivenNoise:
+    """Img2img pipelines that noise the init latents with `given_noise` instead of drawing their own.
+
+    The init image is passed as latents (4 channels), which the pipelines take as they are.
+    """
+
+    given_noise: torch.Tensor
+
+    def prepare_latents(self, image: torch.Tensor, timestep: torch.Tensor, batch_size: int,
+                        num_images_per_prompt: int, dtype: torch.dtype, device: torch.device,
+                        generator: Any = None) -> torch.Tensor:
+        noise = self.given_noise.to(device=device, dtype=dtype)
+        return self.scheduler.add_noise(image.to(device=device, dtype=dtype), noise, timestep)
+
+
+class _Img2ImgPipeline(_GivenNoise, StableDiffusionImg2ImgPipeline):
+    pass
+
+
+class _ControlNetImg2ImgPipeline(_GivenNoise, StableDiffusionControlNetImg2ImgPipeline):
+    pass
+
+
+@dataclass
+class PromptEmbeddings:
+    positive: torch.Tensor
+    negative: torch.Tensor
+
+
+@dataclass
+class InpaintMask:
+    """A1111's masks: `latent` (1 = repaint) at latent size, `overlay` in pixels for pasting the original back."""
+
+    latent: torch.Tensor
+    overlay: Image.Image
+    crop_region: tuple[int, int, int, int] | None  # "only masked": the region of the original that is redone
+
+
+class StepReporter:
+    """Turns the pipeline's step callback into Progress reports over the whole job, and checks cancel."""
+
+    def __init__(self, total_steps: int, job_count: int, progress: ProgressCallback | None,
+                 cancel: threading.Event | None):
+        self.total_steps = total_steps
+        self.job_count = job_count
+        self.progress = progress
+        self.cancel = cancel
+        self.done = 0
+        self.job_no = 0
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Interrupted("the job was interrupted")
+
+    def pass_callback(self, pass_steps: int, blend: Callable[[Any, int, dict[str, Any]], dict[str, Any]] | None = None
+                      ) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
+        """A `callback_on_step_end` for one pass of `pass_steps` A1111 steps (second-order samplers call it
+        more often: the calls are spread over the steps)."""
+        start = self.done
+
+        def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            self.check_cancel()
+            calls = max(pipe.num_timesteps, 1)
+            self.done = start + round((index + 1) * pass_steps / calls)
+            if self.progress is not None:
+                self.progress(Progress(self.done, self.total_steps, self.job_no, self.job_count))
+            return blend(pipe, index, tensors) if blend is not None else tensors
+
+        return on_step_end
+
+
+def img2img_steps_run(steps: int, strength: float) -> int:
+    """Steps diffusers' img2img runs for `steps` and `strength` (as A1111 without "img2img_fix_steps")."""
+    return min(int(steps * strength), steps)
+
+
+def hires_total_steps(hires_steps: int, strength: float) -> int:
+    """A1111's hires second pass runs `hires_steps` out of a schedule stretched by 1/denoising strength."""
+    return int(hires_steps / min(strength, 0.999)) if strength > 0 else 0
+
+
+def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Image.Image:
+    """A1111's `images.resize_image`: 0 just resize, 1 crop and resize, 2 resize and fill."""
+    if mode == 0:
+        return image.resize((width, height), Image.Resampling.LANCZOS)
+    ratio, src_ratio = width / height, image.width / image.height
+    crop = mode == 1
+    fit_width = ratio > src_ratio if crop else ratio < src_ratio
+    src_w = width if fit_width else image.width * height // image.height
+    src_h = height if (ratio <= src_ratio if crop else ratio >= src_ratio) else image.height * width // image.width
+    resized = image.resize((src_w, src_h), Image.Resampling.LANCZOS)
+    result = Image.new(image.mode, (width, height))
+    result.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+    if not crop:  # fill the borders by stretching the image's edge rows/columns
+        if ratio < src_ratio:
+            fill = height // 2 - src_h // 2
+            if fill > 0:
+                result.paste(resized.resize((width, fill), box=(0, 0, width, 0)), box=(0, 0))
+                result.paste(resized.resize((width, fill), box=(0, resized.height, width, resized.height)),
+                             box=(0, fill + src_h))
+        elif ratio > src_ratio:
+            fill = width // 2 - src_w // 2
+            if fill > 0:
+                result.paste(resized.resize((fill, height), box=(0, 0, 0, height)), box=(0, 0))
+                result.paste(resized.resize((fill, height), box=(resized.width, 0, resized.width, height)),
+                             box=(fill + src_w, 0))
+    return result
+
+
+def fill_masked_area(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """A1111's `masking.fill` (inpainting fill "fill"): the masked area becomes a blur of its surroundings."""
+    filled = Image.new("RGBA", image.size)
+    unmasked = Image.new("RGBa", image.size)
+    unmasked.paste(image.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask.convert("L")))
+    for radius, repeats in ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)):
+        blurred = unmasked.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
+        for _ in range(repeats):
+            filled.alpha_composite(blurred)
+    return filled.convert("RGB")
+
+
+def masked_crop_region(mask: Image.Image, padding: int, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """A1111's `get_crop_region` + `expand_crop_region`: the mask's box plus padding, grown to width:height."""
+    box = mask.getbbox()
+    if box is None:
+        return None
+    x1, y1, x2, y2 = box
+    x1, y1 = max(x1 - padding, 0), max(y1 - padding, 0)
+    x2, y2 = min(x2 + padding, mask.width), min(y2 + padding, mask.height)
+    ratio_crop, ratio_target = (x2 - x1) / (y2 - y1), width / height
+    if ratio_crop > ratio_target:  # grow the height
+        desired = (x2 - x1) / ratio_target
+        diff = int(desired - (y2 - y1))
+        y1 -= diff // 2
+        y2 += diff - diff // 2
+        if y2 >= mask.height:
+            y1, y2 = y1 - (y2 - mask.height), mask.height
+        y1 = max(y1, 0)
+        y2 = min(y2, mask.height)
+    else:  # grow the width
+        desired = (y2 - y1) * ratio_target
+        diff = int(desired - (x2 - x1))
+        x1 -= diff // 2
+        x2 += diff - diff // 2
+        if x2 >= mask.width:
+            x1, x2 = x1 - (x2 - mask.width), mask.width
+        x1 = max(x1, 0)
+        x2 = min(x2, mask.width)
+    return x1, y1, x2, y2
+
+
+def prepare_img2img(
+    inputs: Img2ImgInputs, width: int, height: int
+) -> tuple[list[Image.Image], Image.Image | None, Image.Image | None, tuple[int, int, int, int] | None]:
+    """Init images at width×height (filled where masked), the mask at that size, the overlay mask and crop."""
+    mask = inputs.mask
+    overlay = None
+    crop_region = None
+    if mask is not None:
+        mask = mask.convert("L")
+        if inputs.inpainting_mask_invert:
+            mask = ImageOps.invert(mask)
+        if inputs.mask_blur_x > 0:
+            mask = mask.filter(ImageFilter.GaussianBlur((inputs.mask_blur_x, 0)))
+        if inputs.mask_blur_y > 0:
+            mask = mask.filter(ImageFilter.GaussianBlur((0, inputs.mask_blur_y)))
+        if inputs.inpaint_full_res:
+            overlay = mask
+            crop_region = masked_crop_region(mask, inputs.inpaint_full_res_padding, width, height)
+        if crop_region is not None:
+            mask = resize_image(2, mask.crop(crop_region), width, height)
+        else:
+            mask = resize_image(inputs.resize_mode, mask, width, height)
+            overlay = mask.point(lambda value: min(255, value * 2))
+    images = []
+    for image in inputs.init_images:
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        if crop_region is not None:
+            image = resize_image(2, image.crop(crop_region), width, height)
+        else:
+            image = resize_image(inputs.resize_mode, image, width, height)
+        if mask is not None and inputs.inpainting_fill != 1:
+            image = fill_masked_area(image, mask)
+        images.append(image)
+    return images, mask, overlay, crop_region
+
+
+def latent_mask(mask: Image.Image, latent_height: int, latent_width: int, round_mask: bool) -> torch.Tensor:
+    """The repaint mask at latent size, [1, 1, h, w] with 1 = repaint (A1111's `nmask`)."""
+    small = mask.convert("RGB").resize((latent_width, latent_height))
+    values = torch.tensor(list(small.getchannel(0).getdata()), dtype=torch.float32).reshape(latent_height, latent_width) / 255
+    if round_mask:
+        values = torch.round(values)
+    return values[None, None]
+
+
+@contextmanager
+def circular_padding(modules: list[torch.nn.Module], enabled: bool) -> Iterator[None]:
+    """A1111's tiling: every convolution pads circularly while the block runs."""
+    convolutions = [
+        layer for module in modules for layer in module.modules()
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+    ] if enabled else []
+    previous = [layer.padding_mode for layer in convolutions]
+    for layer in convolutions:
+        layer.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for layer, mode in zip(convolutions, previous):
+            layer.padding_mode = mode
+
+
+class JobRunner:
+    """One job on one pipeline: batches × passes. Built by the engine, used once."""
+
+    def __init__(self, pipe: StableDiffusionPipeline, params: GenerationParams, embeddings: PromptEmbeddings,
+                 hires_embeddings: PromptEmbeddings | None, controlnets: list[tuple[ControlNetUnit, Any]],
+                 reporter: StepReporter):
+        self.pipe = pipe
+        self.params = params
+        self.embeddings = embeddings
+        self.hires_embeddings = hires_embeddings
+        self.controlnets = controlnets
+        self.reporter = reporter
+
+    @property
+    def _scaling_factor(self) -> float:
+        return float(self.pipe.vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def run(self) -> list[Image.Image]:
+        params = self.params
+        images: list[Image.Image] = []
+        modules = [self.pipe.unet, self.pipe.vae, *(model for _, model in self.controlnets)]
+        with circular_padding(modules, params.tiling):
+            for batch in range(params.n_iter):
+                self.reporter.check_cancel()
+                self.reporter.job_no = batch
+                start, end = batch * params.batch_size, (batch + 1) * params.batch_size
+                images += self._run_batch(params.all_seeds[start:end], params.all_subseeds[start:end])
+        return images
+
+    def _noise(self, seeds: list[int], subseeds: list[int], width: int, height: int, resized: bool) -> torch.Tensor:
+        params = self.params
+        shape = (self.pipe.unet.config.in_channels, height // LATENT_SCALE, width // LATENT_SCALE)
+        return initial_noise(
+            shape, seeds, subseeds, params.subseed_strength,
+            params.seed_resize_from_w if resized else 0, params.seed_resize_from_h if resized else 0,
+        )
+
+    def _run_batch(self, seeds: list[int], subseeds: list[int]) -> list[Image.Image]:
+        params = self.params
+        noise = self._noise(seeds, subseeds, params.width, params.height, resized=True)
+        if params.img2img is None:
+            latents = self._txt2img(noise, seeds)
+            if params.hires is not None:
+                latents = self._hires(latents, seeds, subseeds)
+            return self._decode(latents)
+        return self._img2img(params.img2img, noise, seeds)
+
+    def _call_kwargs(self, embeddings: PromptEmbeddings, sampler: SamplerSpec, seeds: list[int],
+                     steps: int, pass_steps: int, blend: Any = None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "prompt_embeds": embeddings.positive,
+            "negative_prompt_embeds": embeddings.negative,
+            "num_images_per_prompt": len(seeds),
+            "num_inference_steps": steps,
+            "guidance_scale": self.params.cfg_scale,
+            "generator": [torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            "output_type": "latent",
+            "callback_on_step_end": self.reporter.pass_callback(pass_steps, blend),
+        }
+        if self.params.eta is not None and sampler.scheduler_class == "DDIMScheduler":
+            kwargs["eta"] = self.params.eta
+        return kwargs
+
+    def _controlnet_kwargs(self, width: int, height: int, image_key: str) -> dict[str, Any]:
+        if not self.controlnets:
+            return {}
+        images = [resize_image(("Just Resize", "Crop and Resize", "Resize and Fill").index(unit.resize_mode),
+                               unit.image.convert("RGB"), width, height) for unit, _ in self.controlnets]
+        units = [unit for unit, _ in self.controlnets]
+        single = len(units) == 1
+        return {
+            image_key: images[0] if single else images,
+            "controlnet_conditioning_scale": units[0].weight if single else [u.weight for u in units],
+            "control_guidance_start": units[0].guidance_start if single else [u.guidance_start for u in units],
+            "control_guidance_end": units[0].guidance_end if single else [u.guidance_end for u in units],
+        }
+
+    def _view(self, pipeline_class: type, sampler: SamplerSpec, seeds: list[int]) -> Any:
+        """A pipeline of `pipeline_class` sharing the cached pipeline's modules, with a fresh scheduler."""
+        scheduler = make_scheduler(sampler, self.pipe.scheduler.config, seeds[0])
+        extra: dict[str, Any] = {"scheduler": scheduler}
+        if self.controlnets:
+            models = [model for _, model in self.controlnets]
+            extra["controlnet"] = models[0] if len(models) == 1 else models
+        # Built directly rather than with `from_pipe`, which also casts the shared modules to a dtype.
+        components = {**self.pipe.components, **extra, "requires_safety_checker": False}
+        accepted = inspect.signature(pipeline_class.__init__).parameters
+        view = pipeline_class(**{name: value for name, value in components.items() if name in accepted})
+        view.set_progress_bar_config(disable=True)
+        return view
+
+    def _txt2img(self, noise: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        params = self.params
+        pipeline_class = StableDiffusionControlNetPipeline if self.controlnets else StableDiffusionPipeline
+        view = self._view(pipeline_class, params.sampler_spec, seeds)
+        return view(
+            latents=noise, width=params.width, height=params.height,
+            **self._call_kwargs(self.embeddings, params.sampler_spec, seeds, params.steps, params.steps),
+            **self._controlnet_kwargs(params.width, params.height, "image"),
+        ).images
+
+    def _denoise_latents(self, init_latents: torch.Tensor, noise: torch.Tensor, embeddings: PromptEmbeddings,
+                         sampler: SamplerSpec, seeds: list[int], steps: int, pass_steps: int, strength: float,
+                         width: int, height: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Img2img from latents: noise to `strength`, then denoise; with `mask`, keep the unmasked latents."""
+        if img2img_steps_run(steps, strength) == 0:
+            return init_latents
+        pipeline_class = _ControlNetImg2ImgPipeline if self.controlnets else _Img2ImgPipeline
+        view = self._view(pipeline_class, sampler, seeds)
+        view.given_noise = noise
+        blend = None
+        if mask is not None:
+            blend = self._inpaint_blend(init_latents, noise, mask)
+        return view(
+            image=init_latents, strength=strength, width=width, height=height,
+            **self._call_kwargs(embeddings, sampler, seeds, steps, pass_steps, blend),
+            **self._controlnet_kwargs(width, height, "control_image"),
+        ).images
+
+    @staticmethod
+    def _inpaint_blend(init_latents: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> Callable[..., dict[str, Any]]:
+        """After each step, the unmasked area is reset to the init latents noised to the next step's level
+        (the last step: to the init latents themselves), as inpainting with a non-inpainting model does."""
+
+        def blend(pipe: Any, index: int, tensors: dict[str, Any]) -> dict[str, Any]:
+            latents = tensors["latents"]
+            loop_timesteps = pipe.scheduler.timesteps[-pipe.num_timesteps:]
+            if index + 1 < len(loop_timesteps):
+                kept = pipe.scheduler.add_noise(init_latents, noise, loop_timesteps[index + 1:index + 2])
+            else:
+                kept = init_latents
+            return {**tensors, "latents": kept * (1 - mask) + latents * mask}
+
+        return blend
+
+    def _hires(self, latents: torch.Tensor, seeds: list[int], subseeds: list[int]) -> torch.Tensor:
+        hires = self.params.hires
+        assert hires is not None
+        mode, antialias = hires.upscale_mode
+        latents = torch.nn.functional.interpolate(
+            latents, size=(hires.target_height // LATENT_SCALE, hires.target_width // LATENT_SCALE),
+            mode=mode, antialias=antialias,
+        )
+        if hires.truncate_x or hires.truncate_y:
+            latents = latents[:, :, hires.truncate_y // 2:latents.shape[2] - (hires.truncate_y + 1) // 2,
+                              hires.truncate_x // 2:latents.shape[3] - (hires.truncate_x + 1) // 2]
+        noise = self._noise(seeds, subseeds, hires.width, hires.height, resized=False)
+        steps = hires.steps or self.params.steps
+        return self._denoise_latents(
+            latents, noise, self.hires_embeddings or self.embeddings, hires.sampler_spec, seeds,
+            hires_total_steps(steps, hires.denoising_strength), steps, hires.denoising_strength,
+            hires.width, hires.height,
+        )
+
+    def _encode(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.pipe.image_processor.preprocess(images).to(self.pipe.vae.device, self.pipe.vae.dtype)
+        # The distribution's mean, not a sample: the same init image always gives the same latents.
+        return self.pipe.vae.encode(pixels).latent_dist.mean * self._scaling_factor
+
+    def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        decoded = self.pipe.vae.decode(latents / self._scaling_factor, return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(decoded, output_type="pil")
+
+    def _img2img(self, inputs: Img2ImgInputs, noise: torch.Tensor, seeds: list[int]) -> list[Image.Image]:
+        params = self.params
+        width, height = params.width, params.height
+        images, mask_image, overlay, crop_region = prepare_img2img(inputs, width, height)
+        batch_images = [images[i % len(images)] for i in range(len(seeds))]
+        init_latents = self._encode(batch_images)
+        mask = None
+        if mask_image is not None:
+            mask = latent_mask(mask_image, init_latents.shape[2], init_latents.shape[3], inputs.mask_round)
+            if inputs.inpainting_fill == 2:  # latent noise
+                fill_noise = initial_noise(tuple(init_latents.shape[1:]), seeds, seeds, 0.0)
+                init_latents = init_latents * (1 - mask) + fill_noise * mask
+            elif inputs.inpainting_fill == 3:  # latent nothing
+                init_latents = init_latents * (1 - mask)
+        strength = params.denoising_strength or 0.0
+        latents = self._denoise_latents(
+            init_latents, noise * inputs.initial_noise_multiplier, self.embeddings, params.sampler_spec, seeds,
+            params.steps, img2img_steps_run(params.steps, strength), strength, width, height, mask,
+        )
+        results = self._decode(latents)
+        if overlay is None:
+            return results
+        originals = [ImageOps.exif_transpose(inputs.init_images[i % len(inputs.init_images)]).convert("RGB")
+                     for i in range(len(seeds))]
+        return [self._paste_back(result, original, overlay, crop_region, inputs.resize_mode, width, height)
+                for result, original in zip(results, originals)]
+
+    @staticmethod
+    def _paste_back(result: Image.Image, original: Image.Image, overlay: Image.Image,
+                    crop_region: tuple[int, int, int, int] | None, resize_mode: int, width: int, height: int) -> Image.Image:
+        """A1111's `apply_overlay`: the original outside the (blurred) mask, the result inside."""
+        if crop_region is not None:
+            x1, y1, x2, y2 = crop_region
+            base = original.copy()
+            base.paste(resize_image(1, result, x2 - x1, y2 - y1), (x1, y1))
+            return Image.composite(base, original, overlay)
+        return Image.composite(result, resize_image(resize_mode, original, width, height), overlay)
