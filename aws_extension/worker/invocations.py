@@ -114,17 +114,18 @@ def _require_url(value: Any, what: str) -> str:
     return value
 
 
-def parse_invocation(body: bytes, timeout_s: float) -> Invocation:
-    """The request of `body`, with `params_url` already fetched; InvocationError names what is wrong."""
+def decode_body(body: bytes) -> dict[str, Any]:
     try:
         request = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvocationError(f"The request body is not JSON: {exc}") from None
     if not isinstance(request, dict):
         raise InvocationError("The request body must be a JSON object")
-    job_id = request.get("job_id") or uuid.uuid4().hex
-    if not isinstance(job_id, str):
-        raise InvocationError("job_id must be a string")
+    return request
+
+
+def parse_invocation(request: dict[str, Any], job_id: str, timeout_s: float) -> Invocation:
+    """The job of `request`, with `params_url` already fetched; InvocationError names what is wrong."""
     task = request.get("task")
     if task not in TASKS:
         raise InvocationError(f"Unknown task {task!r}: use one of {', '.join(TASKS)}")
@@ -295,8 +296,12 @@ def execute_invocation(runtime: WorkerRuntime, body: bytes) -> tuple[int, dict[s
     """Run the job of `body`; returns the HTTP status and the JSON answer of the contract above."""
     job_id: str | None = None
     try:
-        invocation = parse_invocation(body, runtime.settings.download_timeout_s)
-        job_id = invocation.job_id
+        request = decode_body(body)
+        job_id = request.get("job_id") or uuid.uuid4().hex
+        if not isinstance(job_id, str):
+            job_id = None
+            raise InvocationError("job_id must be a string")
+        invocation = parse_invocation(request, job_id, runtime.settings.download_timeout_s)
         if invocation.task == MERGE_TASK:
             return 200, _run_merge(runtime, invocation)
         return 200, _run_generation(runtime, invocation)

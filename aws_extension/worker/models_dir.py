@@ -55,7 +55,7 @@ def model_file_problem(path: Path, name: str, model_type: str) -> str | None:
     except EngineError as exc:
         return str(exc)  # it names the file
     if kind != expected_kind:
-        return f"{name} is a {kind}, not a model of type {model_type}"
+        return f"{name} is not a model of type {model_type}: it is a {kind}"
     return None
 
 

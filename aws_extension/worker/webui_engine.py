@@ -51,11 +51,14 @@ class WebUIEngine:
         self._session = requests.Session()
 
     def wait_until_reachable(self, deadline_s: float | None = None) -> None:
-        """Block until the WebUI answers its API (it may still be starting); forever when no deadline."""
+        """Block until the WebUI can take jobs (it may still be starting); forever when no deadline.
+
+        `samplers` is the probe: the WebUI serves it once its API is up, an sd-aws worker once its engine is.
+        """
         started = time.monotonic()
         while True:
             try:
-                if self._session.get(f"{self.api}/sd-models", timeout=self.timeout_s).status_code == 200:
+                if self._session.get(f"{self.api}/samplers", timeout=self.timeout_s).status_code == 200:
                     return
             except requests.RequestException:
                 pass

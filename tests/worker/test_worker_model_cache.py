@@ -108,8 +108,8 @@ def test_model_file_problem_checks_the_kind(tiny_models_dir: Path, tmp_path: Pat
     lora = tiny_models_dir / "Lora" / "tiny-lora.safetensors"
     assert model_file_problem(checkpoint, "a.safetensors", "Stable-diffusion") is None
     assert model_file_problem(lora, "b.safetensors", "Lora") is None
-    assert "is a lora, not a model of type Stable-diffusion" in model_file_problem(lora, "b.safetensors",
-                                                                                    "Stable-diffusion")
+    assert model_file_problem(lora, "b.safetensors", "Stable-diffusion") == (
+        "b.safetensors is not a model of type Stable-diffusion: it is a lora")
     text = tmp_path / "notes.ckpt"
     text.write_bytes(b"hello")
     assert "notes.ckpt" in model_file_problem(text, "notes.ckpt", "Stable-diffusion")
