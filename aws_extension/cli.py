@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sd-aws {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("up", help="the whole stack here: middleware, tiny model, a local endpoint")
+    _add_server_flags(p)
+    p.add_argument("--demo", action="store_true", help="also run one txt2img job, write the PNG, then stop")
+
     p = sub.add_parser("serve", help="run the middleware API")
     _add_server_flags(p)
 
@@ -80,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "up":
+        from aws_extension.up import up
+
+        return up(host=args.host, port=args.port, data_dir=args.data_dir, demo=args.demo)
     if args.command == "serve":
         from aws_extension.middleware.server import serve
 

@@ -56,6 +56,7 @@ class MiddlewareSettings:
     worker_engine: str = _env("SD_AWS_WORKER_ENGINE", "diffusers", "engine of local workers: diffusers or webui")
     webhook_allow_private_addresses: bool = _env(
         "SD_AWS_WEBHOOK_ALLOW_PRIVATE_ADDRESSES", False, "let callback_url point at loopback/private addresses (tests only)")
+    webhook_secret: str | None = _env("SD_AWS_WEBHOOK_SECRET", None, "HMAC key of webhook signatures; generated into the data dir when unset")
     webhook_attempts: int = _env("SD_AWS_WEBHOOK_ATTEMPTS", 4, "deliveries of one webhook before giving up")
     webhook_timeout_s: float = _env("SD_AWS_WEBHOOK_TIMEOUT_S", 10.0, "timeout of one webhook delivery")
 

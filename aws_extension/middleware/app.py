@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aws_extension import __version__
 from aws_extension.middleware.errors import Forbidden, ServiceError, Unauthorized
-from aws_extension.middleware.routes import blobs, checkpoints, connection, datasets
+from aws_extension.middleware.routes import blobs, checkpoints, connection, datasets, endpoints, inference
 from aws_extension.middleware.wiring import Services
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ def create_app(services: Services, api_key: str) -> FastAPI:
     app.include_router(blobs.router)
     app.include_router(connection.router, dependencies=authenticated)
     app.include_router(checkpoints.router, dependencies=authenticated)
+    app.include_router(endpoints.router, dependencies=authenticated)
+    app.include_router(inference.router, dependencies=authenticated)
     app.include_router(datasets.router, dependencies=authenticated)
     app.add_middleware(BodySizeLimit, max_bytes=services.settings.max_body_bytes)
     return app

@@ -30,3 +30,8 @@ class NotFound(ServiceError):
 class Conflict(ServiceError):
     status_code = 409
 
+
+class Unprocessable(ServiceError):
+    """A request whose shape is wrong for the route (422), e.g. a body meant for another route."""
+
+    status_code = 422

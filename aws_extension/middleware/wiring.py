@@ -12,9 +12,14 @@ from pathlib import Path
 
 from aws_extension.middleware.blobs.base import BlobStore
 from aws_extension.middleware.blobs.local import LocalBlobStore
+from aws_extension.middleware.compute.base import Compute, ComputeCallbacks
+from aws_extension.middleware.compute.local import LocalCompute
 from aws_extension.middleware.services.checkpoints import CheckpointService
 from aws_extension.middleware.services.datasets import DatasetService
+from aws_extension.middleware.services.endpoints import EndpointService
+from aws_extension.middleware.services.inference import InferenceService
 from aws_extension.middleware.services.model_import import ModelImporter
+from aws_extension.middleware.services.webhooks import WebhookSender
 from aws_extension.middleware.store.base import Store
 from aws_extension.middleware.store.sqlite import SQLiteStore
 from aws_extension.settings import MiddlewareSettings
@@ -42,16 +47,24 @@ class Services:
     checkpoints: CheckpointService
     importer: ModelImporter
     datasets: DatasetService
+    compute: Compute
+    endpoints: EndpointService
+    webhooks: WebhookSender
+    inference: InferenceService
 
     def start(self) -> None:
         self._stop = threading.Event()
         self.importer.resume_interrupted()
+        self.inference.restore()
+        self.endpoints.restore()
         self._sweeper = threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True)
         self._sweeper.start()
 
     def stop(self) -> None:
         self._stop.set()
         self.importer.stop()
+        self.webhooks.stop()
+        self.compute.stop()
         self._sweeper.join(5)
 
     def sweep(self) -> None:
@@ -84,6 +97,15 @@ def build_services(settings: MiddlewareSettings) -> Services:
         max_parts=settings.multipart_max_parts)
     checkpoints = CheckpointService(store, blobs, min_part_bytes=settings.multipart_min_part_bytes,
                                     max_parts=settings.multipart_max_parts)
+    compute = LocalCompute(store, settings)
+    endpoints = EndpointService(store, compute, settings.max_instances_per_endpoint)
+    webhook_secret = settings.webhook_secret or read_or_create_secret(data_dir / "webhook_secret")
+    webhooks = WebhookSender(webhook_secret.encode(), settings.webhook_attempts, settings.webhook_timeout_s,
+                             settings.webhook_allow_private_addresses)
+    inference = InferenceService(store, blobs, compute, checkpoints, endpoints, webhooks)
+    compute.bind(ComputeCallbacks(prepare_invocation=inference.prepare_invocation, complete_job=inference.complete,
+                                  endpoint_changed=endpoints.endpoint_changed))
     return Services(settings=settings, store=store, blobs=blobs, checkpoints=checkpoints,
                     importer=ModelImporter(checkpoints, settings),
-                    datasets=DatasetService(store, blobs, settings.signed_url_ttl_s))
+                    datasets=DatasetService(store, blobs, settings.signed_url_ttl_s),
+                    compute=compute, endpoints=endpoints, webhooks=webhooks, inference=inference)

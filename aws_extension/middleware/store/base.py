@@ -45,6 +45,9 @@ class Store(Protocol):
 
     def delete(self, table: str, record_id: str) -> None: ...
 
+    def key_after(self, record: dict[str, Any]) -> str:
+        """The `after` key that lists the records following `record` (for paging by a record's id)."""
+
 
 def list_all(store: Store, table: str, filters: dict[str, list[str]] | None = None,
              oldest_first: bool = False) -> list[dict[str, Any]]:

@@ -181,6 +181,9 @@ class SQLiteStore:
         next_key = _encode_key(rows[limit - 1][1], rows[limit - 1][2]) if len(rows) > limit else None
         return Page(records, next_key)
 
+    def key_after(self, record: dict[str, Any]) -> str:
+        return _encode_key(record["created"], record["id"])
+
     def delete(self, table: str, record_id: str) -> None:
         conn = self._connect()
         conn.execute("DELETE FROM records WHERE tbl = ? AND id = ?", (table, record_id))
