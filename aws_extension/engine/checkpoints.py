@@ -213,7 +213,7 @@ def detect_model(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, s
         sdxl = any(k.startswith(("lora_te1_", "lora_te2_")) for k in keys)
         architecture = declared or ("sdxl" if sdxl else None)
         return ModelFileInfo(KIND_LORA, architecture, "lycoris" if lycoris else "kohya", metadata)
-    if any(".lora_A." in k or ".lora.down." in k or ".lora_linear_layer." in k for k in keys):
+    if any(".lora_A." in k or ".lora.down." in k or "_lora.down." in k or ".lora_linear_layer." in k for k in keys):
         return ModelFileInfo(KIND_LORA, declared, "diffusers", metadata)
     if "emb_params" in shapes:
         return ModelFileInfo(KIND_EMBEDDING, declared, "a1111-safetensors", metadata)
@@ -236,16 +236,17 @@ def detect_model(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, s
 
 
 def _checkpoint_architecture(shapes: Mapping[str, tuple[int, ...]], declared: str | None) -> str | None:
+    """The architecture the tensors show; the metadata's claim only when the shapes do not tell."""
     if any(k.startswith("conditioner.embedders.") for k in shapes):
         return "sdxl"
     if any(k.startswith("cond_stage_model.model.") for k in shapes):
         return "sd2"
-    if declared:
-        return declared
     cross_attention = shapes.get(_SD1_CROSS_ATTENTION_KEY)
-    if not any(k.startswith(_CLIP_PREFIX) for k in shapes) or not cross_attention:
-        return None
-    return {768: "sd1", _TINY_CROSS_ATTENTION_DIM: "sd1-tiny"}.get(cross_attention[1])
+    if any(k.startswith(_CLIP_PREFIX) for k in shapes) and cross_attention:
+        found = {768: "sd1", _TINY_CROSS_ATTENTION_DIM: "sd1-tiny"}.get(cross_attention[1])
+        if found:
+            return found
+    return declared
 
 
 def _controlnet_architecture(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> str | None:
@@ -304,11 +305,17 @@ def load_checkpoint_pipeline(checkpoint: Path, vae: Path | None = None) -> Stabl
         raise EngineError(f"{checkpoint.name} is not a Stable Diffusion checkpoint: it is {what}")
     config_dir = architecture_config_dir(info.architecture)
     _check_checkpoint_shapes(checkpoint.name, shapes, config_dir)
+    vae_override = load_vae(vae, info.architecture) if vae else None
     state_dict = load_state_dict(checkpoint)
-    unet = UNet2DConditionModel.from_single_file(
-        state_dict, config=str(config_dir), subfolder="unet", local_files_only=True
-    )
-    vae_model = load_vae(vae, info.architecture) if vae else _vae_from_checkpoint(state_dict, config_dir)
+    try:
+        unet = UNet2DConditionModel.from_single_file(
+            state_dict, config=str(config_dir), subfolder="unet", local_files_only=True
+        )
+        vae_model = vae_override or _vae_from_checkpoint(state_dict, config_dir)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise EngineError(
+            f"{checkpoint.name} does not match {ARCHITECTURE_NAMES[info.architecture]}: {str(exc).splitlines()[0]}"
+        ) from None
     text_encoder = _text_encoder_from_checkpoint(state_dict, config_dir, checkpoint.name)
     scheduler = PNDMScheduler.from_config(PNDMScheduler.load_config(config_dir / "scheduler"))
     pipeline = StableDiffusionPipeline(

@@ -181,6 +181,16 @@ def test_sdxl_and_sd2_checkpoints_are_refused_with_the_reason(tmp_path: Path):
             load_checkpoint_pipeline(path)
 
 
+def test_checkpoint_with_wrong_shapes_is_refused(checkpoint: Path, tmp_path: Path):
+    tensors = load_file(str(checkpoint))
+    key = "model.diffusion_model.time_embed.0.weight"
+    tensors[key] = torch.zeros(tensors[key].shape[0] // 2, tensors[key].shape[1])
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata={ARCHITECTURE_METADATA_KEY: "sd1-tiny"})
+    with pytest.raises(EngineError, match="broken.safetensors does not match the tiny SD 1.x test model"):
+        load_checkpoint_pipeline(broken)
+
+
 def test_a_lora_is_not_loaded_as_a_checkpoint(tiny_models_dir: Path):
     with pytest.raises(EngineError, match="not a Stable Diffusion checkpoint: it is a lora"):
         load_checkpoint_pipeline(tiny_models_dir / "Lora" / "tiny-lora.safetensors")
@@ -384,6 +394,16 @@ def test_lora_alpha_is_honoured(pipeline, tiny_models_dir: Path, tmp_path: Path)
     with applied_addons(pipeline, loras=[(full_alpha, alpha / rank)]):
         rescaled = generate(pipeline)
     np.testing.assert_allclose(rescaled, original, atol=1e-5)
+
+
+def test_pickled_kohya_lora_loads_like_the_safetensors_one(pipeline, tiny_models_dir: Path, tmp_path: Path):
+    lora = tiny_models_dir / "Lora" / "tiny-lora.safetensors"
+    pickled = tmp_path / "tiny-lora.pt"
+    torch.save(load_file(str(lora)), pickled)
+    with applied_addons(pipeline, loras=[(lora, 0.7)]):
+        from_safetensors = generate(pipeline)
+    with applied_addons(pipeline, loras=[(pickled, 0.7)]):
+        np.testing.assert_array_equal(generate(pipeline), from_safetensors)
 
 
 def test_diffusers_format_lora_loads_like_kohya(pipeline, tiny_models_dir: Path, tmp_path: Path):
