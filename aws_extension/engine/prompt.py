@@ -21,6 +21,7 @@ CHUNK_LENGTH = 75  # tokens per chunk, without BOS and EOS
 # A1111's `comma_padding_backtrack` default: a chunk that ends within this many tokens after a comma is
 # cut at the comma, and the rest moves to the next chunk.
 COMMA_PADDING_BACKTRACK = 20
+_MIN_MEAN_FOR_RESTORE = 1e-4  # relative to the mean magnitude of the embeddings
 
 _RE_ATTENTION = re.compile(
     r"""
@@ -219,10 +220,15 @@ def encode_chunks(chunks: list[PromptChunk], text_encoder: Any, clip_skip: int =
             z = final_layer_norm(hidden_states[-clip_skip])
         else:
             z = text_encoder(input_ids).last_hidden_state
-        multipliers = torch.tensor([chunk.multipliers], device=device, dtype=z.dtype)
-        original_mean = z.mean()
-        z = z * multipliers.unsqueeze(-1)
-        z = z * (original_mean / z.mean())
+        if any(multiplier != 1.0 for multiplier in chunk.multipliers):
+            multipliers = torch.tensor([chunk.multipliers], device=device, dtype=z.dtype)
+            original_mean = z.mean()
+            z = z * multipliers.unsqueeze(-1)
+            new_mean = z.mean()
+            # A1111 divides unconditionally; a mean of ~0 (an untrained final layer norm, as in the tiny
+            # test model) would turn the ratio into noise or NaN, so it is skipped there.
+            if new_mean.abs() > _MIN_MEAN_FOR_RESTORE * z.abs().mean():
+                z = z * (original_mean / new_mean)
         encoded.append(z)
     return torch.cat(encoded, dim=1)
 
