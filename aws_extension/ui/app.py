@@ -1,0 +1,31 @@
+"""`sd-aws ui`: the Amazon SageMaker tabs and a txt2img/img2img tab of their own, without a WebUI."""
+
+from __future__ import annotations
+
+from aws_extension.client import default_api_key
+from aws_extension.settings import ClientSettings, load
+from aws_extension.ui.compat import gr
+from aws_extension.ui.connection import ConnectionStore, MemoryConnectionStore
+from aws_extension.ui.generate import GenerateTab
+from aws_extension.ui.sagemaker_tab import SageMakerTab
+
+
+def build_app(store: ConnectionStore) -> gr.Blocks:
+    with gr.Blocks(analytics_enabled=False, title="SD AWS") as app, gr.Tabs(elem_id="tabs"):
+        for task_type in ("txt2img", "img2img"):
+            with gr.Tab(task_type, elem_id=f"sd_aws_{task_type}_tab"):
+                GenerateTab(store, task_type).render()
+        with gr.Tab("Amazon SageMaker", elem_id="sd_aws_tab"):
+            SageMakerTab(store).render()
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 7860, api_url: str | None = None,
+          api_key: str | None = None) -> int:
+    """Serve the standalone UI until interrupted; URL and key default to SD_AWS_API_URL / SD_AWS_API_KEY."""
+    settings = load(ClientSettings, api_url=api_url, api_key=api_key)
+    app = build_app(MemoryConnectionStore(settings.api_url, settings.api_key or default_api_key()))
+    app.queue()
+    print(f"sd-aws ui: http://{host}:{port} (middleware {settings.api_url})", flush=True)
+    app.launch(server_name=host, server_port=port, show_api=False)
+    return 0

@@ -1,0 +1,412 @@
+"""The "Amazon SageMaker" tab: Settings, Cloud models, Endpoints, Datasets, Jobs.
+
+Pure gradio + the client. The handlers are plain methods (the tests call them directly); `render()` lays
+out the components in the current gradio context, `build_blocks()` wraps them for the WebUI's tab list.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from aws_extension.client import ApiError, MiddlewareClient
+from aws_extension.model_types import MODEL_TYPES
+from aws_extension.ui.compat import gr, uploaded_paths
+from aws_extension.ui.connection import ConnectionStore, error_text, make_client, masked_key
+from aws_extension.ui.follow import follow
+from aws_extension.ui.inference import CloudGenerationError, job_outputs, job_status_text
+from aws_extension.ui.models import MODEL_FILE_SUFFIXES, is_model_file, list_model_files
+
+ALL_TYPES = "All types"
+INSTANCE_TYPES = ["ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.4xlarge", "ml.g5.8xlarge", "ml.g5.12xlarge",
+                  "ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g4dn.4xlarge", "ml.g4dn.8xlarge", "ml.g4dn.12xlarge",
+                  "local"]
+CHECKPOINT_HEADERS = ["name", "type", "status", "size", "sha256", "created"]
+ENDPOINT_HEADERS = ["endpoint", "status", "endpoint status", "instance type", "instances", "autoscaling",
+                    "started", "error"]
+DATASET_HEADERS = ["dataset", "status", "created", "description"]
+JOB_HEADERS = ["job id", "status", "progress", "task", "endpoint", "started", "error"]
+PREVIEW_LIMIT = 24  # images shown in a dataset preview
+Progress = Callable[..., Any]  # gr.Progress: progress(fraction, desc=...)
+HANDLED_ERRORS = (ApiError, CloudGenerationError, OSError, ValueError)
+
+
+def ok(message: str) -> str:
+    return f"✅ {message}"
+
+
+def failed(exc: Exception | str) -> str:
+    return f"❌ {exc if isinstance(exc, str) else error_text(exc)}"
+
+
+def human_size(size: int | None) -> str:
+    if not size:
+        return ""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return ""
+
+
+def when(value: Any) -> str:
+    """A record time (Unix seconds, or the seed's "2023-07-04 08:00:35.171309" text) as minutes, UTC."""
+    if value in (None, ""):
+        return ""
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return str(value)[:16]
+
+
+class SageMakerTab:
+    def __init__(self, store: ConnectionStore, model_folders: dict[str, list[Path]] | None = None):
+        self.store = store
+        self.model_folders = model_folders or {}  # WebUI model folders by type; empty when standalone
+
+    # -- Settings ------------------------------------------------------------------------------------
+    def saved_settings(self) -> tuple[str, Any]:
+        return self.store.api_url(), gr.update(value="", placeholder=masked_key(self.store.api_key()))
+
+    def save_settings(self, api_url: str, api_key: str) -> tuple[str, Any]:
+        if not (api_url or "").strip():
+            return failed("Enter the middleware's URL, e.g. http://127.0.0.1:8080."), gr.update()
+        self.store.save(api_url, api_key or None)
+        return (ok(f"Saved; {masked_key(self.store.api_key())}."),
+                gr.update(value="", placeholder=masked_key(self.store.api_key())))
+
+    def test_connection(self, api_url: str, api_key: str) -> str:
+        """Test the URL in the field, with the key in the field or else the saved key."""
+        try:
+            client = MiddlewareClient((api_url or "").strip(), (api_key or "").strip() or self.store.api_key())
+            version = client.healthz().get("version", "?")
+            client.test_connection()
+        except ApiError as exc:
+            return failed(exc)
+        return ok(f"Connected to {client.api_url} (sd-aws {version}); the API key is accepted.")
+
+    # -- Cloud models ----------------------------------------------------------------------------------
+    def checkpoint_table(self, type_filter: str) -> tuple[list[list], str]:
+        try:
+            types = None if type_filter in (None, "", ALL_TYPES) else [type_filter]
+            records = make_client(self.store).list_checkpoints(types)
+        except ApiError as exc:
+            return [], failed(exc)
+        rows = [[", ".join(r.get("name") or []), r.get("type", ""), r.get("status", ""), human_size(r.get("size")),
+                 (r.get("sha256") or "")[:10], when(r.get("created"))] for r in records]
+        return rows, ok(f"{len(rows)} checkpoint(s).")
+
+    def _local_files(self, model_type: str) -> dict[str, Path]:
+        folders = self.model_folders.get(model_type, [])
+        files: dict[str, Path] = {}
+        for path in list_model_files(folders):
+            folder = next(f for f in folders if path.is_relative_to(f))
+            files[str(path.relative_to(folder))] = path
+        return files
+
+    def local_file_choices(self, model_type: str) -> Any:
+        return gr.update(choices=list(self._local_files(model_type)), value=[])
+
+    def _upload(self, model_type: str, paths: list[Path], progress: Progress) -> str:
+        if not paths:
+            return failed("Choose at least one model file to upload.")
+        not_models = [p.name for p in paths if not is_model_file(p)]
+        if not_models:
+            return failed(f"{', '.join(not_models)} is not a model file (model files end in "
+                          f"{', '.join(MODEL_FILE_SUFFIXES)}).")
+        try:
+            client = make_client(self.store)
+            done_names = []
+            for path in paths:  # one checkpoint per file, so each gets its own catalogue entry
+                progress(0.0, desc=f"Uploading {path.name}")
+                client.upload_checkpoint_files(
+                    model_type, [path], {"message": "uploaded from the Amazon SageMaker tab"},
+                    progress=lambda done, total, name=path.name: progress(done / max(total, 1),
+                                                                          desc=f"Uploading {name}"))
+                done_names.append(path.name)
+        except HANDLED_ERRORS as exc:
+            return failed(exc)
+        return ok(f"Uploaded {', '.join(done_names)} as {model_type}; it is Active in the cloud catalogue.")
+
+    def upload_local(self, model_type: str, selected: list[str] | None,
+                     progress: Progress = gr.Progress()) -> str:  # noqa: B008 - gradio injects the tracker
+        files = self._local_files(model_type)
+        return self._upload(model_type, [files[name] for name in selected or [] if name in files], progress)
+
+    def upload_from_computer(self, model_type: str, files: Any,
+                             progress: Progress = gr.Progress()) -> str:  # noqa: B008
+        return self._upload(model_type, uploaded_paths(files), progress)
+
+    def import_by_url(self, model_type: str, urls_text: str, hf_token: str, civitai_token: str):
+        """A generator: the import's live status until its checkpoint is Active or Failed."""
+        urls = [u.strip() for u in (urls_text or "").splitlines() if u.strip()]
+        if not urls:
+            yield failed("Enter at least one http(s) URL of a model file.")
+            return
+        params = {k: v.strip() for k, v in (("hf_token", hf_token), ("civitai_token", civitai_token)) if v and v.strip()}
+
+        def show(record: dict) -> str:
+            progress = record.get("progress") or {}
+            received = human_size(progress.get("bytes_received")) or "0 B"
+            total = human_size(progress.get("bytes_total"))
+            return f"⏳ Importing: {record.get('status')}, {received}" + (f" of {total}" if total else "")
+
+        try:
+            client = make_client(self.store)
+            record = client.import_checkpoint(model_type, urls, params)["checkpoint"]
+            yield f"⏳ Import started (checkpoint {record['id']})."
+            final = yield from follow(lambda report: client.wait_for_checkpoint(record["id"], on_update=report), show)
+        except HANDLED_ERRORS as exc:
+            yield failed(exc)
+            return
+        if final["status"] == "Active":
+            yield ok(f"Imported {', '.join(final.get('name') or [])} as {model_type}.")
+        else:
+            yield failed(f"The import failed: {final.get('error') or final['status']}")
+
+    # -- Endpoints ---------------------------------------------------------------------------------------
+    def endpoint_table(self) -> tuple[list[list], Any, str]:
+        try:
+            records = make_client(self.store).list_endpoints()
+        except ApiError as exc:
+            return [], gr.update(), failed(exc)
+        rows = [[r.get("endpoint_name"), r.get("status"), r.get("endpoint_status"), r.get("instance_type") or "",
+                 r.get("current_instance_count") if r.get("current_instance_count") is not None else "",
+                 "on" if r.get("autoscaling") else "off", when(r.get("startTime")), r.get("error") or ""]
+                for r in records]
+        live = list(dict.fromkeys(r["endpoint_name"] for r in records
+                                  if r.get("endpoint_status") not in ("Deleted", "Deleting")))
+        return rows, gr.update(choices=live, value=[]), ok(f"{len(live)} endpoint(s).")
+
+    def deploy_endpoint(self, instance_type: str, instance_count: float, autoscaling: bool,
+                        min_instances: float, max_instances: float, endpoint_name: str) -> str:
+        try:
+            job = make_client(self.store).deploy_endpoint(
+                instance_type=instance_type, initial_instance_count=int(instance_count),
+                endpoint_name=(endpoint_name or "").strip() or None, autoscaling_enabled=bool(autoscaling),
+                min_instance_number=int(min_instances) if autoscaling else None,
+                max_instance_number=int(max_instances) if autoscaling else None)
+        except ApiError as exc:
+            return failed(exc)
+        return ok(f"Deploying {job['endpoint_name']} ({job['endpoint_status']}); refresh the list to follow it.")
+
+    def ask_delete(self, names: list[str] | None) -> tuple[Any, str]:
+        if not names:
+            return gr.update(visible=False), failed("Choose the endpoint(s) to delete first.")
+        return gr.update(visible=True), f"⚠️ Delete {', '.join(names)}? Jobs queued on it are cancelled."
+
+    def confirm_delete(self, names: list[str] | None) -> tuple[Any, str]:
+        try:
+            results = make_client(self.store).delete_endpoints(list(names or []))["results"]
+        except ApiError as exc:
+            return gr.update(visible=False), failed(exc)
+        problems = [f"{name}: {result}" for name, result in results.items() if result != "deleted"]
+        if problems:
+            return gr.update(visible=False), failed(f"Not deleted: {'; '.join(problems)}.")
+        return gr.update(visible=False), ok(f"Deleted {', '.join(results)}.")
+
+    # -- Datasets ------------------------------------------------------------------------------------------
+    def create_dataset(self, name: str, description: str, files: Any,
+                       progress: Progress = gr.Progress()) -> str:  # noqa: B008
+        paths = uploaded_paths(files)
+        if not (name or "").strip():
+            return failed("Enter a dataset name (letters, digits and '-').")
+        images = [p for p in paths if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp")]
+        if not images:
+            return failed("A dataset needs at least one image (PNG, JPEG, WebP or BMP).")
+        try:
+            result = make_client(self.store).create_dataset_from_files(
+                name.strip(), images, (description or "").strip(),
+                progress=lambda done, total: progress(done / max(total, 1), desc="Uploading images"))
+        except HANDLED_ERRORS as exc:
+            return failed(exc)
+        skipped = f"; skipped {len(paths) - len(images)} file(s) that are not images" if len(images) < len(paths) else ""
+        return ok(f"Dataset {result.get('datasetName', name)} is {result.get('status', 'Enabled')} "
+                  f"with {len(images)} image(s){skipped}.")
+
+    def dataset_table(self) -> tuple[list[list], Any, str]:
+        try:
+            records = make_client(self.store).list_datasets()
+        except ApiError as exc:
+            return [], gr.update(), failed(exc)
+        rows = [[r.get("datasetName"), r.get("status"), when(r.get("timestamp")), r.get("description") or ""]
+                for r in records]
+        return rows, gr.update(choices=[r[0] for r in rows]), ok(f"{len(rows)} dataset(s).")
+
+    def preview_dataset(self, name: str | None) -> tuple[list, str]:
+        if not name:
+            return [], failed("Choose a dataset to preview.")
+        try:
+            client = make_client(self.store)
+            files = client.dataset_files(name)
+            images = [Image.open(io.BytesIO(client.download(f["preview_url"]))) for f in files[:PREVIEW_LIMIT]
+                      if f.get("preview_url")]
+        except HANDLED_ERRORS as exc:
+            return [], failed(exc)
+        more = f" (showing the first {PREVIEW_LIMIT})" if len(files) > PREVIEW_LIMIT else ""
+        return images, ok(f"{name}: {len(files)} file(s){more}.")
+
+    # -- Jobs ------------------------------------------------------------------------------------------------
+    def job_table(self) -> tuple[list[list], Any, str]:
+        try:
+            jobs = make_client(self.store).list_inference_jobs(limit=50)
+        except ApiError as exc:
+            return [], gr.update(), failed(exc)
+        rows = [[j["InferenceJobId"], j.get("status"), f"{round(100 * float(j.get('progress') or 0))}%",
+                 j.get("taskType") or "", j.get("endpoint_name") or "", when(j.get("startTime")),
+                 j.get("error") or ""] for j in jobs]
+        return rows, gr.update(choices=[r[0] for r in rows]), ok(f"{len(rows)} recent job(s).")
+
+    def show_job(self, job_id: str | None) -> tuple[list, Any, str]:
+        if not job_id:
+            return [], None, failed("Choose a job to show.")
+        try:
+            client = make_client(self.store)
+            job = client.inference_job(job_id)
+            if job["status"] != "succeed":
+                return [], None, (failed(f"Job {job_id} failed: {job.get('error') or 'no reason given'}")
+                                  if job["status"] == "failed" else f"Job {job_id}: {job_status_text(job)}.")
+            output = job_outputs(client, job)
+        except HANDLED_ERRORS as exc:
+            return [], None, failed(exc)
+        parameters = {"parameters": output.parameters, "info": output.info}
+        return output.images, json.loads(json.dumps(parameters, default=str)), ok(
+            f"Job {job_id}: {len(output.images)} image(s).")
+
+    # -- layout ------------------------------------------------------------------------------------------------
+    def render(self) -> None:
+        """Create the tab's components in the current gradio context."""
+        with gr.Tabs(elem_id="sd_aws_tabs"):
+            with gr.Tab("Settings", elem_id="sd_aws_settings_tab"):
+                self._render_settings()
+            with gr.Tab("Cloud models", elem_id="sd_aws_models_tab"):
+                self._render_models()
+            with gr.Tab("Endpoints", elem_id="sd_aws_endpoints_tab"):
+                self._render_endpoints()
+            with gr.Tab("Datasets", elem_id="sd_aws_datasets_tab"):
+                self._render_datasets()
+            with gr.Tab("Jobs", elem_id="sd_aws_jobs_tab"):
+                self._render_jobs()
+
+    def build_blocks(self) -> gr.Blocks:
+        with gr.Blocks(analytics_enabled=False) as blocks:
+            self.render()
+        return blocks
+
+    def _render_settings(self) -> None:
+        api_url = gr.Textbox(label="API URL", value=self.store.api_url(), placeholder="http://127.0.0.1:8080",
+                             elem_id="sd_aws_api_url")
+        api_key = gr.Textbox(label="API key", type="password", value="",
+                             placeholder=masked_key(self.store.api_key()), elem_id="sd_aws_api_key")
+        with gr.Row():
+            save = gr.Button("Save", variant="primary", elem_id="sd_aws_save_settings")
+            test = gr.Button("Test connection", elem_id="sd_aws_test_connection")
+        result = gr.Markdown(elem_id="sd_aws_settings_result")
+        save.click(self.save_settings, [api_url, api_key], [result, api_key])
+        test.click(self.test_connection, [api_url, api_key], [result])
+
+    def _render_models(self) -> None:
+        with gr.Row():
+            type_filter = gr.Dropdown(label="Type", choices=[ALL_TYPES, *MODEL_TYPES], value=ALL_TYPES,
+                                      elem_id="sd_aws_models_type_filter")
+            refresh = gr.Button("Refresh", elem_id="sd_aws_models_refresh")
+        table = gr.Dataframe(headers=CHECKPOINT_HEADERS, interactive=False, elem_id="sd_aws_models_table")
+        status = gr.Markdown(elem_id="sd_aws_models_status")
+        for event in (refresh.click, type_filter.change):
+            event(self.checkpoint_table, [type_filter], [table, status])
+        with gr.Accordion("Upload from the WebUI's model folders", open=bool(self.model_folders),
+                          visible=bool(self.model_folders)):
+            with gr.Row():
+                local_type = gr.Dropdown(label="Type", choices=list(MODEL_TYPES), value=MODEL_TYPES[0],
+                                         elem_id="sd_aws_local_type")
+                local_files = gr.Dropdown(label="Files", choices=list(self._local_files(MODEL_TYPES[0])),
+                                          multiselect=True, elem_id="sd_aws_local_files")
+            upload_local = gr.Button("Upload to the cloud", elem_id="sd_aws_upload_local")
+        with gr.Accordion("Upload from your computer", open=not self.model_folders):
+            computer_type = gr.Dropdown(label="Type", choices=list(MODEL_TYPES), value=MODEL_TYPES[0],
+                                        elem_id="sd_aws_computer_type")
+            computer_files = gr.File(label="Model files", file_count="multiple", elem_id="sd_aws_computer_files")
+            upload_computer = gr.Button("Upload to the cloud", elem_id="sd_aws_upload_computer")
+        with gr.Accordion("Import by URL", open=False):
+            url_type = gr.Dropdown(label="Type", choices=list(MODEL_TYPES), value=MODEL_TYPES[0],
+                                   elem_id="sd_aws_url_type")
+            urls = gr.Textbox(label="URLs (one per line)", lines=2, elem_id="sd_aws_import_urls")
+            with gr.Row():
+                hf_token = gr.Textbox(label="Hugging Face token (optional, never stored)", type="password")
+                civitai_token = gr.Textbox(label="Civitai token (optional, never stored)", type="password")
+            import_button = gr.Button("Import", elem_id="sd_aws_import")
+        upload_status = gr.Markdown(elem_id="sd_aws_upload_status")
+        local_type.change(self.local_file_choices, [local_type], [local_files])
+        upload_local.click(self.upload_local, [local_type, local_files], [upload_status]).then(
+            self.checkpoint_table, [type_filter], [table, status])
+        upload_computer.click(self.upload_from_computer, [computer_type, computer_files], [upload_status]).then(
+            self.checkpoint_table, [type_filter], [table, status])
+        import_button.click(self.import_by_url, [url_type, urls, hf_token, civitai_token], [upload_status]).then(
+            self.checkpoint_table, [type_filter], [table, status])
+
+    def _render_endpoints(self) -> None:
+        with gr.Row():
+            instance_type = gr.Dropdown(label="Instance type", choices=INSTANCE_TYPES, value=INSTANCE_TYPES[0],
+                                        elem_id="sd_aws_instance_type")
+            instance_count = gr.Number(label="Instances", value=1, precision=0,
+                                       elem_id="sd_aws_instance_count")
+            endpoint_name = gr.Textbox(label="Name (optional)", elem_id="sd_aws_endpoint_name")
+        with gr.Row():
+            autoscaling = gr.Checkbox(label="Autoscaling", value=False, elem_id="sd_aws_autoscaling")
+            min_instances = gr.Number(label="Min instances", value=0, precision=0, elem_id="sd_aws_min_instances")
+            max_instances = gr.Number(label="Max instances", value=1, precision=0, elem_id="sd_aws_max_instances")
+        deploy = gr.Button("Deploy", variant="primary", elem_id="sd_aws_deploy")
+        status = gr.Markdown(elem_id="sd_aws_endpoints_status")
+        refresh = gr.Button("Refresh", elem_id="sd_aws_endpoints_refresh")
+        table = gr.Dataframe(headers=ENDPOINT_HEADERS, interactive=False, elem_id="sd_aws_endpoints_table")
+        with gr.Row():
+            to_delete = gr.Dropdown(label="Endpoints to delete", choices=[], multiselect=True,
+                                    elem_id="sd_aws_endpoints_to_delete")
+            delete = gr.Button("Delete", variant="stop", elem_id="sd_aws_delete_endpoints")
+        with gr.Row(visible=False) as confirm_row:
+            confirm = gr.Button("Yes, delete", variant="stop", elem_id="sd_aws_confirm_delete")
+            cancel = gr.Button("Cancel", elem_id="sd_aws_cancel_delete")
+        deploy.click(self.deploy_endpoint, [instance_type, instance_count, autoscaling, min_instances,
+                                            max_instances, endpoint_name], [status]).then(
+            self.endpoint_table, None, [table, to_delete, status])
+        refresh.click(self.endpoint_table, None, [table, to_delete, status])
+        delete.click(self.ask_delete, [to_delete], [confirm_row, status])
+        confirm.click(self.confirm_delete, [to_delete], [confirm_row, status]).then(
+            self.endpoint_table, None, [table, to_delete, status])
+        cancel.click(lambda: (gr.update(visible=False), ""), None, [confirm_row, status])
+
+    def _render_datasets(self) -> None:
+        with gr.Row():
+            name = gr.Textbox(label="Dataset name", elem_id="sd_aws_dataset_name")
+            description = gr.Textbox(label="Description", elem_id="sd_aws_dataset_description")
+        images = gr.File(label="Images", file_count="multiple", elem_id="sd_aws_dataset_files")
+        create = gr.Button("Create dataset", variant="primary", elem_id="sd_aws_create_dataset")
+        status = gr.Markdown(elem_id="sd_aws_datasets_status")
+        refresh = gr.Button("Refresh", elem_id="sd_aws_datasets_refresh")
+        table = gr.Dataframe(headers=DATASET_HEADERS, interactive=False, elem_id="sd_aws_datasets_table")
+        with gr.Row():
+            chosen = gr.Dropdown(label="Dataset", choices=[], elem_id="sd_aws_dataset_choice")
+            preview = gr.Button("Preview", elem_id="sd_aws_dataset_preview")
+        gallery = gr.Gallery(label="Preview", elem_id="sd_aws_dataset_gallery")
+        create.click(self.create_dataset, [name, description, images], [status]).then(
+            self.dataset_table, None, [table, chosen, status])
+        refresh.click(self.dataset_table, None, [table, chosen, status])
+        preview.click(self.preview_dataset, [chosen], [gallery, status])
+
+    def _render_jobs(self) -> None:
+        refresh = gr.Button("Refresh", elem_id="sd_aws_jobs_refresh")
+        table = gr.Dataframe(headers=JOB_HEADERS, interactive=False, elem_id="sd_aws_jobs_table")
+        with gr.Row():
+            chosen = gr.Dropdown(label="Job", choices=[], elem_id="sd_aws_job_choice")
+            show = gr.Button("Show", elem_id="sd_aws_show_job")
+        status = gr.Markdown(elem_id="sd_aws_jobs_status")
+        gallery = gr.Gallery(label="Images", elem_id="sd_aws_job_gallery")
+        parameters = gr.JSON(label="Parameters", elem_id="sd_aws_job_parameters")
+        refresh.click(self.job_table, None, [table, chosen, status])
+        show.click(self.show_job, [chosen], [gallery, parameters, status])

@@ -1,0 +1,109 @@
+"""A WebUI processing object `p` → the models it needs and the /inference/v2 request body."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from aws_extension.ui.inference import png_base64
+from aws_extension.ui.models import ModelRef, embeddings_in_prompts, list_model_files, lora_names_in_prompt
+
+# Attributes of StableDiffusionProcessing* that are /sdapi/v1 parameters of the same name.
+COMMON_FIELDS = ("prompt", "negative_prompt", "styles", "seed", "subseed", "subseed_strength", "seed_resize_from_h",
+                 "seed_resize_from_w", "sampler_name", "scheduler", "batch_size", "n_iter", "steps", "cfg_scale",
+                 "width", "height", "restore_faces", "tiling", "denoising_strength", "eta", "s_min_uncond",
+                 "s_churn", "s_tmax", "s_tmin", "s_noise", "override_settings", "do_not_save_samples",
+                 "do_not_save_grid")
+TXT2IMG_FIELDS = ("enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+                  "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
+                  "firstphase_width", "firstphase_height")
+IMG2IMG_FIELDS = ("resize_mode", "image_cfg_scale", "mask_blur_x", "mask_blur_y", "inpainting_fill",
+                  "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "initial_noise_multiplier")
+CONTROLNET_UNIT_FIELDS = ("enabled", "module", "model", "weight", "image", "resize_mode", "guidance_start",
+                          "guidance_end", "control_mode", "pixel_perfect", "processor_res", "threshold_a",
+                          "threshold_b", "low_vram")
+CONTROLNET_SCRIPT_TITLES = ("controlnet", "controlnet integrated")  # sd-webui-controlnet; Forge's built-in
+_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # "control_v11p_sd15_canny [d14c016b]"
+
+
+def task_type(p: Any) -> str:
+    return "img2img" if getattr(p, "init_images", None) else "txt2img"
+
+
+def script_args_of(p: Any, title: str) -> list | None:
+    """The slice of `p.script_args` that belongs to the always-on script titled `title` (case-insensitive)."""
+    runner = getattr(p, "scripts", None)
+    for script in getattr(runner, "alwayson_scripts", []) if runner else []:
+        if script.title().lower() == title.lower():
+            return list(p.script_args[script.args_from:script.args_to])
+    return None
+
+
+def _api_value(value: Any) -> Any:
+    """A ControlNet unit value as the API takes it: enums by value, images as base64 PNG."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Image.Image):
+        return png_base64(value)
+    if hasattr(value, "__array_interface__"):  # numpy arrays, without importing numpy
+        return png_base64(Image.fromarray(value))
+    if isinstance(value, dict):
+        return {key: _api_value(item) for key, item in value.items() if item is not None}
+    return value
+
+
+def controlnet_units(p: Any) -> list[dict]:
+    """The enabled ControlNet units of `p`, in the API's form (`alwayson_scripts.controlnet.args`)."""
+    units = next((args for title in CONTROLNET_SCRIPT_TITLES if (args := script_args_of(p, title)) is not None), [])
+    result = []
+    for unit in units:
+        values = unit if isinstance(unit, dict) else {f: getattr(unit, f) for f in CONTROLNET_UNIT_FIELDS
+                                                      if hasattr(unit, f)}
+        if values.get("enabled"):
+            result.append({key: _api_value(value) for key, value in values.items() if value is not None})
+    return result
+
+
+def wanted_models(p: Any, checkpoint: ModelRef, vae: ModelRef | None, embedding_folders: list[Path]) -> list[ModelRef]:
+    """Every model the job needs: the checkpoint, the VAE, LoRA in the prompts, embeddings, ControlNet models."""
+    prompts = [str(getattr(p, name, "") or "") for name in ("prompt", "negative_prompt", "hr_prompt",
+                                                                "hr_negative_prompt")]
+    wanted = [checkpoint, *([vae] if vae else [])]
+    wanted += [ModelRef("Lora", name) for name in dict.fromkeys(n for text in prompts for n in lora_names_in_prompt(text))]
+    wanted += [ModelRef("embeddings", path.name)
+               for path in embeddings_in_prompts(prompts, list_model_files(embedding_folders))]
+    wanted += [ModelRef("ControlNet", _HASH_SUFFIX.sub("", unit["model"])) for unit in controlnet_units(p)
+               if unit.get("model") not in (None, "", "None")]
+    return list(dict.fromkeys(wanted))
+
+
+def inference_request(p: Any, endpoint: str | None, models: dict[str, list], prompt: str, negative_prompt: str,
+                      clip_skip: int) -> dict:
+    """The /inference/v2 body: routing fields, then every A1111 parameter of `p` at the top level.
+
+    `prompt`/`negative_prompt` already have the styles applied (as process_images would), so no styles are sent.
+    """
+    task = task_type(p)
+    fields = COMMON_FIELDS + (IMG2IMG_FIELDS if task == "img2img" else TXT2IMG_FIELDS)
+    body: dict[str, Any] = {name: getattr(p, name) for name in fields
+                            if getattr(p, name, None) is not None and name != "styles"}
+    body.update(prompt=prompt, negative_prompt=negative_prompt, task_type=task, models=models)
+    if endpoint:
+        body["sagemaker_endpoint_name"] = endpoint
+    override_settings = dict(body.get("override_settings") or {})
+    if clip_skip != 1:
+        override_settings.setdefault("CLIP_stop_at_last_layers", clip_skip)
+    body["override_settings"] = override_settings
+    if task == "img2img":
+        body["init_images"] = [png_base64(image) for image in p.init_images]
+        mask = getattr(p, "image_mask", None)
+        if mask is not None:
+            body["mask"] = png_base64(mask)
+    units = controlnet_units(p)
+    if units:
+        body["alwayson_scripts"] = {"controlnet": {"args": units}}
+    return body
