@@ -376,13 +376,15 @@ def load_vae(path: Path, architecture: str | None) -> AutoencoderKL:
 
 
 def _text_encoder_from_checkpoint(state_dict: dict[str, torch.Tensor], config_dir: Path, name: str) -> Any:
+    from accelerate import init_empty_weights
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(config_dir / "text_encoder")))
+    with init_empty_weights():  # parameters on "meta" (no random init: SD 1.5's takes seconds); buffers real
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(config_dir / "text_encoder")))
     expected = text_encoder.state_dict()
     prefix = "text_model." if any(k.startswith("text_model.") for k in expected) else ""
-    weights = {
-        prefix + k[len(_CLIP_PREFIX):]: v
+    weights = {  # float32 like the UNet and VAE (from_single_file loads fp16 files as float32 too)
+        prefix + k[len(_CLIP_PREFIX):]: v.float() if v.is_floating_point() else v
         for k, v in state_dict.items()
         if k.startswith(_CLIP_PREFIX) and prefix + k[len(_CLIP_PREFIX):] in expected
     }
@@ -390,7 +392,7 @@ def _text_encoder_from_checkpoint(state_dict: dict[str, torch.Tensor], config_di
     if missing:
         raise EngineError(f"{name} is incomplete: its text encoder lacks {len(missing)} tensors, e.g. {missing[0]}")
     try:
-        text_encoder.load_state_dict(weights, strict=False)
+        text_encoder.load_state_dict(weights, strict=False, assign=True)
     except RuntimeError as exc:
         raise EngineError(f"{name}: the text encoder does not match SD 1.x: {str(exc).splitlines()[0]}") from None
     return text_encoder.eval()

@@ -276,6 +276,14 @@ def test_ckpt_checkpoint_loads_like_the_safetensors_one(checkpoint: Path, tmp_pa
     np.testing.assert_array_equal(generate(load_checkpoint_pipeline(ckpt)), base_image)
 
 
+def test_fp16_checkpoint_loads_as_float32(checkpoint: Path, tmp_path: Path, base_image: np.ndarray):
+    half = tmp_path / "tiny-fp16.safetensors"
+    save_file({k: v.half() for k, v in load_file(str(checkpoint)).items()}, str(half))
+    pipeline = load_checkpoint_pipeline(half)
+    assert {pipeline.unet.dtype, pipeline.vae.dtype, pipeline.text_encoder.dtype} == {torch.float32}
+    np.testing.assert_allclose(generate(pipeline), base_image, atol=0.05)
+
+
 def test_a1111_pt_embedding_is_read_with_weights_only(tmp_path: Path):
     vectors = torch.randn(3, 32)
     path = tmp_path / "old-style.pt"
