@@ -380,10 +380,17 @@ def test_lora_weight_zero_is_identical_weight_one_differs_and_removal_restores(
     lora = tiny_models_dir / "Lora" / "tiny-lora.safetensors"
     with applied_addons(pipeline, loras=[(lora, 0.0)]):
         np.testing.assert_array_equal(generate(pipeline), base_image)
+    token_ids = pipeline.tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        text_features = pipeline.text_encoder(token_ids)[0]
     with applied_addons(pipeline, loras=[(lora, 1.0)]):
         assert set(pipeline.get_list_adapters()) == {"unet", "text_encoder"}
+        with torch.no_grad():
+            assert not torch.allclose(pipeline.text_encoder(token_ids)[0], text_features)  # lora_te_* applied
         with_lora = generate(pipeline)
     assert np.abs(with_lora - base_image).mean() > 1e-3
+    with torch.no_grad():
+        assert torch.equal(pipeline.text_encoder(token_ids)[0], text_features)
     assert pipeline.get_list_adapters() == {}
     np.testing.assert_array_equal(generate(pipeline), base_image)
 
