@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.helpers import free_port
-from tests.webui.conftest import CHECKPOINT_SHA256, HOST_DOUBLE, REPO
+from tests.webui.conftest import CHECKPOINT_SHA256, HOST_DOUBLE, REPO, make_p, switch_runner
 from tests.webui.fake_middleware import FakeMiddleware, color_of
 
 CATALOGUE = [
@@ -28,33 +28,6 @@ CATALOGUE = [
 ]
 ENDPOINTS = [{"endpoint_name": "ep-ready", "endpoint_status": "InService", "status": "success"},
              {"endpoint_name": "ep-creating", "endpoint_status": "Creating", "status": "inprogress"}]
-
-
-def switch_runner(webui, is_img2img: bool = False):
-    """The always-on scripts' UI as the WebUI builds it, so the switch gets its args_from:args_to."""
-    import gradio as gr
-
-    runner = webui.scripts.ScriptRunner(is_img2img)
-    with gr.Blocks():
-        runner.setup_ui()
-    return runner
-
-
-def make_p(webui, runner, on: bool, endpoint: str | None = "ep-ready", img2img: bool = False, **fields):
-    processing = webui.processing
-    out = webui.data / "outputs"
-    common = dict(prompt="a red fox <lora:style:0.8>", negative_prompt="badhands, blurry", seed=42, steps=4,
-                  width=64, height=64, outpath_samples=str(out / "samples"), outpath_grids=str(out / "grids"))
-    common.update(fields)
-    if img2img:
-        from PIL import Image
-
-        p = processing.StableDiffusionProcessingImg2Img(init_images=[Image.new("RGB", (64, 64), "blue")], **common)
-    else:
-        p = processing.StableDiffusionProcessingTxt2Img(**common)
-    p.scripts = runner
-    p.script_args = runner.script_args_from_api({"amazon sagemaker": {"args": [on, endpoint]}})
-    return p
 
 
 @pytest.fixture
