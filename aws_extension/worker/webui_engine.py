@@ -4,6 +4,11 @@ For each job: the job's model files are linked (or copied, across file systems) 
 folders when that folder is known, the WebUI is told to rescan, the checkpoint is selected through
 `POST /sdapi/v1/options`, and the payload goes to `/sdapi/v1/txt2img|img2img`. Progress comes from the
 WebUI's `/sdapi/v1/progress`, polled while the job runs; cancelling calls `/sdapi/v1/interrupt`.
+
+Placing replaces a WebUI file of the same name (the job's sha256 decides the content). Every file of the
+job's ModelSet is placed, the worker's own models folder included: point `--models-dir` at the WebUI's
+models folder (nothing to place then but fetched models) or keep it small. A placed file is a hard link to
+the cache's copy, so its space is freed only once both are gone.
 """
 
 from __future__ import annotations
