@@ -85,6 +85,9 @@ class MiddlewareClient:
         params = {"types": ",".join(types or []), "status": ",".join(status or [])}
         return self.request("GET", "/checkpoints", params={k: v for k, v in params.items() if v})["checkpoints"]
 
+    def get_checkpoint(self, checkpoint_id: str) -> dict:
+        return self.request("GET", f"/checkpoint/{checkpoint_id}")["checkpoint"]
+
     def import_checkpoint(self, checkpoint_type: str, urls: list[str], params: dict | None = None) -> dict:
         return self.request("POST", "/upload_checkpoint",
                             json={"checkpointType": checkpoint_type, "modelUrl": urls, "params": params or {}})
@@ -251,9 +254,7 @@ class MiddlewareClient:
         """Poll until the checkpoint leaves `Initialed` (URL imports); returns its listed record."""
         deadline = time.monotonic() + timeout_s
         while True:
-            record = next((c for c in self.list_checkpoints() if c["id"] == checkpoint_id), None)
-            if record is None:
-                raise ApiError(404, f"checkpoint {checkpoint_id} does not exist.")
+            record = self.get_checkpoint(checkpoint_id)
             if on_update:
                 on_update(record)
             if record["status"] != "Initialed":

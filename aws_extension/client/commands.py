@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from tqdm import tqdm
@@ -79,13 +80,102 @@ def dataset_create(client: MiddlewareClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def endpoint_deploy(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    job = client.deploy_endpoint(args.instance_type, args.count, args.endpoint_name, args.autoscaling,
+                                 args.min_instances, args.max_instances)
+    print(f"deploying {job['endpoint_name']} (job {job['EndpointDeploymentJobId']})", file=sys.stderr)
+    if args.no_wait:
+        print(job["endpoint_name"])
+        return 0
+    record = client.wait_for_endpoint(job["EndpointDeploymentJobId"])
+    if record["endpoint_status"] != "InService":
+        print(f"error: {record['endpoint_name']} is {record['endpoint_status']}: {record['error']}", file=sys.stderr)
+        return 1
+    print(f"{record['endpoint_name']}  InService  instances {record['current_instance_count']}")
+    return 0
+
+
+def endpoint_list(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    _print_table([[e["endpoint_name"], e["endpoint_status"], e["instance_type"], e["current_instance_count"],
+                   "yes" if e["autoscaling"] else "no", e["startTime"]] for e in client.list_endpoints()],
+                 ["name", "status", "instance type", "instances", "autoscaling", "started"])
+    return 0
+
+
+def endpoint_delete(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    results = client.delete_endpoints(args.names)["results"]
+    for name, result in results.items():
+        print(f"{name}: {result}")
+    return 0 if all(r == "deleted" for r in results.values()) else 1
+
+
+def txt2img(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    model = args.model
+    if not model:
+        active = client.list_checkpoints(["Stable-diffusion"], ["Active"])
+        if not active:
+            print("error: no Active Stable-diffusion checkpoint; upload one with "
+                  "`sd-aws checkpoint upload FILE --type Stable-diffusion`", file=sys.stderr)
+            return 1
+        model = active[0]["name"][0]
+    body = {"task_type": "txt2img", "models": {"Stable-diffusion": [model]}, "prompt": args.prompt,
+            "negative_prompt": args.negative_prompt, "width": args.width, "height": args.height,
+            "steps": args.steps, "seed": args.seed, "sampler_name": args.sampler, "batch_size": args.batch_size}
+    if args.endpoint:
+        body["sagemaker_endpoint_name"] = args.endpoint
+    job = client.create_inference(body)
+    print(f"job {job['inference_id']} on {job['endpoint_name']}", file=sys.stderr)
+    with tqdm(total=100, unit="%", desc="generate", file=sys.stderr) as bar:
+        def show(current: dict) -> None:
+            bar.set_postfix_str(f"queued #{current['queue_position']}" if current.get("queue_position") is not None
+                                else current["status"])
+            bar.update(max(0, round(100 * (current.get("progress") or 0)) - bar.n))
+        try:
+            final = client.wait_for_job(job["inference_id"], on_update=show)
+        except KeyboardInterrupt:
+            client.cancel_inference(job["inference_id"])
+            print("\ncancelled", file=sys.stderr)
+            return 130
+    if final["status"] != "succeed":
+        print(f"error: job {final['status']}: {final['error']}", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    for index, url in enumerate(client.inference_image_urls(job["inference_id"])):
+        path = args.out / f"{job['inference_id']}-{index}.png"
+        path.write_bytes(client.download(url))
+        print(path)
+    return 0
+
+
+def job_list(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    jobs = client.list_inference_jobs(status=args.status, limit=args.limit)
+    _print_table([[j["InferenceJobId"], j["taskType"], j["status"], f"{round(100 * (j['progress'] or 0))}%",
+                   j["endpoint_name"], j["startTime"]] for j in jobs],
+                 ["id", "task", "status", "progress", "endpoint", "started"])
+    return 0
+
+
+def job_show(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    print(json.dumps(client.inference_job(args.job_id), indent=2))
+    return 0
+
+
+def job_cancel(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    job = client.cancel_inference(args.job_id)
+    print(f"{job['InferenceJobId']}  {job['status']}")
+    return 0
+
+
 COMMANDS = {("checkpoint", "upload"): checkpoint_upload, ("checkpoint", "import"): checkpoint_import,
-            ("checkpoint", "list"): checkpoint_list, ("dataset", "create"): dataset_create}
+            ("checkpoint", "list"): checkpoint_list, ("dataset", "create"): dataset_create,
+            ("endpoint", "deploy"): endpoint_deploy, ("endpoint", "list"): endpoint_list,
+            ("endpoint", "delete"): endpoint_delete, ("txt2img", None): txt2img, ("job", "list"): job_list,
+            ("job", "show"): job_show, ("job", "cancel"): job_cancel}
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return COMMANDS[(args.command, args.action)](client_from_args(args), args)
+        return COMMANDS[(args.command, getattr(args, "action", None))](client_from_args(args), args)
     except ApiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

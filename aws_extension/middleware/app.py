@@ -24,7 +24,7 @@ def error_body(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"statusCode": status, "error": message, **extra}, status_code=status)
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """Every route but /healthz and the signed blob URLs: `x-api-key` or `Authorization: Bearer`."""
     key = request.headers.get("x-api-key")
     if key is None:

@@ -251,3 +251,12 @@ def test_uploaded_file_is_served_with_range(middleware, headers, client, tmp_pat
     assert part.status_code == 206 and part.content == path.read_bytes()[10:20]
     assert part.headers["Content-Range"] == f"bytes 10-19/{path.stat().st_size}"
     assert requests.put(url, data=b"x", timeout=10).status_code == 403  # signed for GET, not PUT
+
+
+def test_get_one_checkpoint(middleware, headers, client, tmp_path):
+    record = client.upload_checkpoint_files("Lora", [fake_lora(tmp_path / "one.safetensors")])
+    one = requests.get(f"{middleware.url}/checkpoint/{record['id']}", headers=headers, timeout=10)
+    assert one.status_code == 200 and one.json()["checkpoint"]["name"] == ["one.safetensors"]
+    assert one.json()["checkpoint"] == next(c for c in client.list_checkpoints() if c["id"] == record["id"])
+    missing = requests.get(f"{middleware.url}/checkpoint/00000000-0000-4000-8000-000000000000", headers=headers, timeout=10)
+    assert missing.status_code == 404 and "does not exist" in missing.json()["error"]

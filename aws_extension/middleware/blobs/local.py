@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, urlencode
 
+import anyio
+
 from aws_extension.middleware.blobs.base import (
     BlobInfo,
     InvalidKey,
@@ -149,17 +151,29 @@ class LocalBlobStore:
 
     @staticmethod
     async def _stream_to(target: Path, body: AsyncIterator[bytes], digest, max_bytes: int | None = None) -> str:
+        """Write the body to `target` via a temp file; writing and hashing run in a worker thread, a
+        buffer at a time, so the event loop keeps serving the other parts meanwhile."""
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         received = 0
+        buffer = bytearray()
+
+        def flush(out: BinaryIO, data: bytes) -> None:
+            digest.update(data)
+            out.write(data)
+
         try:
             with open(temp, "wb") as out:
                 async for chunk in body:
                     received += len(chunk)
                     if max_bytes is not None and received > max_bytes:
                         raise UploadError(f"the object is larger than {max_bytes} bytes; use a multipart upload")
-                    digest.update(chunk)
-                    out.write(chunk)
+                    buffer += chunk
+                    if len(buffer) >= CHUNK:
+                        await anyio.to_thread.run_sync(flush, out, bytes(buffer))
+                        buffer.clear()
+                if buffer:
+                    await anyio.to_thread.run_sync(flush, out, bytes(buffer))
             os.replace(temp, target)
         finally:
             temp.unlink(missing_ok=True)

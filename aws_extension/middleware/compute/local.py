@@ -277,6 +277,9 @@ class LocalCompute:
 
     def _dispatch_forever(self, local: LocalEndpoint, instance: Instance) -> None:
         while not instance.stopping.is_set():
+            if instance.process is None or instance.process.poll() is not None:
+                self._restart(instance, "the worker process exited while idle")
+                continue
             job = self._claim_next_job(local.name, instance)
             if job is None:
                 with local.wake:
@@ -354,6 +357,12 @@ class LocalCompute:
             self.callbacks.complete_job(job["id"], {
                 "status": "failed", "error": f"The worker crashed {job.get('attempts', 1)} times running this job "
                                              f"({reason}; exit code {code}). Last log lines: {tail[-500:]}"})
+        self._restart(instance, reason)
+
+    def _restart(self, instance: Instance, reason: str) -> None:
+        """Start the instance's worker again; an instance that cannot start leaves the endpoint."""
+        log.warning("restarting worker %s/%d: %s", instance.endpoint, instance.index, reason)
+        self._kill(instance)
         if not self._start_process(instance):
             log.error("worker %s/%d could not be restarted: %s", instance.endpoint, instance.index, instance.log_tail())
             instance.stopping.set()

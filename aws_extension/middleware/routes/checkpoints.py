@@ -70,6 +70,11 @@ def list_checkpoints(request: Request, services: Services = Depends(get_services
     return {"statusCode": 200, "checkpoints": [listed_checkpoint(r) for r in records]}
 
 
+@router.get("/checkpoint/{checkpoint_id}", summary="One checkpoint (as listed by GET /checkpoints)")
+def get_checkpoint(checkpoint_id: str, services: Services = Depends(get_services)) -> dict:
+    return {"statusCode": 200, "checkpoint": listed_checkpoint(services.checkpoints.get(checkpoint_id))}
+
+
 @router.post("/upload_checkpoint")
 def import_checkpoint(body: ImportCheckpoint, services: Services = Depends(get_services)) -> dict:
     record = services.importer.start(body.checkpointType, body.modelUrl, body.params)

@@ -207,10 +207,7 @@ class CheckpointService:
         return list_all(self.store, TABLE, {"status": statuses, "kind": types})
 
     def active_file_names(self, checkpoint_type: str) -> list[str]:
-        names: list[str] = []
-        for record in self.list([ACTIVE], [checkpoint_type]):
-            names.extend(n for n in record["names"] if n not in names)
-        return names
+        return list(dict.fromkeys(n for record in self.list([ACTIVE], [checkpoint_type]) for n in record["names"]))
 
     def expire_uploads(self, older_than_s: float) -> list[str]:
         """Fail checkpoints whose upload was started over `older_than_s` ago and never completed."""

@@ -1,0 +1,107 @@
+"""A real stack for inference tests: middleware, the tiny models in the catalogue, a local endpoint."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from aws_extension.client import MiddlewareClient
+from tests.helpers import SdAwsProcess, start_middleware
+
+API_KEY = "inference-key"
+# The seed's own example names, so its example body runs unchanged.
+SEED_MODEL = "v1-5-pruned-emaonly.safetensors"
+SEED_ENDPOINT = "infer-endpoint-cb821ea"
+SEED_BODY = {"task_type": "txt2img", "models": {"Stable-diffusion": [SEED_MODEL]},
+             "sagemaker_endpoint_name": SEED_ENDPOINT, "prompt": "a cute panda", "denoising_strength": 0.75}
+TEST_ENV = {"SD_AWS_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "1", "SD_AWS_IMPORT_ALLOW_PRIVATE_ADDRESSES": "1"}
+
+
+@dataclass
+class Stack:
+    server: SdAwsProcess
+    client: MiddlewareClient
+    data_dir: Path
+    models: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+def register_tiny_models(client: MiddlewareClient, models_dir: Path, tmp: Path, checkpoint_name: str = SEED_MODEL) -> None:
+    checkpoint = tmp / checkpoint_name
+    shutil.copy(models_dir / "Stable-diffusion" / "tiny-sd.safetensors", checkpoint)
+    client.upload_checkpoint_files("Stable-diffusion", [checkpoint])
+    for model_type in ("Lora", "embeddings", "VAE", "ControlNet"):
+        client.upload_checkpoint_files(model_type, sorted((models_dir / model_type).iterdir()))
+
+
+def deploy(client: MiddlewareClient, name: str, count: int = 1, **autoscaling) -> dict:
+    job = client.deploy_endpoint("local", count, endpoint_name=name, **autoscaling)
+    record = client.wait_for_endpoint(job["EndpointDeploymentJobId"], timeout_s=300)
+    assert record["endpoint_status"] == "InService", record
+    return record
+
+
+def start_stack(tmp: Path, tiny_models_dir: Path, env: dict[str, str] | None = None) -> Stack:
+    data_dir = tmp / "data"
+    server = start_middleware(data_dir, API_KEY, env={**TEST_ENV, **(env or {})})
+    client = MiddlewareClient(server.url, API_KEY, timeout_s=60)
+    register_tiny_models(client, tiny_models_dir, tmp)
+    return Stack(server, client, data_dir, tiny_models_dir)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_models_dir):
+    """One middleware with the seed's endpoint on 2 workers, shared by a module's tests."""
+    built = start_stack(tmp_path_factory.mktemp("stack"), tiny_models_dir)
+    try:
+        deploy(built.client, SEED_ENDPOINT, count=2)
+        yield built
+    finally:
+        built.server.stop()
+
+
+def wait_until_running(client: MiddlewareClient, job_id: str, timeout_s: float = 120) -> dict:
+    """Poll until the job has made progress on a worker."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.inference_job(job_id)
+        if job["status"] != "inprogress" or (job["progress"] or 0) > 0:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never started running")
+
+
+def worker_pids(data_dir: Path, endpoint: str) -> dict[int, int]:
+    """PID → port of the endpoint's worker processes (found by their models folder on the command line)."""
+    marker = str(data_dir / "endpoints" / endpoint)
+    pids = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if " worker " in cmdline and marker in cmdline:
+                pids[int(proc.name)] = int(cmdline.split("--port ", 1)[1].split()[0])
+    return pids
+
+
+def worker_running(data_dir: Path, endpoint: str, job_id: str) -> int:
+    """The PID of the worker running `job_id` (asked through each worker's /sdapi/v1/progress)."""
+    for pid, port in worker_pids(data_dir, endpoint).items():
+        state = requests.get(f"http://127.0.0.1:{port}/sdapi/v1/progress", timeout=5).json()["state"]
+        if state.get("job_id") == job_id:
+            return pid
+    raise AssertionError(f"no worker of {endpoint} is running job {job_id}")
+
+
+LONG_JOB = {"task_type": "txt2img", "models": {"Stable-diffusion": [SEED_MODEL]}, "prompt": "a long job",
+            "width": 512, "height": 512, "steps": 150}

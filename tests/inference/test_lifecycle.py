@@ -1,0 +1,121 @@
+"""Endpoints over their life: failed deployments, deletion with jobs queued, autoscaling, restarts."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import requests
+
+from tests.helpers import SdAwsProcess, free_port
+from tests.inference.conftest import (
+    API_KEY,
+    LONG_JOB,
+    SEED_MODEL,
+    TEST_ENV,
+    deploy,
+    start_stack,
+    wait_until_running,
+    worker_pids,
+)
+
+QUICK_JOB = {"task_type": "txt2img", "models": {"Stable-diffusion": [SEED_MODEL]}, "width": 64, "height": 64,
+             "steps": 2, "prompt": "quick"}
+
+
+def _wait_for(predicate, timeout_s: float = 120, poll_s: float = 0.3):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError("condition not met in time")
+
+
+def test_delete_endpoint_with_jobs_queued_and_failed_deployment(tmp_path, tiny_models_dir):
+    stack = start_stack(tmp_path, tiny_models_dir)
+    try:
+        deploy(stack.client, "doomed")
+        running = stack.client.create_inference({**LONG_JOB, "sagemaker_endpoint_name": "doomed"})
+        wait_until_running(stack.client, running["inference_id"])
+        queued = [stack.client.create_inference({**QUICK_JOB, "sagemaker_endpoint_name": "doomed"}) for _ in range(3)]
+        answer = requests.delete(f"{stack.url}/endpoints", headers={"x-api-key": API_KEY}, timeout=120,
+                                 json={"delete_endpoint_list": ["doomed", "never-existed"]})
+        assert answer.status_code == 200, answer.text
+        results = answer.json()["results"]
+        assert results["doomed"] == "deleted" and "does not exist" in results["never-existed"]
+        for job in [running, *queued]:
+            record = stack.client.inference_job(job["inference_id"])
+            assert record["status"] == "cancelled" and "doomed" in record["error"], record
+        endpoint = stack.client.list_endpoints(endpoint_name="doomed")[0]
+        assert endpoint["endpoint_status"] == "Deleted" and endpoint["status"] == "deleted"
+        assert worker_pids(stack.data_dir, "doomed") == {}
+        late = requests.post(f"{stack.url}/inference/v2", json={**QUICK_JOB, "sagemaker_endpoint_name": "doomed"},
+                             headers={"x-api-key": API_KEY}, timeout=10)
+        assert late.status_code == 404
+        assert deploy(stack.client, "doomed")["endpoint_status"] == "InService"  # the name is free again
+        no_service = requests.post(f"{stack.url}/inference/v2", json=QUICK_JOB, headers={"x-api-key": API_KEY}, timeout=10)
+        assert no_service.status_code == 200  # with no endpoint named, the InService one is picked
+    finally:
+        stack.server.stop()
+
+
+def test_deployment_that_cannot_start_fails_with_the_reason(tmp_path, tiny_models_dir):
+    # Workers started with the webui engine and no WebUI URL exit at once: the endpoint must fail, not hang.
+    stack = start_stack(tmp_path, tiny_models_dir, env={"SD_AWS_WORKER_ENGINE": "webui"})
+    try:
+        job = stack.client.deploy_endpoint("local", 1, endpoint_name="broken")
+        record = stack.client.wait_for_endpoint(job["EndpointDeploymentJobId"], timeout_s=120)
+        assert record["endpoint_status"] == "Failed" and record["status"] == "failed"
+        assert "did not become healthy" in record["error"] and "--webui-url" in record["error"]
+        not_in_service = requests.post(f"{stack.url}/inference/v2", json={**QUICK_JOB, "sagemaker_endpoint_name": "broken"},
+                                       headers={"x-api-key": API_KEY}, timeout=10)
+        assert not_in_service.status_code == 404  # a failed endpoint's name is released
+    finally:
+        stack.server.stop()
+
+
+def test_autoscaling_from_zero_to_one_and_back(tmp_path, tiny_models_dir):
+    stack = start_stack(tmp_path, tiny_models_dir, env={"SD_AWS_SCALE_IN_IDLE_S": "3"})
+    try:
+        record = deploy(stack.client, "elastic", count=0, autoscaling_enabled=True, min_instance_number=0,
+                        max_instance_number=1)
+        assert record["current_instance_count"] == 0 and record["autoscaling"] is True
+        job = stack.client.create_inference({**QUICK_JOB, "sagemaker_endpoint_name": "elastic"})
+        assert stack.client.wait_for_job(job["inference_id"], timeout_s=300)["status"] == "succeed"
+        assert stack.client.list_endpoints(endpoint_name="elastic")[0]["current_instance_count"] == 1
+        _wait_for(lambda: stack.client.list_endpoints(endpoint_name="elastic")[0]["current_instance_count"] == 0, 60)
+        assert worker_pids(stack.data_dir, "elastic") == {}
+        again = stack.client.create_inference({**QUICK_JOB, "sagemaker_endpoint_name": "elastic"})
+        assert stack.client.wait_for_job(again["inference_id"], timeout_s=300)["status"] == "succeed"
+    finally:
+        stack.server.stop()
+
+
+def test_middleware_killed_with_jobs_queued_loses_none(tmp_path, tiny_models_dir):
+    stack = start_stack(tmp_path, tiny_models_dir)
+    try:
+        deploy(stack.client, "durable")
+        first = stack.client.create_inference({**LONG_JOB, "steps": 40, "sagemaker_endpoint_name": "durable"})
+        wait_until_running(stack.client, first["inference_id"])
+        rest = [stack.client.create_inference({**QUICK_JOB, "seed": s, "sagemaker_endpoint_name": "durable"})
+                for s in range(4)]
+        stack.server.stop(signal.SIGKILL)
+        _wait_for(lambda: worker_pids(stack.data_dir, "durable") == {}, 30)  # workers die with the middleware
+
+        port = free_port()
+        restarted = SdAwsProcess(["serve", "--port", str(port), "--data-dir", str(stack.data_dir)], port,
+                                 env={"SD_AWS_API_KEY": API_KEY, **TEST_ENV},
+                                 log_path=tmp_path / "restarted.log").start()
+        try:
+            from aws_extension.client import MiddlewareClient
+
+            client = MiddlewareClient(restarted.url, API_KEY)
+            jobs = [client.wait_for_job(j["inference_id"], timeout_s=600) for j in [first, *rest]]
+            assert [j["status"] for j in jobs] == ["succeed"] * 5, jobs
+            assert client.list_endpoints(endpoint_name="durable")[0]["endpoint_status"] == "InService"
+        finally:
+            restarted.stop()
+    finally:
+        stack.server.stop()
