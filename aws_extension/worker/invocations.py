@@ -7,7 +7,8 @@ Request (JSON object)::
 
     {
       "task": "txt2img" | "img2img" | "merge-checkpoint",
-      "job_id": "<str>",                      # optional; echoed back, and the key of /sdapi/v1/interrupt?job_id=
+      "job_id": "<str>",                      # optional; echoed back. POST /sdapi/v1/interrupt?job_id=<id>
+                                              # stops it, running or still fetching its models
       "models": [                             # the files the job may use, fetched into the model cache
         {"type": "Stable-diffusion" | "Lora" | "embeddings" | "hypernetworks" | "ControlNet" | "VAE",
          "name": "file.safetensors",          # as the WebUI shows it; LoRAs are found by stem (<lora:file:0.8>)
@@ -301,10 +302,11 @@ def execute_invocation(runtime: WorkerRuntime, body: bytes) -> tuple[int, dict[s
         if not isinstance(job_id, str):
             job_id = None
             raise InvocationError("job_id must be a string")
-        invocation = parse_invocation(request, job_id, runtime.settings.download_timeout_s)
-        if invocation.task == MERGE_TASK:
-            return 200, _run_merge(runtime, invocation)
-        return 200, _run_generation(runtime, invocation)
+        with runtime.jobs.announced(job_id):
+            invocation = parse_invocation(request, job_id, runtime.settings.download_timeout_s)
+            if invocation.task == MERGE_TASK:
+                return 200, _run_merge(runtime, invocation)
+            return 200, _run_generation(runtime, invocation)
     except (InvocationError, ModelFetchError) as exc:
         return exc.status, _failed(job_id, str(exc))
     except EngineError as exc:

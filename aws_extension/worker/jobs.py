@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from aws_extension.engine.base import Progress, ProgressCallback
+from aws_extension.engine.base import Interrupted, Progress, ProgressCallback
 
 T = TypeVar("T")
 
@@ -36,6 +37,11 @@ class JobRunner:
     def __init__(self) -> None:
         self._run_lock = threading.Lock()
         self._current: RunningJob | None = None
+        # Jobs accepted but not yet running (fetching models, or waiting their turn), and those of them
+        # interrupted already: they stop as soon as their turn comes.
+        self._state_lock = threading.Lock()
+        self._announced: set[str] = set()
+        self._cancelled_before_start: set[str] = set()
 
     @property
     def current(self) -> RunningJob | None:
@@ -44,6 +50,9 @@ class JobRunner:
     def run(self, job_id: str, task: str, work: Callable[[ProgressCallback, threading.Event], T]) -> T:
         """Run `work(progress_callback, cancel_event)` once no other job runs; returns what it returns."""
         with self._run_lock:
+            with self._state_lock:
+                if job_id in self._cancelled_before_start:
+                    raise Interrupted()
             job = RunningJob(job_id=job_id, task=task)
             self._current = job
             try:
@@ -51,13 +60,29 @@ class JobRunner:
             finally:
                 self._current = None
 
+    @contextmanager
+    def announced(self, job_id: str) -> Iterator[None]:
+        """Make `job_id` interruptible by id from now on, before it runs (while its models download)."""
+        with self._state_lock:
+            self._announced.add(job_id)
+        try:
+            yield
+        finally:
+            with self._state_lock:
+                self._announced.discard(job_id)
+                self._cancelled_before_start.discard(job_id)
+
     def interrupt(self, job_id: str | None = None) -> bool:
-        """Stop the running job (only if it is `job_id`, when given); False when there was none to stop."""
+        """Stop the running job, or only job `job_id` (running or announced); False when none was stopped."""
         job = self._current
-        if job is None or (job_id is not None and job.job_id != job_id):
-            return False
-        job.cancel.set()
-        return True
+        if job is not None and job_id in (None, job.job_id):
+            job.cancel.set()
+            return True
+        with self._state_lock:
+            if job_id in self._announced:
+                self._cancelled_before_start.add(job_id)
+                return True
+        return False
 
     def progress_report(self) -> dict[str, Any]:
         """The running job's progress in the shape of A1111's `/sdapi/v1/progress`."""

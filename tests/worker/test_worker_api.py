@@ -316,3 +316,23 @@ def test_invocation_merge_checkpoint_uploads_a_loadable_model(url: str, tiny_mod
     missing_third = {**request, "params": {**request["params"], "interp_method": "Add difference"}}
     answer = requests.post(f"{url}/invocations", json=missing_third, timeout=60)
     assert answer.status_code == 400 and "tertiary_model_name" in answer.json()["error"]
+
+
+def test_invocation_interrupted_while_its_model_downloads(url: str, tiny_models_dir: Path, file_server: FileServer):
+    vae = (tiny_models_dir / "VAE" / "tiny-vae.safetensors").read_bytes()
+    model = model_entry(file_server, "VAE", "slow-vae.safetensors", vae)
+    file_server.get_delay_s = 1.0
+    try:
+        thread, answers = run_in_thread(lambda: requests.post(f"{url}/invocations", json={
+            "task": "txt2img", "job_id": "early", "models": [model], "params": {**SMALL, "prompt": "x"}}, timeout=120))
+        while not file_server.gets[urlpath(model["url"], file_server)]:
+            time.sleep(0.02)
+        assert requests.post(f"{url}/sdapi/v1/interrupt", params={"job_id": "early"}, timeout=5).json() == {
+            "interrupted": True}
+        thread.join(timeout=120)
+    finally:
+        file_server.get_delay_s = 0.0
+    assert answers[0].status_code == 409 and answers[0].json()["status"] == "cancelled"
+    assert requests.post(f"{url}/sdapi/v1/interrupt", params={"job_id": "early"}, timeout=5).json() == {
+        "interrupted": False}
+    assert_healthy_and_generating(url)
