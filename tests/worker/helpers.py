@@ -75,8 +75,9 @@ def free_port() -> int:
 class WorkerProcess:
     """A real `sd-aws worker` process on 127.0.0.1; its log goes to a file (read it when a test fails)."""
 
-    def __init__(self, models_dir: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None):
-        self.port = free_port()
+    def __init__(self, models_dir: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None,
+                 port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "SD_AWS_HOME": str(log_path.parent / "home"),
@@ -86,6 +87,18 @@ class WorkerProcess:
             [sys.executable, "-m", "aws_extension", "worker", "--port", str(self.port),
              "--models-dir", str(models_dir), *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+
+    def first_ping_status(self) -> int:
+        """The status of the first /ping the process answers."""
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                return requests.get(f"{self.url}/ping", timeout=5).status_code
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise TimeoutError(f"worker did not answer /ping after {WORKER_START_TIMEOUT_S} s:\n{self.log()}")
 
     def ping_statuses_until_healthy(self) -> list[int]:
         """The /ping status codes seen from the first answer until 200."""

@@ -15,7 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.worker.helpers import FileServer, WorkerProcess
+from tests.worker.helpers import FileServer, WorkerProcess, free_port
 
 SMALL = {"width": 64, "height": 64, "steps": 2, "sampler_name": "Euler a", "seed": 21, "cfg_scale": 5}
 
@@ -33,16 +33,22 @@ def workers(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     (forwarder_models / "Stable-diffusion").mkdir(parents=True)
     shutil.copyfile(tiny_models_dir / "Stable-diffusion" / "tiny-sd.safetensors",
                     forwarder_models / "Stable-diffusion" / "tiny-sd.safetensors")
-    webui = WorkerProcess(webui_models, root / "webui.log")
+    webui_port = free_port()
     forwarder = WorkerProcess(forwarder_models, root / "forwarder.log", "--engine", "webui",
-                              "--webui-url", webui.url, env={"SD_AWS_WEBUI_MODELS_DIR": str(webui_models)})
+                              "--webui-url", f"http://127.0.0.1:{webui_port}",
+                              env={"SD_AWS_WEBUI_MODELS_DIR": str(webui_models)})
+    webui: WorkerProcess | None = None
     try:
+        # The forwarder is up before its WebUI exists: it must say 503 until the WebUI takes jobs.
+        assert forwarder.first_ping_status() == 503
+        webui = WorkerProcess(webui_models, root / "webui.log", port=webui_port)
         webui.ping_statuses_until_healthy()
         forwarder.ping_statuses_until_healthy()
         yield webui, forwarder
     finally:
         forwarder.stop()
-        webui.stop()
+        if webui is not None:
+            webui.stop()
 
 
 def test_sdapi_txt2img_through_the_forwarder_equals_the_webui_own(workers: tuple[WorkerProcess, WorkerProcess]):
