@@ -61,6 +61,7 @@ class ModelCache:
         self._guard = threading.Lock()
         self._sha_locks: dict[str, threading.Lock] = {}
         self._pins: Counter[str] = Counter()
+        self.evict()  # the budget may have shrunk since the last run
 
     def fetch(self, sha256: str, name: str, url: str,
               check: Callable[[Path], str | None] | None = None) -> Path:

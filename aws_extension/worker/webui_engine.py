@@ -4,6 +4,7 @@ For each job: the job's model files are linked (or copied, across file systems) 
 folders when that folder is known, the WebUI is told to rescan, the checkpoint is selected through
 `POST /sdapi/v1/options`, and the payload goes to `/sdapi/v1/txt2img|img2img`. Progress comes from the
 WebUI's `/sdapi/v1/progress`, polled while the job runs; cancelling calls `/sdapi/v1/interrupt`.
+The WebUI must run with its API enabled (`--api`, or `--nowebui`).
 
 Placing replaces a WebUI file of the same name (the job's sha256 decides the content). Every file of the
 job's ModelSet is placed, the worker's own models folder included: point `--models-dir` at the WebUI's
@@ -84,7 +85,8 @@ class WebUIEngine:
             self._place_models(models)
         checkpoint = self._checkpoint_name(models)
         if self._call("GET", "options").get("sd_model_checkpoint") != checkpoint:
-            self._call("POST", "options", {"sd_model_checkpoint": checkpoint})
+            # The WebUI loads the checkpoint before answering: as long as a generation may take.
+            self._call("POST", "options", {"sd_model_checkpoint": checkpoint}, generation=True)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="webui-job") as pool:
             answer = pool.submit(self._call, "POST", task, payload, generation=True)
             interrupted = False
@@ -114,7 +116,7 @@ class WebUIEngine:
     # -- helpers ------------------------------------------------------------------------------------
 
     def _call(self, method: str, route: str, body: Any = None, *, generation: bool = False) -> Any:
-        """One API call; a generation waits as long as the WebUI works on it."""
+        """One API call; a generation (or a checkpoint load) waits as long as the WebUI works on it."""
         try:
             response = self._session.request(method, f"{self.api}/{route}", json=body,
                                              timeout=None if generation else self.timeout_s)
