@@ -11,6 +11,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,10 @@ class DiffusersEngine:
         vae_file = self._vae_file(params, models)
         embedding_files = self._embedding_files(params, models)
         controlnet_files = self._controlnet_files(params, models)
-        with self._lock, self.pipelines.use(models.checkpoint, vae_file) as pipe, applied_addons(
-            pipe, [(path, call.text_encoder_weight) for path, call in lora_files], embedding_files
+        lora_weights = [(path, call.text_encoder_weight) for path, call in lora_files]
+        with self._lock, self.pipelines.use(models.checkpoint, vae_file) as pipe, (
+            # Applying nothing still costs a walk over every module on removal: skip it.
+            applied_addons(pipe, lora_weights, embedding_files) if lora_weights or embedding_files else nullcontext()
         ):
             embeddings = PromptEmbeddings(*encode_prompt_pair(prompt_text, params.negative_prompt, pipe, params.clip_skip))
             hires_embeddings = None
@@ -90,8 +93,10 @@ class DiffusersEngine:
                 hires_embeddings = PromptEmbeddings(*encode_prompt_pair(
                     hires_prompt, params.hires.negative_prompt or params.negative_prompt, pipe, params.clip_skip
                 ))
-            architecture = inspect_model_file(models.checkpoint).architecture
-            controlnets = [(unit, self._load_controlnet(path, architecture)) for unit, path in controlnet_files]
+            controlnets = []
+            if controlnet_files:
+                architecture = inspect_model_file(models.checkpoint).architecture
+                controlnets = [(unit, self._load_controlnet(path, architecture)) for unit, path in controlnet_files]
             reporter = StepReporter(self._total_steps(params), params.n_iter, progress, cancel)
             images = JobRunner(pipe, params, embeddings, hires_embeddings, controlnets, reporter).run()
         return self._result(params, images, models.checkpoint, vae_file, lora_files, embedding_files, controlnet_files)
