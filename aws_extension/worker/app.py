@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from aws_extension.engine.base import EngineError, Interrupted
 from aws_extension.worker.invocations import execute_invocation
 from aws_extension.worker.runtime import CHECKPOINT_TYPE, EngineNotReady, WorkerRuntime
+from aws_extension.worker.webui_engine import WebUIError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def _sdapi_call(call: Callable[[], Any]) -> Any:
         return _a1111_error(409, "Interrupted", "The job was interrupted.")
     except EngineNotReady as exc:
         return _a1111_error(503, "EngineNotReady", str(exc))
+    except WebUIError as exc:
+        return _a1111_error(502, "WebUIError", str(exc))
     except Exception as exc:  # noqa: BLE001 - the client gets one sentence, the log keeps the trace
         log.exception("Job failed")
         return _a1111_error(500, type(exc).__name__, f"Internal error: {type(exc).__name__}: {exc}")

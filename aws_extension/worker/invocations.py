@@ -50,8 +50,9 @@ Answers (JSON object, never null, never a stack trace):
     200 {"status": "succeed", "job_id", "sha256", "size", "timings"}                  # merge-checkpoint
     4xx {"status": "failed", "job_id", "error": "<one sentence>"}   # bad request or model refused (400)
     409 {"status": "cancelled", "job_id", "error": "The job was interrupted."}
-    5xx {"status": "failed", "job_id", "error": "<one sentence>"}   # 502: a model download or an upload
-                                                                    # failed; 503: engine not ready; 500
+    5xx {"status": "failed", "job_id", "error": "<one sentence>"}   # 502: a model download, an upload or
+                                                                    # the forwarded-to WebUI failed;
+                                                                    # 503: engine not ready; 500: a bug
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from aws_extension.engine.base import MODEL_TYPES, EngineError, Interrupted, Mod
 from aws_extension.worker.model_cache import ModelFetchError, check_model_name
 from aws_extension.worker.models_dir import model_file_problem
 from aws_extension.worker.runtime import CHECKPOINT_TYPE, EngineNotReady, WorkerRuntime
+from aws_extension.worker.webui_engine import WebUIError
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +317,8 @@ def execute_invocation(runtime: WorkerRuntime, body: bytes) -> tuple[int, dict[s
         return 409, {"status": "cancelled", "job_id": job_id, "error": "The job was interrupted."}
     except EngineNotReady as exc:
         return 503, _failed(job_id, str(exc))
+    except WebUIError as exc:
+        return 502, _failed(job_id, str(exc))
     except Exception as exc:  # noqa: BLE001 - the answer must say something, the log keeps the trace
         log.exception("Job %s failed", job_id)
         return 500, _failed(job_id, f"Internal error: {type(exc).__name__}: {exc}")
