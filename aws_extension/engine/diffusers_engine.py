@@ -41,6 +41,9 @@ from aws_extension.settings import WorkerSettings
 
 VERSION_TEXT = f"sd-aws {__version__}"
 CONTROLNET_CACHE_SIZE = 2  # loaded ControlNet models kept between jobs
+# Infotext keys A1111 writes itself; the others are its `extra_generation_params`.
+_BASE_INFOTEXT_KEYS = ("Size", "Model hash", "Model", "VAE hash", "VAE", "Seed resize from", "Clip skip", "Tiling",
+                       "Eta", "Version")
 _RE_MODEL_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # A1111 ControlNet names: "name [hash]"
 
 
@@ -259,7 +262,9 @@ class DiffusersEngine:
             "seed_resize_from_w": params.seed_resize_from_w,
             "seed_resize_from_h": params.seed_resize_from_h,
             "denoising_strength": params.denoising_strength,
-            "extra_generation_params": {k: v for k, v in shared[1].items() if v is not None and k != "Version"},
+            "extra_generation_params": {
+                key: value for key, value in shared[1].items() if value is not None and key not in _BASE_INFOTEXT_KEYS
+            },
             "index_of_first_image": 0,
             "infotexts": infotexts,
             "styles": [],

@@ -153,6 +153,14 @@ def fill_masked_area(image: Image.Image, mask: Image.Image) -> Image.Image:
     return filled.convert("RGB")
 
 
+def binary_mask(mask: Image.Image, round_mask: bool) -> Image.Image:
+    """A1111's `create_binary_mask`: a transparent RGBA mask means its alpha; mask_round makes it 0/255."""
+    if mask.mode == "RGBA" and mask.getextrema()[-1] != (255, 255):
+        mask = mask.getchannel("A")
+    mask = mask.convert("L")
+    return mask.point(lambda value: 255 if value > 128 else 0) if round_mask else mask
+
+
 def masked_crop_region(mask: Image.Image, padding: int, width: int, height: int) -> tuple[int, int, int, int] | None:
     """A1111's `get_crop_region` + `expand_crop_region`: the mask's box plus padding, grown to width:height."""
     box = mask.getbbox()
@@ -191,7 +199,7 @@ def prepare_img2img(
     overlay = None
     crop_region = None
     if mask is not None:
-        mask = mask.convert("L")
+        mask = binary_mask(mask, inputs.mask_round)
         if inputs.inpainting_mask_invert:
             mask = ImageOps.invert(mask)
         if inputs.mask_blur_x > 0:

@@ -412,7 +412,8 @@ def _img2img(payload: dict[str, Any]) -> Img2ImgInputs:
     )
 
 
-def _controlnet_units(scripts: dict[str, Any]) -> list[ControlNetUnit]:
+def _controlnet_units(scripts: dict[str, Any], init_image: Any = None) -> list[ControlNetUnit]:
+    """Enabled units; a unit without an image uses img2img's first init image, as the extension does."""
     controlnet = scripts.get("controlnet") or {}
     if not isinstance(controlnet, dict) or not isinstance(controlnet.get("args", []), list):
         raise _fail("alwayson_scripts.controlnet", "must be {\"args\": [unit, ...]}")
@@ -440,7 +441,7 @@ def _controlnet_units(scripts: dict[str, Any]) -> list[ControlNetUnit]:
             resize_mode = CONTROLNET_RESIZE_MODES[resize_mode]
         if resize_mode not in CONTROLNET_RESIZE_MODES:
             raise _fail(f"{name}.resize_mode", f"{resize_mode!r} is not one of {', '.join(CONTROLNET_RESIZE_MODES)}")
-        image = unit.get("image", unit.get("input_image"))
+        image = unit.get("image", unit.get("input_image")) or init_image
         if isinstance(image, dict):
             if image.get("mask"):
                 raise _fail(f"{name}.image", "a mask on a ControlNet image is not supported")
@@ -467,6 +468,11 @@ def _controlnet_units(scripts: dict[str, Any]) -> list[ControlNetUnit]:
             resize_mode=resize_mode,
         ))
     return units
+
+
+def _first_init_image(payload: dict[str, Any]) -> Any:
+    init_images = payload.get("init_images")
+    return init_images[0] if isinstance(init_images, list) and init_images else None
 
 
 def _check_scripts(scripts: Any) -> dict[str, Any]:
@@ -557,7 +563,7 @@ def normalise_payload(task: str, payload: dict[str, Any], settings: WorkerSettin
         sd_vae=sd_vae,
         denoising_strength=None,
         disable_extra_networks=_bool(merged, "disable_extra_networks"),
-        controlnet=_controlnet_units(scripts),
+        controlnet=_controlnet_units(scripts, _first_init_image(merged) if task == "img2img" else None),
     )
     if task == "txt2img" and _bool(merged, "enable_hr"):
         params.hires = _hires(merged, width, height, sampler, schedule, settings)

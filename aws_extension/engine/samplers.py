@@ -67,6 +67,7 @@ def resolve_sampler(name: str, schedule: str = "Automatic", field_name: str = "s
         raise EngineError(
             f"{field_name}: unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}", field_name
         )
+    schedule = next((known for known in SCHEDULES if known.lower() == schedule.lower()), schedule)
     if schedule not in SCHEDULES:
         raise EngineError(
             f"scheduler: unsupported schedule {schedule!r}; valid: {', '.join(SCHEDULES)}", "scheduler"

@@ -179,6 +179,11 @@ def test_inpaint_keeps_the_unmasked_area(engine, models) -> None:
     pixels, reference = _pixels(whole.images[0]), np.asarray(original, dtype=np.int16)
     assert np.array_equal(pixels[:16], reference[:16]) and np.array_equal(pixels[48:], reference[48:])
     assert np.abs(pixels[20:44, 20:44] - reference[20:44, 20:44]).mean() > 5
+    alpha_mask = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    alpha_mask.paste((0, 0, 0, 255), (16, 16, 48, 48))  # WebUI canvases send the drawn area as alpha
+    from_alpha = _run(engine, models, "img2img", inpaint_full_res=False, inpainting_fill=1,
+                      **{**fields, "mask": _b64_png(alpha_mask)})
+    assert from_alpha.images[0] == whole.images[0]
     for fill in (0, 2, 3):
         filled = _run(engine, models, "img2img", inpaint_full_res=False, inpainting_fill=fill, **fields)
         assert filled.images[0] != whole.images[0]

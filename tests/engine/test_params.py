@@ -156,3 +156,17 @@ def test_every_sampler_builds_and_unknown_names_list_the_valid_ones() -> None:
     assert make_scheduler(resolve_sampler("Euler", "Karras"), config, 1).config.use_karras_sigmas
     with pytest.raises(EngineError, match="valid samplers: Euler a, Euler, LMS"):
         resolve_sampler("Euler b")
+
+
+def test_controlnet_unit_without_image_uses_the_init_image_in_img2img() -> None:
+    unit = {"module": "none", "model": "tiny-controlnet"}
+    params = normalise_payload("img2img", {"init_images": [_png(48, 40)],
+                                           "alwayson_scripts": {"controlnet": {"args": [unit]}}}, SETTINGS)
+    assert params.controlnet[0].image.size == (48, 40)
+    with pytest.raises(EngineError) as error:
+        normalise_payload("txt2img", {"alwayson_scripts": {"controlnet": {"args": [unit]}}}, SETTINGS)
+    assert error.value.field == "alwayson_scripts.controlnet.args[0].image"
+
+
+def test_schedule_names_are_case_insensitive() -> None:
+    assert normalise_payload("txt2img", {"sampler_name": "DPM++ 2M", "scheduler": "karras"}, SETTINGS).sampler_spec.karras
