@@ -51,7 +51,7 @@ def workers(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             webui.stop()
 
 
-def test_sdapi_txt2img_through_the_forwarder_equals_the_webui_own(workers: tuple[WorkerProcess, WorkerProcess]):
+def test_sdapi_jobs_through_the_forwarder_equal_the_webui_own(workers: tuple[WorkerProcess, WorkerProcess]):
     webui, forwarder = workers
     payload = {**SMALL, "prompt": "a red house"}
     forwarded = requests.post(f"{forwarder.url}/sdapi/v1/txt2img", json=payload, timeout=120)
@@ -59,6 +59,11 @@ def test_sdapi_txt2img_through_the_forwarder_equals_the_webui_own(workers: tuple
     direct = requests.post(f"{webui.url}/sdapi/v1/txt2img", json=payload, timeout=120).json()
     assert forwarded.json()["images"] == direct["images"]
     assert Image.open(io.BytesIO(base64.b64decode(direct["images"][0]))).size == (64, 64)
+    img2img = {**payload, "init_images": direct["images"], "denoising_strength": 0.5}
+    forwarded = requests.post(f"{forwarder.url}/sdapi/v1/img2img", json=img2img, timeout=120)
+    assert forwarded.status_code == 200, forwarded.text
+    assert forwarded.json()["images"] == requests.post(f"{webui.url}/sdapi/v1/img2img", json=img2img,
+                                                       timeout=120).json()["images"]
     assert [s["name"] for s in requests.get(f"{forwarder.url}/sdapi/v1/samplers", timeout=10).json()] == [
         s["name"] for s in requests.get(f"{webui.url}/sdapi/v1/samplers", timeout=10).json()]
 
