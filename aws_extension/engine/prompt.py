@@ -182,11 +182,14 @@ def tokenize_into_chunks(text: str, tokenizer: Any, textual_inversion: Any | Non
         chunk = PromptChunk()
         last_comma = -1
 
+    embedding_lengths = _multi_vector_embedding_lengths(tokenizer)
     for tokens, (run_text, weight) in zip(tokenized, runs):
         if run_text == "BREAK" and weight == -1:
             next_chunk()
             continue
-        for token in tokens:
+        position = 0
+        while position < len(tokens):
+            token = tokens[position]
             if token == comma:
                 last_comma = len(chunk.tokens)
             elif (
@@ -201,11 +204,29 @@ def tokenize_into_chunks(text: str, tokenizer: Any, textual_inversion: Any | Non
                 chunk.tokens, chunk.multipliers = moved_tokens, moved_multipliers
             if len(chunk.tokens) == CHUNK_LENGTH:
                 next_chunk()
-            chunk.tokens.append(token)
-            chunk.multipliers.append(weight)
+            # An embedding's vectors stay together in one chunk.
+            length = embedding_lengths.get(token, 1)
+            if len(chunk.tokens) + length > CHUNK_LENGTH:
+                next_chunk()
+            chunk.tokens += tokens[position:position + length]
+            chunk.multipliers += [weight] * length
+            position += length
     if chunk.tokens or not chunks:
         next_chunk()
     return chunks
+
+
+def _multi_vector_embedding_lengths(tokenizer: Any) -> dict[int, int]:
+    """First token id → vector count of each multi-vector embedding (diffusers adds `name`, `name_1`, ...)."""
+    added = tokenizer.get_added_vocab()
+    lengths = {}
+    for token, token_id in added.items():
+        count = 1
+        while f"{token}_{count}" in added:
+            count += 1
+        if count > 1:
+            lengths[token_id] = count
+    return lengths
 
 
 def encode_chunks(chunks: list[PromptChunk], text_encoder: Any, clip_skip: int = 1) -> torch.Tensor:

@@ -148,3 +148,16 @@ def test_emphasis_restores_the_chunk_mean(pipe) -> None:
     assert emphasised.mean().item() == pytest.approx(plain.mean().item(), rel=1e-4)
     ratio = plain.mean() / (plain * torch.tensor(chunks[0].multipliers)[None, :, None]).mean()
     assert torch.allclose(emphasised[0, 2], plain[0, 2] * 1.5 * ratio, atol=1e-5)
+
+
+def test_multi_vector_embedding_is_not_split_across_chunks(pipe, tiny_models_dir) -> None:
+    from aws_extension.engine.addons import applied_addons
+
+    with applied_addons(pipe, embeddings=[tiny_models_dir / "embeddings" / "tiny-emb.safetensors"]):
+        first_id = pipe.tokenizer.convert_tokens_to_ids("tiny-emb")
+        (alone,) = tokenize_into_chunks("tiny-emb", pipe.tokenizer, pipe)
+        assert alone.tokens[1:3] == [first_id, first_id + 1]
+        # 74 tokens, then the 2-vector embedding: it moves whole to the second chunk.
+        chunks = tokenize_into_chunks(" ".join(["cat"] * 74) + " tiny-emb", pipe.tokenizer, pipe)
+        assert len(chunks) == 2 and chunks[0].tokens[75] == EOS
+        assert chunks[1].tokens[1:3] == [first_id, first_id + 1]
