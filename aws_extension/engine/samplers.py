@@ -43,11 +43,20 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "DPM++ 2M Karras": _k("DPMSolverMultistepScheduler", karras=True),
     "DPM++ 2M SDE": _k("DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++"),
     "DPM++ 2M SDE Karras": _k("DPMSolverMultistepScheduler", karras=True, algorithm_type="sde-dpmsolver++"),
+    "DPM++ 2M SDE Heun": _k("DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++", solver_type="heun"),
+    "DPM++ 2M SDE Heun Karras": _k(
+        "DPMSolverMultistepScheduler", karras=True, algorithm_type="sde-dpmsolver++", solver_type="heun"
+    ),
+    "DPM++ 3M SDE": _k("DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++", solver_order=3),
+    "DPM++ 3M SDE Karras": _k(
+        "DPMSolverMultistepScheduler", karras=True, algorithm_type="sde-dpmsolver++", solver_order=3
+    ),
     "DPM++ SDE": SamplerSpec("DPMSolverSDEScheduler", karras_allowed=True, seeded_noise=True),
     "DPM++ SDE Karras": SamplerSpec("DPMSolverSDEScheduler", karras=True, karras_allowed=True, seeded_noise=True),
     "DDIM": SamplerSpec("DDIMScheduler"),
     "PLMS": SamplerSpec("PNDMScheduler"),
     "UniPC": SamplerSpec("UniPCMultistepScheduler"),
+    "LCM": SamplerSpec("LCMScheduler"),
 }
 
 # The 1.9+ `scheduler` field: "Automatic" keeps the sampler's own schedule.
