@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, required=True, help="folder laid out like the WebUI's models/")
     p.add_argument("--engine", choices=("diffusers", "webui"), default="diffusers")
     p.add_argument("--webui-url", help="URL of the A1111 WebUI to forward to (with --engine webui)")
+    p.add_argument("--webui-models-dir", type=Path,
+                   help="the WebUI's models/ folder, where jobs' models are placed (with --engine webui)")
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random-weight SD 1.x checkpoint for tests and demos")
     p.add_argument("out", type=Path, help="output .safetensors file")
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         from aws_extension.worker.server import serve as serve_worker
 
         return serve_worker(host=args.host, port=args.port, models_dir=args.models_dir,
-                            engine=args.engine, webui_url=args.webui_url)
+                            engine=args.engine, webui_url=args.webui_url, webui_models_dir=args.webui_models_dir)
     if args.command == "make-tiny-model":
         from aws_extension.engine.tiny import write_tiny_model
 
