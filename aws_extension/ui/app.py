@@ -27,5 +27,5 @@ def serve(host: str = "127.0.0.1", port: int = 7860, api_url: str | None = None,
     app = build_app(MemoryConnectionStore(settings.api_url, settings.api_key or default_api_key()))
     app.queue()
     print(f"sd-aws ui: http://{host}:{port} (middleware {settings.api_url})", flush=True)
-    app.launch(server_name=host, server_port=port, show_api=False)
+    app.launch(server_name=host, server_port=port)
     return 0

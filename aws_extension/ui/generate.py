@@ -78,10 +78,10 @@ class GenerateTab:
                 if missing:
                     raise CloudGenerationError(missing_models_message(missing))
                 body["models"].update(resolved)
-            yield [], "", "", "⏳ Sending the job…"
+            yield [], "", "", "Sending the job…"
             output = yield from follow(
                 lambda report: run_generation(client, body, on_update=report),
-                lambda job: (gr.update(), gr.update(), job["InferenceJobId"], f"⏳ {job_status_text(job)}"))
+                lambda job: (gr.update(), gr.update(), job["InferenceJobId"], f"Job {job_status_text(job)}"))
         except HANDLED_ERRORS as exc:
             yield gr.update(), gr.update(), gr.update(), failed(exc)
             return

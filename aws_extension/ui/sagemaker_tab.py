@@ -38,11 +38,11 @@ HANDLED_ERRORS = (ApiError, CloudGenerationError, OSError, ValueError)
 
 
 def ok(message: str) -> str:
-    return f"✅ {message}"
+    return f"Done: {message}"
 
 
 def failed(exc: Exception | str) -> str:
-    return f"❌ {exc if isinstance(exc, str) else error_text(exc)}"
+    return f"Error: {exc if isinstance(exc, str) else error_text(exc)}"
 
 
 def human_size(size: int | None) -> str:
@@ -155,12 +155,12 @@ class SageMakerTab:
             progress = record.get("progress") or {}
             received = human_size(progress.get("bytes_received")) or "0 B"
             total = human_size(progress.get("bytes_total"))
-            return f"⏳ Importing: {record.get('status')}, {received}" + (f" of {total}" if total else "")
+            return f"Importing: {record.get('status')}, {received}" + (f" of {total}" if total else "")
 
         try:
             client = make_client(self.store)
             record = client.import_checkpoint(model_type, urls, params)["checkpoint"]
-            yield f"⏳ Import started (checkpoint {record['id']})."
+            yield f"Import started (checkpoint {record['id']})."
             final = yield from follow(lambda report: client.wait_for_checkpoint(record["id"], on_update=report), show)
         except HANDLED_ERRORS as exc:
             yield failed(exc)
@@ -199,7 +199,7 @@ class SageMakerTab:
     def ask_delete(self, names: list[str] | None) -> tuple[Any, str]:
         if not names:
             return gr.update(visible=False), failed("Choose the endpoint(s) to delete first.")
-        return gr.update(visible=True), f"⚠️ Delete {', '.join(names)}? Jobs queued on it are cancelled."
+        return gr.update(visible=True), f"Confirm: Delete {', '.join(names)}? Jobs queued on it are cancelled."
 
     def confirm_delete(self, names: list[str] | None) -> tuple[Any, str]:
         try:

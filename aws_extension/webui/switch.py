@@ -59,10 +59,10 @@ def refresh_endpoints() -> tuple[Any, str]:
     try:
         names = endpoint_names(make_client(host.WebUIConnectionStore()))
     except ApiError as exc:
-        return gr.update(), f"❌ {error_text(exc)}"
+        return gr.update(), f"Error: {error_text(exc)}"
     if not names:
-        return gr.update(choices=[], value=None), "❌ No endpoint is InService: deploy one in the Amazon SageMaker tab."
-    return gr.update(choices=names, value=names[0]), f"✅ {len(names)} endpoint(s) InService."
+        return gr.update(choices=[], value=None), "Error: No endpoint is InService: deploy one in the Amazon SageMaker tab."
+    return gr.update(choices=names, value=names[0]), f"Done: {len(names)} endpoint(s) InService."
 
 
 def cloud_switch(p: Any) -> tuple[bool, str | None]:

@@ -43,7 +43,7 @@ def test_switch_generates_on_the_endpoint_after_uploading_what_is_missing(webui_
 
     tab = SageMakerTab(host.WebUIConnectionStore(), host.model_folders())
     for model_type, name in (("Lora", "tiny-lora.safetensors"), ("embeddings", "tiny-emb.safetensors")):
-        assert tab.upload_local(model_type, [name], progress=lambda *a, **k: None).startswith("✅"), model_type
+        assert tab.upload_local(model_type, [name], progress=lambda *a, **k: None).startswith("Done:"), model_type
     p = make_p(host_webui, runner, on=True, endpoint=STACK_ENDPOINT, prompt=prompt, negative_prompt="", seed=7,
                batch_size=2, steps=3)
     processed = host_webui.processing.process_images(p)
@@ -66,18 +66,18 @@ def test_tabs_list_endpoints_and_jobs_and_delete_with_confirmation(stack):
     tab = SageMakerTab(MemoryConnectionStore(stack.url, STACK_KEY))
     rows, names, status = tab.endpoint_table()
     assert next(r for r in rows if r[0] == STACK_ENDPOINT)[:3] == [STACK_ENDPOINT, "success", "InService"]
-    assert tab.deploy_endpoint("ml.nonexistent", 1, False, 0, 1, "bad-ep").startswith("❌")
-    assert tab.deploy_endpoint("local", 1, True, 0, 1, "to-delete").startswith("✅ Deploying to-delete")
+    assert tab.deploy_endpoint("ml.nonexistent", 1, False, 0, 1, "bad-ep").startswith("Error:")
+    assert tab.deploy_endpoint("local", 1, True, 0, 1, "to-delete").startswith("Done: Deploying to-delete")
     assert tab.ask_delete(["to-delete"])[0]["visible"] is True
-    assert tab.confirm_delete(["to-delete"])[1] == "✅ Deleted to-delete."
+    assert tab.confirm_delete(["to-delete"])[1] == "Done: Deleted to-delete."
 
     generate = GenerateTab(MemoryConnectionStore(stack.url, STACK_KEY), "txt2img")
     endpoint_choice, checkpoint_choice, _ = generate.choices()
     assert STACK_ENDPOINT in endpoint_choice["choices"] and TINY_CHECKPOINT in checkpoint_choice["choices"]
     updates = list(generate.generate(STACK_ENDPOINT, TINY_CHECKPOINT, "a red boat", "", "Euler a", 3, 7, 64, 64, 11, 1))
     images, infotext, job_id, final = updates[-1]
-    assert final == "✅ 1 image(s), seed 11." and images[0].size == (64, 64) and "Seed: 11" in infotext
-    assert any(u[-1].startswith("⏳") for u in updates[:-1])
+    assert final == "Done: 1 image(s), seed 11." and images[0].size == (64, 64) and "Seed: 11" in infotext
+    assert any(u[-1].startswith("Job ") for u in updates[:-1])
 
     rows, choices, _ = tab.job_table()
     assert job_id in choices["choices"] and next(r for r in rows if r[0] == job_id)[1:3] == ["succeed", "100%"]

@@ -31,26 +31,26 @@ def png_file(path, color) -> str:
 def test_settings_save_masks_the_key_and_test_connection(store, middleware):
     tab = SageMakerTab(MemoryConnectionStore("", None))
     message, key_field = tab.save_settings(middleware.url, API_KEY)
-    assert message.startswith("✅") and API_KEY not in message
+    assert message.startswith("Done:") and API_KEY not in message
     assert key_field["value"] == "" and API_KEY not in key_field["placeholder"]
     assert tab.store.api_key() == API_KEY
-    assert tab.test_connection(middleware.url, "").startswith("✅ Connected to")  # the saved key
+    assert tab.test_connection(middleware.url, "").startswith("Done: Connected to")  # the saved key
     assert tab.test_connection(middleware.url, "wrong-key") == \
-        "❌ The middleware refused the API key: check the key in Settings."
+        "Error: The middleware refused the API key: check the key in Settings."
     assert "asks for an API key" in SageMakerTab(MemoryConnectionStore("", None)).test_connection(middleware.url, "")
     down = f"http://127.0.0.1:{free_port()}"
-    assert tab.test_connection(down, API_KEY).startswith(f"❌ Cannot reach the middleware at {down}")
-    assert tab.test_connection("", API_KEY).startswith("❌ No API URL is set")
-    assert tab.save_settings("  ", "k")[0].startswith("❌ Enter the middleware's URL")
+    assert tab.test_connection(down, API_KEY).startswith(f"Error: Cannot reach the middleware at {down}")
+    assert tab.test_connection("", API_KEY).startswith("Error: No API URL is set")
+    assert tab.save_settings("  ", "k")[0].startswith("Error: Enter the middleware's URL")
 
 
 def test_no_url_or_server_down_keeps_every_tab_working(middleware):
     for store in (MemoryConnectionStore("", None), MemoryConnectionStore(f"http://127.0.0.1:{free_port()}", "k")):
         tab = SageMakerTab(store)
         rows, status = tab.checkpoint_table(ALL_TYPES)
-        assert rows == [] and status.startswith("❌")
+        assert rows == [] and status.startswith("Error:")
         for table, _, status in (tab.endpoint_table(), tab.dataset_table(), tab.job_table()):
-            assert table == [] and status.startswith("❌")
+            assert table == [] and status.startswith("Error:")
 
 
 def test_upload_from_computer_and_webui_folders_with_progress(store, tmp_path):
@@ -62,17 +62,17 @@ def test_upload_from_computer_and_webui_folders_with_progress(store, tmp_path):
     assert tab.local_file_choices("Lora")["choices"] == ["styles/ink-style.safetensors"]
     progress = ProgressRecorder()
     message = tab.upload_local("Lora", ["styles/ink-style.safetensors"], progress=progress)
-    assert message.startswith("✅ Uploaded ink-style.safetensors as Lora"), message
+    assert message.startswith("Done: Uploaded ink-style.safetensors as Lora"), message
     assert progress.fractions[-1] == 1.0
 
     computer_file = tmp_path / "upload" / "paper-cut.safetensors"
     computer_file.parent.mkdir()
     computer_file.write_bytes(safetensors_bytes(LORA_TENSORS, 2))
-    assert tab.upload_from_computer("Lora", [str(computer_file)], progress=ProgressRecorder()).startswith("✅")
+    assert tab.upload_from_computer("Lora", [str(computer_file)], progress=ProgressRecorder()).startswith("Done:")
 
     rows, status = tab.checkpoint_table("Lora")
     by_name = {row[0]: row for row in rows}
-    assert {"ink-style.safetensors", "paper-cut.safetensors"} <= set(by_name) and status.startswith("✅")
+    assert {"ink-style.safetensors", "paper-cut.safetensors"} <= set(by_name) and status.startswith("Done:")
     name, model_type, model_status, size, sha_prefix, created = by_name["paper-cut.safetensors"]
     assert (model_type, model_status, len(sha_prefix)) == ("Lora", "Active", 10) and size.endswith("KiB") and created
     assert not any(row[0] == "paper-cut.safetensors" for row in tab.checkpoint_table("VAE")[0])
@@ -83,12 +83,12 @@ def test_upload_of_a_non_model_file_is_refused(store, tmp_path):
     text_file = tmp_path / "notes.txt"
     text_file.write_text("hello")
     assert tab.upload_from_computer("Lora", [str(text_file)], progress=ProgressRecorder()) == \
-        "❌ notes.txt is not a model file (model files end in .safetensors, .ckpt, .pt, .pth, .bin)."
+        "Error: notes.txt is not a model file (model files end in .safetensors, .ckpt, .pt, .pth, .bin)."
     fake = tmp_path / "fake.safetensors"
     fake.write_bytes(b"this is not a safetensors file at all")
     message = tab.upload_from_computer("Lora", [str(fake)], progress=ProgressRecorder())
-    assert message.startswith("❌") and "fake.safetensors" in message
-    assert tab.upload_from_computer("Lora", None, progress=ProgressRecorder()).startswith("❌ Choose at least one")
+    assert message.startswith("Error:") and "fake.safetensors" in message
+    assert tab.upload_from_computer("Lora", None, progress=ProgressRecorder()).startswith("Error: Choose at least one")
 
 
 def test_import_by_url_shows_live_status(store):
@@ -96,12 +96,12 @@ def test_import_by_url_shows_live_status(store):
     tab = SageMakerTab(store)
     with FileServer({"/models/night.safetensors": (200, {}, lora)}) as server:
         statuses = list(tab.import_by_url("Lora", server.url + "/models/night.safetensors", "", ""))
-    assert statuses[0].startswith("⏳ Import started")
-    assert statuses[-1] == "✅ Imported night.safetensors as Lora."
+    assert statuses[0].startswith("Import started (checkpoint ")
+    assert statuses[-1] == "Done: Imported night.safetensors as Lora."
     with FileServer({}) as server:
         failed = list(tab.import_by_url("Lora", server.url + "/missing.safetensors", "", ""))
-    assert failed[-1].startswith("❌ The import failed:")
-    assert list(tab.import_by_url("Lora", "  ", "", "")) == ["❌ Enter at least one http(s) URL of a model file."]
+    assert failed[-1].startswith("Error: The import failed:")
+    assert list(tab.import_by_url("Lora", "  ", "", "")) == ["Error: Enter at least one http(s) URL of a model file."]
 
 
 def test_dataset_create_list_preview_and_without_images(store, tmp_path):
@@ -110,23 +110,23 @@ def test_dataset_create_list_preview_and_without_images(store, tmp_path):
     (tmp_path / "caption.txt").write_text("a caption")
     message = tab.create_dataset("cats-1", "two cats", [*files, str(tmp_path / "caption.txt")],
                                  progress=ProgressRecorder())
-    assert message == "✅ Dataset cats-1 is Enabled with 2 image(s); skipped 1 file(s) that are not images."
+    assert message == "Done: Dataset cats-1 is Enabled with 2 image(s); skipped 1 file(s) that are not images."
     rows, choices, _ = tab.dataset_table()
     assert rows[[r[0] for r in rows].index("cats-1")][:2] == ["cats-1", "Enabled"] and "cats-1" in choices["choices"]
     images, status = tab.preview_dataset("cats-1")
-    assert len(images) == 2 and status == "✅ cats-1: 2 file(s)."
+    assert len(images) == 2 and status == "Done: cats-1: 2 file(s)."
     assert {img.convert("RGB").getpixel((0, 0)) for img in images} == {(255, 0, 0), (0, 128, 0)}
     assert tab.create_dataset("empty-1", "", [str(tmp_path / "caption.txt")], progress=ProgressRecorder()) == \
-        "❌ A dataset needs at least one image (PNG, JPEG, WebP or BMP)."
-    assert tab.create_dataset("", "", files, progress=ProgressRecorder()).startswith("❌ Enter a dataset name")
+        "Error: A dataset needs at least one image (PNG, JPEG, WebP or BMP)."
+    assert tab.create_dataset("", "", files, progress=ProgressRecorder()).startswith("Error: Enter a dataset name")
 
 
 def test_endpoint_delete_asks_for_confirmation_first():
     tab = SageMakerTab(MemoryConnectionStore("", None))
     row, message = tab.ask_delete([])
-    assert row["visible"] is False and message.startswith("❌ Choose")
+    assert row["visible"] is False and message.startswith("Error: Choose")
     row, message = tab.ask_delete(["ep-1"])
-    assert row["visible"] is True and message.startswith("⚠️ Delete ep-1?")
+    assert row["visible"] is True and message.startswith("Confirm: Delete ep-1?")
 
 
 @pytest.fixture
@@ -155,9 +155,9 @@ def test_standalone_generate_refuses_incomplete_input(store):
 
     txt2img, img2img = GenerateTab(store, "txt2img"), GenerateTab(store, "img2img")
     args = ("prompt", "", "Euler a", 4, 7, 64, 64, -1, 1)
-    assert list(txt2img.generate(None, "m.safetensors", *args))[-1][-1].startswith("❌ Choose an InService endpoint")
-    assert list(txt2img.generate("ep", None, *args))[-1][-1].startswith("❌ Choose a checkpoint")
-    assert list(img2img.generate("ep", "m.safetensors", *args))[-1][-1] == "❌ Add an input image for img2img."
+    assert list(txt2img.generate(None, "m.safetensors", *args))[-1][-1].startswith("Error: Choose an InService endpoint")
+    assert list(txt2img.generate("ep", None, *args))[-1][-1].startswith("Error: Choose a checkpoint")
+    assert list(img2img.generate("ep", "m.safetensors", *args))[-1][-1] == "Error: Add an input image for img2img."
     body = img2img.build_request("ep", "m.safetensors", *args, Image.new("RGB", (8, 8)), 0.5)
     assert body["task_type"] == "img2img" and body["denoising_strength"] == 0.5
     assert Image.open(io.BytesIO(base64.b64decode(body["init_images"][0]))).size == (8, 8)
