@@ -17,7 +17,7 @@ from aws_extension.engine.diffusers_engine import DiffusersEngine
 from aws_extension.engine.infotext import parse_infotext, read_png_infotext
 from aws_extension.engine.samplers import sampler_names
 
-BASE = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "seed": 42, "steps": 3, "width": 64, "height": 64}
+BASE = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "seed": 42, "steps": 2, "width": 64, "height": 64}
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_inpaint_keeps_the_unmasked_area(engine, models) -> None:
 
 def test_progress_and_interrupt(engine, models) -> None:
     reports: list[Progress] = []
-    engine.generate("txt2img", {**BASE, "n_iter": 2}, models, progress=reports.append)
+    engine.generate("txt2img", {**BASE, "n_iter": 2, "steps": 3}, models, progress=reports.append)
     assert [r.step for r in reports] == [1, 2, 3, 4, 5, 6] and reports[-1].total_steps == 6
     assert reports[-1].job_no == 1 and reports[-1].job_count == 2
 
