@@ -136,6 +136,9 @@ def test_cancel_queued_and_running_jobs(stack):
     for job in running:
         wait_until_running(stack.client, job["inference_id"])
     assert stack.client.inference_job(queued["inference_id"])["queue_position"] == 0
+    unfinished = requests.get(f"{stack.url}/inference/get-inference-job-image-output",
+                              params={"jobID": queued["inference_id"]}, headers=HEADERS, timeout=10)
+    assert unfinished.status_code == 409 and "inprogress" in unfinished.json()["error"]
     cancelled = stack.client.cancel_inference(queued["inference_id"])
     assert cancelled["status"] == "cancelled"
     for job in running:

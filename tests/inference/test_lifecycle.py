@@ -33,8 +33,8 @@ def _wait_for(predicate, timeout_s: float = 120, poll_s: float = 0.3):
     raise AssertionError("condition not met in time")
 
 
-def test_delete_endpoint_with_jobs_queued_and_failed_deployment(tmp_path, tiny_models_dir):
-    stack = start_stack(tmp_path, tiny_models_dir)
+def test_delete_endpoint_with_jobs_queued_and_invocation_timeout(tmp_path, tiny_models_dir):
+    stack = start_stack(tmp_path, tiny_models_dir, env={"SD_AWS_INVOCATION_TIMEOUT_S": "20"})
     try:
         deploy(stack.client, "doomed")
         running = stack.client.create_inference({**LONG_JOB, "sagemaker_endpoint_name": "doomed"})
@@ -54,9 +54,19 @@ def test_delete_endpoint_with_jobs_queued_and_failed_deployment(tmp_path, tiny_m
         late = requests.post(f"{stack.url}/inference/v2", json={**QUICK_JOB, "sagemaker_endpoint_name": "doomed"},
                              headers={"x-api-key": API_KEY}, timeout=10)
         assert late.status_code == 404
-        assert deploy(stack.client, "doomed")["endpoint_status"] == "InService"  # the name is free again
-        no_service = requests.post(f"{stack.url}/inference/v2", json=QUICK_JOB, headers={"x-api-key": API_KEY}, timeout=10)
-        assert no_service.status_code == 200  # with no endpoint named, the InService one is picked
+        redeploy = stack.client.deploy_endpoint("local", 1, endpoint_name="doomed")  # the name is free again
+        creating = requests.post(f"{stack.url}/inference/v2", json={**QUICK_JOB, "sagemaker_endpoint_name": "doomed"},
+                                 headers={"x-api-key": API_KEY}, timeout=10)
+        assert creating.status_code == 409 and "Creating, not InService" in creating.json()["error"]
+        assert stack.client.wait_for_endpoint(redeploy["EndpointDeploymentJobId"], 300)["endpoint_status"] == "InService"
+        picked = requests.post(f"{stack.url}/inference/v2", json=QUICK_JOB, headers={"x-api-key": API_KEY}, timeout=10)
+        assert picked.status_code == 200 and picked.json()["endpoint_name"] == "doomed"  # the one InService
+        assert stack.client.wait_for_job(picked.json()["inference_id"], 300)["status"] == "succeed"
+        # A job running past the invocation timeout is failed, and the worker takes the next job.
+        too_long = stack.client.create_inference({**LONG_JOB, "width": 1024, "height": 1024})
+        failed = stack.client.wait_for_job(too_long["inference_id"], timeout_s=300)
+        assert failed["status"] == "failed" and "invocation timeout (20 s)" in failed["error"]
+        assert stack.client.wait_for_job(stack.client.create_inference(QUICK_JOB)["inference_id"], 300)["status"] == "succeed"
     finally:
         stack.server.stop()
 

@@ -47,7 +47,7 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # no one is left to take its results
 
 
 def _free_port() -> int:
@@ -58,6 +58,10 @@ def _free_port() -> int:
 
 class WorkerLost(Exception):
     """The worker process died or stopped answering during a job."""
+
+
+class InvocationTimedOut(Exception):
+    """The job ran past the invocation timeout; the worker may still be busy with it."""
 
 
 @dataclass
@@ -311,6 +315,12 @@ class LocalCompute:
             done.set()
             self._worker_lost(instance, job, str(exc))
             return
+        except InvocationTimedOut as exc:
+            done.set()
+            self.callbacks.complete_job(job["id"], {"status": "failed", "error": str(exc)})
+            # Like SageMaker, give up on the instance rather than queue the next job behind a hung one.
+            self._restart(instance, "a job ran past the invocation timeout")
+            return
         finally:
             done.set()
             poller.join(5)
@@ -321,8 +331,7 @@ class LocalCompute:
         try:
             response = requests.post(instance.url + "/invocations", json=payload, timeout=(10, timeout))
         except requests.Timeout:
-            self._interrupt_worker(instance, payload["job_id"])
-            return {"status": "failed", "error": f"The job ran longer than the invocation timeout ({timeout:.0f} s)."}
+            raise InvocationTimedOut(f"The job ran longer than the invocation timeout ({timeout:.0f} s).") from None
         except requests.ConnectionError as exc:
             raise WorkerLost(f"the worker stopped answering ({type(exc).__name__})") from None
         try:
@@ -382,6 +391,8 @@ class LocalCompute:
                 state = requests.get(instance.url + "/sdapi/v1/progress", timeout=2).json()
             except (requests.RequestException, ValueError):
                 continue
+            if (state.get("state") or {}).get("job_id") != job_id:
+                continue  # the worker is still finishing an interrupted job, or has not started ours
             fraction = float(state.get("progress") or 0.0)
             if fraction != last and not done.is_set():
                 last = fraction

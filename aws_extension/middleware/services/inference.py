@@ -306,6 +306,7 @@ class InferenceService:
                 self._after_end(cancelled)
                 return public_job(cancelled)
         # Running: interrupt the worker at its next step; the worker's answer completes the job.
+        self.store.update(TABLE, job_id, {"cancel_reason": reason}, expect={"status": INPROGRESS})
         self.compute.interrupt(job_id)
         deadline = time.monotonic() + CANCEL_WAIT_S
         while time.monotonic() < deadline:
@@ -316,12 +317,15 @@ class InferenceService:
         return public_job(job)
 
     def cancel_endpoint_jobs(self, endpoint: str, reason: str) -> None:
+        """Cancel the endpoint's waiting jobs; running ones get the reason, for when their worker stops."""
         for job in list_all(self.store, TABLE, {"status": [CREATED, INPROGRESS], "name": [endpoint]}):
-            if job.get("queue_state") != "running":
-                try:
-                    self.cancel(job["id"], reason)
-                except Conflict:
-                    pass  # it ended meanwhile
+            if job.get("queue_state") == "running":
+                self.store.update(TABLE, job["id"], {"cancel_reason": reason}, expect={"status": INPROGRESS})
+                continue
+            try:
+                self.cancel(job["id"], reason)
+            except Conflict:
+                pass  # it ended meanwhile
 
     def delete_endpoints(self, names: list[str]) -> dict[str, str]:
         """Delete each endpoint independently: queued jobs cancelled, running ones interrupted, workers stopped."""
@@ -379,8 +383,8 @@ class InferenceService:
                 changes.update(status=SUCCEED, progress=1.0, error=None)
             except BadRequest as exc:
                 changes.update(status=FAILED, error=exc.message)
-        elif status == CANCELLED:
-            changes.update(status=CANCELLED, error=answer.get("error") or "Cancelled.")
+        elif status == CANCELLED or job.get("cancel_reason"):  # asked to stop: however it ended, it was cancelled
+            changes.update(status=CANCELLED, error=job.get("cancel_reason") or answer.get("error") or "Cancelled.")
         else:
             changes.update(status=FAILED, error=answer.get("error") or "The worker failed without a reason.")
         if job["kind"] == MERGE_TASK and changes["status"] != SUCCEED:
