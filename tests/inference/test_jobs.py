@@ -128,6 +128,16 @@ def test_twenty_concurrent_jobs_finish_exactly_once(stack):
     assert seen_queued, "with 20 jobs on 2 workers some must have waited in the queue"
     listed = stack.client.list_inference_jobs(limit=1000)
     assert sum(1 for j in listed if j["InferenceJobId"] in ids) == 20
+    pages, last_key = [], None  # paging: each page starts after the last id of the previous one
+    while True:
+        page = stack.client.list_inference_jobs(status="succeed", task_type="txt2img", endpoint=SEED_ENDPOINT,
+                                                limit=7, last_key=last_key)
+        pages.extend(j["InferenceJobId"] for j in page)
+        if len(page) < 7:
+            break
+        last_key = page[-1]["InferenceJobId"]
+    assert len(pages) == len(set(pages)) and set(ids) <= set(pages)
+    assert pages == [j["InferenceJobId"] for j in listed if j["status"] == "succeed" and j["taskType"] == "txt2img"]
 
 
 def test_cancel_queued_and_running_jobs(stack):
