@@ -14,9 +14,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -199,3 +200,79 @@ def machine() -> str:
     return (f"nproc {os.cpu_count()}, {memory.split()[1] if memory.startswith('Mem:') else '?'} GiB RAM "
             f"({memory}), Python {platform.python_version()}, load average {load[0]:.2f} {load[1]:.2f} "
             f"{load[2]:.2f} at start")
+
+
+def process_pids(marker: str, word: str = " worker ") -> list[int]:
+    """PIDs of the processes whose command line holds both `word` and `marker` (e.g. a worker's models folder)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if word in cmdline and marker in cmdline:
+                pids.append(int(proc.name))
+    return sorted(pids)
+
+
+def system_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores summed (from /proc/stat).
+
+    busy = user + nice + system + irq + softirq + steal; total adds idle and iowait.
+    """
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = user + nice + system + irq + softirq + steal
+    return busy / tick, (busy + idle + iowait) / tick
+
+
+def closed_loop(url_for: Callable[[int], str], headers: dict[str, str], threads: int, seconds: float,
+                server_pid: int | None = None, max_requests: int = 1_000_000) -> dict[str, Any]:
+    """`threads` threads, each with its own requests.Session, GET `url_for(i)` back to back for `seconds`.
+
+    `url_for` gets a per-thread request counter (use it, or a random choice, to vary the URL). Returns
+    requests/s, the latency of every successful request (s), the error count, and the server's CPU
+    seconds per request when `server_pid` is given. Bounded by `seconds` and `max_requests` in all.
+    """
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    errors = [0] * threads
+    start_barrier = threading.Barrier(threads + 1)
+    stop_at = [0.0]
+    per_thread = max(1, max_requests // threads)
+
+    def run(index: int) -> None:
+        with requests.Session() as session:
+            session.get(url_for(0), headers=headers, timeout=10)  # open the connection before the clock starts
+            start_barrier.wait()
+            n = 0
+            while time.perf_counter() < stop_at[0] and n < per_thread:
+                n += 1
+                started = time.perf_counter()
+                try:
+                    ok = session.get(url_for(n), headers=headers, timeout=10).status_code == 200
+                except requests.RequestException:
+                    ok = False
+                if ok:
+                    latencies[index].append(time.perf_counter() - started)
+                else:
+                    errors[index] += 1
+
+    workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    stop_at[0] = time.perf_counter() + seconds + 60  # provisional, fixed once everyone is connected
+    start_barrier.wait()
+    cpu = cpu_seconds(server_pid) if server_pid else 0.0
+    start = time.perf_counter()
+    stop_at[0] = start + seconds
+    for worker in workers:
+        worker.join(seconds + 30)
+    elapsed = time.perf_counter() - start
+    cpu = cpu_seconds(server_pid) - cpu if server_pid else 0.0
+    flat = [t for per in latencies for t in per]
+    done = len(flat) + sum(errors)
+    return {"rps": len(flat) / elapsed, "latencies": flat, "errors": sum(errors), "elapsed_s": elapsed,
+            "server_cpu_per_request_s": cpu / max(1, done) if server_pid else None}
