@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# torch's OpenMP threads spin while idle: on a shared 2-core machine that makes every test process that
+# runs the engine (and the workers they start) many times slower. Set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 TINY_CHECKPOINT_NAME = "tiny-sd.safetensors"
 

@@ -171,7 +171,8 @@ class LocalCompute:
         instance.port = _free_port()
         command = [sys.executable, "-m", "aws_extension", "worker", "--port", str(instance.port),
                    "--models-dir", str(instance.folder / "models"), "--engine", self.settings.worker_engine]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "SD_AWS_MODEL_CACHE_DIR": str(instance.folder / "cache")}
+        env = {**self._thread_env(instance.endpoint), **os.environ, "HF_HUB_OFFLINE": "1",
+               "SD_AWS_MODEL_CACHE_DIR": str(instance.folder / "cache")}
         with open(instance.folder / "worker.log", "ab") as log_file:
             instance.process = self._spawner.submit(
                 subprocess.Popen, command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
@@ -189,6 +190,16 @@ class LocalCompute:
         self._kill(instance)
         instance.process = None
         return False
+
+    def _thread_env(self, endpoint_name: str) -> dict[str, str]:
+        """CPU threads per worker, unless the environment sets them: the cores shared by the endpoint's
+        instances, and OpenMP threads that sleep when idle. torch's default (every core each, spinning)
+        makes workers on a shared CPU many times slower and 2 workers slower than 1 (benchmarks/README.md)."""
+        with self._lock:
+            local = self._endpoints.get(endpoint_name)
+            instances = max(1, local.max_instances if local else 1)
+        threads = str(max(1, (os.cpu_count() or 1) // instances))
+        return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
 
     def _kill(self, instance: Instance) -> None:
         process = instance.process
