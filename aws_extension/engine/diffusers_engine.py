@@ -22,7 +22,6 @@ from aws_extension.engine.base import EngineError, GenerationResult, ModelSet, P
 from aws_extension.engine.checkpoints import inspect_model_file
 from aws_extension.engine.generate import (
     JobRunner,
-    PromptEmbeddings,
     StepReporter,
     hires_total_steps,
     img2img_steps_run,
@@ -33,7 +32,7 @@ from aws_extension.engine.pipelines import PipelineCache
 from aws_extension.engine.prompt import (
     LoraCall,
     check_supported_syntax,
-    encode_prompt_pair,
+    encode_prompt_schedules,
     extract_extra_networks,
 )
 from aws_extension.engine.samplers import sampler_names
@@ -89,19 +88,24 @@ class DiffusersEngine:
             # Applying nothing still costs a walk over every module on removal: skip it.
             applied_addons(pipe, lora_weights, embedding_files) if lora_weights or embedding_files else nullcontext()
         ):
-            embeddings = PromptEmbeddings(*encode_prompt_pair(prompt_text, params.negative_prompt, pipe, params.clip_skip))
-            hires_embeddings = None
-            if params.hires is not None and (params.hires.prompt or params.hires.negative_prompt):
-                hires_prompt = extract_extra_networks(params.hires.prompt, "hr_prompt")[0] if params.hires.prompt else prompt_text
-                hires_embeddings = PromptEmbeddings(*encode_prompt_pair(
-                    hires_prompt, params.hires.negative_prompt or params.negative_prompt, pipe, params.clip_skip
-                ))
+            encoded: dict[str, Any] = {}  # each distinct prompt text is encoded once per job
+            conditioning = encode_prompt_schedules(
+                prompt_text, params.negative_prompt, pipe, params.steps, params.clip_skip, encoded=encoded
+            )
+            hires_conditioning = None
+            if params.hires is not None:
+                hires = params.hires
+                hires_prompt = extract_extra_networks(hires.prompt, "hr_prompt")[0] if hires.prompt else prompt_text
+                hires_conditioning = encode_prompt_schedules(
+                    hires_prompt, hires.negative_prompt or params.negative_prompt, pipe, hires.steps or params.steps,
+                    params.clip_skip, hires_base_steps=params.steps, encoded=encoded,
+                )
             controlnets = []
             if controlnet_files:
                 architecture = inspect_model_file(models.checkpoint).architecture
                 controlnets = [(unit, self._load_controlnet(path, architecture)) for unit, path in controlnet_files]
             reporter = StepReporter(self._total_steps(params), params.n_iter, progress, cancel)
-            images = JobRunner(pipe, params, embeddings, hires_embeddings, controlnets, reporter).run()
+            images = JobRunner(pipe, params, conditioning, hires_conditioning, controlnets, reporter).run()
         return self._result(params, images, models.checkpoint, vae_file, lora_files, embedding_files, controlnet_files)
 
     def merge(
@@ -124,11 +128,9 @@ class DiffusersEngine:
     @staticmethod
     def _prompt_networks(params: GenerationParams) -> tuple[str, list[LoraCall]]:
         check_supported_syntax(params.prompt, "prompt")
-        check_supported_syntax(params.negative_prompt, "negative_prompt", composable=False)
         prompt_text, loras = extract_extra_networks(params.prompt, "prompt")
         if params.hires is not None:
             check_supported_syntax(params.hires.prompt, "hr_prompt")
-            check_supported_syntax(params.hires.negative_prompt, "hr_negative_prompt", composable=False)
             hires_loras = extract_extra_networks(params.hires.prompt, "hr_prompt")[1]
             if hires_loras and hires_loras != loras:
                 raise EngineError("hr_prompt: LoRAs in hr_prompt must be the same as in prompt", "hr_prompt")

@@ -13,7 +13,6 @@ import inspect
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from aws_extension.engine.base import Interrupted, Progress, ProgressCallback
 from aws_extension.engine.params import ControlNetUnit, GenerationParams, Img2ImgInputs, initial_noise
+from aws_extension.engine.prompt import ScheduledConditioning
 from aws_extension.engine.samplers import SamplerSpec, make_scheduler
 
 LATENT_SCALE = 8  # pixels per latent pixel (SD 1.x VAE)
@@ -55,19 +55,8 @@ class _ControlNetImg2ImgPipeline(_GivenNoise, StableDiffusionControlNetImg2ImgPi
     pass
 
 
-@dataclass
-class PromptEmbeddings:
-    positive: torch.Tensor
-    negative: torch.Tensor
-
-
-@dataclass
-class InpaintMask:
-    """A1111's masks: `latent` (1 = repaint) at latent size, `overlay` in pixels for pasting the original back."""
-
-    latent: torch.Tensor
-    overlay: Image.Image
-    crop_region: tuple[int, int, int, int] | None  # "only masked": the region of the original that is redone
+# Called after each sampling call: (pipeline, call index, A1111 steps done in the pass, tensors) → tensors.
+StepHook = Callable[[Any, int, int, dict[str, Any]], dict[str, Any]]
 
 
 class StepReporter:
@@ -86,10 +75,10 @@ class StepReporter:
         if self.cancel is not None and self.cancel.is_set():
             raise Interrupted("the job was interrupted")
 
-    def pass_callback(self, pass_steps: int, blend: Callable[[Any, int, dict[str, Any]], dict[str, Any]] | None = None
+    def pass_callback(self, pass_steps: int, on_step: StepHook | None = None
                       ) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
         """A `callback_on_step_end` for one pass of `pass_steps` A1111 steps (second-order samplers call it
-        more often: the calls are spread over the steps)."""
+        more often: the calls are spread over the steps); `on_step` may change the pipeline's tensors."""
         start = self.done
 
         def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +87,7 @@ class StepReporter:
             self.done = start + round((index + 1) * pass_steps / calls)
             if self.progress is not None:
                 self.progress(Progress(self.done, self.total_steps, self.job_no, self.job_count))
-            return blend(pipe, index, tensors) if blend is not None else tensors
+            return on_step(pipe, index, self.done - start, tensors) if on_step is not None else tensors
 
         return on_step_end
 
@@ -256,13 +245,13 @@ def circular_padding(modules: list[torch.nn.Module], enabled: bool) -> Iterator[
 class JobRunner:
     """One job on one pipeline: batches × passes. Built by the engine, used once."""
 
-    def __init__(self, pipe: StableDiffusionPipeline, params: GenerationParams, embeddings: PromptEmbeddings,
-                 hires_embeddings: PromptEmbeddings | None, controlnets: list[tuple[ControlNetUnit, Any]],
+    def __init__(self, pipe: StableDiffusionPipeline, params: GenerationParams, conditioning: ScheduledConditioning,
+                 hires_conditioning: ScheduledConditioning | None, controlnets: list[tuple[ControlNetUnit, Any]],
                  reporter: StepReporter):
         self.pipe = pipe
         self.params = params
-        self.embeddings = embeddings
-        self.hires_embeddings = hires_embeddings
+        self.conditioning = conditioning
+        self.hires_conditioning = hires_conditioning
         self.controlnets = controlnets
         self.reporter = reporter
 
@@ -301,21 +290,43 @@ class JobRunner:
             return self._decode(latents)
         return self._img2img(params.img2img, noise, seeds)
 
-    def _call_kwargs(self, embeddings: PromptEmbeddings, sampler: SamplerSpec, seeds: list[int],
-                     steps: int, pass_steps: int, blend: Any = None) -> dict[str, Any]:
+    def _call_kwargs(self, conditioning: ScheduledConditioning, sampler: SamplerSpec, seeds: list[int],
+                     steps: int, pass_steps: int, blend: StepHook | None = None) -> dict[str, Any]:
+        positive, negative = conditioning.at_step(1)
+        on_step = blend
+        if conditioning.changes_during_sampling:
+            on_step = self._switch_prompts(conditioning, len(seeds), blend)
         kwargs: dict[str, Any] = {
-            "prompt_embeds": embeddings.positive,
-            "negative_prompt_embeds": embeddings.negative,
+            "prompt_embeds": positive,
+            "negative_prompt_embeds": negative,
             "num_images_per_prompt": len(seeds),
             "num_inference_steps": steps,
             "guidance_scale": self.params.cfg_scale,
             "generator": [torch.Generator("cpu").manual_seed(seed) for seed in seeds],
             "output_type": "latent",
-            "callback_on_step_end": self.reporter.pass_callback(pass_steps, blend),
+            "callback_on_step_end": self.reporter.pass_callback(pass_steps, on_step),
         }
         if self.params.eta is not None and sampler.scheduler_class == "DDIMScheduler":
             kwargs["eta"] = self.params.eta
         return kwargs
+
+    @staticmethod
+    def _switch_prompts(conditioning: ScheduledConditioning, batch_size: int, then: StepHook | None) -> StepHook:
+        """Prompt editing: before each step, the embeddings of that step (the pipeline holds them as
+        [negative × batch, positive × batch] with CFG)."""
+        current = conditioning.at_step(1)
+
+        def switch(pipe: Any, index: int, steps_done: int, tensors: dict[str, Any]) -> dict[str, Any]:
+            nonlocal current
+            upcoming = conditioning.at_step(steps_done + 1)
+            if upcoming[0] is not current[0] or upcoming[1] is not current[1]:
+                current = upcoming
+                positive, negative = (z.repeat(batch_size, 1, 1) for z in upcoming)
+                embeds = torch.cat([negative, positive]) if pipe.do_classifier_free_guidance else positive
+                tensors = {**tensors, "prompt_embeds": embeds}
+            return then(pipe, index, steps_done, tensors) if then is not None else tensors
+
+        return switch
 
     def _controlnet_kwargs(self, width: int, height: int, image_key: str) -> dict[str, Any]:
         if not self.controlnets:
@@ -351,11 +362,11 @@ class JobRunner:
         view = self._view(pipeline_class, params.sampler_spec, seeds)
         return view(
             latents=noise, width=params.width, height=params.height,
-            **self._call_kwargs(self.embeddings, params.sampler_spec, seeds, params.steps, params.steps),
+            **self._call_kwargs(self.conditioning, params.sampler_spec, seeds, params.steps, params.steps),
             **self._controlnet_kwargs(params.width, params.height, "image"),
         ).images
 
-    def _denoise_latents(self, init_latents: torch.Tensor, noise: torch.Tensor, embeddings: PromptEmbeddings,
+    def _denoise_latents(self, init_latents: torch.Tensor, noise: torch.Tensor, conditioning: ScheduledConditioning,
                          sampler: SamplerSpec, seeds: list[int], steps: int, pass_steps: int, strength: float,
                          width: int, height: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Img2img from latents: noise to `strength`, then denoise; with `mask`, keep the unmasked latents."""
@@ -369,16 +380,16 @@ class JobRunner:
             blend = self._inpaint_blend(init_latents, noise, mask)
         return view(
             image=init_latents, strength=strength, width=width, height=height,
-            **self._call_kwargs(embeddings, sampler, seeds, steps, pass_steps, blend),
+            **self._call_kwargs(conditioning, sampler, seeds, steps, pass_steps, blend),
             **self._controlnet_kwargs(width, height, "control_image"),
         ).images
 
     @staticmethod
-    def _inpaint_blend(init_latents: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> Callable[..., dict[str, Any]]:
+    def _inpaint_blend(init_latents: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> StepHook:
         """After each step, the unmasked area is reset to the init latents noised to the next step's level
         (the last step: to the init latents themselves), as inpainting with a non-inpainting model does."""
 
-        def blend(pipe: Any, index: int, tensors: dict[str, Any]) -> dict[str, Any]:
+        def blend(pipe: Any, index: int, steps_done: int, tensors: dict[str, Any]) -> dict[str, Any]:
             latents = tensors["latents"]
             loop_timesteps = pipe.scheduler.timesteps[-pipe.num_timesteps:]
             if index + 1 < len(loop_timesteps):
@@ -403,7 +414,7 @@ class JobRunner:
         noise = self._noise(seeds, subseeds, hires.width, hires.height, resized=False)
         steps = hires.steps or self.params.steps
         return self._denoise_latents(
-            latents, noise, self.hires_embeddings or self.embeddings, hires.sampler_spec, seeds,
+            latents, noise, self.hires_conditioning or self.conditioning, hires.sampler_spec, seeds,
             hires_total_steps(steps, hires.denoising_strength), steps, hires.denoising_strength,
             hires.width, hires.height,
         )
@@ -433,7 +444,7 @@ class JobRunner:
                 init_latents = init_latents * (1 - mask)
         strength = params.denoising_strength or 0.0
         latents = self._denoise_latents(
-            init_latents, noise * inputs.initial_noise_multiplier, self.embeddings, params.sampler_spec, seeds,
+            init_latents, noise * inputs.initial_noise_multiplier, self.conditioning, params.sampler_spec, seeds,
             params.steps, img2img_steps_run(params.steps, strength), strength, width, height, mask,
         )
         results = self._decode(latents)

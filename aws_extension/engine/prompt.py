@@ -10,6 +10,7 @@ skip = `CLIP_stop_at_last_layers`).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +45,6 @@ _RE_ATTENTION = re.compile(
 _RE_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 _RE_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 _RE_AND = re.compile(r"\bAND\b")
-# Prompt editing `[from:to:when]`, `[to:when]` and alternation `[a|b]` (brackets not escaped).
-_RE_SCHEDULING = re.compile(r"(?<!\\)\[[^\[\]]*(?<!\\)[:|][^\[\]]*(?<!\\)\]")
 
 _ROUND_BRACKET_MULTIPLIER = 1.1
 _SQUARE_BRACKET_MULTIPLIER = 1 / 1.1
@@ -135,15 +134,159 @@ def extract_extra_networks(prompt: str, field_name: str = "prompt") -> tuple[str
     return _RE_EXTRA_NETWORK.sub(take, prompt), calls
 
 
-def check_supported_syntax(prompt: str, field_name: str, composable: bool = True) -> None:
+def check_supported_syntax(prompt: str, field_name: str) -> None:
     """Refuse A1111 prompt syntax this engine does not implement, rather than treat it as plain text."""
-    if composable and _RE_AND.search(prompt):
+    if _RE_AND.search(prompt):
         raise EngineError(f"{field_name}: composable prompts (AND) are not supported", field_name)
-    scheduled = _RE_SCHEDULING.search(prompt)
-    if scheduled:
-        raise EngineError(
-            f"{field_name}: prompt editing/alternation {scheduled.group(0)!r} is not supported", field_name
-        )
+
+
+# --- prompt editing [from:to:when] and alternation [a|b] (A1111's prompt_parser schedules) ------------
+
+
+@dataclass
+class _Scheduled:
+    before: list[Any]
+    after: list[Any]
+    when: str
+
+
+@dataclass
+class _Alternate:
+    options: list[list[Any]]
+
+
+_RE_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _parse_schedule_tree(text: str, position: int = 0, closing: str = "") -> tuple[list[Any], int]:
+    """Text → nodes (str, _Scheduled, _Alternate) up to `closing` (or the end); brackets that do not
+    form prompt editing or alternation are kept as text (they are emphasis, parsed later)."""
+    nodes: list[Any] = []
+    while position < len(text):
+        char = text[position]
+        if char == "\\":
+            nodes.append(text[position:position + 2])
+            position += 2
+        elif closing and char in closing:
+            return nodes, position
+        elif char == "(":
+            inner, end = _parse_schedule_tree(text, position + 1, ")")
+            closed = end < len(text)
+            nodes += ["(", *inner, ")" if closed else ""]
+            position = end + 1
+        elif char == "[":
+            group, end = _parse_bracket_group(text, position + 1)
+            nodes += group
+            position = end
+        else:
+            nodes.append(char)
+            position += 1
+    return nodes, position
+
+
+def _parse_bracket_group(text: str, position: int) -> tuple[list[Any], int]:
+    """After a `[`: the nodes of the group and the position after its `]`."""
+    segments: list[list[Any]] = []
+    separators: list[str] = []
+    while True:
+        segment, position = _parse_schedule_tree(text, position, ":|]")
+        segments.append(segment)
+        if position >= len(text):  # never closed: the "[" is plain text
+            return ["[", *_join_segments(segments, separators)], position
+        if text[position] == "]":
+            break
+        separators.append(text[position])
+        position += 1
+    position += 1  # the "]"
+    if separators and all(separator == "|" for separator in separators):
+        return [_Alternate(segments)], position
+    # Prompt editing splits on ":" only; a "|" inside its parts is text (as in A1111).
+    parts: list[list[Any]] = [segments[0]]
+    for separator, segment in zip(separators, segments[1:]):
+        if separator == ":":
+            parts.append(segment)
+        else:
+            parts[-1] = [*parts[-1], "|", *segment]
+    when = parts[-1]
+    if len(parts) in (2, 3) and all(isinstance(node, str) for node in when) and _RE_NUMBER.fullmatch("".join(when)):
+        before = parts[0] if len(parts) == 3 else []
+        return [_Scheduled(before, parts[-2], "".join(when).strip())], position
+    # Emphasis `[text]` (or a `:` inside one): text, as A1111's grammar keeps it.
+    return ["[", *_join_segments(segments, separators), "]"], position
+
+
+def _join_segments(segments: list[list[Any]], separators: list[str]) -> list[Any]:
+    joined: list[Any] = []
+    for index, segment in enumerate(segments):
+        joined += segment
+        if index < len(separators):
+            joined.append(separators[index])
+    return joined
+
+
+def _schedule_steps(nodes: list[Any], steps: int, hires_base_steps: int | None) -> set[int]:
+    found = {steps}
+    for node in nodes:
+        if isinstance(node, _Scheduled):
+            node_step = _when_step(node.when, steps, hires_base_steps)
+            if node_step >= 1:
+                found.add(node_step)
+            found |= _schedule_steps(node.before, steps, hires_base_steps)
+            found |= _schedule_steps(node.after, steps, hires_base_steps)
+        elif isinstance(node, _Alternate):
+            found |= set(range(1, steps + 1))
+            for option in node.options:
+                found |= _schedule_steps(option, steps, hires_base_steps)
+    return found
+
+
+def _when_step(when: str, steps: int, hires_base_steps: int | None) -> int:
+    """A1111: a fraction (has a ".") is of the pass's steps, else a step number; in the hires pass both
+    count from the start of the first pass."""
+    value = float(when)
+    if "." in when:
+        value = (value - (1.0 if hires_base_steps is not None else 0.0)) * steps
+    else:
+        value -= hires_base_steps or 0
+    return min(steps, int(value))
+
+
+def _text_at_step(nodes: list[Any], step: int, steps: int, hires_base_steps: int | None) -> str:
+    parts = []
+    for node in nodes:
+        if isinstance(node, _Scheduled):
+            chosen = node.before if step <= _when_step(node.when, steps, hires_base_steps) else node.after
+            parts.append(_text_at_step(chosen, step, steps, hires_base_steps))
+        elif isinstance(node, _Alternate):
+            parts.append(_text_at_step(node.options[(step - 1) % len(node.options)], step, steps, hires_base_steps))
+        else:
+            parts.append(node)
+    return "".join(parts)
+
+
+def prompt_schedule(prompt: str, steps: int, hires_base_steps: int | None = None) -> list[tuple[int, str]]:
+    """A1111's `get_learned_conditioning_prompt_schedules` for one prompt: [(last step, prompt text)].
+
+    `[from:to:when]` switches after step `when` (a number < 1 with a "." is a fraction of the steps),
+    `[to:when]` / `[from::when]` add/remove text, `[a|b]` alternates every step. For the hires pass,
+    `hires_base_steps` is the first pass's step count.
+    """
+    nodes, _ = _parse_schedule_tree(prompt)
+    if not any(isinstance(node, (_Scheduled, _Alternate)) for node in _walk(nodes)):
+        return [(steps, prompt)]
+    return [(step, _text_at_step(nodes, step, steps, hires_base_steps))
+            for step in sorted(_schedule_steps(nodes, steps, hires_base_steps))]
+
+
+def _walk(nodes: list[Any]) -> Iterator[Any]:
+    for node in nodes:
+        yield node
+        if isinstance(node, _Scheduled):
+            yield from _walk(node.before)
+            yield from _walk(node.after)
+        elif isinstance(node, _Alternate):
+            for option in node.options:
+                yield from _walk(option)
 
 
 @dataclass
@@ -254,6 +397,13 @@ def encode_chunks(chunks: list[PromptChunk], text_encoder: Any, clip_skip: int =
     return torch.cat(encoded, dim=1)
 
 
+def _pad_to_same_length(embeddings: list[torch.Tensor], empty: torch.Tensor) -> list[torch.Tensor]:
+    """Append encoded empty prompts so every tensor has as many chunks as the longest (diffusers batches
+    cond and uncond together, so they must have the same length; A1111's `pad_cond`)."""
+    longest = max(z.shape[1] for z in embeddings)
+    return [torch.cat([z, empty.repeat(1, (longest - z.shape[1]) // empty.shape[1], 1)], dim=1) for z in embeddings]
+
+
 @torch.no_grad()
 def encode_prompt_pair(
     prompt: str, negative_prompt: str, pipe: Any, clip_skip: int = 1
@@ -262,11 +412,54 @@ def encode_prompt_pair(
     tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
     positive = encode_chunks(tokenize_into_chunks(prompt, tokenizer, pipe), text_encoder, clip_skip)
     negative = encode_chunks(tokenize_into_chunks(negative_prompt, tokenizer, pipe), text_encoder, clip_skip)
-    if positive.shape[1] != negative.shape[1]:
-        empty = encode_chunks(tokenize_into_chunks("", tokenizer), text_encoder, clip_skip)
-        longest = max(positive.shape[1], negative.shape[1])
-        positive, negative = (
-            torch.cat([z, empty.repeat(1, (longest - z.shape[1]) // empty.shape[1], 1)], dim=1)
-            for z in (positive, negative)
-        )
+    if positive.shape[1] == negative.shape[1]:
+        return positive, negative
+    empty = encode_chunks(tokenize_into_chunks("", tokenizer), text_encoder, clip_skip)
+    positive, negative = _pad_to_same_length([positive, negative], empty)
     return positive, negative
+
+
+@dataclass
+class ScheduledConditioning:
+    """Prompt and negative prompt embeddings over the steps of one pass: [(last step, embeddings)]."""
+
+    positive: list[tuple[int, torch.Tensor]]
+    negative: list[tuple[int, torch.Tensor]]
+
+    @property
+    def changes_during_sampling(self) -> bool:
+        return len(self.positive) > 1 or len(self.negative) > 1
+
+    def at_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embeddings for (1-based) step `step`; past the last step, the last ones."""
+        return _entry_at(self.positive, step), _entry_at(self.negative, step)
+
+
+def _entry_at(schedule: list[tuple[int, torch.Tensor]], step: int) -> torch.Tensor:
+    return next((z for last_step, z in schedule if step <= last_step), schedule[-1][1])
+
+
+@torch.no_grad()
+def encode_prompt_schedules(
+    prompt: str, negative_prompt: str, pipe: Any, steps: int, clip_skip: int = 1,
+    hires_base_steps: int | None = None, encoded: dict[str, torch.Tensor] | None = None,
+) -> ScheduledConditioning:
+    """Embeddings of both prompts for each step, with prompt editing and alternation (`prompt_schedule`).
+
+    Every tensor has the same length. `encoded` caches encodings by text across calls of one job.
+    """
+    encoded = {} if encoded is None else encoded
+
+    def encode(text: str) -> torch.Tensor:
+        if text not in encoded:
+            encoded[text] = encode_chunks(tokenize_into_chunks(text, pipe.tokenizer, pipe), pipe.text_encoder, clip_skip)
+        return encoded[text]
+
+    positive = [(step, encode(text)) for step, text in prompt_schedule(prompt, steps, hires_base_steps)]
+    negative = [(step, encode(text)) for step, text in prompt_schedule(negative_prompt, steps, hires_base_steps)]
+    everything = [z for _, z in positive + negative]
+    if len({z.shape[1] for z in everything}) > 1:
+        padded = iter(_pad_to_same_length(everything, encode("")))
+        positive = [(step, next(padded)) for step, _ in positive]
+        negative = [(step, next(padded)) for step, _ in negative]
+    return ScheduledConditioning(positive, negative)

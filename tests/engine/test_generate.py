@@ -83,6 +83,21 @@ def test_every_sampler_runs(engine, models, sampler: str) -> None:
         assert first.images[0] == _run(engine, models, sampler_name=sampler, steps=2).images[0]
 
 
+def test_prompt_editing_and_alternation(engine, models) -> None:
+    cat, dog = "a photo of a cat", "a photo of a dog"
+
+    def pixels(prompt: str, negative_prompt: str = BASE["negative_prompt"]) -> bytes:
+        return _pixels(_run(engine, models, prompt=prompt, negative_prompt=negative_prompt).images[0]).tobytes()
+
+    plain_cat, plain_dog = pixels(cat), pixels(dog)
+    assert pixels(f"[{cat}:{dog}:2]") == plain_cat  # switches after the last step
+    assert pixels(f"[{cat}:{dog}:0]") == plain_dog
+    switched = pixels(f"[{cat}:{dog}:1]")  # cat for step 1, dog for step 2
+    assert switched not in (plain_cat, plain_dog)
+    assert pixels(f"[{cat}|{dog}]") == switched  # alternation gives the same order here
+    assert pixels(cat, "[blurry:ugly:1]") not in (plain_cat, pixels(cat, "ugly"))
+
+
 def test_variation_seed(engine, models) -> None:
     plain = _run(engine, models, subseed=7)
     varied = _run(engine, models, subseed=7, subseed_strength=0.5)
@@ -220,7 +235,7 @@ def test_progress_and_interrupt(engine, models) -> None:
         ("txt2img", {"batch_size": 0}, "batch_size"),
         ("txt2img", {"prompt": "cat " * 2500}, "prompt"),
         ("txt2img", {"prompt": "a <lora:no-such-lora:0.5>"}, "prompt"),
-        ("txt2img", {"prompt": "[cat:dog:0.5]"}, "prompt"),
+        ("txt2img", {"prompt": "a cat AND a dog"}, "prompt"),
         ("txt2img", {"restore_faces": True}, "restore_faces"),
         ("txt2img", {"styles": ["s"]}, "styles"),
         ("txt2img", {"script_name": "prompt matrix"}, "script_name"),

@@ -14,8 +14,10 @@ from aws_extension.engine.prompt import (
     check_supported_syntax,
     encode_chunks,
     encode_prompt_pair,
+    encode_prompt_schedules,
     extract_extra_networks,
     parse_prompt_attention,
+    prompt_schedule,
     tokenize_into_chunks,
 )
 
@@ -65,14 +67,43 @@ def test_unsupported_extra_networks_are_refused(bad: str) -> None:
         extract_extra_networks(f"a {bad}")
 
 
-@pytest.mark.parametrize("bad", ["a cat AND a dog", "[cat:dog:0.5]", "[cat|dog]", "[dog:10]"])
-def test_scheduled_and_composable_prompts_are_refused(bad: str) -> None:
+def test_composable_prompts_are_refused() -> None:
     with pytest.raises(EngineError, match="^prompt"):
-        check_supported_syntax(bad, "prompt")
+        check_supported_syntax("a cat AND a dog", "prompt")
+    check_supported_syntax("a [faint] (bold:1.2) [cat:dog:0.5] [a|b] ANDROID cat", "prompt")
 
 
-def test_plain_brackets_are_allowed() -> None:
-    check_supported_syntax("a [faint] (bold:1.2) \\[x:y\\] cat", "prompt")
+def _alternating(first: str, second: str, period: int = 2) -> list[tuple[int, str]]:
+    return [(step, first if step % period == 1 else second) for step in range(1, 11)]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [  # the examples of A1111's get_learned_conditioning_prompt_schedules docstring, 10 steps
+        ("test", [(10, "test")]),
+        ("a [b:3]", [(3, "a "), (10, "a b")]),
+        ("a [b: 3]", [(3, "a "), (10, "a b")]),
+        ("a [[[b]]:2]", [(2, "a "), (10, "a [[b]]")]),
+        ("[(a:2):3]", [(3, ""), (10, "(a:2)")]),
+        ("a [b : c : 1] d", [(1, "a b  d"), (10, "a  c  d")]),
+        ("a[b:[c:d:2]:1]e", [(1, "abe"), (2, "ace"), (10, "ade")]),
+        ("a [unbalanced", [(10, "a [unbalanced")]),
+        ("a [b:.5] c", [(5, "a  c"), (10, "a b c")]),
+        ("a [{b|d{:.5] c", [(5, "a  c"), (10, "a {b|d{ c")]),
+        ("((a][:b:c [d:3]", [(3, "((a][:b:c "), (10, "((a][:b:c d")]),
+        ("[a|(b:1.1)]", _alternating("a", "(b:1.1)")),
+        ("[fe|]male", _alternating("female", "male")),
+        ("[fe|||]male", [(step, "female" if step % 4 == 1 else "male") for step in range(1, 11)]),
+    ],
+)
+def test_prompt_schedule_matches_a1111(prompt: str, expected: list[tuple[int, str]]) -> None:
+    assert prompt_schedule(prompt, 10) == expected
+
+
+def test_hires_prompt_schedule_counts_from_the_first_pass() -> None:
+    assert prompt_schedule("a [b:.5] c", 10, hires_base_steps=10) == [(10, "a b c")]
+    assert prompt_schedule("a [b:1.5] c", 10, hires_base_steps=10) == [(5, "a  c"), (10, "a b c")]
+    assert prompt_schedule("a [b:15] c", 10, hires_base_steps=10) == [(5, "a  c"), (10, "a b c")]
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +155,16 @@ def test_prompt_pair_is_padded_to_the_same_length(pipe) -> None:
     # The negative's second chunk is the empty prompt's encoding.
     empty = encode_chunks(tokenize_into_chunks("", pipe.tokenizer), pipe.text_encoder)
     assert torch.equal(negative[:, 77:], empty)
+
+
+def test_scheduled_conditioning_has_one_length(pipe) -> None:
+    conditioning = encode_prompt_schedules("[cat:" + "dog " * 80 + ":2]", "[ugly|bad]", pipe, steps=4)
+    assert [step for step, _ in conditioning.positive] == [2, 4] and len(conditioning.negative) == 4
+    assert {z.shape[1] for _, z in conditioning.positive + conditioning.negative} == {154}
+    assert conditioning.changes_during_sampling
+    first, second = conditioning.at_step(1), conditioning.at_step(3)
+    assert not torch.equal(first[0], second[0]) and not torch.equal(first[1], conditioning.at_step(2)[1])
+    assert conditioning.at_step(99)[0] is conditioning.positive[-1][1]
 
 
 def test_emphasis_and_clip_skip_change_the_embeddings(pipe) -> None:
