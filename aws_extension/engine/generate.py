@@ -1,8 +1,10 @@
 """Run one normalised job (params.GenerationParams) on a loaded pipeline: txt2img, img2img, inpaint,
 hires fix and ControlNet, with per-step progress and cancel.
 
-The cached pipeline is shared between jobs, so it is never modified here: each pass runs on a view
-(`from_pipe`, which shares the modules) with its own scheduler; tiling is undone when the job ends.
+The cached pipeline is shared between jobs, so it is never modified here: each pass runs on a view (a
+pipeline of the pass's class built from the cached one's modules) with its own scheduler; tiling is
+undone when the job ends. Prompt editing swaps the embeddings between steps; inpainting resets the
+unmasked latents after each step.
 Noise is always made by `params.initial_noise` (A1111's seeded CPU noise), so every sampler, task and
 pass is reproducible from the seeds.
 """
