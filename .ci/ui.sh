@@ -8,16 +8,16 @@
 # 3. Creates .venv-gradio3 with A1111 v1.10's web pins (gradio 3.41.2, fastapi 0.94.0, pydantic 1, httpx 0.24.1,
 #    httpcore 0.15.0, Pillow 9.5.0, numpy 1.26.2, huggingface_hub < 0.26) once; a second run re-uses it while
 #    the pins below are unchanged (~1 min to build, seconds to re-use).
-# 4. Runs tests/ui and tests/webui in that venv (all but the browser test). The middleware, `sd-aws up` and the
-#    workers those tests start cannot run on pydantic 1: they run on the main venv's Python
-#    (SD_AWS_TEST_SERVER_PYTHON).
+# 4. Runs tests/ui and tests/webui in that venv, the browser test included (its screenshots go to
+#    artifacts/ui-browser-gradio3). The middleware, `sd-aws up` and the workers those tests start cannot run on
+#    pydantic 1: they run on the main venv's Python (SD_AWS_TEST_SERVER_PYTHON).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False PIP_DISABLE_PIP_VERSION_CHECK=1
 MAIN_VENV=$(cd "${1:?usage: .ci/ui.sh <main venv>}" && pwd)
 A1111_VENV=.venv-gradio3
 A1111_PINS=(gradio==3.41.2 fastapi==0.94.0 "pydantic<2" httpx==0.24.1 httpcore==0.15.0 "huggingface_hub<0.26"
-            pillow==9.5.0 numpy==1.26.2 requests tqdm pytest pytest-timeout)
+            pillow==9.5.0 numpy==1.26.2 requests tqdm pytest pytest-timeout playwright)
 
 if [ ! -x /usr/bin/chromium ]; then
     SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo sudo)
@@ -34,5 +34,5 @@ if [ "$(cat "$A1111_VENV/.pins" 2>/dev/null)" != "${A1111_PINS[*]}" ]; then
 fi
 
 echo "UI tests on gradio $("$A1111_VENV/bin/python" -c 'import gradio; print(gradio.__version__)') (A1111 v1.10 pins)"
-SD_AWS_TEST_SERVER_PYTHON="$MAIN_VENV/bin/python" "$A1111_VENV/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/ui tests/webui --ignore=tests/ui/test_browser.py
+SD_AWS_TEST_SERVER_PYTHON="$MAIN_VENV/bin/python" SD_AWS_UI_SCREENSHOTS="$PWD/artifacts/ui-browser-gradio3" \
+    "$A1111_VENV/bin/python" -m pytest -q -p no:cacheprovider tests/ui tests/webui

@@ -32,12 +32,10 @@ class JobOutput:
     info: dict = field(default_factory=dict)  # A1111's info: infotexts, seed, all_seeds, all_subseeds, ...
 
 
-def endpoint_names(client: MiddlewareClient, in_service_only: bool = True) -> list[str]:
-    """Names of the endpoints (InService ones only by default), newest first, without duplicates."""
-    records = client.list_endpoints()
-    return list(dict.fromkeys(r["endpoint_name"] for r in records
-                              if r.get("endpoint_status") not in ("Deleted", "Deleting")
-                              and (not in_service_only or r.get("endpoint_status") == "InService")))
+def endpoint_names(client: MiddlewareClient) -> list[str]:
+    """Names of the InService endpoints, newest first, without duplicates."""
+    return list(dict.fromkeys(r["endpoint_name"] for r in client.list_endpoints()
+                              if r.get("endpoint_status") == "InService"))
 
 
 def require_in_service(client: MiddlewareClient, endpoint_name: str) -> None:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-EMBEDDING_FILE_SUFFIXES = (".safetensors", ".pt", ".bin")
 _EXTRA_NETWORK = re.compile(r"<(?:lora|lyco):([^:>]+)(?::[^>]*)?>", re.IGNORECASE)
 
 

@@ -38,7 +38,7 @@ def script_args_of(p: Any, title: str) -> list | None:
     """The slice of `p.script_args` that belongs to the always-on script titled `title` (case-insensitive)."""
     runner = getattr(p, "scripts", None)
     for script in getattr(runner, "alwayson_scripts", []) if runner else []:
-        if script.title().lower() == title.lower():
+        if script.title().lower() == title.lower() and script.args_from is not None:
             return list(p.script_args[script.args_from:script.args_to])
     return None
 
