@@ -45,6 +45,11 @@ def failed(exc: Exception | str) -> str:
     return f"Error: {exc if isinstance(exc, str) else error_text(exc)}"
 
 
+def table(headers: list[str], rows: list[list]) -> dict:
+    """A Dataframe value that keeps its headers when empty (a bare [] drops them on gradio 3.41)."""
+    return {"headers": headers, "data": rows}
+
+
 def human_size(size: int | None) -> str:
     if not size:
         return ""
@@ -92,15 +97,15 @@ class SageMakerTab:
         return ok(f"Connected to {client.api_url} (sd-aws {version}); the API key is accepted.")
 
     # -- Cloud models ----------------------------------------------------------------------------------
-    def checkpoint_table(self, type_filter: str) -> tuple[list[list], str]:
+    def checkpoint_table(self, type_filter: str) -> tuple[dict, str]:
         try:
             types = None if type_filter in (None, "", ALL_TYPES) else [type_filter]
             records = make_client(self.store).list_checkpoints(types)
         except ApiError as exc:
-            return [], failed(exc)
+            return table(CHECKPOINT_HEADERS, []), failed(exc)
         rows = [[", ".join(r.get("name") or []), r.get("type", ""), r.get("status", ""), human_size(r.get("size")),
                  (r.get("sha256") or "")[:10], when(r.get("created"))] for r in records]
-        return rows, ok(f"{len(rows)} checkpoint(s).")
+        return table(CHECKPOINT_HEADERS, rows), ok(f"{len(rows)} checkpoint(s).")
 
     def _local_files(self, model_type: str) -> dict[str, Path]:
         folders = self.model_folders.get(model_type, [])
@@ -171,18 +176,18 @@ class SageMakerTab:
             yield failed(f"The import failed: {final.get('error') or final['status']}")
 
     # -- Endpoints ---------------------------------------------------------------------------------------
-    def endpoint_table(self) -> tuple[list[list], Any, str]:
+    def endpoint_table(self) -> tuple[dict, Any, str]:
         try:
             records = make_client(self.store).list_endpoints()
         except ApiError as exc:
-            return [], gr.update(), failed(exc)
+            return table(ENDPOINT_HEADERS, []), gr.update(), failed(exc)
         rows = [[r.get("endpoint_name"), r.get("status"), r.get("endpoint_status"), r.get("instance_type") or "",
                  r.get("current_instance_count") if r.get("current_instance_count") is not None else "",
                  "on" if r.get("autoscaling") else "off", when(r.get("startTime")), r.get("error") or ""]
                 for r in records]
         live = list(dict.fromkeys(r["endpoint_name"] for r in records
                                   if r.get("endpoint_status") not in ("Deleted", "Deleting")))
-        return rows, gr.update(choices=live, value=[]), ok(f"{len(live)} endpoint(s).")
+        return table(ENDPOINT_HEADERS, rows), gr.update(choices=live, value=[]), ok(f"{len(live)} endpoint(s).")
 
     def deploy_endpoint(self, instance_type: str, instance_count: float, autoscaling: bool,
                         min_instances: float, max_instances: float, endpoint_name: str) -> str:
@@ -230,14 +235,14 @@ class SageMakerTab:
         return ok(f"Dataset {result.get('datasetName', name)} is {result.get('status', 'Enabled')} "
                   f"with {len(images)} image(s){skipped}.")
 
-    def dataset_table(self) -> tuple[list[list], Any, str]:
+    def dataset_table(self) -> tuple[dict, Any, str]:
         try:
             records = make_client(self.store).list_datasets()
         except ApiError as exc:
-            return [], gr.update(), failed(exc)
+            return table(DATASET_HEADERS, []), gr.update(), failed(exc)
         rows = [[r.get("datasetName"), r.get("status"), when(r.get("timestamp")), r.get("description") or ""]
                 for r in records]
-        return rows, gr.update(choices=[r[0] for r in rows]), ok(f"{len(rows)} dataset(s).")
+        return table(DATASET_HEADERS, rows), gr.update(choices=[r[0] for r in rows]), ok(f"{len(rows)} dataset(s).")
 
     def preview_dataset(self, name: str | None) -> tuple[list, str]:
         if not name:
@@ -253,15 +258,15 @@ class SageMakerTab:
         return images, ok(f"{name}: {len(files)} file(s){more}.")
 
     # -- Jobs ------------------------------------------------------------------------------------------------
-    def job_table(self) -> tuple[list[list], Any, str]:
+    def job_table(self) -> tuple[dict, Any, str]:
         try:
             jobs = make_client(self.store).list_inference_jobs(limit=50)
         except ApiError as exc:
-            return [], gr.update(), failed(exc)
+            return table(JOB_HEADERS, []), gr.update(), failed(exc)
         rows = [[j["InferenceJobId"], j.get("status"), f"{round(100 * float(j.get('progress') or 0))}%",
                  j.get("taskType") or "", j.get("endpoint_name") or "", when(j.get("startTime")),
                  j.get("error") or ""] for j in jobs]
-        return rows, gr.update(choices=[r[0] for r in rows]), ok(f"{len(rows)} recent job(s).")
+        return table(JOB_HEADERS, rows), gr.update(choices=[r[0] for r in rows]), ok(f"{len(rows)} recent job(s).")
 
     def show_job(self, job_id: str | None) -> tuple[list, Any, str]:
         if not job_id:

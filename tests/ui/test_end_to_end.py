@@ -64,7 +64,7 @@ def test_worker_failure_reason_is_shown(webui_on_stack):
 
 def test_tabs_list_endpoints_and_jobs_and_delete_with_confirmation(stack):
     tab = SageMakerTab(MemoryConnectionStore(stack.url, STACK_KEY))
-    rows, names, status = tab.endpoint_table()
+    rows = tab.endpoint_table()[0]["data"]
     assert next(r for r in rows if r[0] == STACK_ENDPOINT)[:3] == [STACK_ENDPOINT, "success", "InService"]
     assert tab.deploy_endpoint("ml.nonexistent", 1, False, 0, 1, "bad-ep").startswith("Error:")
     assert tab.deploy_endpoint("local", 1, True, 0, 1, "to-delete").startswith("Done: Deploying to-delete")
@@ -79,7 +79,8 @@ def test_tabs_list_endpoints_and_jobs_and_delete_with_confirmation(stack):
     assert final == "Done: 1 image(s), seed 11." and images[0].size == (64, 64) and "Seed: 11" in infotext
     assert any(u[-1].startswith("Job ") for u in updates[:-1])
 
-    rows, choices, _ = tab.job_table()
+    table, choices, _ = tab.job_table()
+    rows = table["data"]
     assert job_id in choices["choices"] and next(r for r in rows if r[0] == job_id)[1:3] == ["succeed", "100%"]
     images, parameters, status = tab.show_job(job_id)
     assert len(images) == 1 and parameters["parameters"]["prompt"] == "a red boat" and parameters["info"]["seed"] == 11

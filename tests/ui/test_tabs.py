@@ -14,7 +14,7 @@ from PIL import Image
 
 from aws_extension.ui.app import build_app
 from aws_extension.ui.connection import MemoryConnectionStore
-from aws_extension.ui.sagemaker_tab import ALL_TYPES, SageMakerTab
+from aws_extension.ui.sagemaker_tab import ALL_TYPES, CHECKPOINT_HEADERS, SageMakerTab
 from tests.helpers import FileServer, free_port
 from tests.middleware.conftest import safetensors_bytes
 from tests.ui.conftest import API_KEY, ProgressRecorder
@@ -47,10 +47,10 @@ def test_settings_save_masks_the_key_and_test_connection(store, middleware):
 def test_no_url_or_server_down_keeps_every_tab_working(middleware):
     for store in (MemoryConnectionStore("", None), MemoryConnectionStore(f"http://127.0.0.1:{free_port()}", "k")):
         tab = SageMakerTab(store)
-        rows, status = tab.checkpoint_table(ALL_TYPES)
-        assert rows == [] and status.startswith("Error:")
+        table, status = tab.checkpoint_table(ALL_TYPES)
+        assert table == {"headers": CHECKPOINT_HEADERS, "data": []} and status.startswith("Error:")
         for table, _, status in (tab.endpoint_table(), tab.dataset_table(), tab.job_table()):
-            assert table == [] and status.startswith("Error:")
+            assert table["data"] == [] and table["headers"] and status.startswith("Error:")
 
 
 def test_upload_from_computer_and_webui_folders_with_progress(store, tmp_path):
@@ -71,11 +71,11 @@ def test_upload_from_computer_and_webui_folders_with_progress(store, tmp_path):
     assert tab.upload_from_computer("Lora", [str(computer_file)], progress=ProgressRecorder()).startswith("Done:")
 
     rows, status = tab.checkpoint_table("Lora")
-    by_name = {row[0]: row for row in rows}
+    by_name = {row[0]: row for row in rows["data"]}
     assert {"ink-style.safetensors", "paper-cut.safetensors"} <= set(by_name) and status.startswith("Done:")
     name, model_type, model_status, size, sha_prefix, created = by_name["paper-cut.safetensors"]
     assert (model_type, model_status, len(sha_prefix)) == ("Lora", "Active", 10) and size.endswith("KiB") and created
-    assert not any(row[0] == "paper-cut.safetensors" for row in tab.checkpoint_table("VAE")[0])
+    assert not any(row[0] == "paper-cut.safetensors" for row in tab.checkpoint_table("VAE")[0]["data"])
 
 
 def test_upload_of_a_non_model_file_is_refused(store, tmp_path):
@@ -111,7 +111,8 @@ def test_dataset_create_list_preview_and_without_images(store, tmp_path):
     message = tab.create_dataset("cats-1", "two cats", [*files, str(tmp_path / "caption.txt")],
                                  progress=ProgressRecorder())
     assert message == "Done: Dataset cats-1 is Enabled with 2 image(s); skipped 1 file(s) that are not images."
-    rows, choices, _ = tab.dataset_table()
+    datasets, choices, _ = tab.dataset_table()
+    rows = datasets["data"]
     assert rows[[r[0] for r in rows].index("cats-1")][:2] == ["cats-1", "Enabled"] and "cats-1" in choices["choices"]
     images, status = tab.preview_dataset("cats-1")
     assert len(images) == 2 and status == "Done: cats-1: 2 file(s)."

@@ -343,3 +343,14 @@ def test_loads_from_a_folder_with_any_name(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith(str(extension)) and lines[1:] == ["1 ['CloudSwitchScript']", "True"]
+
+
+def test_endpoint_refresh_of_the_switch_lists_in_service_endpoints(webui, middleware_for):
+    from aws_extension.webui.switch import refresh_endpoints
+
+    middleware_for()
+    dropdown, status = refresh_endpoints()
+    assert dropdown["choices"] == ["ep-ready"] and dropdown["value"] == "ep-ready"
+    assert status == "Done: 1 endpoint(s) InService."
+    webui.shared.opts.data["sd_aws_api_url"] = f"http://127.0.0.1:{free_port()}"
+    assert refresh_endpoints()[1].startswith("Error: Cannot reach the middleware")
