@@ -104,6 +104,16 @@ IMG2IMG_DEFAULTS: dict[str, Any] = {
     "include_init_images": False,
 }
 
+# Fields that change what the engine makes.
+HONOURED_FIELDS = (
+    "prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w",
+    "sampler_name", "sampler_index", "scheduler", "batch_size", "n_iter", "steps", "cfg_scale", "width", "height",
+    "tiling", "eta", "denoising_strength", "override_settings", "disable_extra_networks", "alwayson_scripts",
+    "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name",
+    "hr_scheduler", "hr_prompt", "hr_negative_prompt",
+    "init_images", "resize_mode", "mask", "mask_blur", "mask_blur_x", "mask_blur_y", "mask_round", "inpainting_fill",
+    "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "initial_noise_multiplier",
+)
 # Fields with no effect on the images this engine makes, as in A1111 for an API call (saving, UI state,
 # GPU memory modes, the routing fields) or only for model kinds this engine does not load (Flux's
 # distilled CFG, instruct-pix2pix's image CFG).

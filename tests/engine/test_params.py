@@ -170,3 +170,18 @@ def test_controlnet_unit_without_image_uses_the_init_image_in_img2img() -> None:
 
 def test_schedule_names_are_case_insensitive() -> None:
     assert normalise_payload("txt2img", {"sampler_name": "DPM++ 2M", "scheduler": "karras"}, SETTINGS).sampler_spec.karras
+
+
+def test_every_known_field_is_classified_once() -> None:
+    from aws_extension.engine.params import (
+        DEPENDENT_NO_OP_FIELDS,
+        HONOURED_FIELDS,
+        IMG2IMG_DEFAULTS,
+        NEUTRAL_ONLY_FIELDS,
+        NO_OP_FIELDS,
+        TXT2IMG_DEFAULTS,
+    )
+
+    classified = [*HONOURED_FIELDS, *NO_OP_FIELDS, *NEUTRAL_ONLY_FIELDS, *DEPENDENT_NO_OP_FIELDS]
+    assert len(classified) == len(set(classified))
+    assert set(classified) == set(TXT2IMG_DEFAULTS) | set(IMG2IMG_DEFAULTS)
