@@ -252,3 +252,10 @@ def test_bad_input_is_refused_and_the_engine_still_works(engine, models, task: s
         engine.generate(task, {**BASE, **fields}, models)
     assert error.value.field == field and field in str(error.value)
     assert len(_run(engine, models, steps=1).images) == 1
+
+
+def test_merge_delegates_and_the_result_generates(engine, models, tmp_path) -> None:
+    merged = tmp_path / "merged.safetensors"
+    engine.merge(models.checkpoint, models.checkpoint, None, "Weighted sum", 0.5, False, merged)
+    result = engine.generate("txt2img", {**BASE, "steps": 1}, ModelSet(merged))
+    assert result.info["sd_model_name"] == "merged" and len(result.images) == 1
