@@ -374,6 +374,12 @@ def _multi_vector_embedding_lengths(tokenizer: Any) -> dict[int, int]:
 
 def encode_chunks(chunks: list[PromptChunk], text_encoder: Any, clip_skip: int = 1) -> torch.Tensor:
     """Encode each chunk, apply emphasis with A1111's mean restoration, concatenate: [1, 77·n, dim]."""
+    layers = text_encoder.config.num_hidden_layers
+    if clip_skip > layers:
+        raise EngineError(
+            f"override_settings.CLIP_stop_at_last_layers: {clip_skip} is more than this model's text encoder "
+            f"has layers ({layers})", "override_settings.CLIP_stop_at_last_layers",
+        )
     device = text_encoder.device
     final_layer_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
     encoded = []

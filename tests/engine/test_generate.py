@@ -241,6 +241,7 @@ def test_progress_and_interrupt(engine, models) -> None:
         ("txt2img", {"script_name": "prompt matrix"}, "script_name"),
         ("txt2img", {"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
         ("txt2img", {"override_settings": {"sd_vae": "missing.safetensors"}}, "override_settings.sd_vae"),
+        ("txt2img", {"override_settings": {"CLIP_stop_at_last_layers": 5}}, "override_settings.CLIP_stop_at_last_layers"),
         ("txt2img", {"alwayson_scripts": {"controlnet": {"args": [{"module": "openpose", "model": "tiny-controlnet"}]}}},
          "alwayson_scripts.controlnet.args[0].module"),
         ("img2img", {"init_images": ["%%% not base64"]}, "init_images[0]"),
