@@ -17,7 +17,8 @@ def follow(run: Callable[[Callable[[Any], None]], R], render: Callable[[Any], An
     An exception of `run` is raised here, in the generator's thread.
     """
     updates: queue.Queue = queue.Queue()
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
         future = pool.submit(run, updates.put)
         while not future.done() or not updates.empty():
             try:
@@ -25,3 +26,5 @@ def follow(run: Callable[[Callable[[Any], None]], R], render: Callable[[Any], An
             except queue.Empty:
                 continue
         return future.result()
+    finally:
+        pool.shutdown(wait=False)  # a closed generator (the page went away) must not wait for `run`

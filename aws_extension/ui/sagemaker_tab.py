@@ -140,12 +140,12 @@ class SageMakerTab:
         return ok(f"Uploaded {', '.join(done_names)} as {model_type}; it is Active in the cloud catalogue.")
 
     def upload_local(self, model_type: str, selected: list[str] | None,
-                     progress: Progress = gr.Progress()) -> str:  # noqa: B008 - gradio injects the tracker
+                     progress: Progress = gr.Progress()) -> str:  # gradio injects its tracker
         files = self._local_files(model_type)
         return self._upload(model_type, [files[name] for name in selected or [] if name in files], progress)
 
     def upload_from_computer(self, model_type: str, files: Any,
-                             progress: Progress = gr.Progress()) -> str:  # noqa: B008
+                             progress: Progress = gr.Progress()) -> str:
         return self._upload(model_type, uploaded_paths(files), progress)
 
     def import_by_url(self, model_type: str, urls_text: str, hf_token: str, civitai_token: str):
@@ -218,7 +218,7 @@ class SageMakerTab:
 
     # -- Datasets ------------------------------------------------------------------------------------------
     def create_dataset(self, name: str, description: str, files: Any,
-                       progress: Progress = gr.Progress()) -> str:  # noqa: B008
+                       progress: Progress = gr.Progress()) -> str:
         paths = uploaded_paths(files)
         if not (name or "").strip():
             return failed("Enter a dataset name (letters, digits and '-').")

@@ -40,12 +40,12 @@ def move_api_key_option_to_file() -> None:
 
 
 class WebUIConnectionStore:
-    """URL: --sd-aws-api-url, else the WebUI setting, else SD_AWS_API_URL / the default.
-    Key: --sd-aws-api-key, else the 0600 key file, else SD_AWS_API_KEY."""
+    """URL: --sd-aws-api-url, else the WebUI setting, else SD_AWS_API_URL (no localhost default inside a WebUI:
+    an unset URL says so). Key: --sd-aws-api-key, else the 0600 key file, else SD_AWS_API_KEY."""
 
     def api_url(self) -> str:
         return (getattr(shared.cmd_opts, "sd_aws_api_url", None) or shared.opts.data.get(API_URL_OPTION)
-                or load(ClientSettings).api_url)
+                or (load(ClientSettings).api_url if os.environ.get("SD_AWS_API_URL") else ""))
 
     def api_key(self) -> str | None:
         flag = getattr(shared.cmd_opts, "sd_aws_api_key", None)

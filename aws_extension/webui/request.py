@@ -13,7 +13,7 @@ from aws_extension.ui.inference import png_base64
 from aws_extension.ui.models import ModelRef, embeddings_in_prompts, list_model_files, lora_names_in_prompt
 
 # Attributes of StableDiffusionProcessing* that are /sdapi/v1 parameters of the same name.
-COMMON_FIELDS = ("prompt", "negative_prompt", "styles", "seed", "subseed", "subseed_strength", "seed_resize_from_h",
+COMMON_FIELDS = ("prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "seed_resize_from_h",
                  "seed_resize_from_w", "sampler_name", "scheduler", "batch_size", "n_iter", "steps", "cfg_scale",
                  "width", "height", "restore_faces", "tiling", "denoising_strength", "eta", "s_min_uncond",
                  "s_churn", "s_tmax", "s_tmin", "s_noise", "override_settings", "do_not_save_samples",
@@ -89,8 +89,7 @@ def inference_request(p: Any, endpoint: str | None, models: dict[str, list], pro
     """
     task = task_type(p)
     fields = COMMON_FIELDS + (IMG2IMG_FIELDS if task == "img2img" else TXT2IMG_FIELDS)
-    body: dict[str, Any] = {name: getattr(p, name) for name in fields
-                            if getattr(p, name, None) is not None and name != "styles"}
+    body: dict[str, Any] = {name: getattr(p, name) for name in fields if getattr(p, name, None) is not None}
     body.update(prompt=prompt, negative_prompt=negative_prompt, task_type=task, models=models)
     if endpoint:
         body["sagemaker_endpoint_name"] = endpoint

@@ -264,8 +264,12 @@ def test_endpoint_not_in_service_and_worker_failure_are_reported(webui, middlewa
         webui.processing.process_images(make_p(webui, switch_runner(webui), on=True))
 
 
-def test_wrong_key_and_middleware_down_are_one_sentence(webui, middleware_for):
+def test_no_url_and_middleware_down_are_one_sentence(webui, monkeypatch):
     from aws_extension.ui.inference import CloudGenerationError
+
+    monkeypatch.delenv("SD_AWS_API_URL", raising=False)
+    with pytest.raises(CloudGenerationError, match="^No API URL is set: enter the middleware's URL"):
+        webui.processing.process_images(make_p(webui, switch_runner(webui), on=True))
 
     webui.shared.opts.data["sd_aws_api_url"] = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(CloudGenerationError, match="Cannot reach the middleware at http://127.0.0.1"):
