@@ -96,6 +96,9 @@ def inference_request(p: Any, endpoint: str | None, models: dict[str, list], pro
     override_settings = dict(body.get("override_settings") or {})
     if clip_skip != 1:
         override_settings.setdefault("CLIP_stop_at_last_layers", clip_skip)
+    if models.get("VAE"):  # the WebUI's selected VAE; like an API call, the worker applies it from sd_vae
+        vae = models["VAE"][0]
+        override_settings.setdefault("sd_vae", vae["name"] if isinstance(vae, dict) else vae)
     body["override_settings"] = override_settings
     if task == "img2img":
         body["init_images"] = [png_base64(image) for image in p.init_images]

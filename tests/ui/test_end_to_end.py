@@ -87,3 +87,33 @@ def test_tabs_list_endpoints_and_jobs_and_delete_with_confirmation(stack):
     failed_job = next((r[0] for r in rows if r[1] == "failed"), None)
     if failed_job:  # left by test_worker_failure_reason_is_shown when it ran first
         assert "No Such Sampler" in tab.show_job(failed_job)[2]
+
+
+def test_switch_img2img_with_controlnet_and_the_selected_vae(webui_on_stack, stack):
+    from PIL import Image
+
+    from aws_extension.webui import host
+
+    host_webui = webui_on_stack
+    tab = SageMakerTab(host.WebUIConnectionStore(), host.model_folders())
+    for model_type, name in (("VAE", "tiny-vae.safetensors"), ("ControlNet", "tiny-controlnet.safetensors")):
+        assert tab.upload_local(model_type, [name], progress=lambda *a, **k: None).startswith("Done:"), model_type
+    host_webui.sd_vae.vae_dict["tiny-vae.safetensors"] = str(stack.models / "VAE" / "tiny-vae.safetensors")
+    host_webui.shared.opts.data["sd_vae"] = "tiny-vae.safetensors"
+
+    class ControlNetScript(host_webui.scripts.Script):  # sd-webui-controlnet: its units in p.script_args
+        def title(self):
+            return "ControlNet"
+
+    unit = {"enabled": True, "module": "none", "model": "tiny-controlnet [0123abcd]", "weight": 0.9,
+            "image": {"image": Image.new("RGB", (64, 64), "white"), "mask": None}}
+    runner = switch_runner(host_webui, is_img2img=True)
+    controlnet = ControlNetScript()
+    controlnet.args_from, controlnet.args_to = len(runner.inputs), len(runner.inputs) + 1
+    runner.alwayson_scripts.append(controlnet)
+    p = make_p(host_webui, runner, on=True, img2img=True, endpoint=STACK_ENDPOINT, prompt="a tower", negative_prompt="",
+               seed=5, steps=3, denoising_strength=0.6)
+    p.script_args = [*p.script_args, unit]
+    processed = host_webui.processing.process_images(p)
+    assert [im.size for im in processed.images] == [(64, 64)] and processed.seed == 5
+    assert "VAE: tiny-vae" in processed.infotexts[0] and "ControlNet 0: " in processed.infotexts[0]

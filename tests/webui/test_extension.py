@@ -165,6 +165,7 @@ def test_switch_on_sends_the_request_and_returns_a_processed(webui, middleware_f
     assert (body["seed"], body["steps"], body["width"], body["batch_size"], body["n_iter"]) == (42, 4, 64, 2, 1)
     assert body["sampler_name"] == "Euler a" and body["enable_hr"] is False
     assert "init_images" not in body and "styles" not in body
+    assert body["override_settings"] == {"sd_vae": "vae-ft.safetensors"}
 
     # a grid first (return_grid), then the two images with their own infotexts and seeds
     assert processed.index_of_first_image == 1 and len(processed.images) == 3
