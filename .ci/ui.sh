@@ -34,5 +34,6 @@ if [ "$(cat "$A1111_VENV/.pins" 2>/dev/null)" != "${A1111_PINS[*]}" ]; then
 fi
 
 echo "UI tests on gradio $("$A1111_VENV/bin/python" -c 'import gradio; print(gradio.__version__)') (A1111 v1.10 pins)"
+echo "browser screenshots (gradio 3.41.2): $PWD/artifacts/ui-browser-gradio3"
 SD_AWS_TEST_SERVER_PYTHON="$MAIN_VENV/bin/python" SD_AWS_UI_SCREENSHOTS="$PWD/artifacts/ui-browser-gradio3" \
     "$A1111_VENV/bin/python" -m pytest -q -p no:cacheprovider tests/ui tests/webui
