@@ -495,7 +495,9 @@ def _check_scripts(scripts: Any) -> dict[str, Any]:
         if name == "controlnet":
             continue
         args = script.get("args") if isinstance(script, dict) else script
-        if args:  # an always-on script with arguments would change the result
+        # A script whose arguments are all empty/false is off (Forge sends its built-ins like that);
+        # any other would change the result.
+        if any(args if isinstance(args, list) else [args]):
             raise _fail(f"alwayson_scripts.{name}", "this script is not available on the engine")
     return normalised
 

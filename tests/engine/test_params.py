@@ -94,7 +94,7 @@ def test_no_op_and_neutral_fields_are_accepted() -> None:
         "styles": [], "restore_faces": False, "send_images": True, "save_images": False, "do_not_save_samples": True,
         "do_not_save_grid": True, "override_settings_restore_afterwards": True, "script_args": [],
         "sampler_index": "Euler a", "script_name": None, "s_tmax": 1.0, "s_tmin": 0.0, "s_noise": 1.0,
-        "firstphase_width": 0, "firstphase_height": 0, "alwayson_scripts": {"extra options": {"args": []}},
+        "firstphase_width": 0, "firstphase_height": 0, "alwayson_scripts": {"extra options": {"args": []}, "Never OOM Integrated": {"args": [False, False]}},
         "override_settings": {"CLIP_stop_at_last_layers": 2, "sd_vae": "tiny-vae.safetensors"},
         "task_type": "txt2img", "models": {"Stable-diffusion": ["x.safetensors"]}, "sagemaker_endpoint_name": "e",
     }
