@@ -164,7 +164,8 @@ IMG2IMG_RESIZE_MODES = (0, 1, 2)
 INPAINTING_FILLS = (0, 1, 2, 3)
 MIN_SIZE = 64
 HIRES_DEFAULT_DENOISING = 0.7  # the WebUI's default for hires fix when the payload has none
-MAX_SEED = 4294967294
+RANDOM_SEED_LIMIT = 4294967294  # A1111 draws random seeds below this
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -322,7 +323,7 @@ def decode_image(value: Any, field_name: str) -> Image.Image:
 
 def resolve_seed(seed: int) -> int:
     """A1111: -1 (or any negative seed) → a random seed."""
-    return int(random.randrange(MAX_SEED)) if seed < 0 else seed
+    return int(random.randrange(RANDOM_SEED_LIMIT)) if seed < 0 else seed
 
 
 def _round_to_8(payload: dict[str, Any], key: str, cap: int) -> int:

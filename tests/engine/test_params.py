@@ -185,3 +185,11 @@ def test_every_known_field_is_classified_once() -> None:
     classified = [*HONOURED_FIELDS, *NO_OP_FIELDS, *NEUTRAL_ONLY_FIELDS, *DEPENDENT_NO_OP_FIELDS]
     assert len(classified) == len(set(classified))
     assert set(classified) == set(TXT2IMG_DEFAULTS) | set(IMG2IMG_DEFAULTS)
+
+
+def test_seed_range() -> None:
+    assert normalise_payload("txt2img", {"seed": 2**32 - 1}, SETTINGS).seed == 2**32 - 1
+    for bad in (2**32, -2, 1.5):
+        with pytest.raises(EngineError) as error:
+            normalise_payload("txt2img", {"seed": bad}, SETTINGS)
+        assert error.value.field == "seed"
