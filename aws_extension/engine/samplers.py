@@ -6,53 +6,55 @@ A1111 before 1.9 named the Karras variants as samplers ("DPM++ 2M Karras"); 1.9+
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import diffusers
 
 from aws_extension.engine.base import EngineError
 
+KARRAS, EXPONENTIAL = "karras", "exponential"
+
 
 @dataclass(frozen=True)
 class SamplerSpec:
     scheduler_class: str  # a class of the `diffusers` package
     options: dict[str, Any] = field(default_factory=dict)
-    karras: bool = False  # the sampler uses the Karras sigma schedule
-    karras_allowed: bool = False  # scheduler "Karras" may be asked for
+    sigmas: str | None = None  # KARRAS or EXPONENTIAL sigma schedule; None: the scheduler's own
+    schedule_choice: bool = False  # the `scheduler` field may pick Karras or Exponential sigmas
     seeded_noise: bool = False  # the scheduler draws its own noise from `noise_sampler_seed`
 
 
-def _k(cls: str, karras: bool = False, **options: Any) -> SamplerSpec:
-    return SamplerSpec(cls, options, karras=karras, karras_allowed=True)
+def _k(cls: str, sigmas: str | None = None, seeded_noise: bool = False, **options: Any) -> SamplerSpec:
+    """A k-diffusion sampler of A1111 (its sigma schedule can be chosen)."""
+    return SamplerSpec(cls, options, sigmas=sigmas, schedule_choice=True, seeded_noise=seeded_noise)
 
 
+_SDE = {"algorithm_type": "sde-dpmsolver++"}
+# Names of A1111 1.10 (plain names) and of A1111 < 1.9 (" Karras" names). The plain names' sigmas are
+# the defaults of A1111 1.10's "Automatic" schedule: Karras for DPM++ 2M/SDE, Exponential for the 2M/3M SDEs.
 SAMPLERS: dict[str, SamplerSpec] = {
     "Euler a": SamplerSpec("EulerAncestralDiscreteScheduler"),
     "Euler": _k("EulerDiscreteScheduler"),
     "LMS": _k("LMSDiscreteScheduler"),
-    "LMS Karras": _k("LMSDiscreteScheduler", karras=True),
+    "LMS Karras": _k("LMSDiscreteScheduler", KARRAS),
     "Heun": _k("HeunDiscreteScheduler"),
     "DPM2": _k("KDPM2DiscreteScheduler"),
-    "DPM2 Karras": _k("KDPM2DiscreteScheduler", karras=True),
+    "DPM2 Karras": _k("KDPM2DiscreteScheduler", KARRAS),
     "DPM2 a": _k("KDPM2AncestralDiscreteScheduler"),
-    "DPM2 a Karras": _k("KDPM2AncestralDiscreteScheduler", karras=True),
+    "DPM2 a Karras": _k("KDPM2AncestralDiscreteScheduler", KARRAS),
     "DPM++ 2S a": _k("DPMSolverSinglestepScheduler"),
-    "DPM++ 2S a Karras": _k("DPMSolverSinglestepScheduler", karras=True),
-    "DPM++ 2M": _k("DPMSolverMultistepScheduler"),
-    "DPM++ 2M Karras": _k("DPMSolverMultistepScheduler", karras=True),
-    "DPM++ 2M SDE": _k("DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++"),
-    "DPM++ 2M SDE Karras": _k("DPMSolverMultistepScheduler", karras=True, algorithm_type="sde-dpmsolver++"),
-    "DPM++ 2M SDE Heun": _k("DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++", solver_type="heun"),
-    "DPM++ 2M SDE Heun Karras": _k(
-        "DPMSolverMultistepScheduler", karras=True, algorithm_type="sde-dpmsolver++", solver_type="heun"
-    ),
-    "DPM++ 3M SDE": _k("DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++", solver_order=3),
-    "DPM++ 3M SDE Karras": _k(
-        "DPMSolverMultistepScheduler", karras=True, algorithm_type="sde-dpmsolver++", solver_order=3
-    ),
-    "DPM++ SDE": SamplerSpec("DPMSolverSDEScheduler", karras_allowed=True, seeded_noise=True),
-    "DPM++ SDE Karras": SamplerSpec("DPMSolverSDEScheduler", karras=True, karras_allowed=True, seeded_noise=True),
+    "DPM++ 2S a Karras": _k("DPMSolverSinglestepScheduler", KARRAS),
+    "DPM++ 2M": _k("DPMSolverMultistepScheduler", KARRAS),
+    "DPM++ 2M Karras": _k("DPMSolverMultistepScheduler", KARRAS),
+    "DPM++ 2M SDE": _k("DPMSolverMultistepScheduler", EXPONENTIAL, **_SDE),
+    "DPM++ 2M SDE Karras": _k("DPMSolverMultistepScheduler", KARRAS, **_SDE),
+    "DPM++ 2M SDE Heun": _k("DPMSolverMultistepScheduler", EXPONENTIAL, solver_type="heun", **_SDE),
+    "DPM++ 2M SDE Heun Karras": _k("DPMSolverMultistepScheduler", KARRAS, solver_type="heun", **_SDE),
+    "DPM++ 3M SDE": _k("DPMSolverMultistepScheduler", EXPONENTIAL, solver_order=3, **_SDE),
+    "DPM++ 3M SDE Karras": _k("DPMSolverMultistepScheduler", KARRAS, solver_order=3, **_SDE),
+    "DPM++ SDE": _k("DPMSolverSDEScheduler", KARRAS, seeded_noise=True),
+    "DPM++ SDE Karras": _k("DPMSolverSDEScheduler", KARRAS, seeded_noise=True),
     "DDIM": SamplerSpec("DDIMScheduler"),
     "PLMS": SamplerSpec("PNDMScheduler"),
     "UniPC": SamplerSpec("UniPCMultistepScheduler"),
@@ -60,7 +62,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
 }
 
 # The 1.9+ `scheduler` field: "Automatic" keeps the sampler's own schedule.
-SCHEDULES = ("Automatic", "Karras")
+SCHEDULES: dict[str, str | None] = {"Automatic": None, "Karras": KARRAS, "Exponential": EXPONENTIAL}
 # The sampler for eta: DDIM is the only one whose eta diffusers takes; A1111's ancestral eta is 1.
 ETA_SAMPLERS = ("DDIM",)
 
@@ -81,10 +83,11 @@ def resolve_sampler(name: str, schedule: str = "Automatic", field_name: str = "s
         raise EngineError(
             f"scheduler: unsupported schedule {schedule!r}; valid: {', '.join(SCHEDULES)}", "scheduler"
         )
-    if schedule == "Karras" and not spec.karras:
-        if not spec.karras_allowed:
-            raise EngineError(f"scheduler: sampler {name!r} has no Karras schedule", "scheduler")
-        spec = SamplerSpec(spec.scheduler_class, spec.options, True, True, spec.seeded_noise)
+    sigmas = SCHEDULES[schedule]
+    if sigmas is not None and sigmas != spec.sigmas:
+        if not spec.schedule_choice:
+            raise EngineError(f"scheduler: sampler {name!r} has no {schedule} schedule", "scheduler")
+        spec = replace(spec, sigmas=sigmas)
     return spec
 
 
@@ -92,8 +95,8 @@ def make_scheduler(spec: SamplerSpec, base_config: Any, seed: int) -> Any:
     """A new scheduler of `spec` from the pipeline's scheduler config (so the model's betas are kept)."""
     cls = getattr(diffusers, spec.scheduler_class)
     options = dict(spec.options)
-    if spec.karras:
-        options["use_karras_sigmas"] = True
+    if spec.sigmas is not None:
+        options[f"use_{spec.sigmas}_sigmas"] = True
     if spec.seeded_noise:
         options["noise_sampler_seed"] = seed  # without it the SDE sampler is not reproducible
     return cls.from_config(base_config, **options)

@@ -154,6 +154,7 @@ def test_every_sampler_builds_and_unknown_names_list_the_valid_ones() -> None:
         scheduler = make_scheduler(resolve_sampler(name), config, seed=1)
         assert type(scheduler).__name__ == SAMPLERS[name].scheduler_class
     assert make_scheduler(resolve_sampler("Euler", "Karras"), config, 1).config.use_karras_sigmas
+    assert make_scheduler(resolve_sampler("DPM++ 2M SDE"), config, 1).config.use_exponential_sigmas
     with pytest.raises(EngineError, match="valid samplers: Euler a, Euler, LMS"):
         resolve_sampler("Euler b")
 
@@ -169,7 +170,16 @@ def test_controlnet_unit_without_image_uses_the_init_image_in_img2img() -> None:
 
 
 def test_schedule_names_are_case_insensitive() -> None:
-    assert normalise_payload("txt2img", {"sampler_name": "DPM++ 2M", "scheduler": "karras"}, SETTINGS).sampler_spec.karras
+    assert normalise_payload("txt2img", {"sampler_name": "Euler", "scheduler": "karras"}, SETTINGS).sampler_spec.sigmas == "karras"
+
+
+def test_automatic_schedule_is_a1111_1_10s_default() -> None:
+    assert resolve_sampler("DPM++ 2M").sigmas == "karras" and resolve_sampler("DPM++ SDE").sigmas == "karras"
+    assert resolve_sampler("DPM++ 2M SDE").sigmas == "exponential" and resolve_sampler("Euler").sigmas is None
+    assert resolve_sampler("Euler", "Exponential").sigmas == "exponential"
+    with pytest.raises(EngineError) as error:
+        resolve_sampler("DDIM", "Karras")
+    assert error.value.field == "scheduler"
 
 
 def test_every_known_field_is_classified_once() -> None:
