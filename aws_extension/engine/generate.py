@@ -380,8 +380,10 @@ class JobRunner:
         blend = None
         if mask is not None:
             blend = self._inpaint_blend(init_latents, noise, mask)
+        # The size follows from the latents; only the ControlNet pipeline takes it (for its control image).
+        size = {"width": width, "height": height} if self.controlnets else {}
         return view(
-            image=init_latents, strength=strength, width=width, height=height,
+            image=init_latents, strength=strength, **size,
             **self._call_kwargs(conditioning, sampler, seeds, steps, pass_steps, blend),
             **self._controlnet_kwargs(width, height, "control_image"),
         ).images
