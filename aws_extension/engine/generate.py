@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import (
     StableDiffusionControlNetImg2ImgPipeline,
@@ -221,7 +222,7 @@ def prepare_img2img(
 def latent_mask(mask: Image.Image, latent_height: int, latent_width: int, round_mask: bool) -> torch.Tensor:
     """The repaint mask at latent size, [1, 1, h, w] with 1 = repaint (A1111's `nmask`)."""
     small = mask.convert("RGB").resize((latent_width, latent_height))
-    values = torch.tensor(list(small.getchannel(0).getdata()), dtype=torch.float32).reshape(latent_height, latent_width) / 255
+    values = torch.from_numpy(np.asarray(small.getchannel(0), dtype=np.float32)) / 255
     if round_mask:
         values = torch.round(values)
     return values[None, None]
