@@ -33,7 +33,7 @@ import requests
 
 from aws_extension.middleware.compute.base import ComputeCallbacks
 from aws_extension.middleware.errors import ServiceError
-from aws_extension.middleware.store.base import Store, list_all
+from aws_extension.middleware.store.base import Store
 from aws_extension.settings import MiddlewareSettings
 
 log = logging.getLogger(__name__)
@@ -277,18 +277,20 @@ class LocalCompute:
         instance.thread.start()
 
     def _claim_next_job(self, endpoint_name: str, instance: Instance) -> dict[str, Any] | None:
-        """Mark the endpoint's oldest queued job as running on `instance` (a conditional update)."""
-        for job in list_all(self.store, JOBS_TABLE, {"status": ["inprogress"], "name": [endpoint_name]},
-                            oldest_first=True):
-            if job.get("queue_state") != "queued":
-                continue
-            claimed = self.store.update(JOBS_TABLE, job["id"], {
-                "queue_state": "running", "worker": f"{endpoint_name}/{instance.index}",
-                "dispatched_at": time.time(), "attempts": job.get("attempts", 0) + 1},
-                expect={"queue_state": "queued", "status": "inprogress"})
-            if claimed:
-                return claimed
-        return None
+        """Mark the endpoint's oldest queued job as running on `instance` (a conditional update; another
+        dispatcher may win a job, then the next one is tried)."""
+        while True:
+            waiting = self.store.list(JOBS_TABLE, filters={"name": [endpoint_name], "queue_state": ["queued"]},
+                                      limit=8, oldest_first=True).records
+            if not waiting:
+                return None
+            for job in waiting:
+                claimed = self.store.update(JOBS_TABLE, job["id"], {
+                    "queue_state": "running", "worker": f"{endpoint_name}/{instance.index}",
+                    "dispatched_at": time.time(), "attempts": job.get("attempts", 0) + 1},
+                    expect={"queue_state": "queued", "status": "inprogress"})
+                if claimed:
+                    return claimed
 
     def _dispatch_forever(self, local: LocalEndpoint, instance: Instance) -> None:
         while not instance.stopping.is_set():
@@ -422,8 +424,7 @@ class LocalCompute:
                     log.exception("autoscaling %s failed", local.name)
 
     def _autoscale(self, local: LocalEndpoint) -> None:
-        jobs = list_all(self.store, JOBS_TABLE, {"status": ["inprogress"], "name": [local.name]})
-        backlog = sum(1 for j in jobs if j.get("queue_state") == "queued")
+        backlog = self.store.count(JOBS_TABLE, filters={"name": [local.name], "queue_state": ["queued"]})
         with self._lock:
             instances = list(local.instances)
         idle = [i for i in instances if i.current_job is None]

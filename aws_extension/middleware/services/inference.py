@@ -259,9 +259,7 @@ class InferenceService:
     def queue_position(self, job: dict[str, Any]) -> int | None:
         if job["status"] != INPROGRESS or job.get("queue_state") != "queued":
             return None
-        queued = list_all(self.store, TABLE, {"status": [INPROGRESS], "name": [job["name"]]}, oldest_first=True)
-        ahead = [j for j in queued if j.get("queue_state") == "queued"]
-        return next((i for i, j in enumerate(ahead) if j["id"] == job["id"]), 0)
+        return self.store.count(TABLE, filters={"name": [job["name"]], "queue_state": ["queued"]}, before=job)
 
     def get(self, job_id: str) -> dict[str, Any]:
         job = self.get_record(job_id)

@@ -1,7 +1,7 @@
 """The table store port: records are JSON objects in named tables, with a few indexed fields.
 
-Every record has `id`; the indexed fields (`status`, `kind`, `name`, `created`) are copied from the
-record so that lists can filter and sort on them without reading every record. `update` is the only way
+Every record has `id`; the indexed fields (`status`, `kind`, `name`, `created`, `queue_state`) are
+copied from the record so that lists can filter, sort and count on them without reading every record. `update` is the only way
 to change a record and takes conditions, so that a state transition is one conditional write: of two
 racing requests exactly one wins (the same contract as DynamoDB's conditional updates).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-INDEXED_FIELDS = ("status", "kind", "name", "created")
+INDEXED_FIELDS = ("status", "kind", "name", "created", "queue_state")
 
 
 class DuplicateRecord(Exception):
@@ -42,6 +42,10 @@ class Store(Protocol):
     def list(self, table: str, *, filters: dict[str, list[str]] | None = None, limit: int = 100,
              after: str | None = None, oldest_first: bool = False) -> Page:
         """Records newest first (or oldest first); `filters` maps an indexed field to the values it may take."""
+
+    def count(self, table: str, *, filters: dict[str, list[str]] | None = None,
+              before: dict[str, Any] | None = None) -> int:
+        """How many records match `filters` (and, with `before`, come before that record, oldest first)."""
 
     def delete(self, table: str, record_id: str) -> None: ...
 

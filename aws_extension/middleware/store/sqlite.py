@@ -33,6 +33,13 @@ MIGRATIONS: list[str] = [
     CREATE INDEX records_by_kind ON records (tbl, kind, created DESC, id DESC);
     CREATE INDEX records_by_name ON records (tbl, name, created DESC);
     """,
+    # The inference queue: claiming the oldest queued job of an endpoint and counting the jobs ahead of
+    # one are index lookups, not scans of every job in progress.
+    """
+    ALTER TABLE records ADD COLUMN queue_state TEXT;
+    UPDATE records SET queue_state = json_extract(data, '$.queue_state');
+    CREATE INDEX records_by_queue ON records (tbl, name, queue_state, created, id);
+    """,
 ]
 
 
@@ -119,7 +126,8 @@ class SQLiteStore:
                     "SELECT 1 FROM records WHERE tbl = ? AND name = ?", (table, record.get("name"))).fetchone():
                 raise DuplicateRecord(f"{table} named {record.get('name')!r} exists")
             conn.execute(
-                "INSERT INTO records (tbl, id, status, kind, name, created, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO records (tbl, id, status, kind, name, created, queue_state, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 self._row_values(table, record))
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
@@ -151,7 +159,8 @@ class SQLiteStore:
                 return None
             record = {**json.loads(row[0]), **changes}
             conn.execute(
-                "UPDATE records SET status = ?, kind = ?, name = ?, created = ?, data = ? WHERE tbl = ? AND id = ?",
+                "UPDATE records SET status = ?, kind = ?, name = ?, created = ?, queue_state = ?, data = ? "
+                "WHERE tbl = ? AND id = ?",
                 (*(record.get(f) for f in INDEXED_FIELDS), json.dumps(record), table, record_id))
             conn.execute("COMMIT")
             return record
@@ -159,8 +168,8 @@ class SQLiteStore:
             conn.execute("ROLLBACK")
             raise
 
-    def list(self, table: str, *, filters: dict[str, list[str]] | None = None, limit: int = 100,
-             after: str | None = None, oldest_first: bool = False) -> Page:
+    @staticmethod
+    def _where(table: str, filters: dict[str, list[str]] | None) -> tuple[list[str], list[Any]]:
         where, args = ["tbl = ?"], [table]
         for field_name, values in (filters or {}).items():
             if field_name not in INDEXED_FIELDS:
@@ -168,6 +177,11 @@ class SQLiteStore:
             if values:
                 where.append(f"{field_name} IN ({', '.join('?' * len(values))})")
                 args.extend(values)
+        return where, args
+
+    def list(self, table: str, *, filters: dict[str, list[str]] | None = None, limit: int = 100,
+             after: str | None = None, oldest_first: bool = False) -> Page:
+        where, args = self._where(table, filters)
         if after:
             created, record_id = _decode_key(after)
             op = ">" if oldest_first else "<"
@@ -180,6 +194,15 @@ class SQLiteStore:
         records = [json.loads(r[0]) for r in rows[:limit]]
         next_key = _encode_key(rows[limit - 1][1], rows[limit - 1][2]) if len(rows) > limit else None
         return Page(records, next_key)
+
+    def count(self, table: str, *, filters: dict[str, list[str]] | None = None,
+              before: dict[str, Any] | None = None) -> int:
+        where, args = self._where(table, filters)
+        if before:
+            where.append("(created < ? OR (created = ? AND id < ?))")
+            args.extend([before["created"], before["created"], before["id"]])
+        return self._connect().execute(
+            f"SELECT COUNT(*) FROM records WHERE {' AND '.join(where)}", args).fetchone()[0]  # noqa: S608
 
     def key_after(self, record: dict[str, Any]) -> str:
         return _encode_key(record["created"], record["id"])
