@@ -260,3 +260,20 @@ def test_get_one_checkpoint(middleware, headers, client, tmp_path):
     assert one.json()["checkpoint"] == next(c for c in client.list_checkpoints() if c["id"] == record["id"])
     missing = requests.get(f"{middleware.url}/checkpoint/00000000-0000-4000-8000-000000000000", headers=headers, timeout=10)
     assert missing.status_code == 404 and "does not exist" in missing.json()["error"]
+
+
+def test_checkpoints_paged(middleware, headers, client, tmp_path):
+    for i in range(5):
+        client.upload_checkpoint_files("Lora", [fake_lora(tmp_path / f"paged-{i}.safetensors")], {"batch": "paged"})
+    whole = [c["id"] for c in client.list_checkpoints(["Lora"])]
+    seen, last_key = [], None
+    while True:
+        params = {"types": "Lora", "limit": 2, **({"last_key": last_key} if last_key else {})}
+        page = requests.get(f"{middleware.url}/checkpoints", params=params, headers=headers, timeout=10).json()
+        seen.extend(c["id"] for c in page["checkpoints"])
+        last_key = page["last_key"]
+        if last_key is None:
+            break
+    assert seen == whole
+    bad = requests.get(f"{middleware.url}/checkpoints", params={"limit": 2, "last_key": "nope"}, headers=headers, timeout=10)
+    assert bad.status_code == 400 and "last_key" in bad.json()["error"]

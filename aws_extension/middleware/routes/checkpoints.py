@@ -64,10 +64,15 @@ def update_checkpoint(body: UpdateCheckpoint, services: Services = Depends(get_s
     return {"statusCode": 200, "checkpoint": public_checkpoint(record)}
 
 
-@router.get("/checkpoints")
-def list_checkpoints(request: Request, services: Services = Depends(get_services)) -> dict:
-    records = services.checkpoints.list(query_list(request, "status"), query_list(request, "types"))
-    return {"statusCode": 200, "checkpoints": [listed_checkpoint(r) for r in records]}
+@router.get("/checkpoints", summary="Checkpoints, newest first; ?limit= and ?last_key=<last id> page them")
+def list_checkpoints(request: Request, limit: int | None = Query(None, ge=1, le=1000), last_key: str | None = None,
+                     services: Services = Depends(get_services)) -> dict:
+    statuses, types = query_list(request, "status"), query_list(request, "types")
+    if limit is None and last_key is None:  # the seed's route: the whole catalogue
+        return {"statusCode": 200,
+                "checkpoints": [listed_checkpoint(r) for r in services.checkpoints.list(statuses, types)]}
+    records, next_key = services.checkpoints.page(statuses, types, limit or 100, last_key)
+    return {"statusCode": 200, "checkpoints": [listed_checkpoint(r) for r in records], "last_key": next_key}
 
 
 @router.get("/checkpoint/{checkpoint_id}", summary="One checkpoint (as listed by GET /checkpoints)")

@@ -206,6 +206,20 @@ class CheckpointService:
             self.check_type(t)
         return list_all(self.store, TABLE, {"status": statuses, "kind": types})
 
+    def page(self, statuses: list[str], types: list[str], limit: int,
+             last_key: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page, newest first, after the checkpoint whose id is `last_key`; and the next page's key."""
+        for t in types:
+            self.check_type(t)
+        after = None
+        if last_key:
+            previous = self.store.get(TABLE, last_key)
+            if previous is None:
+                raise BadRequest(f"last_key {last_key!r} is not the id of a checkpoint.")
+            after = self.store.key_after(previous)
+        page = self.store.list(TABLE, filters={"status": statuses, "kind": types}, limit=limit, after=after)
+        return page.records, page.records[-1]["id"] if page.next_key else None
+
     def active_file_names(self, checkpoint_type: str) -> list[str]:
         return list(dict.fromkeys(n for record in self.list([ACTIVE], [checkpoint_type]) for n in record["names"]))
 
