@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.helpers import SdAwsProcess, free_port  # noqa: E402 - after the path is set
+from tests.helpers import SdAwsProcess, free_port, process_pids  # noqa: E402,F401 - after the path is set; re-exported
 
 API_KEY = "bench-key"
 MiB = 1024 * 1024
@@ -200,20 +200,6 @@ def machine() -> str:
     return (f"nproc {os.cpu_count()}, {memory.split()[1] if memory.startswith('Mem:') else '?'} GiB RAM "
             f"({memory}), Python {platform.python_version()}, load average {load[0]:.2f} {load[1]:.2f} "
             f"{load[2]:.2f} at start")
-
-
-def process_pids(marker: str, word: str = " worker ") -> list[int]:
-    """PIDs of the processes whose command line holds both `word` and `marker` (e.g. a worker's models folder)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if word in cmdline and marker in cmdline:
-                pids.append(int(proc.name))
-    return sorted(pids)
 
 
 def system_cpu_seconds() -> tuple[float, float]:

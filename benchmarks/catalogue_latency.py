@@ -36,12 +36,11 @@ import pstats
 import secrets
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 import requests
-from _common import API_KEY, bare_server, cpu_seconds, latency_summary, machine, middleware, temp_dir
+from _common import API_KEY, bare_server, closed_loop, latency_summary, machine, middleware, temp_dir
 
 from aws_extension.middleware.services.checkpoints import ACTIVE, TABLE, listed_checkpoint
 from aws_extension.middleware.wiring import build_services
@@ -89,42 +88,9 @@ def time_gets(session: requests.Session, url: str, count: int) -> tuple[list[flo
 
 def requests_per_second(url: str, headers: dict[str, str], threads: int, seconds: float,
                         server_pid: int) -> tuple[float, int, float]:
-    """Closed loop: `threads` threads, each with its own Session, GET `url` for `seconds`.
-
-    Returns (requests/s, errors, server CPU microseconds per request).
-    """
-    counts, errors = [0] * threads, [0] * threads
-    start_barrier = threading.Barrier(threads + 1)
-    stop_at = [0.0]
-
-    def run(index: int) -> None:
-        with requests.Session() as session:
-            session.get(url, headers=headers, timeout=10)  # open the connection before the clock starts
-            start_barrier.wait()
-            while time.perf_counter() < stop_at[0]:
-                try:
-                    ok = session.get(url, headers=headers, timeout=10).status_code == 200
-                except requests.RequestException:
-                    ok = False
-                if ok:
-                    counts[index] += 1
-                else:
-                    errors[index] += 1
-
-    workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    stop_at[0] = time.perf_counter() + seconds + 60  # provisional, fixed once everyone is connected
-    start_barrier.wait()
-    cpu = cpu_seconds(server_pid)
-    start = time.perf_counter()
-    stop_at[0] = start + seconds
-    for worker in workers:
-        worker.join(seconds + 30)
-    elapsed = time.perf_counter() - start
-    cpu = cpu_seconds(server_pid) - cpu
-    done = sum(counts) + sum(errors)
-    return sum(counts) / elapsed, sum(errors), cpu / max(1, done) * 1e6
+    """Closed loop on one URL (see `closed_loop`): (requests/s, errors, server CPU microseconds per request)."""
+    result = closed_loop(lambda _n: url, headers, threads, seconds, server_pid)
+    return result["rps"], result["errors"], result["server_cpu_per_request_s"] * 1e6
 
 
 def breakdown(data_dir: Path, repeats: int = 5) -> None:

@@ -65,6 +65,20 @@ class SdAwsProcess:
         return self.process.returncode if self.process else None
 
 
+def process_pids(marker: str, word: str = " worker ") -> list[int]:
+    """PIDs of the processes whose command line holds both `word` and `marker` (e.g. a worker's models folder)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if word in cmdline and marker in cmdline:
+                pids.append(int(proc.name))
+    return sorted(pids)
+
+
 def start_middleware(data_dir: Path, api_key: str = "test-key", env: dict[str, str] | None = None) -> SdAwsProcess:
     port = free_port()
     return SdAwsProcess(["serve", "--port", str(port), "--data-dir", str(data_dir)], port,

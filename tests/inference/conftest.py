@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from aws_extension.client import MiddlewareClient
-from tests.helpers import SdAwsProcess, start_middleware
+from tests.helpers import SdAwsProcess, process_pids, start_middleware
 
 API_KEY = "inference-key"
 # The seed's own example names, so its example body runs unchanged.
@@ -81,16 +81,13 @@ def wait_until_running(client: MiddlewareClient, job_id: str, timeout_s: float =
 
 def worker_pids(data_dir: Path, endpoint: str) -> dict[int, int]:
     """PID → port of the endpoint's worker processes (found by their models folder on the command line)."""
-    marker = str(data_dir / "endpoints" / endpoint)
     pids = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if " worker " in cmdline and marker in cmdline:
-                pids[int(proc.name)] = int(cmdline.split("--port ", 1)[1].split()[0])
+    for pid in process_pids(str(data_dir / "endpoints" / endpoint)):
+        try:
+            cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # it exited meanwhile
+        pids[pid] = int(cmdline.split("--port ", 1)[1].split()[0])
     return pids
 
 
