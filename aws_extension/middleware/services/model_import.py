@@ -21,7 +21,7 @@ import requests
 from aws_extension.middleware.errors import BadRequest, ServiceError
 from aws_extension.middleware.services.checkpoints import INITIALED, TABLE, CheckpointService
 from aws_extension.middleware.services.records import check_filename
-from aws_extension.middleware.services.url_guard import check_download_url
+from aws_extension.middleware.services.url_guard import RefusedAddress, check_download_url, guarded_session
 from aws_extension.settings import MiddlewareSettings
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,10 @@ class ModelImporter:
                 if token_name in tokens and any(host == h or host.endswith("." + h) for h in hosts):
                     headers["Authorization"] = f"Bearer {tokens[token_name]}"
             try:
-                response = requests.get(url, headers=headers, stream=True, allow_redirects=False,
-                                        timeout=self.settings.import_timeout_s)
+                response = guarded_session(self.settings.import_allow_private_addresses).get(
+                    url, headers=headers, stream=True, allow_redirects=False, timeout=self.settings.import_timeout_s)
+            except RefusedAddress as exc:
+                raise DownloadFailed(f"{url}: {exc}") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise TransientError(f"could not connect ({type(exc).__name__})") from None
             if response.is_redirect:

@@ -19,7 +19,7 @@ import requests
 
 from aws_extension.middleware.errors import BadRequest
 from aws_extension.middleware.services.records import now, time_text
-from aws_extension.middleware.services.url_guard import check_download_url
+from aws_extension.middleware.services.url_guard import RefusedAddress, check_download_url, guarded_session
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,15 @@ class WebhookSender:
             entry: dict[str, Any] = {"at": time_text(now())}
             try:
                 self.check_url(url)
-                response = requests.post(url, data=body, headers=headers, timeout=self.timeout_s,
-                                         allow_redirects=False)
+                with guarded_session(self.allow_private) as session:
+                    response = session.post(url, data=body, headers=headers, timeout=self.timeout_s,
+                                            allow_redirects=False)
                 entry["status"] = response.status_code
                 retry = response.status_code >= 500
             except BadRequest as exc:
                 entry["error"], retry = exc.message, False
+            except RefusedAddress as exc:
+                entry["error"], retry = f"callback_url: {exc}", False
             except requests.RequestException as exc:
                 entry["error"], retry = f"{type(exc).__name__}: could not deliver", True
             attempts.append(entry)
