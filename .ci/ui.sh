@@ -5,19 +5,23 @@
 # 2. Installs Playwright into the main venv with pip (never `playwright install`: the browser is Debian's).
 #    The main venv's pytest then runs tests/ui and tests/webui on the newest gradio, browser test included;
 #    that test prints where its screenshots go ($SD_AWS_UI_SCREENSHOTS, default artifacts/ui-browser).
-# 3. Creates .venv-gradio3 with A1111 v1.10's web pins (gradio 3.41.2, fastapi 0.94.0, pydantic 1, httpx 0.24.1,
-#    httpcore 0.15.0, Pillow 9.5.0, numpy 1.26.2, huggingface_hub < 0.26) once; a second run re-uses it while
-#    the pins below are unchanged (~1 min to build, seconds to re-use).
-# 4. Runs tests/ui and tests/webui in that venv, the browser test included (its screenshots go to
-#    artifacts/ui-browser-gradio3). The middleware, `sd-aws up` and the workers those tests start cannot run on
-#    pydantic 1: they run on the main venv's Python (SD_AWS_TEST_SERVER_PYTHON).
+# 3. For each host (notes/webui-host.md) a venv with its web pins, created once and re-used while the pins are
+#    unchanged (~1 min to build, seconds to re-use):
+#      .venv-gradio3  A1111 v1.10: gradio 3.41.2, fastapi 0.94.0, pydantic 1, httpx 0.24.1, httpcore 0.15.0
+#      .venv-forge    Forge: gradio 4.40.0, fastapi 0.104.1, pydantic 2.8.2, httpx 0.24.1
+#    (both with Pillow 9.5.0, numpy 1.26.2 and huggingface_hub < 0.26, which those gradio versions import).
+# 4. Runs tests/ui and tests/webui in each, the browser test included (screenshots in
+#    artifacts/ui-browser-<venv>). The middleware, `sd-aws up` and the workers those tests start run on the main
+#    venv's Python (SD_AWS_TEST_SERVER_PYTHON): they cannot run on pydantic 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False PIP_DISABLE_PIP_VERSION_CHECK=1
 MAIN_VENV=$(cd "${1:?usage: .ci/ui.sh <main venv>}" && pwd)
-A1111_VENV=.venv-gradio3
+TEST_TOOLS=(requests tqdm pytest pytest-timeout playwright)
 A1111_PINS=(gradio==3.41.2 fastapi==0.94.0 "pydantic<2" httpx==0.24.1 httpcore==0.15.0 "huggingface_hub<0.26"
-            pillow==9.5.0 numpy==1.26.2 requests tqdm pytest pytest-timeout playwright)
+            pillow==9.5.0 numpy==1.26.2 "${TEST_TOOLS[@]}")
+FORGE_PINS=(gradio==4.40.0 fastapi==0.104.1 pydantic==2.8.2 httpx==0.24.1 "huggingface_hub<0.26"
+            pillow==9.5.0 numpy==1.26.2 "${TEST_TOOLS[@]}")
 
 if [ ! -x /usr/bin/chromium ]; then
     SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo sudo)
@@ -26,14 +30,24 @@ fi
 
 "$MAIN_VENV/bin/python" -c "import playwright" 2>/dev/null || "$MAIN_VENV/bin/pip" install -q playwright
 
-if [ "$(cat "$A1111_VENV/.pins" 2>/dev/null)" != "${A1111_PINS[*]}" ]; then
-    rm -rf "$A1111_VENV"
-    python3 -m venv "$A1111_VENV"
-    "$A1111_VENV/bin/pip" install -q "${A1111_PINS[@]}"
-    echo "${A1111_PINS[*]}" > "$A1111_VENV/.pins"
-fi
+# run_on_host <venv> <host name> <pins...>: (re)build the venv if its pins changed, then run the UI tests in it.
+run_on_host() {
+    local venv=$1 host=$2
+    shift 2
+    if [ "$(cat "$venv/.pins" 2>/dev/null)" != "$*" ]; then
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "$@"
+        echo "$*" > "$venv/.pins"
+    fi
+    local screenshots="$PWD/artifacts/ui-browser-${venv#.venv-}"
+    echo "UI tests on gradio $("$venv/bin/python" -c 'import gradio; print(gradio.__version__)') ($host pins)"
+    echo "browser screenshots ($host): $screenshots"
+    SD_AWS_TEST_SERVER_PYTHON="$MAIN_VENV/bin/python" SD_AWS_UI_SCREENSHOTS="$screenshots" \
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/ui tests/webui
+}
 
-echo "UI tests on gradio $("$A1111_VENV/bin/python" -c 'import gradio; print(gradio.__version__)') (A1111 v1.10 pins)"
-echo "browser screenshots (gradio 3.41.2): $PWD/artifacts/ui-browser-gradio3"
-SD_AWS_TEST_SERVER_PYTHON="$MAIN_VENV/bin/python" SD_AWS_UI_SCREENSHOTS="$PWD/artifacts/ui-browser-gradio3" \
-    "$A1111_VENV/bin/python" -m pytest -q -p no:cacheprovider tests/ui tests/webui
+status=0
+run_on_host .venv-gradio3 "A1111 v1.10" "${A1111_PINS[@]}" || status=1
+run_on_host .venv-forge "Forge" "${FORGE_PINS[@]}" || status=1
+exit $status

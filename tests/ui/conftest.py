@@ -1,7 +1,7 @@
 """A real middleware (`sd-aws serve`) for the tab tests, and the tab's connection to it.
 
-The tabs also run in a second venv with A1111's pins (gradio 3.41.2, pydantic 1), where the middleware
-cannot be imported: SD_AWS_TEST_SERVER_PYTHON names the Python that runs `sd-aws` then (.ci/ui.sh sets it).
+The tabs also run in venvs with the hosts' pins (.ci/ui.sh: A1111's gradio 3.41.2 with pydantic 1, Forge's
+gradio 4.40.0), where the middleware may not import: SD_AWS_TEST_SERVER_PYTHON names the Python that runs `sd-aws` then (.ci/ui.sh sets it).
 """
 
 from __future__ import annotations

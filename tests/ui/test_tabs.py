@@ -1,6 +1,6 @@
 """The Amazon SageMaker tab's handlers against a real middleware, and the standalone app served by gradio.
 
-Runs on the newest gradio and, in .ci/ui.sh's second venv, on gradio 3.41.2 with A1111's pins.
+Runs on the newest gradio and, in .ci/ui.sh's venvs, on gradio 3.41.2 (A1111's pins) and 4.40.0 (Forge's).
 """
 
 from __future__ import annotations
