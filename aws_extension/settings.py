@@ -63,6 +63,8 @@ class MiddlewareSettings:
 
 @dataclass(frozen=True)
 class WorkerSettings:
+    device: str = _env("SD_AWS_DEVICE", "auto", "where the engine runs: auto (the first CUDA GPU if any, else cpu), cpu, cuda, cuda:N, mps")
+    dtype: str = _env("SD_AWS_DTYPE", "auto", "model precision: auto (float16 on a GPU, float32 on the CPU), float32, float16, bfloat16")
     max_width: int = _env("SD_AWS_MAX_WIDTH", 2048, "largest width (and height) a job may ask for")
     max_height: int = _env("SD_AWS_MAX_HEIGHT", 2048, "largest height a job may ask for")
     max_steps: int = _env("SD_AWS_MAX_STEPS", 150, "most sampling steps a job may ask for")

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import torch
     from diffusers import ControlNetModel
 
+    from aws_extension.engine.placement import Placement
+
 ADAPTER_PREFIX = "sd_aws_lora_"
 
 
@@ -140,8 +142,8 @@ def load_embeddings(pipeline: Any, paths: Sequence[Path]) -> list[str]:
                     f"encoder uses {hidden_size} (an embedding for another model family)",
                     field="prompt",
                 )
-            dtype = pipeline.text_encoder.dtype
-            pipeline.load_textual_inversion({token: vectors.to(dtype)}, token=token)
+            text_encoder = pipeline.text_encoder
+            pipeline.load_textual_inversion({token: vectors.to(text_encoder.device, text_encoder.dtype)}, token=token)
     except Exception:
         remove_embeddings(pipeline, sorted(set(tokenizer.get_added_vocab()) - before))
         raise
@@ -170,8 +172,10 @@ def applied_addons(
         remove_embeddings(pipeline, tokens)
 
 
-def load_controlnet(path: Path, architecture: str | None = None) -> ControlNetModel:
-    """Load a ControlNet file (A1111/ldm `control_model.*` or diffusers single-file layout), offline.
+def load_controlnet(path: Path, architecture: str | None = None,
+                    placement: Placement | None = None) -> ControlNetModel:
+    """Load a ControlNet file (A1111/ldm `control_model.*` or diffusers single-file layout), offline, on
+    `placement` (default: the CPU in float32).
 
     `architecture` (of the checkpoint it will run with) is used when the file does not say.
     """
@@ -191,6 +195,10 @@ def load_controlnet(path: Path, architecture: str | None = None) -> ControlNetMo
             f"ControlNet {path.name} does not fit {config_dir.name}: {str(exc).splitlines()[0]}",
             field="alwayson_scripts",
         ) from None
+    if placement is not None:
+        from aws_extension.engine.placement import place
+
+        place([controlnet], placement)
     return controlnet.eval()
 
 

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
+    from aws_extension.engine.placement import Placement
+
 DATA_DIR = Path(__file__).parent / "data"
 TOKENIZER_DIR = DATA_DIR / "clip-tokenizer"
 ARCHITECTURE_METADATA_KEY = "sd_aws_arch"
@@ -289,8 +291,10 @@ def load_tokenizer() -> CLIPTokenizer:
 # Loading
 
 
-def load_checkpoint_pipeline(checkpoint: Path, vae: Path | None = None) -> StableDiffusionPipeline:
-    """Load an A1111 single-file checkpoint as a StableDiffusionPipeline on the CPU, offline.
+def load_checkpoint_pipeline(checkpoint: Path, vae: Path | None = None,
+                             placement: Placement | None = None) -> StableDiffusionPipeline:
+    """Load an A1111 single-file checkpoint as a StableDiffusionPipeline, offline, on `placement` (default:
+    the CPU in float32).
 
     Configs come from engine/data (nothing is fetched). `vae` (a VAE file) replaces the checkpoint's VAE.
     safety_checker is None. Raises EngineError for files that are not a supported SD checkpoint.
@@ -329,6 +333,10 @@ def load_checkpoint_pipeline(checkpoint: Path, vae: Path | None = None) -> Stabl
         requires_safety_checker=False,
     )
     pipeline.set_progress_bar_config(disable=True)
+    if placement is not None:
+        from aws_extension.engine.placement import place
+
+        place(list(pipeline.components.values()), placement)
     return pipeline
 
 

@@ -16,6 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from aws_extension import __version__
 from aws_extension.engine.addons import applied_addons, load_controlnet
 from aws_extension.engine.base import EngineError, GenerationResult, ModelSet, ProgressCallback
@@ -29,6 +31,7 @@ from aws_extension.engine.generate import (
 from aws_extension.engine.infotext import format_infotext, png_with_infotext, short_hash
 from aws_extension.engine.params import GenerationParams, normalise_payload
 from aws_extension.engine.pipelines import PipelineCache
+from aws_extension.engine.placement import out_of_memory_message, release_cached_memory, resolve_placement
 from aws_extension.engine.prompt import (
     LoraCall,
     check_supported_syntax,
@@ -62,7 +65,8 @@ class DiffusersEngine:
 
     def __init__(self, settings: WorkerSettings | None = None):
         self.settings = settings or WorkerSettings()
-        self.pipelines = PipelineCache.from_settings(self.settings)
+        self.placement = resolve_placement(self.settings.device, self.settings.dtype)
+        self.pipelines = PipelineCache.from_settings(self.settings, self.placement)
         self._controlnets: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -105,7 +109,12 @@ class DiffusersEngine:
                 architecture = inspect_model_file(models.checkpoint).architecture
                 controlnets = [(unit, self._load_controlnet(path, architecture)) for unit, path in controlnet_files]
             reporter = StepReporter(self._total_steps(params), params.n_iter, progress, cancel)
-            images = JobRunner(pipe, params, conditioning, hires_conditioning, controlnets, reporter).run()
+            try:
+                images = JobRunner(pipe, params, conditioning, hires_conditioning, controlnets, reporter).run()
+            except torch.OutOfMemoryError:
+                raise EngineError(out_of_memory_message(params, self.placement)) from None
+            finally:
+                release_cached_memory(self.placement)
         return self._result(params, images, models.checkpoint, vae_file, lora_files, embedding_files, controlnet_files)
 
     def merge(
@@ -205,7 +214,7 @@ class DiffusersEngine:
         if key in self._controlnets:
             self._controlnets.move_to_end(key)
         else:
-            self._controlnets[key] = load_controlnet(path, architecture)
+            self._controlnets[key] = load_controlnet(path, architecture, self.placement)
             while len(self._controlnets) > CONTROLNET_CACHE_SIZE:
                 self._controlnets.popitem(last=False)
         return self._controlnets[key]

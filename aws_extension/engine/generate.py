@@ -278,10 +278,11 @@ class JobRunner:
     def _noise(self, seeds: list[int], subseeds: list[int], width: int, height: int, resized: bool) -> torch.Tensor:
         params = self.params
         shape = (self.pipe.unet.config.in_channels, height // LATENT_SCALE, width // LATENT_SCALE)
-        return initial_noise(
+        noise = initial_noise(
             shape, seeds, subseeds, params.subseed_strength,
             params.seed_resize_from_w if resized else 0, params.seed_resize_from_h if resized else 0,
         )
+        return noise.to(self.pipe.unet.device, self.pipe.unet.dtype)  # drawn on the CPU in float32, as any seed
 
     def _run_batch(self, seeds: list[int], subseeds: list[int]) -> list[Image.Image]:
         params = self.params
@@ -409,10 +410,10 @@ class JobRunner:
         hires = self.params.hires
         assert hires is not None
         mode, antialias = hires.upscale_mode
-        latents = torch.nn.functional.interpolate(
-            latents, size=(hires.target_height // LATENT_SCALE, hires.target_width // LATENT_SCALE),
+        latents = torch.nn.functional.interpolate(  # in float32: the antialiased modes have no half kernels
+            latents.float(), size=(hires.target_height // LATENT_SCALE, hires.target_width // LATENT_SCALE),
             mode=mode, antialias=antialias,
-        )
+        ).to(latents.dtype)
         if hires.truncate_x or hires.truncate_y:
             latents = latents[:, :, hires.truncate_y // 2:latents.shape[2] - (hires.truncate_y + 1) // 2,
                               hires.truncate_x // 2:latents.shape[3] - (hires.truncate_x + 1) // 2]
@@ -441,9 +442,9 @@ class JobRunner:
         init_latents = self._encode(batch_images)
         mask = None
         if mask_image is not None:
-            mask = latent_mask(mask_image, init_latents.shape[2], init_latents.shape[3], inputs.mask_round)
+            mask = latent_mask(mask_image, init_latents.shape[2], init_latents.shape[3], inputs.mask_round).to(init_latents)
             if inputs.inpainting_fill == 2:  # latent noise
-                fill_noise = initial_noise(tuple(init_latents.shape[1:]), seeds, seeds, 0.0)
+                fill_noise = initial_noise(tuple(init_latents.shape[1:]), seeds, seeds, 0.0).to(init_latents)
                 init_latents = init_latents * (1 - mask) + fill_noise * mask
             elif inputs.inpainting_fill == 3:  # latent nothing
                 init_latents = init_latents * (1 - mask)

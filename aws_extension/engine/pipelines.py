@@ -2,7 +2,8 @@
 
 A pipeline is keyed by its checkpoint file (path, size, modification time) and its VAE override file,
 so a replaced file is loaded again. Its size is estimated as the bytes of its parameters and buffers.
-The entry just loaded is never evicted, so one model larger than the budget still runs (alone).
+The entry just loaded is never evicted, so one model larger than the budget still runs (alone). A load
+that runs out of device memory drops the cached pipelines not in use and tries once more.
 
 A cached pipeline is shared: a job that changes it (LoRA, embeddings, scheduler) must hold
 `PipelineCache.use(...)` for the whole job and undo its changes before leaving (see addons.py).
@@ -15,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,7 @@ from aws_extension.engine.checkpoints import load_checkpoint_pipeline
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
+    from aws_extension.engine.placement import Placement
     from aws_extension.settings import WorkerSettings
 
 FileKey = tuple[str, int, int]  # resolved path, size, mtime_ns
@@ -71,9 +74,9 @@ class PipelineCache:
         self._loading: dict[CacheKey, threading.Lock] = {}
 
     @classmethod
-    def from_settings(cls, settings: WorkerSettings) -> PipelineCache:
-        """A cache with the budget of `settings.pipeline_memory_budget_bytes`."""
-        return cls(settings.pipeline_memory_budget_bytes)
+    def from_settings(cls, settings: WorkerSettings, placement: Placement) -> PipelineCache:
+        """A cache with the budget of `settings.pipeline_memory_budget_bytes`, loading onto `placement`."""
+        return cls(settings.pipeline_memory_budget_bytes, loader=partial(load_checkpoint_pipeline, placement=placement))
 
     def get(self, checkpoint: Path, vae: Path | None = None) -> StableDiffusionPipeline:
         """The pipeline of `checkpoint` (with the VAE of file `vae` if given), loaded once and then cached.
@@ -104,7 +107,7 @@ class PipelineCache:
                     self._entries.move_to_end(key)
                     return entry
             try:
-                pipeline = self._loader(Path(checkpoint), Path(vae) if vae is not None else None)
+                pipeline = self._load_making_room(Path(checkpoint), Path(vae) if vae is not None else None)
             finally:
                 with self._lock:
                     self._loading.pop(key, None)
@@ -113,6 +116,23 @@ class PipelineCache:
                 self._entries[key] = entry
                 self._evict_beyond_budget(keep=key)
         return entry
+
+    def _load_making_room(self, checkpoint: Path, vae: Path | None) -> StableDiffusionPipeline:
+        """Load; if the device's memory is full, drop the cached pipelines that are not in use and try again."""
+        import gc
+
+        import torch
+
+        try:
+            return self._loader(checkpoint, vae)
+        except torch.OutOfMemoryError:
+            with self._lock:
+                for key in [key for key, entry in self._entries.items() if not entry.in_use.locked()]:
+                    del self._entries[key]
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return self._loader(checkpoint, vae)
 
     def _evict_beyond_budget(self, keep: CacheKey) -> None:
         while self.size_bytes > self.memory_budget_bytes:

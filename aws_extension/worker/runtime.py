@@ -34,7 +34,9 @@ def build_engine(engine_name: str, settings: WorkerSettings, webui_url: str | No
     if engine_name == "diffusers":
         from aws_extension.engine.diffusers_engine import DiffusersEngine
 
-        return DiffusersEngine(settings)
+        engine = DiffusersEngine(settings)
+        log.info("The diffusers engine runs on %s", engine.placement)
+        return engine
     if engine_name == "webui":
         from aws_extension.worker.webui_engine import WebUIEngine
 

@@ -338,3 +338,19 @@ def test_invocation_interrupted_while_its_model_downloads(url: str, tiny_models_
     assert requests.post(f"{url}/sdapi/v1/interrupt", params={"job_id": "early"}, timeout=5).json() == {
         "interrupted": False}
     assert_healthy_and_generating(url)
+
+
+def test_a_worker_asked_for_a_missing_gpu_fails_its_ping_with_the_reason(models_dir: Path, tmp_path: Path):
+    process = WorkerProcess(models_dir, tmp_path / "worker.log", env={"SD_AWS_DEVICE": "cuda"})
+    try:
+        process.first_ping_status()
+        deadline = time.monotonic() + 120
+        answer = requests.get(f"{process.url}/ping", timeout=5)
+        while answer.json()["status"] == "Starting" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            answer = requests.get(f"{process.url}/ping", timeout=5)
+        assert answer.status_code == 503
+        assert answer.json() == {"status": "Failed", "error": "The diffusers engine failed to start: EngineError: "
+                                 "SD_AWS_DEVICE='cuda', but torch sees no CUDA GPU here"}
+    finally:
+        process.stop()
