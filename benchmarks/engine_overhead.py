@@ -89,7 +89,8 @@ def main() -> None:
             engine_runs.append(run_engine())
             bare_runs.append(run_bare())
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, load average (1 min) at the end: {os.getloadavg()[0]:.1f}")
+          f"threads {torch.get_num_threads()}, load average (1 min) at the end: {os.getloadavg()[0]:.1f}, "
+          f"engine on {engine.placement} (SD_AWS_DEVICE, SD_AWS_DTYPE)")
     print(f"model: {checkpoint.name}, {args.width}x{args.height}, {args.steps} steps, {args.sampler}, "
           f"CFG {args.cfg_scale}, {args.repeats} runs each, alternating")
     for column, label in ((0, "wall"), (1, "CPU")):
