@@ -54,6 +54,10 @@ class MiddlewareSettings:
     job_attempts: int = _env("SD_AWS_JOB_ATTEMPTS", 2, "tries of a job whose worker crashed (first run + retries)")
     scale_in_idle_s: float = _env("SD_AWS_SCALE_IN_IDLE_S", 600.0, "autoscaling: an endpoint idle this long loses an instance")
     worker_engine: str = _env("SD_AWS_WORKER_ENGINE", "diffusers", "engine of local workers: diffusers or webui")
+    local_gpus: str | None = _env(
+        "SD_AWS_LOCAL_GPUS", None,
+        "CUDA GPUs (indices, comma-separated) local workers are spread over, one GPU each, the least used first; "
+        "default: CUDA_VISIBLE_DEVICES if set, else every NVIDIA GPU of this machine; empty: none")
     webhook_allow_private_addresses: bool = _env(
         "SD_AWS_WEBHOOK_ALLOW_PRIVATE_ADDRESSES", False, "let callback_url point at loopback/private addresses (tests only)")
     webhook_secret: str | None = _env("SD_AWS_WEBHOOK_SECRET", None, "HMAC key of webhook signatures; generated into the data dir when unset")

@@ -57,10 +57,15 @@ def start_stack(tmp: Path, tiny_models_dir: Path, env: dict[str, str] | None = N
     return Stack(server, client, data_dir, tiny_models_dir)
 
 
+# The shared stack's middleware spreads its workers over these "GPUs": on a machine without any, a worker
+# only gets CUDA_VISIBLE_DEVICES set (and runs on the CPU), which is what the spreading tests look at.
+STACK_GPUS = ("3", "5")
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_models_dir):
     """One middleware with the seed's endpoint on 2 workers, shared by a module's tests."""
-    built = start_stack(tmp_path_factory.mktemp("stack"), tiny_models_dir)
+    built = start_stack(tmp_path_factory.mktemp("stack"), tiny_models_dir, env={"SD_AWS_LOCAL_GPUS": ",".join(STACK_GPUS)})
     try:
         deploy(built.client, SEED_ENDPOINT, count=2)
         yield built
@@ -89,6 +94,16 @@ def worker_pids(data_dir: Path, endpoint: str) -> dict[int, int]:
             continue  # it exited meanwhile
         pids[pid] = int(cmdline.split("--port ", 1)[1].split()[0])
     return pids
+
+
+def worker_gpus(data_dir: Path, endpoint: str) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES of each of the endpoint's worker processes, sorted (None: not set)."""
+    gpus = []
+    for pid in worker_pids(data_dir, endpoint):
+        environ = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+        values = [item.split(b"=", 1)[1].decode() for item in environ if item.startswith(b"CUDA_VISIBLE_DEVICES=")]
+        gpus.append(values[0] if values else None)
+    return sorted(gpus, key=str)
 
 
 def worker_running(data_dir: Path, endpoint: str, job_id: str) -> int:

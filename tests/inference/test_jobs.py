@@ -27,7 +27,9 @@ from tests.inference.conftest import (
     SEED_BODY,
     SEED_ENDPOINT,
     SEED_MODEL,
+    STACK_GPUS,
     wait_until_running,
+    worker_gpus,
     worker_pids,
     worker_running,
 )
@@ -314,6 +316,7 @@ def test_cli_endpoint_txt2img_and_jobs(stack, tmp_path):
 
 def test_killed_worker_job_is_retried_and_endpoint_heals(stack):
     """Last in this module: it kills a worker of the shared endpoint."""
+    assert worker_gpus(stack.data_dir, SEED_ENDPOINT) == list(STACK_GPUS)  # one GPU each
     job = stack.client.create_inference({**LONG_JOB, "steps": 60, "seed": 5})
     wait_until_running(stack.client, job["inference_id"])
     os.kill(worker_running(stack.data_dir, SEED_ENDPOINT, job["inference_id"]), signal.SIGKILL)
@@ -325,6 +328,7 @@ def test_killed_worker_job_is_retried_and_endpoint_heals(stack):
     assert len(worker_pids(stack.data_dir, SEED_ENDPOINT)) == 2
     endpoint = stack.client.list_endpoints(endpoint_name=SEED_ENDPOINT)[0]
     assert endpoint["endpoint_status"] == "InService" and endpoint["current_instance_count"] == 2
+    assert worker_gpus(stack.data_dir, SEED_ENDPOINT) == list(STACK_GPUS)  # the restart took the freed GPU
     # Both instances take jobs again (one of them is the restarted process).
     jobs = [stack.client.create_inference({**LONG_JOB, "width": 64, "height": 64, "steps": 2, "seed": s})
             for s in range(4)]

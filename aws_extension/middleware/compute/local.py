@@ -10,6 +10,7 @@ be 0), and an endpoint at zero starts an instance when a job arrives.
 
 Worker processes are started from one long-lived thread with PR_SET_PDEATHSIG, so they die with the
 middleware (the signal fires when the thread that forked exits; a pool thread lives as long as we do).
+On a machine with GPUs each worker sees one (CUDA_VISIBLE_DEVICES), the one with the fewest workers.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def local_gpus(setting: str | None, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The GPUs local workers may use: the setting, else CUDA_VISIBLE_DEVICES, else every NVIDIA GPU the
+    driver lists (without importing torch: the middleware never does)."""
+    if setting is None:
+        setting = environ.get("CUDA_VISIBLE_DEVICES")
+    if setting is None:
+        driver = Path("/proc/driver/nvidia/gpus")
+        return [str(i) for i in range(len(list(driver.iterdir())))] if driver.is_dir() else []
+    return [gpu.strip() for gpu in setting.split(",") if gpu.strip()]
+
+
 class WorkerLost(Exception):
     """The worker process died or stopped answering during a job."""
 
@@ -77,6 +90,7 @@ class Instance:
     stopping: threading.Event = field(default_factory=threading.Event)
     current_job: str | None = None
     idle_since: float = field(default_factory=time.monotonic)
+    gpu: str | None = None  # what CUDA_VISIBLE_DEVICES its process got
 
     @property
     def url(self) -> str:
@@ -107,6 +121,7 @@ class LocalCompute:
         self.root = settings.data_dir / "endpoints"
         self.callbacks: ComputeCallbacks | None = None
         self._endpoints: dict[str, LocalEndpoint] = {}
+        self._gpu_workers = {gpu: 0 for gpu in local_gpus(settings.local_gpus)}  # GPU -> live worker processes
         self._lock = threading.RLock()
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
         self._stopping = threading.Event()
@@ -173,6 +188,9 @@ class LocalCompute:
                    "--models-dir", str(instance.folder / "models"), "--engine", self.settings.worker_engine]
         env = {**self._thread_env(instance.endpoint), **os.environ, "HF_HUB_OFFLINE": "1",
                "SD_AWS_MODEL_CACHE_DIR": str(instance.folder / "cache")}
+        self._claim_gpu(instance)
+        if instance.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = instance.gpu
         with open(instance.folder / "worker.log", "ab") as log_file:
             instance.process = self._spawner.submit(
                 subprocess.Popen, command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
@@ -201,7 +219,22 @@ class LocalCompute:
         threads = str(max(1, (os.cpu_count() or 1) // instances))
         return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
 
+    def _claim_gpu(self, instance: Instance) -> None:
+        """Give `instance` the GPU with the fewest live workers (none on a machine without GPUs)."""
+        with self._lock:
+            self._release_gpu(instance)
+            if self._gpu_workers:
+                instance.gpu = min(self._gpu_workers, key=lambda gpu: self._gpu_workers[gpu])
+                self._gpu_workers[instance.gpu] += 1
+
+    def _release_gpu(self, instance: Instance) -> None:
+        with self._lock:
+            if instance.gpu is not None:
+                self._gpu_workers[instance.gpu] -= 1
+                instance.gpu = None
+
     def _kill(self, instance: Instance) -> None:
+        self._release_gpu(instance)
         process = instance.process
         if process and process.poll() is None:
             process.terminate()
