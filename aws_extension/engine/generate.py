@@ -12,6 +12,7 @@ pass is reproducible from the seeds.
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,10 +28,12 @@ from diffusers import (
 )
 from PIL import Image, ImageFilter, ImageOps
 
-from aws_extension.engine.base import Interrupted, Progress, ProgressCallback
+from aws_extension.engine.base import EngineError, Interrupted, Progress, ProgressCallback
 from aws_extension.engine.params import ControlNetUnit, GenerationParams, Img2ImgInputs, initial_noise
 from aws_extension.engine.prompt import ScheduledConditioning
 from aws_extension.engine.samplers import SamplerSpec, make_scheduler
+
+log = logging.getLogger(__name__)
 
 LATENT_SCALE = 8  # pixels per latent pixel (SD 1.x VAE)
 
@@ -426,13 +429,34 @@ class JobRunner:
         )
 
     def _encode(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = self.pipe.image_processor.preprocess(images).to(self.pipe.vae.device, self.pipe.vae.dtype)
+        pixels = self.pipe.image_processor.preprocess(images)
         # The distribution's mean, not a sample: the same init image always gives the same latents.
-        return self.pipe.vae.encode(pixels).latent_dist.mean * self._scaling_factor
+        latents = self._with_vae(lambda vae: vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean)
+        return (latents * self._scaling_factor).to(self.pipe.unet.dtype)
 
     def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        decoded = self.pipe.vae.decode(latents / self._scaling_factor, return_dict=False)[0]
+        if torch.isnan(latents).all():  # as A1111's NaN check: a black image would tell the user nothing
+            raise EngineError(
+                f"The UNet produced only NaNs in {str(latents.dtype).removeprefix('torch.')}: this checkpoint "
+                "needs more precision than that; run the worker with SD_AWS_DTYPE=float32", field="sd_model_checkpoint")
+        scaled = latents / self._scaling_factor
+        decoded = self._with_vae(lambda vae: vae.decode(scaled.to(vae.dtype), return_dict=False)[0])
         return self.pipe.image_processor.postprocess(decoded, output_type="pil")
+
+    def _with_vae(self, run: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+        """`run(vae)`; if the VAE overflowed half precision (inf, NaN), again with the VAE in float32 (A1111's
+        "revert VAE to 32-bit floats"). The cached pipeline's VAE goes back to its dtype afterwards."""
+        vae = self.pipe.vae
+        result = run(vae)
+        if vae.dtype == torch.float32 or torch.isfinite(result).all():
+            return result
+        log.info("The VAE overflowed in %s; running it in float32 for this job", vae.dtype)
+        half = vae.dtype
+        try:
+            torch.nn.Module.to(vae, dtype=torch.float32)  # torch's own `to`, as placement.place
+            return run(vae)
+        finally:
+            torch.nn.Module.to(vae, dtype=half)
 
     def _img2img(self, inputs: Img2ImgInputs, noise: torch.Tensor, seeds: list[int]) -> list[Image.Image]:
         params = self.params

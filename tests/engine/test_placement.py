@@ -1,5 +1,5 @@
-"""Device and precision (SD_AWS_DEVICE, SD_AWS_DTYPE): the settings, every job path in half precision, and
-running out of device memory.
+"""Device and precision (SD_AWS_DEVICE, SD_AWS_DTYPE): the settings, every job path in half precision, models
+that overflow half precision, and running out of device memory.
 
 This machine has no GPU, so half precision runs on the CPU: bfloat16 and float16 take the same code paths
 a CUDA worker takes in float16 (every tensor the engine makes must meet the models' dtype and device).
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from aws_extension.engine.base import EngineError, ModelSet
-from aws_extension.engine.checkpoints import load_checkpoint_pipeline
+from aws_extension.engine.checkpoints import ARCHITECTURE_METADATA_KEY, load_checkpoint_pipeline
 from aws_extension.engine.diffusers_engine import DiffusersEngine
 from aws_extension.engine.generate import JobRunner
 from aws_extension.engine.pipelines import PipelineCache
@@ -137,3 +138,38 @@ def test_a_load_out_of_device_memory_drops_the_idle_pipelines_and_retries(tiny_m
     device_full[0] = True
     cache.get(other)
     assert [path.name for path, _ in cache.cached_files()] == ["other.safetensors"]
+
+
+def _scaled_copy(source: Path, target: Path, keys: tuple[str, ...], factor: float) -> Path:
+    """`source` with the tensors `keys` multiplied by `factor`: weights that still fit in float16, whose
+    activations do not (what makes some real VAEs and merged checkpoints fail in half precision)."""
+    tensors = load_file(str(source))
+    for key in keys:
+        tensors[key] = tensors[key] * factor
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target), metadata={ARCHITECTURE_METADATA_KEY: "sd1-tiny"})
+    return target
+
+
+def test_a_vae_that_overflows_float16_runs_in_float32_for_the_job(models, tmp_path):
+    vae = _scaled_copy(models.files["VAE"]["tiny-vae.safetensors"], tmp_path / "VAE" / "overflowing-vae.safetensors",
+                       ("decoder.conv_in.weight", "decoder.conv_in.bias", "encoder.conv_in.weight",
+                        "encoder.conv_in.bias"), 3e5)
+    with_vae = ModelSet(models.checkpoint, {**models.files, "VAE": {vae.name: vae}})
+    fields = {"override_settings": {"sd_vae": vae.name}}
+    init = {"init_images": [_png_b64(Image.new("RGB", (64, 64), (200, 80, 40)))], "denoising_strength": 0.5}
+    full, half = DiffusersEngine(WorkerSettings(dtype="float32")), DiffusersEngine(WorkerSettings(dtype="float16"))
+    for task, extra in (("txt2img", {}), ("img2img", init)):  # decoding, and encoding the init image
+        expected = _pixels(full.generate(task, {**BASE, **fields, **extra}, with_vae).images[0])
+        image = _pixels(half.generate(task, {**BASE, **fields, **extra}, with_vae).images[0])
+        assert image.std() > 10 and np.abs(image - expected).mean() < 4, task  # not black, the float32 picture
+    assert half.pipelines.get(models.checkpoint, vae).vae.dtype == torch.float16  # the cached VAE is back
+
+
+def test_a_unet_that_overflows_float16_is_a_clear_error(models, tmp_path):
+    checkpoint = _scaled_copy(models.checkpoint, tmp_path / "overflowing.safetensors",
+                              ("model.diffusion_model.input_blocks.0.0.weight",
+                               "model.diffusion_model.input_blocks.0.0.bias"), 3e5)
+    engine = DiffusersEngine(WorkerSettings(dtype="float16"))
+    with pytest.raises(EngineError, match="UNet produced only NaNs in float16: .* SD_AWS_DTYPE=float32"):
+        engine.generate("txt2img", {**BASE, "prompt": "a cat"}, ModelSet(checkpoint))
