@@ -336,9 +336,14 @@ class DiffusersEngine:
                 "Hires negative prompt": hires.negative_prompt or None,
             }
         for position, (unit, path) in enumerate(controlnets):
+            preprocessor = unit.preprocessor
+            settings = "".join(f", {label}: {value}" for label, value in (
+                ("Processor Res", preprocessor.processor_res), ("Threshold A", preprocessor.threshold_a),
+                ("Threshold B", preprocessor.threshold_b)) if value is not None)
             after[f"ControlNet {position}"] = (
-                f"Module: none, Model: {path.stem}, Weight: {unit.weight}, Resize Mode: {unit.resize_mode}, "
-                f"Guidance Start: {unit.guidance_start}, Guidance End: {unit.guidance_end}"
+                f"Module: {preprocessor.module}, Model: {path.stem}, Weight: {unit.weight}, Resize Mode: "
+                f"{unit.resize_mode}{settings}, Guidance Start: {unit.guidance_start}, Guidance End: "
+                f"{unit.guidance_end}, Pixel Perfect: {preprocessor.pixel_perfect}"
             )
         if loras:
             after["Lora hashes"] = ", ".join(f"{call.name}: {short_hash(path)}" for path, call in loras)

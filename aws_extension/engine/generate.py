@@ -339,7 +339,8 @@ class JobRunner:
         if not self.controlnets:
             return {}
         images = [resize_image(("Just Resize", "Crop and Resize", "Resize and Fill").index(unit.resize_mode),
-                               unit.image.convert("RGB"), width, height) for unit, _ in self.controlnets]
+                               unit.preprocessor.detected_map(unit.image, width, height, unit.resize_mode).convert("RGB"),
+                               width, height) for unit, _ in self.controlnets]
         units = [unit for unit, _ in self.controlnets]
         single = len(units) == 1
         return {

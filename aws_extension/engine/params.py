@@ -18,6 +18,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from aws_extension.engine.base import EngineError
+from aws_extension.engine.preprocessors import ALIASES as PREPROCESSOR_ALIASES
+from aws_extension.engine.preprocessors import PREPROCESSORS, Preprocessor
 from aws_extension.engine.samplers import ETA_SAMPLERS, SamplerSpec, resolve_sampler
 from aws_extension.settings import WorkerSettings
 
@@ -146,8 +148,7 @@ OVERRIDE_SETTINGS_HONOURED = ("CLIP_stop_at_last_layers", "sd_vae")
 OVERRIDE_SETTINGS_NO_OP = ("sd_model_checkpoint", "samples_format", "save_images_add_number")
 # ControlNet unit keys that only matter for preprocessors other than "none", or for the UI.
 CONTROLNET_NO_OP_KEYS = (
-    "low_vram", "processor_res", "threshold_a", "threshold_b", "pixel_perfect", "is_ui", "input_mode",
-    "batch_images", "output_dir", "save_detected_map", "hr_option",
+    "low_vram", "is_ui", "input_mode", "batch_images", "output_dir", "save_detected_map", "hr_option",
 )
 CONTROLNET_RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {  # A1111 name → (interpolate mode, antialias)
@@ -177,6 +178,7 @@ class ControlNetUnit:
     guidance_start: float
     guidance_end: float
     resize_mode: str
+    preprocessor: Preprocessor
 
 
 @dataclass
@@ -435,10 +437,7 @@ def _controlnet_units(scripts: dict[str, Any], init_image: Any = None) -> list[C
             raise _fail(name, "must be an object")
         if not unit.get("enabled", True):
             continue
-        module = unit.get("module") or "none"
-        if module != "none":
-            raise _fail(f"{name}.module", f"preprocessor {module!r} is not implemented; send a preprocessed "
-                        "control image with module \"none\"")
+        preprocessor = _preprocessor(unit, name)
         model = unit.get("model")
         if not model or model == "None":
             raise _fail(f"{name}.model", "an enabled unit needs a ControlNet model")
@@ -458,7 +457,8 @@ def _controlnet_units(scripts: dict[str, Any], init_image: Any = None) -> list[C
                 raise _fail(f"{name}.image", "a mask on a ControlNet image is not supported")
             image = image.get("image")
         known = {"enabled", "module", "model", "weight", "image", "input_image", "resize_mode", "guidance_start",
-                 "guidance_end", "control_mode", "loopback", *CONTROLNET_NO_OP_KEYS}
+                 "guidance_end", "control_mode", "loopback", "processor_res", "threshold_a", "threshold_b",
+                 "pixel_perfect", *CONTROLNET_NO_OP_KEYS}
         unknown = sorted(set(unit) - known)
         if unknown:
             raise _fail(f"{name}.{unknown[0]}", "is not a known ControlNet unit field")
@@ -477,8 +477,30 @@ def _controlnet_units(scripts: dict[str, Any], init_image: Any = None) -> list[C
             guidance_start=start,
             guidance_end=end,
             resize_mode=resize_mode,
+            preprocessor=preprocessor,
         ))
     return units
+
+
+def _preprocessor(unit: dict[str, Any], name: str) -> Preprocessor:
+    """The unit's module and its settings; -1 (the API's default) and absent mean the module's default."""
+    module = unit.get("module") or "none"
+    module = PREPROCESSOR_ALIASES.get(module, module)
+    if module not in PREPROCESSORS:
+        raise _fail(f"{name}.module", f"preprocessor {module!r} is not available; use one of "
+                    f"{', '.join(PREPROCESSORS)}, or send a preprocessed control image with module \"none\"")
+    defaults = dict(zip(("processor_res", "threshold_a", "threshold_b"), PREPROCESSORS[module]))
+    values: dict[str, Any] = {}
+    for key, default in defaults.items():
+        raw = unit.get(key, -1)
+        if default is None or raw in (None, -1):
+            values[key] = default
+        elif key == "processor_res":
+            values[key] = _number({f"{name}.{key}": raw}, f"{name}.{key}", int, 64, 2048)
+        else:
+            values[key] = _number({f"{name}.{key}": raw}, f"{name}.{key}", float, 1, 255)
+    pixel_perfect = _bool({f"{name}.pixel_perfect": unit.get("pixel_perfect", False)}, f"{name}.pixel_perfect")
+    return Preprocessor(module, pixel_perfect=pixel_perfect, **values)
 
 
 def _first_init_image(payload: dict[str, Any]) -> Any:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from aws_extension.engine.base import EngineError
 from aws_extension.engine.params import initial_noise, normalise_payload, slerp
+from aws_extension.engine.preprocessors import Preprocessor
 from aws_extension.engine.samplers import SAMPLERS, make_scheduler, resolve_sampler, sampler_names
 from aws_extension.settings import WorkerSettings
 
@@ -69,7 +70,13 @@ def test_width_and_height_round_down_to_multiples_of_8() -> None:
         ("txt2img", {"override_settings": {"sd_hypernetwork": "x"}}, "override_settings.sd_hypernetwork"),
         ("txt2img", {"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts.adetailer"),
         ("txt2img", {"alwayson_scripts": {"controlnet": {"args": [
-            {"module": "canny", "model": "m", "image": _png(8, 8)}]}}}, "alwayson_scripts.controlnet.args[0].module"),
+            {"module": "depth_midas", "model": "m", "image": _png(8, 8)}]}}}, "alwayson_scripts.controlnet.args[0].module"),
+        ("txt2img", {"alwayson_scripts": {"controlnet": {"args": [{"module": "canny", "model": "m", "image": _png(8, 8),
+                                                                   "threshold_a": 0}]}}},
+         "alwayson_scripts.controlnet.args[0].threshold_a"),
+        ("txt2img", {"alwayson_scripts": {"controlnet": {"args": [{"module": "canny", "model": "m", "image": _png(8, 8),
+                                                                   "processor_res": 32}]}}},
+         "alwayson_scripts.controlnet.args[0].processor_res"),
         ("txt2img", {"alwayson_scripts": {"controlnet": {"args": [
             {"module": "none", "model": "m", "image": "@@@"}]}}}, "alwayson_scripts.controlnet.args[0].image"),
         ("img2img", {}, "init_images"),
@@ -122,6 +129,22 @@ def test_controlnet_unit_is_parsed() -> None:
     (parsed,) = params.controlnet
     assert (parsed.index, parsed.weight, parsed.guidance_start, parsed.guidance_end) == (1, 0.5, 0.1, 0.8)
     assert parsed.image.size == (64, 64)
+    assert parsed.preprocessor == Preprocessor("none")  # processor_res means nothing without a preprocessor
+
+
+def test_controlnet_preprocessor_settings_and_defaults() -> None:
+    def preprocessor(**fields) -> Preprocessor:
+        unit = {"model": "m", "image": _png(64, 64), **fields}
+        return normalise_payload("txt2img", {"alwayson_scripts": {"controlnet": {"args": [unit]}}}, SETTINGS
+                                 ).controlnet[0].preprocessor
+
+    # the API's -1 and absent fields are the module's defaults (canny: 512, 100, 200)
+    assert preprocessor(module="canny", processor_res=-1, threshold_a=-1) == Preprocessor("canny", 512, 100, 200)
+    assert preprocessor(module="canny", processor_res=256, threshold_a=50, threshold_b=150, pixel_perfect=True) == \
+        Preprocessor("canny", 256, 50, 150, pixel_perfect=True)
+    assert preprocessor(module="invert (from white bg & black line)", threshold_a=50) == Preprocessor("invert")
+    with pytest.raises(EngineError, match="'openpose' is not available; use one of none, canny, invert"):
+        preprocessor(module="openpose")
 
 
 def test_noise_is_seeded_and_variation_seeds_interpolate() -> None:
