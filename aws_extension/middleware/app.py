@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aws_extension import __version__
-from aws_extension.middleware.errors import Forbidden, ServiceError, Unauthorized
+from aws_extension.middleware.errors import Forbidden, ServiceError, Unauthorized, Unprocessable
 from aws_extension.middleware.routes import blobs, checkpoints, connection, datasets, endpoints, inference
 from aws_extension.middleware.wiring import Services
 
@@ -84,10 +84,20 @@ def create_app(services: Services, api_key: str) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
+        if isinstance(exc, Unprocessable):
+            return error_body(exc.status_code, exc.message,
+                              detail=[{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}])
         return error_body(exc.status_code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
+        # FastAPI reads and validates the body before the routers' key check runs: check the key first, so
+        # that a request without a valid key learns that, not what is wrong with its body.
+        if not request.url.path.startswith("/blobs/"):
+            try:
+                await require_api_key(request)
+            except ServiceError as auth_error:
+                return error_body(auth_error.status_code, auth_error.message)
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_body(400, f"The request body is not valid JSON ({errors[0].get('ctx', {}).get('error', 'parse error')}).")

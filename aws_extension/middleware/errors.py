@@ -32,6 +32,11 @@ class Conflict(ServiceError):
 
 
 class Unprocessable(ServiceError):
-    """A request whose shape is wrong for the route (422), e.g. a body meant for another route."""
+    """A request whose shape is wrong for the route (422), e.g. a body meant for another route. `field` is the
+    body field at fault, for the error's `detail` (as request-validation errors have)."""
 
     status_code = 422
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field

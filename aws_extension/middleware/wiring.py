@@ -103,6 +103,7 @@ def build_services(settings: MiddlewareSettings) -> Services:
     webhooks = WebhookSender(webhook_secret.encode(), settings.webhook_attempts, settings.webhook_timeout_s,
                              settings.webhook_allow_private_addresses)
     inference = InferenceService(store, blobs, compute, checkpoints, endpoints, webhooks)
+    endpoints.on_failed = inference.fail_endpoint_jobs
     compute.bind(ComputeCallbacks(prepare_invocation=inference.prepare_invocation, complete_job=inference.complete,
                                   endpoint_changed=endpoints.endpoint_changed))
     return Services(settings=settings, store=store, blobs=blobs, checkpoints=checkpoints,

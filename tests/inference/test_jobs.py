@@ -148,6 +148,14 @@ def test_cancel_queued_and_running_jobs(stack):
     for job in running:
         wait_until_running(stack.client, job["inference_id"])
     assert stack.client.inference_job(queued["inference_id"])["queue_position"] == 0
+    listed = {j["InferenceJobId"]: j["queue_position"] for j in stack.client.list_inference_jobs(limit=10)}
+    assert listed[queued["inference_id"]] == 0 and listed[running[0]["inference_id"]] is None
+    # a merge cancelled while it waits: its checkpoint will never arrive, so it fails (not Initialed for ever)
+    merge = stack.client.run_model_merge({"primary_model_name": SEED_MODEL, "secondary_model_name": SEED_MODEL,
+                                          "custom_name": "never-merged"})
+    assert stack.client.cancel_inference(merge["inference_id"])["status"] == "cancelled"
+    merged = next(c for c in stack.client.list_checkpoints(["Stable-diffusion"]) if c["id"] == merge["checkpoint_id"])
+    assert merged["status"] == "Failed"
     unfinished = requests.get(f"{stack.url}/inference/get-inference-job-image-output",
                               params={"jobID": queued["inference_id"]}, headers=HEADERS, timeout=10)
     assert unfinished.status_code == 409 and "inprogress" in unfinished.json()["error"]
@@ -272,8 +280,24 @@ def test_bad_inference_requests(stack):
     assert requests.put(f"{stack.url}/inference/v2/{unknown}/cancel", headers=HEADERS, timeout=10).status_code == 404
     train = requests.put(f"{stack.url}/inference/v2/{unknown}/run", json={"train_type": "Lora"}, headers=HEADERS, timeout=10)
     assert train.status_code == 422 and "POST /train" in train.json()["error"]
+    assert train.json()["detail"][0]["loc"] == ["body", "train_type"]
+    merge = {"primary_model_name": SEED_MODEL, "secondary_model_name": SEED_MODEL}
+    for body, field in (({**merge, "nonsense": 1}, "nonsense"), ({"secondary_model_name": SEED_MODEL}, "primary_model_name")):
+        refused = requests.post(f"{stack.url}/inference/run-model-merge", json=body, headers=HEADERS, timeout=10)
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", field], refused.text
     missing = requests.delete(f"{stack.url}/endpoints", json={"delete_endpoint_list": ["ghost"]}, headers=HEADERS, timeout=10)
     assert missing.status_code == 404
+
+
+def test_deleting_an_endpoint_while_it_is_created_ends_its_deployment(stack):
+    job = stack.client.deploy_endpoint("local", 1, endpoint_name="short-lived")
+    assert stack.client.delete_endpoints(["short-lived"])["results"] == {"short-lived": "deleted"}
+    record = stack.client.endpoint_deployment_job(job["EndpointDeploymentJobId"])
+    assert (record["status"], record["endpoint_status"]) == ("failed", "Deleted")
+    assert record["error"] == "The endpoint was deleted before it came into service."
+    time.sleep(2)  # its start-up, cut short, must not bring it back
+    assert stack.client.endpoint_deployment_job(job["EndpointDeploymentJobId"])["endpoint_status"] == "Deleted"
+    assert worker_pids(stack.data_dir, "short-lived") == {}
 
 
 def test_sha256_resolution_and_disabled_models(stack):

@@ -7,6 +7,7 @@ import time
 
 import requests
 
+from aws_extension.client import MiddlewareClient
 from tests.helpers import SdAwsProcess, free_port
 from tests.inference.conftest import (
     API_KEY,
@@ -21,6 +22,23 @@ from tests.inference.conftest import (
 
 QUICK_JOB = {"task_type": "txt2img", "models": {"Stable-diffusion": [SEED_MODEL]}, "width": 64, "height": 64,
              "steps": 2, "prompt": "quick"}
+
+
+def _busy_endpoint(stack, name: str, waiting: int) -> tuple[dict, list[dict]]:
+    """Deploy `name`, start a long job on it and queue `waiting` quick ones behind it."""
+    deploy(stack.client, name)
+    running = stack.client.create_inference({**LONG_JOB, "steps": 40, "sagemaker_endpoint_name": name})
+    wait_until_running(stack.client, running["inference_id"])
+    return running, [stack.client.create_inference({**QUICK_JOB, "seed": s, "sagemaker_endpoint_name": name})
+                     for s in range(waiting)]
+
+
+def _restart(data_dir, tmp_path, env: dict[str, str] | None = None) -> SdAwsProcess:
+    """A new `sd-aws serve` on the data dir of a stopped stack."""
+    port = free_port()
+    return SdAwsProcess(["serve", "--port", str(port), "--data-dir", str(data_dir)], port,
+                        env={"SD_AWS_API_KEY": API_KEY, **TEST_ENV, **(env or {})},
+                        log_path=tmp_path / "restarted.log").start()
 
 
 def _wait_for(predicate, timeout_s: float = 120, poll_s: float = 0.3):
@@ -106,21 +124,12 @@ def test_autoscaling_from_zero_to_one_and_back(tmp_path, tiny_models_dir):
 def test_middleware_killed_with_jobs_queued_loses_none(tmp_path, tiny_models_dir):
     stack = start_stack(tmp_path, tiny_models_dir)
     try:
-        deploy(stack.client, "durable")
-        first = stack.client.create_inference({**LONG_JOB, "steps": 40, "sagemaker_endpoint_name": "durable"})
-        wait_until_running(stack.client, first["inference_id"])
-        rest = [stack.client.create_inference({**QUICK_JOB, "seed": s, "sagemaker_endpoint_name": "durable"})
-                for s in range(4)]
+        first, rest = _busy_endpoint(stack, "durable", waiting=4)
         stack.server.stop(signal.SIGKILL)
         _wait_for(lambda: worker_pids(stack.data_dir, "durable") == {}, 30)  # workers die with the middleware
 
-        port = free_port()
-        restarted = SdAwsProcess(["serve", "--port", str(port), "--data-dir", str(stack.data_dir)], port,
-                                 env={"SD_AWS_API_KEY": API_KEY, **TEST_ENV},
-                                 log_path=tmp_path / "restarted.log").start()
+        restarted = _restart(stack.data_dir, tmp_path)
         try:
-            from aws_extension.client import MiddlewareClient
-
             client = MiddlewareClient(restarted.url, API_KEY)
             jobs = [client.wait_for_job(j["inference_id"], timeout_s=600) for j in [first, *rest]]
             assert [j["status"] for j in jobs] == ["succeed"] * 5, jobs
@@ -129,3 +138,26 @@ def test_middleware_killed_with_jobs_queued_loses_none(tmp_path, tiny_models_dir
             restarted.stop()
     finally:
         stack.server.stop()
+
+
+def test_an_endpoint_that_cannot_come_back_after_a_restart_fails_with_its_jobs(tmp_path, tiny_models_dir):
+    stack = start_stack(tmp_path, tiny_models_dir)
+    try:
+        running, (waiting,) = _busy_endpoint(stack, "fragile", waiting=1)
+    finally:
+        stack.server.stop()
+    # Back with workers that cannot start (the webui engine without a WebUI): the endpoint cannot be restored.
+    restarted = _restart(stack.data_dir, tmp_path, {"SD_AWS_WORKER_ENGINE": "webui"})
+    try:
+        client = MiddlewareClient(restarted.url, API_KEY)
+        endpoint = _wait_for(lambda: next((e for e in client.list_endpoints(endpoint_name="fragile")
+                                           if e["endpoint_status"] == "Failed"), None), 120)
+        assert "did not become healthy" in endpoint["error"] and endpoint["current_instance_count"] == 0
+        for job_id in (running["inference_id"], waiting["inference_id"]):
+            job = client.wait_for_job(job_id, timeout_s=60)
+            assert job["status"] == "failed" and job["error"].startswith("The endpoint fragile failed: "), job
+        refused = requests.post(f"{restarted.url}/inference/v2", json={**QUICK_JOB, "sagemaker_endpoint_name": "fragile"},
+                                headers={"x-api-key": API_KEY}, timeout=10)
+        assert refused.status_code == 404  # its name is released, as for a deployment that failed
+    finally:
+        restarted.stop()

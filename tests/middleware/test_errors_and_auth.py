@@ -34,6 +34,16 @@ def test_malformed_json_is_400(middleware, headers):
     assert response.json()["statusCode"] == 400 and "not valid JSON" in response.json()["error"]
 
 
+@pytest.mark.parametrize("body", [b"{not json", b'{"dataset_name": 1, "colour": "blue"}'])
+def test_the_key_is_checked_before_the_body(middleware, body):
+    """FastAPI validates a body before the routers' key check runs; a bad body must not reveal more than a
+    missing key does."""
+    missing = requests.post(f"{middleware.url}/dataset", data=body, timeout=10)
+    assert missing.status_code == 401 and "Missing API key" in missing.json()["error"]
+    wrong = requests.post(f"{middleware.url}/dataset", data=body, headers={"x-api-key": "nope"}, timeout=10)
+    assert wrong.status_code == 403
+
+
 def test_unknown_body_field_is_422(middleware, headers):
     response = requests.post(f"{middleware.url}/dataset", headers=headers, timeout=10, json={
         "dataset_name": "x", "content": [{"filename": "a.png"}], "colour": "blue"})

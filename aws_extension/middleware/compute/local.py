@@ -108,7 +108,8 @@ class LocalEndpoint:
     min_instances: int
     max_instances: int
     autoscaling: bool
-    instances: list[Instance] = field(default_factory=list)
+    instances: list[Instance] = field(default_factory=list)  # in service
+    starting: list[Instance] = field(default_factory=list)  # not healthy yet (a deletion stops these too)
     wake: threading.Condition = field(default_factory=threading.Condition)
     deleted: bool = False
     next_index: int = 0
@@ -156,6 +157,15 @@ class LocalCompute:
             thread.start()
         for thread in starters:
             thread.join()
+        with self._lock:
+            local.starting = [i for i in local.starting if i not in instances]
+            deleted = local.deleted
+        # Deleted or shut down while coming up: delete()/stop() stopped these, or they came up just before.
+        # Nothing to report: the record is Deleted, or stays as it is for the next start.
+        if deleted or self._stopping.is_set():
+            for instance in instances:
+                self._stop_instance(instance, interrupt_job=False)
+            return
         failed = [i for i in instances if i.process is None]
         if failed:
             for instance in instances:
@@ -179,7 +189,10 @@ class LocalCompute:
             local.next_index += 1
         folder = self.root / local.name / f"instance-{index}"
         (folder / "models").mkdir(parents=True, exist_ok=True)
-        return Instance(endpoint=local.name, index=index, folder=folder)
+        instance = Instance(endpoint=local.name, index=index, folder=folder)
+        with self._lock:
+            local.starting.append(instance)
+        return instance
 
     def _start_process(self, instance: Instance) -> bool:
         """Start (or restart) the worker process and wait for /ping; on failure `process` is None."""
@@ -253,10 +266,13 @@ class LocalCompute:
     def delete(self, endpoint_name: str) -> None:
         with self._lock:
             local = self._endpoints.pop(endpoint_name, None)
-        if local is None:
+        if local is None:  # never came up, or failed: only its folder is left
+            shutil.rmtree(self.root / endpoint_name, ignore_errors=True)
             return
-        local.deleted = True
-        for instance in local.instances:
+        with self._lock:
+            local.deleted = True
+            starting = list(local.starting)
+        for instance in [*local.instances, *starting]:
             self._stop_instance(instance, interrupt_job=True)
         with local.wake:
             local.wake.notify_all()
@@ -272,7 +288,7 @@ class LocalCompute:
             with self._lock:
                 local = self._endpoints.pop(name, None)
             if local:
-                for instance in local.instances:
+                for instance in [*local.instances, *local.starting]:
                     self._stop_instance(instance, interrupt_job=False)
                 with local.wake:
                     local.wake.notify_all()
@@ -428,6 +444,14 @@ class LocalCompute:
                     count = len(local.instances)
                 else:
                     return
+                out_of_service = count == 0 and not local.autoscaling  # nothing would ever start one again
+                if out_of_service:
+                    self._endpoints.pop(instance.endpoint, None)
+            if out_of_service:  # its folder (with the workers' logs) stays until the endpoint is deleted
+                self.callbacks.endpoint_changed(instance.endpoint, {
+                    "endpoint_status": "Failed", "current_instance_count": 0,
+                    "error": f"its last instance could not be restarted ({reason}): {instance.log_tail(5) or 'no output'}"})
+                return
             self.callbacks.endpoint_changed(instance.endpoint, {"current_instance_count": count})
 
     def _follow_progress(self, instance: Instance, job_id: str, done: threading.Event) -> None:
@@ -471,7 +495,10 @@ class LocalCompute:
     def _scale_out(self, local: LocalEndpoint) -> None:
         instance = self._new_instance(local)
         log.info("autoscaling %s: starting instance %d", local.name, instance.index)
-        if not self._start_process(instance):
+        started = self._start_process(instance)
+        with self._lock:
+            local.starting.remove(instance)
+        if not started:
             log.error("autoscaling %s: instance did not start: %s", local.name, instance.log_tail())
             return
         with self._lock:

@@ -38,7 +38,7 @@ class DeleteEndpoints(BaseModel):
 def deploy_endpoint(body: dict[str, Any] = Body(..., examples=[{"instance_type": "local", "initial_instance_count": 1}]),
                     services: Services = Depends(get_services)) -> dict:
     if "delete_endpoint_list" in body and "instance_type" not in body:
-        raise Unprocessable("This body deletes endpoints: use DELETE /endpoints with it.")
+        raise Unprocessable("This body deletes endpoints: use DELETE /endpoints with it.", "delete_endpoint_list")
     try:
         request = DeployEndpoint.model_validate(body)
     except ValidationError as exc:

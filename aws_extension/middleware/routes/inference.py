@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query
+from pydantic import BaseModel, ConfigDict
 
 from aws_extension.middleware.errors import Unprocessable
 from aws_extension.middleware.routes.deps import get_services
@@ -26,7 +27,8 @@ def create_inference(body: dict[str, Any] = Body(..., examples=[SEED_EXAMPLE]),
 def run_inference(job_id: str, body: dict[str, Any] | None = Body(None),
                   services: Services = Depends(get_services)) -> dict:
     if body and "train_type" in body:
-        raise Unprocessable("This route starts inference jobs; training jobs are created with POST /train.")
+        raise Unprocessable("This route starts inference jobs; training jobs are created with POST /train.",
+                            "train_type")
     return services.inference.run(job_id)
 
 
@@ -57,6 +59,19 @@ def list_inference_jobs(status: str | None = None, task_type: str | None = None,
     return services.inference.list(status, task_type, endpoint, limit, last_key)
 
 
+class ModelMerge(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    primary_model_name: str
+    secondary_model_name: str | None = None
+    tertiary_model_name: str | None = None
+    interp_method: str = "Weighted sum"
+    multiplier: float = 0.3
+    save_as_half: bool = False
+    custom_name: str | None = None
+    sagemaker_endpoint_name: str | None = None
+
+
 @router.post("/inference/run-model-merge", summary="Merge checkpoints on an endpoint into a new checkpoint")
-def run_model_merge(body: dict[str, Any] = Body(...), services: Services = Depends(get_services)) -> dict:
-    return services.inference.merge(body)
+def run_model_merge(body: ModelMerge, services: Services = Depends(get_services)) -> dict:
+    return services.inference.merge(body.model_dump())

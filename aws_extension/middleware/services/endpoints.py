@@ -9,6 +9,7 @@ live name is unique, and a deleted one can be used again).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aws_extension.middleware.compute.base import Compute
@@ -49,6 +50,7 @@ class EndpointService:
         self.store = store
         self.compute = compute
         self.max_instances = max_instances
+        self.on_failed: Callable[[str, str], None] | None = None  # (endpoint name, reason), set by the wiring
 
     def deploy(self, body: dict[str, Any]) -> dict[str, Any]:
         instance_type = body.get("instance_type")
@@ -82,22 +84,31 @@ class EndpointService:
         return record
 
     def endpoint_changed(self, name: str, changes: dict[str, Any]) -> None:
-        """Compute's report: InService, Failed (with the reason) or a new instance count."""
+        """Compute's report: InService, Failed (with the reason) or a new instance count.
+
+        Failed also comes for an InService endpoint that could not be brought back (after a restart, or
+        when none of its instances restarts): it leaves service, and `on_failed(name, reason)` ends the
+        jobs still waiting for it."""
         record = self.store.get_by_name(TABLE, name)
         if record is None:
             return
         update: dict[str, Any] = {}
         status = changes.get("endpoint_status")
+        expect = {"kind": IN_SERVICE}
         if status == IN_SERVICE:
-            update = {"kind": IN_SERVICE, "status": "success", "endTime": time_text(now())}
+            update, expect = {"kind": IN_SERVICE, "status": "success", "endTime": time_text(now())}, {"kind": CREATING}
         elif status == FAILED:
-            update = {"kind": FAILED, "status": "failed", "endTime": time_text(now()), "error": changes.get("error"),
-                      "name": None}
+            update = {"kind": FAILED, "endTime": time_text(now()), "error": changes.get("error"), "name": None,
+                      "current_instance_count": 0}
+            expect = {"kind": [CREATING, IN_SERVICE]}
+            if record["kind"] == CREATING:
+                update["status"] = "failed"
         if "current_instance_count" in changes:
             update["current_instance_count"] = changes["current_instance_count"]
-        expect = {"kind": CREATING} if status else {"kind": IN_SERVICE}
         if self.store.update(TABLE, record["id"], update, expect=expect) is None:
             log.info("ignored a report for endpoint %s, which is %s", name, record["kind"])
+        elif status == FAILED and self.on_failed is not None:
+            self.on_failed(name, changes.get("error") or "the endpoint failed")
 
     def get(self, job_id: str) -> dict[str, Any]:
         record = self.store.get(TABLE, job_id)
@@ -136,9 +147,13 @@ class EndpointService:
 
     def finish_delete(self, record: dict[str, Any]) -> None:
         self.compute.delete(record["endpoint_name"])
-        status = "deleted" if record["status"] == "success" else record["status"]
-        self.store.update(TABLE, record["id"], {"kind": DELETED, "status": status, "name": None,
-                                                "current_instance_count": 0, "endTime": time_text(now())})
+        update = {"kind": DELETED, "status": "deleted", "name": None, "current_instance_count": 0,
+                  "endTime": time_text(now())}
+        if record["status"] == "inprogress":  # deleted before it came into service: its deployment failed
+            update.update(status="failed", error="The endpoint was deleted before it came into service.")
+        elif record["status"] == "failed":
+            update["status"] = "failed"
+        self.store.update(TABLE, record["id"], update)
 
     def restore(self) -> None:
         """After a restart: bring back InService endpoints, fail those caught mid-creation or mid-deletion."""

@@ -160,7 +160,8 @@ class InferenceService:
         if callback_url:
             self.webhooks.check_url(str(callback_url))
         run = body.get("run", True) is not False
-        job = self._new_job(task, endpoint, models, callback_url)
+        # the request's own `models`, to resolve again with parameters uploaded before `run`
+        job = self._new_job(task, endpoint, models, callback_url, requested_models=body.get("models"))
         with self.blobs.writer(job["params_key"]) as out:
             out.write(json.dumps(params).encode())
         if not run:
@@ -202,8 +203,9 @@ class InferenceService:
             params = {k: v for k, v in params.items() if k not in ROUTING_FIELDS}
             stored = json.loads(self.blobs.read(job["params_key"]))
             merged = {**stored, **params}
-            models = self.resolve_models({m["type"]: [m["name"]] for m in job["models"]
-                                          if m["type"] == "Stable-diffusion"}, merged)
+            requested = job.get("requested_models") or {  # jobs created before requested_models was kept
+                "Stable-diffusion": [m["name"] for m in job["models"] if m["type"] == "Stable-diffusion"]}
+            models = self.resolve_models(requested, merged)
             with self.blobs.writer(job["params_key"]) as out:
                 out.write(json.dumps(merged).encode())
             self.store.update(TABLE, job_id, {"models": models})
@@ -275,7 +277,8 @@ class InferenceService:
             if previous is None:
                 raise BadRequest(f"last_key {last_key!r} is not the id of a job.")
             after = self.store.key_after(previous)
-        return [public_job(j) for j in self.store.list(TABLE, filters=filters, limit=limit, after=after).records]
+        return [public_job(j, self.queue_position(j))
+                for j in self.store.list(TABLE, filters=filters, limit=limit, after=after).records]
 
     def _finished(self, job_id: str) -> dict[str, Any]:
         job = self.get_record(job_id)
@@ -324,6 +327,12 @@ class InferenceService:
                 self.cancel(job["id"], reason)
             except Conflict:
                 pass  # it ended meanwhile
+
+    def fail_endpoint_jobs(self, endpoint: str, reason: str) -> None:
+        """The endpoint left service without being deleted: its waiting and running jobs fail with the reason
+        (jobs created with `run: false` stay; running them answers that the endpoint is not in service)."""
+        for job in list_all(self.store, TABLE, {"status": [INPROGRESS], "name": [endpoint]}):
+            self.complete(job["id"], {"status": FAILED, "error": f"The endpoint {endpoint} failed: {reason}"})
 
     def delete_endpoints(self, names: list[str]) -> dict[str, str]:
         """Delete each endpoint independently: queued jobs cancelled, running ones interrupted, workers stopped."""
@@ -385,9 +394,6 @@ class InferenceService:
             changes.update(status=CANCELLED, error=job.get("cancel_reason") or answer.get("error") or "Cancelled.")
         else:
             changes.update(status=FAILED, error=answer.get("error") or "The worker failed without a reason.")
-        if job["kind"] == MERGE_TASK and changes["status"] != SUCCEED:
-            self.checkpoints.fail(job["merge"]["checkpoint_id"], f"the merge job {job_id} ended "
-                                  f"{changes['status']}: {changes['error']}")
         ended = self.store.update(TABLE, job_id, changes, expect={"status": INPROGRESS})
         if ended:
             self._after_end(ended)
@@ -417,6 +423,10 @@ class InferenceService:
         return {"image_names": names}
 
     def _after_end(self, job: dict[str, Any]) -> None:
+        """Whatever ended the job (its worker, a cancel, a deleted or failed endpoint)."""
+        if job["kind"] == MERGE_TASK and job["status"] != SUCCEED:  # the merge's checkpoint will never arrive
+            self.checkpoints.fail(job["merge"]["checkpoint_id"],
+                                  f"the merge job {job['id']} ended {job['status']}: {job['error']}")
         if job.get("callback_url"):
             self.webhooks.send(job["callback_url"], public_job(job), self.record_delivery)
 
