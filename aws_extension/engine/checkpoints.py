@@ -309,18 +309,20 @@ def load_checkpoint_pipeline(checkpoint: Path, vae: Path | None = None,
         raise EngineError(f"{checkpoint.name} is not a Stable Diffusion checkpoint: it is {what}")
     config_dir = architecture_config_dir(info.architecture)
     _check_checkpoint_shapes(checkpoint.name, shapes, config_dir)
-    vae_override = load_vae(vae, info.architecture) if vae else None
+    # Built in the placement's dtype from the start: a float16 file is not widened to float32 and back.
+    dtype = placement.dtype if placement is not None else None
+    vae_override = load_vae(vae, info.architecture, dtype) if vae else None
     state_dict = load_state_dict(checkpoint)
     try:
         unet = UNet2DConditionModel.from_single_file(
-            state_dict, config=str(config_dir), subfolder="unet", local_files_only=True
+            state_dict, config=str(config_dir), subfolder="unet", local_files_only=True, torch_dtype=dtype
         )
-        vae_model = vae_override or _vae_from_checkpoint(state_dict, config_dir)
+        vae_model = vae_override or _vae_from_checkpoint(state_dict, config_dir, dtype)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise EngineError(
             f"{checkpoint.name} does not match {ARCHITECTURE_NAMES[info.architecture]}: {str(exc).splitlines()[0]}"
         ) from None
-    text_encoder = _text_encoder_from_checkpoint(state_dict, config_dir, checkpoint.name)
+    text_encoder = _text_encoder_from_checkpoint(state_dict, config_dir, checkpoint.name, dtype)
     scheduler = PNDMScheduler.from_config(PNDMScheduler.load_config(config_dir / "scheduler"))
     pipeline = StableDiffusionPipeline(
         vae=vae_model,
@@ -352,15 +354,18 @@ def _check_checkpoint_shapes(name: str, shapes: Mapping[str, tuple[int, ...]], c
         raise EngineError(f"{name} is incomplete: it lacks the VAE or the text encoder of a full checkpoint")
 
 
-def _vae_from_checkpoint(state_dict: dict[str, torch.Tensor], config_dir: Path) -> AutoencoderKL:
+def _vae_from_checkpoint(state_dict: dict[str, torch.Tensor], config_dir: Path,
+                         dtype: torch.dtype | None = None) -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
     vae_state = {k: v for k, v in state_dict.items() if k.startswith(_VAE_PREFIX)}
-    return AutoencoderKL.from_single_file(vae_state, config=str(config_dir), subfolder="vae", local_files_only=True)
+    return AutoencoderKL.from_single_file(vae_state, config=str(config_dir), subfolder="vae", local_files_only=True,
+                                          torch_dtype=dtype)
 
 
-def load_vae(path: Path, architecture: str | None) -> AutoencoderKL:
-    """Load a VAE file (A1111/ldm or diffusers layout, or a full checkpoint's VAE) for `architecture`."""
+def load_vae(path: Path, architecture: str | None, dtype: torch.dtype | None = None) -> AutoencoderKL:
+    """Load a VAE file (A1111/ldm or diffusers layout, or a full checkpoint's VAE) for `architecture`, in
+    `dtype` (default float32)."""
     from diffusers import AutoencoderKL
 
     path = Path(path)
@@ -374,7 +379,7 @@ def load_vae(path: Path, architecture: str | None) -> AutoencoderKL:
         state_dict = {k: v for k, v in state_dict.items() if k.startswith(_VAE_PREFIX)}
     try:
         return AutoencoderKL.from_single_file(
-            state_dict, config=str(config_dir), subfolder="vae", local_files_only=True
+            state_dict, config=str(config_dir), subfolder="vae", local_files_only=True, torch_dtype=dtype
         )
     except (ValueError, RuntimeError, KeyError) as exc:
         raise EngineError(
@@ -383,7 +388,8 @@ def load_vae(path: Path, architecture: str | None) -> AutoencoderKL:
         ) from None
 
 
-def _text_encoder_from_checkpoint(state_dict: dict[str, torch.Tensor], config_dir: Path, name: str) -> Any:
+def _text_encoder_from_checkpoint(state_dict: dict[str, torch.Tensor], config_dir: Path, name: str,
+                                  dtype: torch.dtype | None = None) -> Any:
     from accelerate import init_empty_weights
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -391,8 +397,10 @@ def _text_encoder_from_checkpoint(state_dict: dict[str, torch.Tensor], config_di
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(config_dir / "text_encoder")))
     expected = text_encoder.state_dict()
     prefix = "text_model." if any(k.startswith("text_model.") for k in expected) else ""
-    weights = {  # float32 like the UNet and VAE (from_single_file loads fp16 files as float32 too)
-        prefix + k[len(_CLIP_PREFIX):]: v.float() if v.is_floating_point() else v
+    import torch
+
+    weights = {  # float32 by default, like the UNet and VAE (from_single_file loads fp16 files as float32 too)
+        prefix + k[len(_CLIP_PREFIX):]: v.to(dtype or torch.float32) if v.is_floating_point() else v
         for k, v in state_dict.items()
         if k.startswith(_CLIP_PREFIX) and prefix + k[len(_CLIP_PREFIX):] in expected
     }

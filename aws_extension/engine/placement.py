@@ -8,6 +8,7 @@ are always drawn on the CPU, so a seed gives the same image on any device (the W
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,15 @@ import torch
 from aws_extension.engine.base import EngineError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _not_the_empty_float32_warning(record: logging.LogRecord) -> bool:
+    # diffusers warns on every cast of a model to another dtype that modules "should be kept in float32",
+    # even when the list of such modules is empty, as it is for every SD 1.x model: noise in the worker log.
+    return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_not_the_empty_float32_warning)
 
 
 @dataclass(frozen=True)
