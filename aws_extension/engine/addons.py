@@ -187,8 +187,9 @@ def load_controlnet(path: Path, architecture: str | None = None,
         raise EngineError(f"{path.name} is not a ControlNet model (it is a {info.kind})", field="alwayson_scripts")
     config_dir = controlnet_config_dir(info.architecture or architecture)
     try:
-        controlnet = ControlNetModel.from_single_file(
-            load_state_dict(path), config=str(config_dir), local_files_only=True
+        controlnet = ControlNetModel.from_single_file(  # in the placement's dtype from the start, as checkpoints
+            load_state_dict(path), config=str(config_dir), local_files_only=True,
+            torch_dtype=placement.dtype if placement is not None else None,
         )
     except (ValueError, RuntimeError, KeyError) as exc:
         raise EngineError(

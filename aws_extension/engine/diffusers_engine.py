@@ -29,6 +29,7 @@ from aws_extension.engine.generate import (
     img2img_steps_run,
 )
 from aws_extension.engine.infotext import format_infotext, png_with_infotext, short_hash
+from aws_extension.engine.merge import merge_checkpoints
 from aws_extension.engine.params import GenerationParams, normalise_payload
 from aws_extension.engine.pipelines import PipelineCache
 from aws_extension.engine.placement import out_of_memory_message, release_cached_memory, resolve_placement
@@ -117,20 +118,7 @@ class DiffusersEngine:
                 release_cached_memory(self.placement)
         return self._result(params, images, models.checkpoint, vae_file, lora_files, embedding_files, controlnet_files)
 
-    def merge(
-        self,
-        primary: Path,
-        secondary: Path,
-        tertiary: Path | None,
-        method: str,
-        multiplier: float,
-        save_as_half: bool,
-        out: Path,
-        progress: ProgressCallback | None = None,
-    ) -> None:
-        from aws_extension.engine.merge import merge_checkpoints
-
-        merge_checkpoints(primary, secondary, tertiary, method, multiplier, save_as_half, out, progress)
+    merge = staticmethod(merge_checkpoints)  # base.Engine.merge: A1111's merge, streamed, on the CPU
 
     # --- resolving the job's models --------------------------------------------------------------
 

@@ -166,24 +166,20 @@ def masked_crop_region(mask: Image.Image, padding: int, width: int, height: int)
     x2, y2 = min(x2 + padding, mask.width), min(y2 + padding, mask.height)
     ratio_crop, ratio_target = (x2 - x1) / (y2 - y1), width / height
     if ratio_crop > ratio_target:  # grow the height
-        desired = (x2 - x1) / ratio_target
-        diff = int(desired - (y2 - y1))
-        y1 -= diff // 2
-        y2 += diff - diff // 2
-        if y2 >= mask.height:
-            y1, y2 = y1 - (y2 - mask.height), mask.height
-        y1 = max(y1, 0)
-        y2 = min(y2, mask.height)
+        y1, y2 = _grow_span(y1, y2, (x2 - x1) / ratio_target, mask.height)
     else:  # grow the width
-        desired = (y2 - y1) * ratio_target
-        diff = int(desired - (x2 - x1))
-        x1 -= diff // 2
-        x2 += diff - diff // 2
-        if x2 >= mask.width:
-            x1, x2 = x1 - (x2 - mask.width), mask.width
-        x1 = max(x1, 0)
-        x2 = min(x2, mask.width)
+        x1, x2 = _grow_span(x1, x2, (y2 - y1) * ratio_target, mask.width)
     return x1, y1, x2, y2
+
+
+def _grow_span(low: int, high: int, desired: float, limit: int) -> tuple[int, int]:
+    """[low, high) grown evenly on both sides to `desired` length, shifted back inside [0, limit)."""
+    diff = int(desired - (high - low))
+    low -= diff // 2
+    high += diff - diff // 2
+    if high >= limit:
+        low, high = low - (high - limit), limit
+    return max(low, 0), min(high, limit)
 
 
 def prepare_img2img(
@@ -260,6 +256,7 @@ class JobRunner:
         self.hires_conditioning = hires_conditioning
         self.controlnets = controlnets
         self.reporter = reporter
+        self._control_images_by_size: dict[tuple[int, int], list[Image.Image]] = {}
 
     @property
     def _scaling_factor(self) -> float:
@@ -335,12 +332,19 @@ class JobRunner:
 
         return switch
 
+    def _control_images(self, width: int, height: int) -> list[Image.Image]:
+        """Each unit's control image at `width`x`height`, made once per job and size (every batch uses it)."""
+        if (width, height) not in self._control_images_by_size:
+            self._control_images_by_size[width, height] = [
+                resize_image(("Just Resize", "Crop and Resize", "Resize and Fill").index(unit.resize_mode),
+                             unit.preprocessor.detected_map(unit.image, width, height, unit.resize_mode).convert("RGB"),
+                             width, height) for unit, _ in self.controlnets]
+        return self._control_images_by_size[width, height]
+
     def _controlnet_kwargs(self, width: int, height: int, image_key: str) -> dict[str, Any]:
         if not self.controlnets:
             return {}
-        images = [resize_image(("Just Resize", "Crop and Resize", "Resize and Fill").index(unit.resize_mode),
-                               unit.preprocessor.detected_map(unit.image, width, height, unit.resize_mode).convert("RGB"),
-                               width, height) for unit, _ in self.controlnets]
+        images = self._control_images(width, height)
         units = [unit for unit, _ in self.controlnets]
         single = len(units) == 1
         return {
