@@ -122,7 +122,7 @@ class LocalCompute:
         self.root = settings.data_dir / "endpoints"
         self.callbacks: ComputeCallbacks | None = None
         self._endpoints: dict[str, LocalEndpoint] = {}
-        self._gpu_workers = {gpu: 0 for gpu in local_gpus(settings.local_gpus)}  # GPU -> live worker processes
+        self._gpus = local_gpus(settings.local_gpus)
         self._lock = threading.RLock()
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
         self._stopping = threading.Event()
@@ -233,21 +233,16 @@ class LocalCompute:
         return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
 
     def _claim_gpu(self, instance: Instance) -> None:
-        """Give `instance` the GPU with the fewest live workers (none on a machine without GPUs)."""
+        """Give `instance` the GPU that the fewest other instances (in service or starting) have; none on a
+        machine without GPUs."""
+        if not self._gpus:
+            return
         with self._lock:
-            self._release_gpu(instance)
-            if self._gpu_workers:
-                instance.gpu = min(self._gpu_workers, key=lambda gpu: self._gpu_workers[gpu])
-                self._gpu_workers[instance.gpu] += 1
-
-    def _release_gpu(self, instance: Instance) -> None:
-        with self._lock:
-            if instance.gpu is not None:
-                self._gpu_workers[instance.gpu] -= 1
-                instance.gpu = None
+            taken = [other.gpu for local in self._endpoints.values()
+                     for other in (*local.instances, *local.starting) if other is not instance]
+            instance.gpu = min(self._gpus, key=taken.count)
 
     def _kill(self, instance: Instance) -> None:
-        self._release_gpu(instance)
         process = instance.process
         if process and process.poll() is None:
             process.terminate()
