@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+# S3's limits, the defaults of every implementation (settings may lower the sizes).
+S3_MAX_PUT_BYTES = 5 * 1024**3
+S3_MAX_PART_BYTES = 5 * 1024**3
+MAX_URL_LIFETIME_S = 7 * 24 * 3600  # the longest a presigned S3 URL may live
+
 
 class InvalidKey(ValueError):
     """A key that is empty, absolute, has `..`/`.` segments, NUL or backslashes, or is too long."""
+
+
+class KeyConflict(ValueError):
+    """A key the store cannot hold beside the objects already there (in a folder: `a/b` when `a` is an object)."""
 
 
 class UploadError(ValueError):
@@ -18,6 +28,29 @@ class UploadError(ValueError):
 
 class UploadNotFound(LookupError):
     """No such multipart upload for this key (never created, already completed, aborted or expired)."""
+
+
+class ObjectTooLarge(ValueError):
+    """An upload over the store's limit: a single PUT over `max_put_bytes`, a part over `max_part_bytes`."""
+
+    def __init__(self, message: str, limit: int):
+        super().__init__(message)
+        self.message = message
+        self.limit = limit
+
+
+class StorageFull(OSError):
+    """The store's disk (or the quota of its user) is full: the write was undone; nothing partial is left."""
+
+    MESSAGE = ("The server's storage is full; the operator must free disk space or grow the data volume, "
+               "then the upload can be retried.")
+
+    def __init__(self, code: int = errno.ENOSPC):
+        super().__init__(code, self.MESSAGE)
+        self.message = self.MESSAGE
+
+    def __str__(self) -> str:
+        return self.MESSAGE
 
 
 @dataclass(frozen=True)
@@ -39,7 +72,24 @@ def validate_key(key: str) -> str:
     return key
 
 
+def check_url_lifetime(seconds: int) -> int:
+    """A signed URL's lifetime: a whole number of seconds, 1 s to 7 days (S3's bounds)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= MAX_URL_LIFETIME_S:
+        raise ValueError(f"a signed URL must live 1 to {MAX_URL_LIFETIME_S} seconds (7 days), not {seconds!r}")
+    return seconds
+
+
+def size_text(size: int) -> str:
+    """`5 GiB`, `64 KiB`, `1000 bytes`: a limit as a person reads it."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} bytes"
+
+
 class BlobStore(Protocol):
+    """Writes raise StorageFull when the disk is full (API: 507) and undo themselves."""
+
     def uri(self, key: str) -> str:
         """Where a key lives, for records (`s3://bucket/key` on S3)."""
 
@@ -47,17 +97,20 @@ class BlobStore(Protocol):
 
     def size(self, key: str) -> int | None: ...
 
-    def signed_url(self, key: str, method: str = "GET", expires_in: int | None = None) -> str: ...
+    def signed_url(self, key: str, method: str = "GET", expires_in: int | None = None) -> str:
+        """`expires_in`: 1 s to 7 days (ValueError otherwise); None: the store's default lifetime."""
 
     def create_multipart(self, key: str) -> str:
         """Start a multipart upload; returns its upload id."""
 
     def part_urls(self, key: str, upload_id: str, count: int) -> list[str]:
-        """Signed PUT URLs for parts 1..count; each answers with the part's ETag."""
+        """Signed PUT URLs for parts 1..count (count at most the store's `max_parts`); each answers with the
+        part's ETag."""
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]],
                            expected_parts: int | None = None) -> BlobInfo:
-        """Check every (part number, ETag), assemble the object atomically, drop the parts."""
+        """Check every (part number, ETag), assemble the object atomically, drop the parts. On failure the
+        upload is left as it was, so it can be completed again."""
 
     def abort_multipart(self, key: str, upload_id: str) -> None: ...
 
