@@ -1,8 +1,11 @@
-"""Validate and normalise an A1111 `/sdapi/v1/txt2img|img2img` payload; A1111's seed and noise semantics.
+"""Normalise an A1111 `/sdapi/v1/txt2img|img2img` payload into what the engine runs; A1111's seed and noise
+semantics.
 
-Every field A1111 accepts is listed here as honoured, a no-op (A1111 itself does nothing with it on an
-API call, or it only matters for hardware/UI), or refused unless it has its neutral value. Unknown fields
-are refused. Errors are `EngineError`s whose message starts with the field name.
+The payload is first checked by `aws_extension.payload.validate_payload` (strictly: the fields, types,
+ranges and names of this engine; every field A1111 accepts is listed there as honoured, a no-op, or refused
+unless it has its neutral value, and unknown fields are refused). What needs the engine is checked here:
+images decode and the mask fits the init image, ControlNet preprocessors exist and their settings are in
+range. Errors are `EngineError`s whose message starts with the field name.
 """
 
 from __future__ import annotations
@@ -20,137 +23,23 @@ from PIL import Image, UnidentifiedImageError
 from aws_extension.engine.base import EngineError
 from aws_extension.engine.preprocessors import ALIASES as PREPROCESSOR_ALIASES
 from aws_extension.engine.preprocessors import PREPROCESSORS, Preprocessor
-from aws_extension.engine.samplers import ETA_SAMPLERS, SamplerSpec, resolve_sampler
+from aws_extension.engine.samplers import SamplerSpec, resolve_sampler
+from aws_extension.payload import (
+    CONTROLNET_RESIZE_MODES,
+    IMG2IMG_DEFAULTS,
+    TASK_DEFAULTS,
+    PayloadError,
+    PayloadLimits,
+    effective_sampler,
+    hires_sampler,
+    hires_schedule,
+    hires_target,
+    script_args,
+    snap_size,
+    validate_payload,
+)
 from aws_extension.settings import WorkerSettings
 
-# The defaults of the seed API's "Parameters" block (/inference/v2), which are A1111's API defaults.
-TXT2IMG_DEFAULTS: dict[str, Any] = {
-    "prompt": "",
-    "negative_prompt": "",
-    "styles": [],
-    "seed": -1,
-    "subseed": -1,
-    "subseed_strength": 0.0,
-    "seed_resize_from_h": 0,
-    "seed_resize_from_w": 0,
-    "sampler_name": None,
-    "sampler_index": "Euler a",
-    "scheduler": None,
-    "batch_size": 1,
-    "n_iter": 1,
-    "steps": 28,
-    "cfg_scale": 7.0,
-    "width": 512,
-    "height": 512,
-    "restore_faces": False,
-    "tiling": False,
-    "do_not_save_samples": False,
-    "do_not_save_grid": False,
-    "eta": None,
-    "denoising_strength": None,
-    "s_min_uncond": 0.0,
-    "s_churn": 0.0,
-    "s_tmax": 1.0,
-    "s_tmin": 0.0,
-    "s_noise": 1.0,
-    "override_settings": {},
-    "override_settings_restore_afterwards": True,
-    "refiner_checkpoint": None,
-    "refiner_switch_at": None,
-    "disable_extra_networks": False,
-    "firstpass_image": None,
-    "comments": None,
-    "enable_hr": False,
-    "firstphase_width": 0,
-    "firstphase_height": 0,
-    "hr_scale": 2.0,
-    "hr_upscaler": "Latent",
-    "hr_second_pass_steps": 0,
-    "hr_resize_x": 0,
-    "hr_resize_y": 0,
-    "hr_checkpoint_name": None,
-    "hr_sampler_name": None,
-    "hr_scheduler": None,
-    "hr_prompt": "",
-    "hr_negative_prompt": "",
-    "force_task_id": None,
-    "script_name": None,
-    "script_args": [],
-    "send_images": True,
-    "save_images": False,
-    "alwayson_scripts": {},
-    "infotext": None,
-    "distilled_cfg_scale": None,
-    # Routing fields of /inference/v2 that reach the worker with the payload; the middleware uses them.
-    "task_type": None,
-    "models": None,
-    "sagemaker_endpoint_name": None,
-}
-IMG2IMG_DEFAULTS: dict[str, Any] = {
-    **{k: v for k, v in TXT2IMG_DEFAULTS.items() if not k.startswith(("hr_", "enable_hr", "firstphase_"))},
-    "denoising_strength": 0.75,
-    "init_images": None,
-    "resize_mode": 0,
-    "image_cfg_scale": None,
-    "mask": None,
-    "mask_blur": None,
-    "mask_blur_x": 4,
-    "mask_blur_y": 4,
-    "mask_round": True,
-    "inpainting_fill": 0,
-    "inpaint_full_res": True,
-    "inpaint_full_res_padding": 0,
-    "inpainting_mask_invert": 0,
-    "initial_noise_multiplier": None,
-    "latent_mask": None,
-    "include_init_images": False,
-}
-
-# Fields that change what the engine makes.
-HONOURED_FIELDS = (
-    "prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w",
-    "sampler_name", "sampler_index", "scheduler", "batch_size", "n_iter", "steps", "cfg_scale", "width", "height",
-    "tiling", "eta", "denoising_strength", "override_settings", "disable_extra_networks", "alwayson_scripts",
-    "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name",
-    "hr_scheduler", "hr_prompt", "hr_negative_prompt",
-    "init_images", "resize_mode", "mask", "mask_blur", "mask_blur_x", "mask_blur_y", "mask_round", "inpainting_fill",
-    "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "initial_noise_multiplier",
-)
-# Fields with no effect on the images this engine makes, as in A1111 for an API call (saving, UI state,
-# GPU memory modes, the routing fields) or only for model kinds this engine does not load (Flux's
-# distilled CFG, instruct-pix2pix's image CFG).
-NO_OP_FIELDS = (
-    "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards", "send_images",
-    "save_images", "comments", "force_task_id", "firstphase_width", "firstphase_height",
-    "include_init_images", "image_cfg_scale", "distilled_cfg_scale", "task_type", "models",
-    "sagemaker_endpoint_name",
-)
-# Fields refused unless they hold their neutral value: the engine cannot do what they ask.
-NEUTRAL_ONLY_FIELDS: dict[str, tuple[Any, ...]] = {
-    "restore_faces": (False, None),
-    "styles": ([], None),
-    "script_name": (None, ""),
-    "script_args": ([], None),
-    "s_min_uncond": (0, 0.0, None),
-    "s_churn": (0, 0.0, None),
-    "s_noise": (1, 1.0, None),
-    "refiner_checkpoint": (None, "", "None"),
-    "hr_checkpoint_name": (None, "", "Use same checkpoint"),
-    "firstpass_image": (None, ""),
-    "infotext": (None, ""),
-    "latent_mask": (None, ""),
-}
-# s_tmin/s_tmax/refiner_switch_at only act together with s_churn > 0 / a refiner checkpoint.
-DEPENDENT_NO_OP_FIELDS = ("s_tmin", "s_tmax", "refiner_switch_at")
-
-# override_settings keys: honoured ones, and ones without effect here.
-OVERRIDE_SETTINGS_HONOURED = ("CLIP_stop_at_last_layers", "sd_vae")
-OVERRIDE_SETTINGS_NO_OP = ("sd_model_checkpoint", "samples_format", "save_images_add_number")
-# ControlNet unit keys that only matter for preprocessors other than "none", or for the UI.
-CONTROLNET_NO_OP_KEYS = (
-    "low_vram", "is_ui", "input_mode", "batch_images", "output_dir", "save_detected_map", "hr_option",
-)
-CONTROLNET_RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {  # A1111 name → (interpolate mode, antialias)
     "Latent": ("bilinear", False),
     "Latent (antialiased)": ("bilinear", True),
@@ -158,15 +47,12 @@ LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {  # A1111 name → (interpo
     "Latent (bicubic antialiased)": ("bicubic", True),
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
-}
-# img2img resize_mode: 0 just resize, 1 crop and resize, 2 resize and fill (3 = latent upscale: refused).
-IMG2IMG_RESIZE_MODES = (0, 1, 2)
-# inpainting_fill: 0 fill, 1 original, 2 latent noise, 3 latent nothing.
-INPAINTING_FILLS = (0, 1, 2, 3)
-MIN_SIZE = 64
+}  # its keys are aws_extension.payload.HIRES_UPSCALERS
+# The ranges of a ControlNet preprocessor's settings (checked only for the settings its module uses).
+PREPROCESSOR_RANGES: dict[str, tuple[int, int]] = {"processor_res": (64, 2048), "threshold_a": (1, 255),
+                                                   "threshold_b": (1, 255)}
 HIRES_DEFAULT_DENOISING = 0.7  # the WebUI's default for hires fix when the payload has none
 RANDOM_SEED_LIMIT = 4294967294  # A1111 draws random seeds below this
-MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -268,44 +154,6 @@ def _fail(field_name: str, message: str) -> EngineError:
     return EngineError(f"{field_name}: {message}", field_name)
 
 
-def _number(payload: dict[str, Any], key: str, kind: type, low: float | None = None, high: float | None = None) -> Any:
-    value = payload[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, str):
-            try:
-                value = kind(value)
-            except ValueError:
-                raise _fail(key, f"must be a number, got {value!r}") from None
-        else:
-            raise _fail(key, f"must be a number, got {value!r}")
-    if kind is int and value != int(value):
-        raise _fail(key, f"must be a whole number, got {value!r}")
-    value = kind(value)
-    if low is not None and value < low:
-        raise _fail(key, f"must be at least {low}, got {value}")
-    if high is not None and value > high:
-        raise _fail(key, f"must be at most {high}, got {value}")
-    return value
-
-
-def _string(payload: dict[str, Any], key: str, max_chars: int | None = None) -> str:
-    value = payload[key]
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _fail(key, f"must be a string, got {type(value).__name__}")
-    if max_chars is not None and len(value) > max_chars:
-        raise _fail(key, f"is {len(value)} characters long; the limit is {max_chars}")
-    return value
-
-
-def _bool(payload: dict[str, Any], key: str) -> bool:
-    value = payload[key]
-    if not isinstance(value, (bool, int)) or value not in (0, 1):
-        raise _fail(key, f"must be true or false, got {value!r}")
-    return bool(value)
-
-
 def decode_image(value: Any, field_name: str) -> Image.Image:
     """A base64 image as A1111 accepts it (optionally a `data:image/...;base64,` URL) → RGB(A) PIL image."""
     if not isinstance(value, str) or not value:
@@ -328,45 +176,12 @@ def resolve_seed(seed: int) -> int:
     return int(random.randrange(RANDOM_SEED_LIMIT)) if seed < 0 else seed
 
 
-def _round_to_8(payload: dict[str, Any], key: str, cap: int) -> int:
-    value = _number(payload, key, int, MIN_SIZE, cap)
-    return value - value % 8
-
-
-def _hires(payload: dict[str, Any], width: int, height: int, sampler: str, schedule: str, settings: WorkerSettings) -> HiresFix:
+def _hires(payload: dict[str, Any], width: int, height: int, sampler: str, schedule: str) -> HiresFix:
     upscaler = payload["hr_upscaler"] or "Latent"
-    if upscaler not in LATENT_UPSCALE_MODES:
-        raise _fail(
-            "hr_upscaler",
-            f"{upscaler!r} is not supported; the latent upscalers are: {', '.join(LATENT_UPSCALE_MODES)}",
-        )
-    scale = _number(payload, "hr_scale", float, 1.0, 8.0)
-    resize_x = _number(payload, "hr_resize_x", int, 0, settings.max_width)
-    resize_y = _number(payload, "hr_resize_y", int, 0, settings.max_height)
-    truncate_x = truncate_y = 0
-    # A1111's StableDiffusionProcessingTxt2Img.calculate_target_resolution.
-    if resize_x == 0 and resize_y == 0:
-        target_width, target_height = int(width * scale), int(height * scale)
-    elif resize_y == 0:
-        target_width, target_height = resize_x, resize_x * height // width
-    elif resize_x == 0:
-        target_width, target_height = resize_y * width // height, resize_y
-    else:
-        if width / height < resize_x / resize_y:
-            target_width, target_height = resize_x, resize_x * height // width
-        else:
-            target_width, target_height = resize_y * width // height, resize_y
-        truncate_x = (target_width - resize_x) // 8
-        truncate_y = (target_height - resize_y) // 8
-    if target_width > settings.max_width or target_height > settings.max_height:
-        raise _fail("hr_scale", f"hires size {target_width}x{target_height} exceeds the limit "
-                    f"{settings.max_width}x{settings.max_height}")
-    hr_sampler = payload["hr_sampler_name"] or sampler
-    if hr_sampler == "Use same sampler":
-        hr_sampler = sampler
-    hr_schedule = payload["hr_scheduler"] or schedule
-    if hr_schedule == "Use same scheduler":
-        hr_schedule = schedule
+    scale = float(payload["hr_scale"])
+    resize_x, resize_y = int(payload["hr_resize_x"]), int(payload["hr_resize_y"])
+    target_width, target_height, truncate_x, truncate_y = hires_target(width, height, scale, resize_x, resize_y)
+    hr_sampler = hires_sampler(payload, sampler)
     denoising = payload["denoising_strength"]
     return HiresFix(
         upscaler=upscaler,
@@ -374,12 +189,12 @@ def _hires(payload: dict[str, Any], width: int, height: int, sampler: str, sched
         scale=scale,
         resize_x=resize_x,
         resize_y=resize_y,
-        steps=_number(payload, "hr_second_pass_steps", int, 0, settings.max_steps),
-        denoising_strength=HIRES_DEFAULT_DENOISING if denoising is None else _number(payload, "denoising_strength", float, 0.0, 1.0),
-        prompt=_string(payload, "hr_prompt", settings.max_prompt_chars),
-        negative_prompt=_string(payload, "hr_negative_prompt", settings.max_prompt_chars),
+        steps=int(payload["hr_second_pass_steps"]),
+        denoising_strength=HIRES_DEFAULT_DENOISING if denoising is None else float(denoising),
+        prompt=_text(payload["hr_prompt"]),
+        negative_prompt=_text(payload["hr_negative_prompt"]),
         sampler=hr_sampler,
-        sampler_spec=resolve_sampler(hr_sampler, hr_schedule, "hr_sampler_name"),
+        sampler_spec=resolve_sampler(hr_sampler, hires_schedule(payload, schedule), "hr_sampler_name"),
         target_width=target_width,
         target_height=target_height,
         truncate_x=truncate_x,
@@ -387,99 +202,62 @@ def _hires(payload: dict[str, Any], width: int, height: int, sampler: str, sched
     )
 
 
+def _mask(payload: dict[str, Any], init_image: Image.Image) -> Image.Image | None:
+    if not payload["mask"]:
+        return None
+    mask = decode_image(payload["mask"], "mask")
+    if mask.size != init_image.size:
+        raise _fail("mask", f"is {mask.width}x{mask.height} but init_images[0] is "
+                    f"{init_image.width}x{init_image.height}; they must be the same size")
+    return mask
+
+
 def _img2img(payload: dict[str, Any]) -> Img2ImgInputs:
-    init_images = payload["init_images"]
-    if not isinstance(init_images, list) or not init_images:
-        raise _fail("init_images", "img2img needs at least one base64 image in init_images")
-    images = [decode_image(value, f"init_images[{i}]") for i, value in enumerate(init_images)]
-    resize_mode = _number(payload, "resize_mode", int)
-    if resize_mode not in IMG2IMG_RESIZE_MODES:
-        raise _fail("resize_mode", f"{resize_mode} is not supported; valid: 0 (just resize), 1 (crop and "
-                    "resize), 2 (resize and fill)")
-    mask = None
-    if payload["mask"]:
-        mask = decode_image(payload["mask"], "mask")
-        if mask.size != images[0].size:
-            raise _fail("mask", f"is {mask.width}x{mask.height} but init_images[0] is "
-                        f"{images[0].width}x{images[0].height}; they must be the same size")
-    blur_x = blur_y = None
-    if payload["mask_blur"] is not None:
-        blur_x = blur_y = _number(payload, "mask_blur", int, 0, 64)
-    fill = _number(payload, "inpainting_fill", int)
-    if fill not in INPAINTING_FILLS:
-        raise _fail("inpainting_fill", f"{fill} is not one of 0 (fill), 1 (original), 2 (latent noise), "
-                    "3 (latent nothing)")
+    images = [decode_image(value, f"init_images[{i}]") for i, value in enumerate(payload["init_images"])]
+    blur = payload["mask_blur"]  # sets both mask_blur_x and mask_blur_y
     multiplier = payload["initial_noise_multiplier"]
     return Img2ImgInputs(
         init_images=images,
-        resize_mode=resize_mode,
-        mask=mask,
-        mask_blur_x=blur_x if blur_x is not None else _number(payload, "mask_blur_x", int, 0, 64),
-        mask_blur_y=blur_y if blur_y is not None else _number(payload, "mask_blur_y", int, 0, 64),
-        mask_round=_bool(payload, "mask_round"),
-        inpainting_fill=fill,
-        inpaint_full_res=_bool(payload, "inpaint_full_res"),
-        inpaint_full_res_padding=_number(payload, "inpaint_full_res_padding", int, 0, 1024),
-        inpainting_mask_invert=_bool(payload, "inpainting_mask_invert"),
-        initial_noise_multiplier=1.0 if multiplier is None else _number(payload, "initial_noise_multiplier", float, 0.0, 2.0),
+        resize_mode=int(payload["resize_mode"]),
+        mask=_mask(payload, images[0]),
+        mask_blur_x=int(payload["mask_blur_x"] if blur is None else blur),
+        mask_blur_y=int(payload["mask_blur_y"] if blur is None else blur),
+        mask_round=bool(payload["mask_round"]),
+        inpainting_fill=int(payload["inpainting_fill"]),
+        inpaint_full_res=bool(payload["inpaint_full_res"]),
+        inpaint_full_res_padding=int(payload["inpaint_full_res_padding"]),
+        inpainting_mask_invert=bool(payload["inpainting_mask_invert"]),
+        initial_noise_multiplier=1.0 if multiplier is None else float(multiplier),
     )
 
 
-def _controlnet_units(scripts: dict[str, Any], init_image: Any = None) -> list[ControlNetUnit]:
+def _controlnet_units(payload: dict[str, Any]) -> list[ControlNetUnit]:
     """Enabled units; a unit without an image uses img2img's first init image, as the extension does."""
-    controlnet = scripts.get("controlnet") or {}
-    if not isinstance(controlnet, dict) or not isinstance(controlnet.get("args", []), list):
-        raise _fail("alwayson_scripts.controlnet", "must be {\"args\": [unit, ...]}")
-    units = []
-    for index, unit in enumerate(controlnet.get("args", [])):
-        name = f"alwayson_scripts.controlnet.args[{index}]"
-        if not isinstance(unit, dict):
-            raise _fail(name, "must be an object")
-        if not unit.get("enabled", True):
-            continue
-        preprocessor = _preprocessor(unit, name)
-        model = unit.get("model")
-        if not model or model == "None":
-            raise _fail(f"{name}.model", "an enabled unit needs a ControlNet model")
-        control_mode = unit.get("control_mode", "Balanced")
-        if control_mode not in ("Balanced", 0):
-            raise _fail(f"{name}.control_mode", f"{control_mode!r} is not supported (only \"Balanced\")")
-        if unit.get("loopback"):
-            raise _fail(f"{name}.loopback", "is not supported")
-        resize_mode = unit.get("resize_mode", "Crop and Resize")
-        if isinstance(resize_mode, int) and 0 <= resize_mode < len(CONTROLNET_RESIZE_MODES):
-            resize_mode = CONTROLNET_RESIZE_MODES[resize_mode]
-        if resize_mode not in CONTROLNET_RESIZE_MODES:
-            raise _fail(f"{name}.resize_mode", f"{resize_mode!r} is not one of {', '.join(CONTROLNET_RESIZE_MODES)}")
-        image = unit.get("image", unit.get("input_image")) or init_image
-        if isinstance(image, dict):
-            if image.get("mask"):
-                raise _fail(f"{name}.image", "a mask on a ControlNet image is not supported")
-            image = image.get("image")
-        known = {"enabled", "module", "model", "weight", "image", "input_image", "resize_mode", "guidance_start",
-                 "guidance_end", "control_mode", "loopback", "processor_res", "threshold_a", "threshold_b",
-                 "pixel_perfect", *CONTROLNET_NO_OP_KEYS}
-        unknown = sorted(set(unit) - known)
-        if unknown:
-            raise _fail(f"{name}.{unknown[0]}", "is not a known ControlNet unit field")
-        numbers = {key: unit.get(key, default) for key, default in
-                   (("weight", 1.0), ("guidance_start", 0.0), ("guidance_end", 1.0))}
-        weight = _number(numbers, "weight", float, 0.0, 2.0)
-        start = _number(numbers, "guidance_start", float, 0.0, 1.0)
-        end = _number(numbers, "guidance_end", float, 0.0, 1.0)
-        if start >= end:
-            raise _fail(f"{name}.guidance_start", f"must be below guidance_end ({start} >= {end})")
-        units.append(ControlNetUnit(
-            index=index,
-            model=str(model),
-            image=decode_image(image, f"{name}.image"),
-            weight=weight,
-            guidance_start=start,
-            guidance_end=end,
-            resize_mode=resize_mode,
-            preprocessor=preprocessor,
-        ))
-    return units
+    scripts = {key.lower(): value for key, value in (payload["alwayson_scripts"] or {}).items()}
+    units = script_args("alwayson_scripts.controlnet", scripts.get("controlnet"))
+    init_image = (payload.get("init_images") or [None])[0]
+    return [_controlnet_unit(index, unit, init_image) for index, unit in enumerate(units) if unit.get("enabled", True)]
+
+
+def _controlnet_unit(index: int, unit: dict[str, Any], init_image: Any) -> ControlNetUnit:
+    name = f"alwayson_scripts.controlnet.args[{index}]"
+    preprocessor = _preprocessor(unit, name)
+    image = unit.get("image", unit.get("input_image")) or init_image
+    if isinstance(image, dict):
+        image = image.get("image")
+    resize_mode = unit.get("resize_mode", "Crop and Resize")
+    if not isinstance(resize_mode, str):
+        resize_mode = CONTROLNET_RESIZE_MODES[int(resize_mode)]
+    return ControlNetUnit(
+        index=index,
+        model=str(unit["model"]),
+        image=decode_image(image, f"{name}.image"),
+        weight=float(unit.get("weight", 1.0)),
+        guidance_start=float(unit.get("guidance_start", 0.0)),
+        guidance_end=float(unit.get("guidance_end", 1.0)),
+        resize_mode=resize_mode,
+        preprocessor=preprocessor,
+    )
 
 
 def _preprocessor(unit: dict[str, Any], name: str) -> Preprocessor:
@@ -489,136 +267,101 @@ def _preprocessor(unit: dict[str, Any], name: str) -> Preprocessor:
     if module not in PREPROCESSORS:
         raise _fail(f"{name}.module", f"preprocessor {module!r} is not available; use one of "
                     f"{', '.join(PREPROCESSORS)}, or send a preprocessed control image with module \"none\"")
-    defaults = dict(zip(("processor_res", "threshold_a", "threshold_b"), PREPROCESSORS[module]))
-    values: dict[str, Any] = {}
-    for key, default in defaults.items():
-        raw = unit.get(key, -1)
-        if default is None or raw in (None, -1):
-            values[key] = default
-        elif key == "processor_res":
-            values[key] = _number({f"{name}.{key}": raw}, f"{name}.{key}", int, 64, 2048)
-        else:
-            values[key] = _number({f"{name}.{key}": raw}, f"{name}.{key}", float, 1, 255)
-    pixel_perfect = _bool({f"{name}.pixel_perfect": unit.get("pixel_perfect", False)}, f"{name}.pixel_perfect")
-    return Preprocessor(module, pixel_perfect=pixel_perfect, **values)
+    values = {key: _preprocessor_setting(f"{name}.{key}", unit.get(key, -1), default)
+              for key, default in zip(PREPROCESSOR_RANGES, PREPROCESSORS[module])}
+    return Preprocessor(module, pixel_perfect=bool(unit.get("pixel_perfect")), **values)
 
 
-def _first_init_image(payload: dict[str, Any]) -> Any:
-    init_images = payload.get("init_images")
-    return init_images[0] if isinstance(init_images, list) and init_images else None
+def _preprocessor_setting(field_name: str, raw: Any, default: float | None) -> float | None:
+    """One setting of a preprocessor: the module's default unless set; None where the module has none."""
+    if default is None or raw in (None, -1):
+        return default
+    low, high = PREPROCESSOR_RANGES[field_name.rsplit(".", 1)[-1]]
+    if not low <= raw <= high:
+        raise _fail(field_name, f"must be from {low} to {high} for this preprocessor, got {raw}")
+    return int(raw) if field_name.endswith("processor_res") else float(raw)
 
 
-def _check_scripts(scripts: Any) -> dict[str, Any]:
-    if scripts in (None, {}):
-        return {}
-    if not isinstance(scripts, dict):
-        raise _fail("alwayson_scripts", "must be an object")
-    normalised = {key.lower(): value for key, value in scripts.items()}
-    for name, script in normalised.items():
-        if name == "controlnet":
-            continue
-        args = script.get("args") if isinstance(script, dict) else script
-        # A script whose arguments are all empty/false is off (Forge sends its built-ins like that);
-        # any other would change the result.
-        if any(args if isinstance(args, list) else [args]):
-            raise _fail(f"alwayson_scripts.{name}", "this script is not available on the engine")
-    return normalised
-
-
-def _override_settings(payload: dict[str, Any]) -> tuple[int, str | None]:
-    overrides = payload["override_settings"] or {}
-    if not isinstance(overrides, dict):
-        raise _fail("override_settings", "must be an object")
-    for key in overrides:
-        if key not in OVERRIDE_SETTINGS_HONOURED and key not in OVERRIDE_SETTINGS_NO_OP:
-            raise _fail(f"override_settings.{key}", "this setting is not supported by the engine; supported: "
-                        f"{', '.join(OVERRIDE_SETTINGS_HONOURED + OVERRIDE_SETTINGS_NO_OP)}")
-    clip_skip = 1
-    if overrides.get("CLIP_stop_at_last_layers") is not None:
-        clip_skip = _number(overrides, "CLIP_stop_at_last_layers", int, 1, 12)
+def _override_settings(overrides: dict[str, Any] | None) -> tuple[int, str | None]:
+    """clip skip and the VAE of `override_settings` ("Automatic"/"None": the checkpoint's own)."""
+    overrides = overrides or {}
+    clip_skip = overrides.get("CLIP_stop_at_last_layers")
     vae = overrides.get("sd_vae")
-    if vae in ("Automatic", "None", ""):
-        vae = None
-    if vae is not None and not isinstance(vae, str):
-        raise _fail("override_settings.sd_vae", "must be a VAE file name")
-    return clip_skip, vae
+    return 1 if clip_skip is None else int(clip_skip), None if vae in ("Automatic", "None", "") else vae
+
+
+def _validated(task: str, payload: dict[str, Any], settings: WorkerSettings) -> dict[str, Any]:
+    """`payload` with the task's defaults, once aws_extension.payload finds nothing wrong with it."""
+    try:
+        validate_payload(task, payload, PayloadLimits.from_settings(settings))
+    except PayloadError as error:
+        raise EngineError(str(error), error.field) from None
+    return {**TASK_DEFAULTS[task], **payload}
 
 
 def normalise_payload(task: str, payload: dict[str, Any], settings: WorkerSettings) -> GenerationParams:
-    """Check every field of `payload` and return what the engine will do (seeds resolved)."""
-    if task not in ("txt2img", "img2img"):
-        raise _fail("task", f"unknown task {task!r}; valid: txt2img, img2img")
-    if not isinstance(payload, dict):
-        raise _fail("payload", "must be a JSON object")
-    defaults = TXT2IMG_DEFAULTS if task == "txt2img" else IMG2IMG_DEFAULTS
-    unknown = sorted(set(payload) - set(defaults))
-    if unknown:
-        raise _fail(unknown[0], f"unknown field for {task}")
-    merged = {**defaults, **payload}
+    """Check every field of `payload` and return what the engine will do (seeds resolved).
 
-    for key, neutral in NEUTRAL_ONLY_FIELDS.items():
-        if key in merged and merged[key] not in neutral:
-            raise _fail(key, f"{merged[key]!r} is not supported by this engine (only {neutral[0]!r})")
-    sampler = merged["sampler_name"] or merged["sampler_index"] or "Euler a"
+    Shapes, types, ranges and names are aws_extension.payload's checks; here are the engine's own (images
+    decode, ControlNet preprocessors), the defaults and the seeds.
+    """
+    merged = _validated(task, payload, settings)
+    sampler, sampler_field = effective_sampler(merged)
     schedule = merged["scheduler"] or "Automatic"
-    sampler_field = "sampler_name" if merged["sampler_name"] else "sampler_index"
-    sampler_spec = resolve_sampler(sampler, schedule, sampler_field)
-    eta = None if merged["eta"] is None else _number(merged, "eta", float, 0.0, 1.0)
-    if eta is not None and sampler not in ETA_SAMPLERS and eta != 1.0:
-        raise _fail("eta", f"only the DDIM sampler takes eta; {sampler!r} uses A1111's default (1)")
-    clip_skip, sd_vae = _override_settings(merged)
-    scripts = _check_scripts(merged["alwayson_scripts"])
-
-    width = _round_to_8(merged, "width", settings.max_width)
-    height = _round_to_8(merged, "height", settings.max_height)
-    steps = _number(merged, "steps", int, 1, settings.max_steps)
-    seed = resolve_seed(_number(merged, "seed", int, -1, MAX_SEED))
-    subseed = resolve_seed(_number(merged, "subseed", int, -1, MAX_SEED))
+    clip_skip, sd_vae = _override_settings(merged["override_settings"])
     params = GenerationParams(
         task=task,
-        prompt=_string(merged, "prompt", settings.max_prompt_chars),
-        negative_prompt=_string(merged, "negative_prompt", settings.max_prompt_chars),
-        seed=seed,
-        subseed=subseed,
-        subseed_strength=_number(merged, "subseed_strength", float, 0.0, 1.0),
-        seed_resize_from_w=_number(merged, "seed_resize_from_w", int, -1, settings.max_width),
-        seed_resize_from_h=_number(merged, "seed_resize_from_h", int, -1, settings.max_height),
+        prompt=_text(merged["prompt"]),
+        negative_prompt=_text(merged["negative_prompt"]),
+        seed=resolve_seed(int(merged["seed"])),
+        subseed=resolve_seed(int(merged["subseed"])),
+        subseed_strength=float(merged["subseed_strength"]),
+        seed_resize_from_w=int(merged["seed_resize_from_w"]),
+        seed_resize_from_h=int(merged["seed_resize_from_h"]),
         sampler=sampler,
-        sampler_spec=sampler_spec,
+        sampler_spec=resolve_sampler(sampler, schedule, sampler_field),
         schedule=schedule,
-        batch_size=_number(merged, "batch_size", int, 1, settings.max_batch_size),
-        n_iter=_number(merged, "n_iter", int, 1, settings.max_n_iter),
-        steps=steps,
-        cfg_scale=_number(merged, "cfg_scale", float, 0.0, 30.0),
-        width=width,
-        height=height,
-        tiling=_bool(merged, "tiling"),
-        eta=eta,
+        batch_size=int(merged["batch_size"]),
+        n_iter=int(merged["n_iter"]),
+        steps=int(merged["steps"]),
+        cfg_scale=float(merged["cfg_scale"]),
+        width=snap_size(int(merged["width"])),
+        height=snap_size(int(merged["height"])),
+        tiling=bool(merged["tiling"]),
+        eta=_optional_float(merged["eta"]),
         clip_skip=clip_skip,
         sd_vae=sd_vae,
         denoising_strength=None,
-        disable_extra_networks=_bool(merged, "disable_extra_networks"),
-        controlnet=_controlnet_units(scripts, _first_init_image(merged) if task == "img2img" else None),
+        disable_extra_networks=bool(merged["disable_extra_networks"]),
+        controlnet=_controlnet_units(merged),
     )
-    if task == "txt2img" and _bool(merged, "enable_hr"):
-        params.hires = _hires(merged, width, height, sampler, schedule, settings)
+    if task == "txt2img" and merged["enable_hr"]:
+        params.hires = _hires(merged, params.width, params.height, sampler, schedule)
         params.denoising_strength = params.hires.denoising_strength
     if task == "img2img":
-        params.img2img = _img2img(merged)
-        # A1111: several init images make one batch of that many images.
-        image_count = len(params.img2img.init_images)
-        if image_count > params.batch_size:
-            raise _fail("init_images", f"{image_count} images but batch_size is {params.batch_size}")
-        if image_count > 1:
-            params.batch_size = image_count
-        if merged["denoising_strength"] is None:
-            merged["denoising_strength"] = IMG2IMG_DEFAULTS["denoising_strength"]
-        params.denoising_strength = _number(merged, "denoising_strength", float, 0.0, 1.0)
-    params.parameters = {
-        **merged, "seed": seed, "subseed": subseed, "sampler_name": sampler,
-        **({"init_images": None, "mask": None} if task == "img2img" else {}),
-    }
+        _add_img2img(params, merged)
+    params.parameters = {**merged, "seed": params.seed, "subseed": params.subseed, "sampler_name": sampler}
+    if task == "img2img":
+        params.parameters.update(init_images=None, mask=None)
     return params
+
+
+def _text(value: str | None) -> str:
+    return value or ""
+
+
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _add_img2img(params: GenerationParams, merged: dict[str, Any]) -> None:
+    params.img2img = _img2img(merged)
+    # A1111: several init images make one batch of that many images (never more than batch_size).
+    if len(params.img2img.init_images) > 1:
+        params.batch_size = len(params.img2img.init_images)
+    if merged["denoising_strength"] is None:
+        merged["denoising_strength"] = IMG2IMG_DEFAULTS["denoising_strength"]
+    params.denoising_strength = float(merged["denoising_strength"])
 
 
 def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:

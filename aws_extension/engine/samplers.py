@@ -1,7 +1,9 @@
 """A1111 sampler names → diffusers schedulers.
 
 A1111 before 1.9 named the Karras variants as samplers ("DPM++ 2M Karras"); 1.9+ has a separate
-`scheduler` field ("Automatic", "Karras", ...). Both spellings are accepted here.
+`scheduler` field ("Automatic", "Karras", ...). Both spellings are accepted here. The names (torch-free, for
+the middleware too) are `aws_extension.payload.SAMPLER_NAMES` and `SCHEDULER_NAMES`: `SAMPLERS` and
+`SCHEDULES` have exactly those keys.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import diffusers
 
 from aws_extension.engine.base import EngineError
+from aws_extension.payload import SAMPLER_NAMES, SCHEDULER_NAMES, canonical_schedule
 
 KARRAS, EXPONENTIAL = "karras", "exponential"
 
@@ -63,12 +66,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
 
 # The 1.9+ `scheduler` field: "Automatic" keeps the sampler's own schedule.
 SCHEDULES: dict[str, str | None] = {"Automatic": None, "Karras": KARRAS, "Exponential": EXPONENTIAL}
-# The sampler for eta: DDIM is the only one whose eta diffusers takes; A1111's ancestral eta is 1.
-ETA_SAMPLERS = ("DDIM",)
 
 
 def sampler_names() -> list[str]:
-    return list(SAMPLERS)
+    return list(SAMPLER_NAMES)
 
 
 def resolve_sampler(name: str, schedule: str = "Automatic", field_name: str = "sampler_name") -> SamplerSpec:
@@ -76,13 +77,14 @@ def resolve_sampler(name: str, schedule: str = "Automatic", field_name: str = "s
     spec = SAMPLERS.get(name)
     if spec is None:
         raise EngineError(
-            f"{field_name}: unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}", field_name
+            f"{field_name}: unknown sampler {name!r}; valid samplers: {', '.join(SAMPLER_NAMES)}", field_name
         )
-    schedule = next((known for known in SCHEDULES if known.lower() == schedule.lower()), schedule)
-    if schedule not in SCHEDULES:
+    known = canonical_schedule(schedule)
+    if known is None:
         raise EngineError(
-            f"scheduler: unsupported schedule {schedule!r}; valid: {', '.join(SCHEDULES)}", "scheduler"
+            f"scheduler: unsupported schedule {schedule!r}; valid: {', '.join(SCHEDULER_NAMES)}", "scheduler"
         )
+    schedule = known
     sigmas = SCHEDULES[schedule]
     if sigmas is not None and sigmas != spec.sigmas:
         if not spec.schedule_choice:

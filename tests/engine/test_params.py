@@ -206,7 +206,7 @@ def test_automatic_schedule_is_a1111_1_10s_default() -> None:
 
 
 def test_every_known_field_is_classified_once() -> None:
-    from aws_extension.engine.params import (
+    from aws_extension.payload import (
         DEPENDENT_NO_OP_FIELDS,
         HONOURED_FIELDS,
         IMG2IMG_DEFAULTS,
@@ -226,3 +226,42 @@ def test_seed_range() -> None:
         with pytest.raises(EngineError) as error:
             normalise_payload("txt2img", {"seed": bad}, SETTINGS)
         assert error.value.field == "seed"
+
+
+def test_the_torch_free_names_are_the_engines() -> None:
+    from aws_extension.engine.params import LATENT_UPSCALE_MODES
+    from aws_extension.engine.samplers import SCHEDULES
+    from aws_extension.payload import FIXED_SCHEDULE_SAMPLERS, HIRES_UPSCALERS, SAMPLER_NAMES, SCHEDULER_NAMES
+
+    assert tuple(SAMPLERS) == SAMPLER_NAMES and sampler_names() == list(SAMPLER_NAMES)
+    assert tuple(SCHEDULES) == SCHEDULER_NAMES
+    assert tuple(LATENT_UPSCALE_MODES) == HIRES_UPSCALERS
+    assert tuple(name for name, spec in SAMPLERS.items() if not spec.schedule_choice) == FIXED_SCHEDULE_SAMPLERS
+
+
+def test_payload_errors_become_engine_errors_with_the_same_field_and_words() -> None:
+    with pytest.raises(EngineError) as error:
+        normalise_payload("txt2img", {"steps": 0}, SETTINGS)
+    assert (error.value.field, str(error.value)) == ("steps", "steps: must be a whole number from 1 to 150, got 0")
+    limited = WorkerSettings(max_steps=20)
+    with pytest.raises(EngineError, match="from 1 to 20"):
+        normalise_payload("txt2img", {"steps": 21}, limited)
+
+
+def test_numbers_may_be_integral_floats_and_flags_zero_or_one() -> None:
+    params = normalise_payload("txt2img", {"steps": 20.0, "width": 128.0, "batch_size": 2.0, "tiling": 0}, SETTINGS)
+    assert (params.steps, params.width, params.batch_size, params.tiling) == (20, 128, 2, False)
+    assert type(params.steps) is int and type(params.width) is int
+
+
+def test_img2img_inputs_are_normalised() -> None:
+    params = normalise_payload("img2img", {"init_images": [_png(64, 64), _png(64, 64)], "batch_size": 4,
+                                           "mask": _png(64, 64), "mask_blur": 3, "inpainting_fill": 1,
+                                           "initial_noise_multiplier": 1.5}, SETTINGS)
+    inputs = params.img2img
+    assert inputs and inputs.mask is not None and (inputs.mask_blur_x, inputs.mask_blur_y) == (3, 3)
+    assert (inputs.inpainting_fill, inputs.initial_noise_multiplier, params.batch_size) == (1, 1.5, 2)
+    assert params.denoising_strength == 0.75 and params.parameters["denoising_strength"] == 0.75
+    with pytest.raises(EngineError) as error:
+        normalise_payload("img2img", {"init_images": [_png(64, 64)] * 2}, SETTINGS)
+    assert error.value.field == "init_images"
