@@ -40,6 +40,8 @@ class MiddlewareSettings:
     multipart_ttl_s: int = _env("SD_AWS_MULTIPART_TTL_S", 24 * 3600, "incomplete multipart uploads are removed after this")
     multipart_min_part_bytes: int = _env("SD_AWS_MULTIPART_MIN_PART_BYTES", 5 * MiB, "smallest part but the last (S3's rule)")
     multipart_max_parts: int = _env("SD_AWS_MULTIPART_MAX_PARTS", 10_000, "most parts of one upload (S3's rule)")
+    multipart_max_part_bytes: int = _env("SD_AWS_MULTIPART_MAX_PART_BYTES", 5 * GiB, "largest part (S3's rule; 413 beyond)")
+    blob_max_put_bytes: int = _env("SD_AWS_BLOB_MAX_PUT_BYTES", 5 * GiB, "largest single PUT to a signed URL (S3's rule; 413 beyond)")
     sweep_interval_s: float = _env("SD_AWS_SWEEP_INTERVAL_S", 300.0, "how often expired uploads are cleaned up")
     import_allow_private_addresses: bool = _env(
         "SD_AWS_IMPORT_ALLOW_PRIVATE_ADDRESSES", False,

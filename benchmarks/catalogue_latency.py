@@ -42,10 +42,11 @@ from pathlib import Path
 import requests
 from _common import API_KEY, bare_server, closed_loop, latency_summary, machine, middleware, temp_dir
 
-from aws_extension.middleware.services.checkpoints import ACTIVE, TABLE, listed_checkpoint
+from aws_extension.middleware.answers import CheckpointList, listed_checkpoint
+from aws_extension.middleware.services.checkpoints import ACTIVE
 from aws_extension.middleware.wiring import build_services
-from aws_extension.model_types import MODEL_TYPES
 from aws_extension.settings import MiddlewareSettings, load
+from aws_extension.vocabulary import MODEL_TYPES
 
 
 def fill_store(data_dir: Path, count: int, kinds: tuple[str, ...] = MODEL_TYPES) -> float:
@@ -60,11 +61,10 @@ def fill_store(data_dir: Path, count: int, kinds: tuple[str, ...] = MODEL_TYPES)
                                                      source="upload")
             size = 1_000_000 + i
             digest = secrets.token_hex(32)
-            files = [{**record["files"][0], "parts_number": 1, "upload_id": secrets.token_hex(16),
-                      "sha256": digest, "size": size}]
-            record.update(status=ACTIVE, files=files, completing=None, error=None, names=[filename], name=filename,
-                          sha256=digest, size=size)
-            services.store.create(TABLE, record)
+            file = record.files[0]
+            file.parts_number, file.upload_id, file.sha256, file.size = 1, secrets.token_hex(16), digest, size
+            record.status, record.sha256, record.size = ACTIVE, digest, size
+            services.checkpoints.records.create(record)
     finally:
         services.store.close()
     return time.perf_counter() - start
@@ -104,16 +104,16 @@ def breakdown(data_dir: Path, repeats: int = 5) -> None:
         t0 = time.perf_counter()
         records = services.checkpoints.list([], [])
         t1 = time.perf_counter()
-        body = {"statusCode": 200, "checkpoints": [listed_checkpoint(r) for r in records]}
+        body = CheckpointList(checkpoints=[listed_checkpoint(r) for r in records])
         t2 = time.perf_counter()
-        # What FastAPI's serialize_response does with the route's `-> dict` answer: validate it against the
-        # response field, then dump it to JSON (its fast path for the default response class).
+        # What FastAPI's serialize_response does with the route's answer: validate it against the response
+        # model, then dump it to JSON (its fast path for the default response class).
         field = route.response_field
         value, errors = field.validate(body, {}, loc=("response",))
         assert not errors, errors
         field.serialize_json(value, by_alias=True)
         t3 = time.perf_counter()
-        for name, seconds in (("store.list pages + json.loads", t1 - t0), ("listed_checkpoint x N", t2 - t1),
+        for name, seconds in (("store.list pages + json.loads", t1 - t0), ("answer models x N", t2 - t1),
                               ("FastAPI validate + serialize", t3 - t2), ("total", t3 - t0)):
             stages.setdefault(name, []).append(seconds)
 

@@ -185,27 +185,27 @@ def overhead(client: MiddlewareClient, endpoint: str, args: argparse.Namespace) 
 # -- 3: status polling -----------------------------------------------------------------------------------
 def fill_jobs(data_dir: Path, count: int) -> tuple[list[str], float]:
     """`count` succeed txt2img records, shaped as `_new_job` makes them and `complete()` leaves them."""
-    from aws_extension.middleware.services.inference import SUCCEED, TABLE
-    from aws_extension.middleware.services.records import time_text
+    from aws_extension.middleware.records import JobModel
+    from aws_extension.middleware.services.names import time_text
     from aws_extension.middleware.wiring import build_services
     from aws_extension.settings import MiddlewareSettings, load
+    from aws_extension.vocabulary import JobStatus
 
     services = build_services(load(MiddlewareSettings, data_dir=data_dir))
-    model = {"type": "Stable-diffusion", "name": MODEL, "sha256": "0" * 64, "key": f"models/Stable-diffusion/x/{MODEL}"}
+    model = JobModel(type="Stable-diffusion", name=MODEL, sha256="0" * 64, key=f"models/Stable-diffusion/x/{MODEL}")
     ids = []
     start = time.perf_counter()
     try:
         for i in range(count):
-            job = services.inference._new_job("txt2img", "bench-endpoint", [model], None)
+            job = services.jobs._new_job("txt2img", "bench-endpoint", [model], None)
             timings = {"load_s": 0.002, "run_s": 0.25, "upload_s": 0.01, "queued_s": 0.003}
-            job.update(queue_state=None, worker="bench-endpoint/0", dispatched_at=job["created"] + 0.003, attempts=1,
-                       completeTime=time_text(job["created"] + 0.3), timings=timings, status=SUCCEED,
-                       progress=1.0, error=None, image_names=["image_0.png"],
-                       sagemakerRaw=json.dumps({"status": "succeed", "job_id": job["id"], "image_count": 1,
-                                                "info": "{}", "parameters": {"prompt": f"benchmark record {i}"},
-                                                "timings": timings}))
-            services.store.create(TABLE, job)
-            ids.append(job["id"])
+            job.queue_state, job.worker, job.dispatched_at, job.attempts = None, "bench-endpoint/0", job.created + 0.003, 1
+            job.complete_time, job.timings, job.status = time_text(job.created + 0.3), timings, JobStatus.SUCCEED
+            job.progress, job.image_names = 1.0, ["image_0.png"]
+            job.worker_answer = json.dumps({"status": "succeed", "job_id": job.id, "image_count": 1, "info": "{}",
+                                            "parameters": {"prompt": f"benchmark record {i}"}, "timings": timings})
+            services.jobs.records.create(job)
+            ids.append(job.id)
     finally:
         services.store.close()
         services.compute.stop()

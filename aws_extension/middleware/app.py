@@ -13,11 +13,41 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aws_extension import __version__
-from aws_extension.middleware.errors import Forbidden, ServiceError, Unauthorized, Unprocessable
+from aws_extension.middleware.answers import Health
+from aws_extension.middleware.blobs.base import KeyConflict, ObjectTooLarge, StorageFull
+from aws_extension.middleware.errors import (
+    AccessDenied,
+    InvalidRequest,
+    MisdirectedRequest,
+    NotAuthenticated,
+    ServiceError,
+    UnknownRecord,
+    WorkerResultMissing,
+    WrongState,
+)
 from aws_extension.middleware.routes import blobs, checkpoints, connection, datasets, endpoints, inference
 from aws_extension.middleware.wiring import Services
 
 log = logging.getLogger(__name__)
+
+# The HTTP status of each error the services and the stores raise for a reason the user can act on (the
+# first class in an error's MRO that is listed here); anything else is a 500.
+ERROR_STATUS: dict[type[Exception], int] = {
+    InvalidRequest: 400,
+    NotAuthenticated: 401,
+    AccessDenied: 403,
+    UnknownRecord: 404,
+    WrongState: 409,
+    KeyConflict: 409,
+    ObjectTooLarge: 413,
+    MisdirectedRequest: 422,
+    WorkerResultMissing: 502,
+    StorageFull: 507,
+}
+
+
+def status_of(error: Exception) -> int:
+    return next((ERROR_STATUS[cls] for cls in type(error).__mro__ if cls in ERROR_STATUS), 500)
 
 
 def error_body(status: int, message: str, **extra) -> JSONResponse:
@@ -31,10 +61,10 @@ async def require_api_key(request: Request) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         key = token.strip() if scheme.lower() == "bearer" else None
     if not key:
-        raise Unauthorized("Missing API key: send it in the x-api-key header (or Authorization: Bearer <key>).")
+        raise NotAuthenticated("Missing API key: send it in the x-api-key header (or Authorization: Bearer <key>).")
     expected = request.app.state.api_key
     if not hmac.compare_digest(key.encode(), expected.encode()):
-        raise Forbidden("The API key is not valid.")
+        raise AccessDenied("The API key is not valid.")
 
 
 def _describe(error: dict) -> str:
@@ -82,12 +112,15 @@ def create_app(services: Services, api_key: str) -> FastAPI:
     app.state.services = services
     app.state.api_key = api_key
 
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError):
-        if isinstance(exc, Unprocessable):
-            return error_body(exc.status_code, exc.message,
-                              detail=[{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}])
-        return error_body(exc.status_code, exc.message)
+    async def known_error(request: Request, exc: Exception):
+        message = getattr(exc, "message", None) or str(exc)
+        if isinstance(exc, MisdirectedRequest):
+            return error_body(status_of(exc), message,
+                              detail=[{"loc": ["body", exc.field], "msg": message, "type": "value_error"}])
+        return error_body(status_of(exc), message)
+
+    for error_class in (ServiceError, KeyConflict, ObjectTooLarge, StorageFull):
+        app.add_exception_handler(error_class, known_error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -97,7 +130,7 @@ def create_app(services: Services, api_key: str) -> FastAPI:
             try:
                 await require_api_key(request)
             except ServiceError as auth_error:
-                return error_body(auth_error.status_code, auth_error.message)
+                return error_body(status_of(auth_error), auth_error.message)
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_body(400, f"The request body is not valid JSON ({errors[0].get('ctx', {}).get('error', 'parse error')}).")
@@ -115,9 +148,9 @@ def create_app(services: Services, api_key: str) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_body(500, "Internal server error; the server log has the details.")
 
-    @app.get("/healthz", tags=["connection"])
+    @app.get("/healthz", tags=["connection"], response_model=Health)
     def healthz():
-        return {"status": "ok", "version": __version__}
+        return Health()
 
     authenticated = [Depends(require_api_key)]
     app.include_router(blobs.router)

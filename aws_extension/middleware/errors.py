@@ -1,42 +1,45 @@
-"""Errors the services raise; the app turns each into API.md's error body with its status code."""
+"""Errors the services raise, named for what happened; `app.py` maps each to its HTTP status in one table.
+
+The message is one sentence the user can act on; it becomes the `error` of API.md's error body.
+"""
 
 from __future__ import annotations
 
 
 class ServiceError(Exception):
-    status_code = 500
-
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
 
 
-class BadRequest(ServiceError):
-    status_code = 400
+class InvalidRequest(ServiceError):
+    """The request cannot be done as asked: a bad value, a name that does not resolve, a missing file."""
 
 
-class Unauthorized(ServiceError):
-    status_code = 401
-
-
-class Forbidden(ServiceError):
-    status_code = 403
-
-
-class NotFound(ServiceError):
-    status_code = 404
-
-
-class Conflict(ServiceError):
-    status_code = 409
-
-
-class Unprocessable(ServiceError):
-    """A request whose shape is wrong for the route (422), e.g. a body meant for another route. `field` is the
-    body field at fault, for the error's `detail` (as request-validation errors have)."""
-
-    status_code = 422
+class MisdirectedRequest(ServiceError):
+    """A body meant for another route (e.g. a delete body sent to deploy); `field` is the field that says so."""
 
     def __init__(self, message: str, field: str):
         super().__init__(message)
         self.field = field
+
+
+class UnknownRecord(ServiceError):
+    """No record has this id or name."""
+
+
+class WrongState(ServiceError):
+    """The record exists but its status does not allow this (API.md's refused transitions)."""
+
+
+class WorkerResultMissing(ServiceError):
+    """A worker reported success but what it made did not arrive (the job fails with this)."""
+
+
+class NotAuthenticated(ServiceError):
+    """The request carries no credential (API key)."""
+
+
+class AccessDenied(ServiceError):
+    """The request's credential (an API key, a URL's signature) is not valid, or has expired."""
+

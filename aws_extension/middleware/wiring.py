@@ -12,17 +12,22 @@ from pathlib import Path
 
 from aws_extension.middleware.blobs.base import BlobStore
 from aws_extension.middleware.blobs.local import LocalBlobStore
-from aws_extension.middleware.compute.base import Compute, ComputeCallbacks
+from aws_extension.middleware.compute.base import Compute
 from aws_extension.middleware.compute.local import LocalCompute
 from aws_extension.middleware.services.checkpoints import CheckpointService
 from aws_extension.middleware.services.datasets import DatasetService
 from aws_extension.middleware.services.endpoints import EndpointService
-from aws_extension.middleware.services.inference import InferenceService
+from aws_extension.middleware.services.events import ComputeReports
+from aws_extension.middleware.services.jobs import JobService
 from aws_extension.middleware.services.model_import import ModelImporter
+from aws_extension.middleware.services.queue import JobQueue
+from aws_extension.middleware.services.retirement import EndpointRetirement
+from aws_extension.middleware.services.uploads import Uploads
 from aws_extension.middleware.services.webhooks import WebhookSender
 from aws_extension.middleware.store.base import Store
 from aws_extension.middleware.store.sqlite import SQLiteStore
-from aws_extension.settings import MiddlewareSettings
+from aws_extension.payload import PayloadLimits
+from aws_extension.settings import MiddlewareSettings, WorkerSettings, load
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +52,19 @@ class Services:
     checkpoints: CheckpointService
     importer: ModelImporter
     datasets: DatasetService
+    uploads: Uploads
     compute: Compute
     endpoints: EndpointService
     webhooks: WebhookSender
-    inference: InferenceService
+    jobs: JobService
+    retirement: EndpointRetirement
 
     def start(self) -> None:
         self._stop = threading.Event()
         self.importer.resume_interrupted()
-        self.inference.restore()
-        self.endpoints.restore()
+        self.jobs.restore()
+        self.retirement.restore()
+        self.compute.start(ComputeReports(self.jobs, self.endpoints, self.retirement))
         self._sweeper = threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True)
         self._sweeper.start()
 
@@ -94,19 +102,20 @@ def build_services(settings: MiddlewareSettings) -> Services:
         data_dir, read_or_create_secret(data_dir / "blob_secret").encode(),
         public_url=settings.public_url or f"http://{settings.host}:{settings.port}",
         signed_url_ttl_s=settings.signed_url_ttl_s, min_part_bytes=settings.multipart_min_part_bytes,
-        max_parts=settings.multipart_max_parts)
+        max_parts=settings.multipart_max_parts, max_part_bytes=settings.multipart_max_part_bytes,
+        max_put_bytes=settings.blob_max_put_bytes)
     checkpoints = CheckpointService(store, blobs, min_part_bytes=settings.multipart_min_part_bytes,
                                     max_parts=settings.multipart_max_parts)
-    compute = LocalCompute(store, settings)
-    endpoints = EndpointService(store, compute, settings.max_instances_per_endpoint)
     webhook_secret = settings.webhook_secret or read_or_create_secret(data_dir / "webhook_secret")
     webhooks = WebhookSender(webhook_secret.encode(), settings.webhook_attempts, settings.webhook_timeout_s,
                              settings.webhook_allow_private_addresses)
-    inference = InferenceService(store, blobs, compute, checkpoints, endpoints, webhooks)
-    endpoints.on_failed = inference.fail_endpoint_jobs
-    compute.bind(ComputeCallbacks(prepare_invocation=inference.prepare_invocation, complete_job=inference.complete,
-                                  endpoint_changed=endpoints.endpoint_changed))
+    queue_records = JobService.job_records(store)
+    compute = LocalCompute(JobQueue(queue_records), settings)
+    endpoints = EndpointService(store, compute, settings.max_instances_per_endpoint)
+    jobs = JobService(queue_records, blobs, compute, checkpoints, endpoints, webhooks,
+                      PayloadLimits.from_settings(load(WorkerSettings)))
     return Services(settings=settings, store=store, blobs=blobs, checkpoints=checkpoints,
                     importer=ModelImporter(checkpoints, settings),
-                    datasets=DatasetService(store, blobs, settings.signed_url_ttl_s),
-                    compute=compute, endpoints=endpoints, webhooks=webhooks, inference=inference)
+                    datasets=DatasetService(store, blobs, settings.signed_url_ttl_s), uploads=Uploads(blobs),
+                    compute=compute, endpoints=endpoints, webhooks=webhooks, jobs=jobs,
+                    retirement=EndpointRetirement(endpoints, jobs))

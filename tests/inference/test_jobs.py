@@ -161,9 +161,14 @@ def test_cancel_queued_and_running_jobs(stack):
     assert unfinished.status_code == 409 and "inprogress" in unfinished.json()["error"]
     cancelled = stack.client.cancel_inference(queued["inference_id"])
     assert cancelled["status"] == "cancelled"
-    for job in running:
+    for job in running:  # a running job answers at once, cancelling until its worker stops
+        asked = time.monotonic()
         result = stack.client.cancel_inference(job["inference_id"])
-        assert result["status"] == "cancelled", result
+        assert result["status"] == "cancelling" and time.monotonic() - asked < 1.0, result
+        twice = requests.put(f"{stack.url}/inference/v2/{job['inference_id']}/cancel", headers=HEADERS, timeout=10)
+        assert twice.status_code == 409 and "already being cancelled" in twice.json()["error"]
+    for job in running:
+        assert _wait_for_end(stack, job["inference_id"])["status"] == "cancelled"
     again = requests.put(f"{stack.url}/inference/v2/{queued['inference_id']}/cancel", headers=HEADERS, timeout=10)
     assert again.status_code == 409 and "already cancelled" in again.json()["error"]
     output = requests.get(f"{stack.url}/inference/get-inference-job-image-output",
@@ -255,6 +260,44 @@ def test_bad_endpoint_requests(stack, body, status, words):
     assert words in response.json()["error"] and response.json()["statusCode"] == status
 
 
+def _wait_for_end(stack, job_id: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = stack.client.inference_job(job_id)
+        if job["status"] in ("succeed", "failed", "cancelled"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not end: {job}")
+
+
+BAD_PARAMETERS = [  # (parameters, field named in the error)
+    ({"steps": 0}, "steps"),
+    ({"sampler_name": "Nope"}, "sampler_name"),
+    ({"batch_size": "two"}, "batch_size"),
+    ({"batch_size": 10**9}, "batch_size"),
+    ({"n_iter": 10**9}, "n_iter"),
+    ({"width": 10**6}, "width"),
+    ({"cfg_scale": "high"}, "cfg_scale"),
+    ({"seed": "abc"}, "seed"),
+    ({"prompt": 5}, "prompt"),
+    ({"override_settings": "x"}, "override_settings"),
+    ({"alwayson_scripts": {"controlnet": {"args": 5}}}, "alwayson_scripts.controlnet"),
+    ({"denoising_strength": 2}, "denoising_strength"),
+    ({"scheduler": "Sometimes"}, "scheduler"),
+    ({"enable_hr": True, "hr_upscaler": "Magic"}, "hr_upscaler"),
+]
+
+
+@pytest.mark.parametrize(("params", "field"), BAD_PARAMETERS, ids=[f for _, f in BAD_PARAMETERS])
+def test_bad_parameters_are_refused_at_the_door(stack, params, field):
+    before = len(stack.client.list_inference_jobs(limit=1000))
+    body = {"task_type": "txt2img", "models": {"Stable-diffusion": [SEED_MODEL]}, "prompt": "x", **params}
+    response = requests.post(f"{stack.url}/inference/v2", json=body, headers=HEADERS, timeout=10)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(field), response.text
+    assert len(stack.client.list_inference_jobs(limit=1000)) == before  # no job record was made
+
+
 def test_bad_inference_requests(stack):
     base = {"task_type": "txt2img", "models": {"Stable-diffusion": [SEED_MODEL]}, "prompt": "x"}
     cases = [
@@ -266,6 +309,10 @@ def test_bad_inference_requests(stack):
         ({**base, "prompt": "<lora:not-uploaded:1>"}, 400, "'not-uploaded' is not an Active checkpoint"),
         ({**base, "callback_url": "file:///etc/passwd"}, 400, "callback_url"),
         ({**base, "models": {"Stable-diffusion": [{"name": "x", "sha256": "0" * 64}]}}, 400, "with sha256"),
+        ({**base, "sagemaker_endpoint_name": ["a"]}, 400, "sagemaker_endpoint_name"),
+        ({**base, "callback_url": ["http://x"]}, 400, "callback_url"),
+        ({**base, "run": "no"}, 400, "run must be true or false"),
+        ({**base, "models": {"Stable-diffusion": [5]}}, 400, "each entry must be a file name"),
     ]
     before = len(stack.client.list_inference_jobs(limit=1000))
     for body, status, words in cases:
@@ -287,6 +334,8 @@ def test_bad_inference_requests(stack):
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", field], refused.text
     missing = requests.delete(f"{stack.url}/endpoints", json={"delete_endpoint_list": ["ghost"]}, headers=HEADERS, timeout=10)
     assert missing.status_code == 404
+    empty = requests.delete(f"{stack.url}/endpoints", json={"delete_endpoint_list": []}, headers=HEADERS, timeout=10)
+    assert empty.status_code == 400 and "empty" in empty.json()["error"]
 
 
 def test_deleting_an_endpoint_while_it_is_created_ends_its_deployment(stack):

@@ -415,11 +415,7 @@ def test_put_errors_over_http(middleware, client):
 
 
 def test_lowered_caps_over_http(tmp_path):
-    from aws_extension.settings import MiddlewareSettings
 
-    fields = MiddlewareSettings.__dataclass_fields__
-    if "blob_max_put_bytes" not in fields or "multipart_max_part_bytes" not in fields:
-        pytest.skip("settings.py has no blob_max_put_bytes / multipart_max_part_bytes yet")
     server = start_middleware(tmp_path / "data", API_KEY, env={"SD_AWS_BLOB_MAX_PUT_BYTES": str(64 * KiB),
                                                              "SD_AWS_MULTIPART_MAX_PART_BYTES": str(128 * KiB)})
     try:
@@ -504,7 +500,6 @@ def test_a_full_disk_is_507_on_put_and_part_and_leaves_nothing(small_disk_server
     assert done["checkpoint"]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
-@pytest.mark.xfail(strict=True, reason="app.py does not map StorageFull to 507 yet (routes/blobs.py does)")
 def test_a_full_disk_is_507_on_completion_and_the_upload_stays_completable(small_disk_server, tmp_path):
     server, client, fs = small_disk_server
     created, data, parts = _lora_upload(client, tmp_path, "complete.safetensors")

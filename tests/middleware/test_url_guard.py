@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from aws_extension.middleware.errors import BadRequest
+from aws_extension.middleware.errors import InvalidRequest
 from aws_extension.middleware.services.url_guard import RefusedAddress, check_download_url, guarded_session
 from tests.helpers import FileServer
 
@@ -51,7 +51,7 @@ def test_dns_rebinding_between_check_and_connect_is_refused(server, monkeypatch)
 
 
 def test_the_early_check_refuses_private_hosts_with_a_clear_message():
-    with pytest.raises(BadRequest, match="169.254.169.254, a private, loopback or link-local"):
+    with pytest.raises(InvalidRequest, match="169.254.169.254, a private, loopback or link-local"):
         check_download_url("http://169.254.169.254/latest/meta-data/", allow_private=False)
 
 

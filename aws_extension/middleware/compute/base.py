@@ -1,46 +1,74 @@
-"""The compute port: runs endpoints (sets of workers) and the jobs queued on them.
+"""The compute port: runs endpoints (sets of workers) and the jobs submitted to them.
 
-The services own the records; compute brings endpoints up and down and runs jobs, and reports back
-through the callbacks it is bound to (`ComputeCallbacks`). Job records carry the queue fields compute
-uses: `queue_state` ("queued" → "running" → None), `worker`, `attempts`, `dispatched_at`.
+The services own the records; compute brings endpoints up and down, runs jobs, and reports back through
+the `ComputeEvents` it is started with (the services implement them). Which calls each backend makes:
+
+- Local compute (`compute/local/`) queues itself: `submit` wakes the endpoint's dispatchers, which take
+  jobs from the store through the `JobQueue` (`claim_next`, `requeue`, `report_progress`), ask
+  `events.invocation_for(job)` for the request, POST it to a worker, and report `events.job_finished`
+  with the worker's answer. Endpoints come up as worker processes; `events.endpoint_changed` reports
+  InService, Failed and instance counts.
+- SageMaker asynchronous endpoints queue inside SageMaker: `submit` writes `events.invocation_for(job)` to
+  S3 and calls InvokeEndpointAsync; the worker reports its start and progress to a signed URL (the
+  backend then calls `JobQueue.mark_running`); the SNS → SQS notification handler calls
+  `events.job_finished` with the answer it reads from the output location; endpoint state-change events
+  call `events.endpoint_changed`. `interrupt` writes the job's cancel object, which the worker reads
+  between steps.
+
+Either way the job ends in the one completion path behind `events.job_finished`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
+
+from aws_extension.middleware.records import Endpoint, InferenceJob
+from aws_extension.vocabulary import EndpointStatus
+from aws_extension.wire import InvocationAnswer, InvocationRequest
 
 
 @dataclass(frozen=True)
-class ComputeCallbacks:
-    # The /invocations request for a job (signed URLs made at dispatch time, so they are fresh).
-    prepare_invocation: Callable[[dict[str, Any]], dict[str, Any]]
-    # A job ended: ok, with the worker's answer (or {"status": "failed"|"cancelled", "error": ...}).
-    complete_job: Callable[[str, dict[str, Any]], None]
-    # An endpoint changed: InService (with its instance count), Failed (with the reason) or a new count.
-    endpoint_changed: Callable[[str, dict[str, Any]], None]
+class EndpointChange:
+    """What compute reports about an endpoint: a new status (InService, or Failed with the reason),
+    and/or a new instance count."""
+
+    status: EndpointStatus | None = None
+    instance_count: int | None = None
+    error: str | None = None
+
+
+class ComputeEvents(Protocol):
+    def invocation_for(self, job: InferenceJob) -> InvocationRequest:
+        """The request that runs `job`, with fresh signed URLs. Raises InvalidRequest when the job can no
+        longer run (a model it names left the catalogue)."""
+
+    def job_finished(self, job_id: str, answer: InvocationAnswer) -> None:
+        """A job's worker answered (or compute gave up on it: a failed answer with the reason)."""
+
+    def endpoint_changed(self, endpoint_name: str, change: EndpointChange) -> None: ...
 
 
 class Compute(Protocol):
-    def bind(self, callbacks: ComputeCallbacks) -> None: ...
+    def start(self, events: ComputeEvents) -> None:
+        """Begin background work (dispatch, autoscaling); everything is reported through `events`."""
 
-    def deploy(self, endpoint: dict[str, Any]) -> None:
-        """Bring an endpoint up in the background; reports InService or Failed through the callbacks."""
+    def deploy(self, endpoint: Endpoint) -> None:
+        """Bring an endpoint up in the background; reports InService or Failed."""
 
-    def restore(self, endpoint: dict[str, Any]) -> None:
+    def restore(self, endpoint: Endpoint) -> None:
         """Bring back an endpoint that was InService before the middleware restarted."""
 
     def delete(self, endpoint_name: str) -> None:
-        """Stop every instance of the endpoint (running jobs are interrupted)."""
+        """Stop every instance of the endpoint (running jobs are interrupted) and free its resources."""
 
-    def job_queued(self, endpoint_name: str) -> None:
-        """A job was queued on the endpoint: wake its dispatchers (and scale it up from zero)."""
+    def submit(self, job: InferenceJob) -> None:
+        """A job was queued on its endpoint (its record says `queued`): get it run."""
 
-    def interrupt(self, job_id: str) -> bool:
-        """Stop a running job at its next step; False if it is not running here."""
+    def interrupt(self, job: InferenceJob) -> None:
+        """Ask the worker running `job` to stop at its next step; returns at once."""
 
     def instance_count(self, endpoint_name: str) -> int:
-        """Instances running now (for picking the least-loaded endpoint)."""
+        """Instances in service now (for picking the least-loaded endpoint)."""
 
     def stop(self) -> None: ...

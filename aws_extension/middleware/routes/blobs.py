@@ -18,16 +18,9 @@ import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from aws_extension.middleware.blobs.base import (
-    InvalidKey,
-    KeyConflict,
-    ObjectTooLarge,
-    StorageFull,
-    UploadError,
-    UploadNotFound,
-)
+from aws_extension.middleware.blobs.base import InvalidKey, UploadError, UploadNotFound
 from aws_extension.middleware.blobs.local import CHUNK, SignatureError
-from aws_extension.middleware.errors import BadRequest, Conflict, Forbidden, NotFound
+from aws_extension.middleware.errors import AccessDenied, InvalidRequest, UnknownRecord
 
 router = APIRouter(tags=["blobs"], include_in_schema=False)
 
@@ -39,9 +32,9 @@ class RangeNotSatisfiable(Exception):
     """A byte range that starts at or past the end of the object (or asks for its last 0 bytes)."""
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """API.md's error body, for the statuses errors.py has no class for (413, 416, 507)."""
-    return JSONResponse({"statusCode": status, "error": message}, status_code=status, headers=headers)
+def not_satisfiable(message: str, headers: dict[str, str]) -> JSONResponse:
+    """416 with API.md's error body and the headers RFC 9110 asks for (Content-Range: bytes */SIZE)."""
+    return JSONResponse({"statusCode": 416, "error": message}, status_code=416, headers=headers)
 
 
 def _verified_store(request: Request, key: str):
@@ -50,9 +43,9 @@ def _verified_store(request: Request, key: str):
         store.verify(request.method, key, dict(request.query_params))
         store.path(key)
     except SignatureError as exc:
-        raise Forbidden(str(exc)) from None
+        raise AccessDenied(str(exc)) from None
     except InvalidKey as exc:
-        raise BadRequest(str(exc)) from None
+        raise InvalidRequest(str(exc)) from None
     return store
 
 
@@ -100,7 +93,7 @@ def _open_object(store, key: str) -> BinaryIO:
     try:
         return open(store.path(key), "rb")  # noqa: SIM115 - closed by the response that streams it
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise NotFound(f"There is no object {key}.") from None
+        raise UnknownRecord(f"There is no object {key}.") from None
 
 
 def _wanted_span(request: Request, headers: dict[str, str], size: int) -> tuple[int, int] | None:
@@ -148,7 +141,7 @@ async def get_blob(key: str, request: Request) -> Response:
         span = _wanted_span(request, headers, meta.st_size)
     except RangeNotSatisfiable:
         file.close()
-        return error_response(416, f"The requested range is not satisfiable: {key} is {meta.st_size} bytes long.",
+        return not_satisfiable( f"The requested range is not satisfiable: {key} is {meta.st_size} bytes long.",
                               {"Content-Range": f"bytes */{meta.st_size}", "Accept-Ranges": "bytes"})
     start, end = span or (0, meta.st_size)
     if span:
@@ -170,7 +163,7 @@ def _declared_length(request: Request) -> int | None:
 def _part_number(text: str | None) -> int:
     if text and text.isascii() and text.isdigit() and len(text) <= 5:
         return int(text)
-    raise BadRequest(f"partNumber must be a whole number (1, 2, ...), not {text!r}.")
+    raise InvalidRequest(f"partNumber must be a whole number (1, 2, ...), not {text!r}.")
 
 
 async def _receive(store, key: str, request: Request) -> str:
@@ -190,13 +183,7 @@ async def put_blob(key: str, request: Request) -> Response:
     try:
         etag = await _receive(store, key, request)
     except UploadNotFound as exc:
-        raise NotFound(str(exc)) from None
+        raise UnknownRecord(str(exc)) from None
     except UploadError as exc:
-        raise BadRequest(str(exc)) from None
-    except KeyConflict as exc:
-        raise Conflict(str(exc)) from None
-    except ObjectTooLarge as exc:
-        return error_response(413, exc.message)
-    except StorageFull as exc:
-        return error_response(507, exc.message)
+        raise InvalidRequest(str(exc)) from None
     return Response(status_code=200, headers={"ETag": etag})

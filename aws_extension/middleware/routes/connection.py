@@ -2,9 +2,11 @@
 
 from fastapi import APIRouter
 
+from aws_extension.middleware.answers import ConnectionAnswer
+
 router = APIRouter(tags=["connection"])
 
 
-@router.get("/inference/test-connection")
-def test_connection() -> dict:
-    return {"message": "Success"}
+@router.get("/inference/test-connection", response_model=ConnectionAnswer)
+def test_connection():
+    return ConnectionAnswer()

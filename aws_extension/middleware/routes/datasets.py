@@ -7,9 +7,11 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from aws_extension.middleware import answers
 from aws_extension.middleware.routes.deps import get_services, query_list
-from aws_extension.middleware.services.datasets import DatasetFile, listed_dataset
+from aws_extension.middleware.services.datasets import FileToAdd
 from aws_extension.middleware.wiring import Services
+from aws_extension.vocabulary import DatasetStatus
 
 router = APIRouter(tags=["datasets"])
 
@@ -32,32 +34,33 @@ class CreateDataset(Strict):
 
 class UpdateDataset(Strict):
     dataset_name: str
-    status: Literal["Enabled", "Disabled"]
+    status: Literal[DatasetStatus.ENABLED.value, DatasetStatus.DISABLED.value]  # type: ignore[valid-type]
 
 
-@router.post("/dataset")
-def create_dataset(body: CreateDataset, services: Services = Depends(get_services)) -> dict:
+@router.post("/dataset", response_model=answers.DatasetCreated)
+def create_dataset(body: CreateDataset, services: Services = Depends(get_services)):
     urls = services.datasets.create(
-        body.dataset_name, [DatasetFile(c.filename, c.name or c.filename, c.type) for c in body.content], body.params)
-    return {"statusCode": 200, "datasetName": body.dataset_name, "s3PresignUrl": urls}
+        body.dataset_name, [FileToAdd(c.filename, c.name or c.filename, c.type) for c in body.content], body.params)
+    return answers.DatasetCreated(datasetName=body.dataset_name, s3PresignUrl=urls)
 
 
-@router.put("/dataset")
-def update_dataset(body: UpdateDataset, services: Services = Depends(get_services)) -> dict:
-    record = services.datasets.set_status(body.dataset_name, body.status)
-    return {"statusCode": 200, "datasetName": record["name"], "status": record["status"]}
+@router.put("/dataset", response_model=answers.DatasetStatusAnswer)
+def update_dataset(body: UpdateDataset, services: Services = Depends(get_services)):
+    record = services.datasets.set_status(body.dataset_name, DatasetStatus(body.status))
+    return answers.DatasetStatusAnswer(datasetName=record.name, status=record.status)
 
 
-@router.get("/datasets")
-def list_datasets(request: Request, services: Services = Depends(get_services)) -> dict:
+@router.get("/datasets", response_model=answers.DatasetList)
+def list_datasets(request: Request, services: Services = Depends(get_services)):
     records = services.datasets.list(query_list(request, "dataset_status"))
-    return {"statusCode": 200, "datasets": [listed_dataset(r) for r in records]}
+    return answers.DatasetList(datasets=[answers.listed_dataset(r) for r in records])
 
 
-def dataset_data(dataset_name: str, services: Services = Depends(get_services)) -> dict:
-    return {"statusCode": 200, "dataset_name": dataset_name, "data": services.datasets.files(dataset_name)}
+def dataset_data(dataset_name: str, services: Services = Depends(get_services)):
+    return answers.dataset_data(dataset_name, services.datasets.files(dataset_name))
 
 
-router.add_api_route("/dataset/{dataset_name}/data", dataset_data, methods=["GET"])
+router.add_api_route("/dataset/{dataset_name}/data", dataset_data, methods=["GET"], response_model=answers.DatasetData)
 # The seed's spelling of the same route.
-router.add_api_route("/{dataset_name}/data", dataset_data, methods=["GET"], include_in_schema=False)
+router.add_api_route("/{dataset_name}/data", dataset_data, methods=["GET"], response_model=answers.DatasetData,
+                     include_in_schema=False)

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Body, Depends, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from aws_extension.middleware.errors import Unprocessable
+from aws_extension.middleware import answers
+from aws_extension.middleware.errors import MisdirectedRequest
 from aws_extension.middleware.routes.deps import get_services
-from aws_extension.middleware.services.endpoints import public_endpoint
 from aws_extension.middleware.wiring import Services
 
 router = APIRouter(tags=["endpoints"])
@@ -34,31 +34,34 @@ class DeleteEndpoints(BaseModel):
     delete_endpoint_list: list[str]
 
 
-@router.post("/endpoints", summary="Deploy an endpoint (answers at once; it comes up in the background)")
-def deploy_endpoint(body: dict[str, Any] = Body(..., examples=[{"instance_type": "local", "initial_instance_count": 1}]),
-                    services: Services = Depends(get_services)) -> dict:
+def _deploy_request(body: dict[str, Any]) -> DeployEndpoint:
     if "delete_endpoint_list" in body and "instance_type" not in body:
-        raise Unprocessable("This body deletes endpoints: use DELETE /endpoints with it.", "delete_endpoint_list")
+        raise MisdirectedRequest("This body deletes endpoints: use DELETE /endpoints with it.", "delete_endpoint_list")
     try:
-        request = DeployEndpoint.model_validate(body)
+        return DeployEndpoint.model_validate(body)
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-    record = services.endpoints.deploy(request.model_dump(exclude_none=True))
-    return {"EndpointDeploymentJobId": record["id"], "endpoint_name": record["endpoint_name"],
-            "status": record["status"], "endpoint_status": record["kind"], "startTime": record["startTime"]}
 
 
-@router.delete("/endpoints", summary="Delete endpoints (each independently)")
-def delete_endpoints(body: DeleteEndpoints, services: Services = Depends(get_services)) -> dict:
-    return {"message": "Endpoint deleted", "results": services.inference.delete_endpoints(body.delete_endpoint_list)}
+@router.post("/endpoints", response_model=answers.DeploymentStarted,
+             summary="Deploy an endpoint (answers at once; it comes up in the background)")
+def deploy_endpoint(body: dict[str, Any] = Body(..., examples=[{"instance_type": "local", "initial_instance_count": 1}]),
+                    services: Services = Depends(get_services)):
+    record = services.endpoints.deploy(_deploy_request(body).model_dump(exclude_none=True))
+    return answers.deployment_started(record)
 
 
-@router.get("/endpoints", summary="Endpoint deployment jobs, newest first")
+@router.delete("/endpoints", response_model=answers.EndpointsDeleted, summary="Delete endpoints (each independently)")
+def delete_endpoints(body: DeleteEndpoints, services: Services = Depends(get_services)):
+    return answers.EndpointsDeleted(results=services.retirement.delete(body.delete_endpoint_list))
+
+
+@router.get("/endpoints", response_model=list[answers.EndpointAnswer], summary="Endpoint deployment jobs, newest first")
 def list_endpoints(status: str | None = None, endpoint_name: str | None = None,
-                   services: Services = Depends(get_services)) -> list[dict]:
-    return [public_endpoint(r) for r in services.endpoints.list(status, endpoint_name)]
+                   services: Services = Depends(get_services)):
+    return [answers.endpoint_answer(r) for r in services.endpoints.list(status, endpoint_name)]
 
 
-@router.get("/inference/get-endpoint-deployment-job")
-def endpoint_deployment_job(jobID: str = Query(...), services: Services = Depends(get_services)) -> dict:
-    return public_endpoint(services.endpoints.get(jobID))
+@router.get("/inference/get-endpoint-deployment-job", response_model=answers.EndpointAnswer)
+def endpoint_deployment_job(jobID: str = Query(...), services: Services = Depends(get_services)):
+    return answers.endpoint_answer(services.endpoints.get(jobID))

@@ -13,7 +13,7 @@ import struct
 import zipfile
 from collections.abc import Callable
 
-from aws_extension.middleware.errors import BadRequest
+from aws_extension.middleware.errors import InvalidRequest
 
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
@@ -44,10 +44,10 @@ _SAFETENSORS_SIGNATURES: dict[str, tuple[Callable[[list[str]], bool], str]] = {
 
 
 def check_model_file(read: Callable[[int, int], bytes], size: int, filename: str, checkpoint_type: str) -> None:
-    """Raise BadRequest unless the file (read through `read(start, length)`) is a model of that type."""
+    """Raise InvalidRequest unless the file (read through `read(start, length)`) is a model of that type."""
     lower = filename.lower()
     if not lower.endswith(MODEL_EXTENSIONS):
-        raise BadRequest(f"{filename}: unsupported file type; model files end in "
+        raise InvalidRequest(f"{filename}: unsupported file type; model files end in "
                          f"{', '.join(MODEL_EXTENSIONS)}.")
     if lower.endswith(".safetensors"):
         _check_safetensors(read, size, filename, checkpoint_type)
@@ -58,27 +58,27 @@ def check_model_file(read: Callable[[int, int], bytes], size: int, filename: str
 def _check_safetensors(read: Callable[[int, int], bytes], size: int, filename: str, checkpoint_type: str) -> None:
     broken = f"{filename} is not a valid safetensors file"
     if size < 8:
-        raise BadRequest(f"{broken}: it is only {size} bytes long.")
+        raise InvalidRequest(f"{broken}: it is only {size} bytes long.")
     (header_len,) = struct.unpack("<Q", read(0, 8))
     if header_len <= 1 or header_len > SAFETENSORS_MAX_HEADER or 8 + header_len > size:
-        raise BadRequest(f"{broken}: its header length ({header_len}) does not fit the file.")
+        raise InvalidRequest(f"{broken}: its header length ({header_len}) does not fit the file.")
     try:
         header = json.loads(read(8, header_len))
         if not isinstance(header, dict):
             raise ValueError("not an object")
     except (UnicodeDecodeError, ValueError):
-        raise BadRequest(f"{broken}: its header is not JSON.") from None
+        raise InvalidRequest(f"{broken}: its header is not JSON.") from None
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     if not tensors:
-        raise BadRequest(f"{broken}: it holds no tensors.")
+        raise InvalidRequest(f"{broken}: it holds no tensors.")
     data_len = size - 8 - header_len
     for name, info in tensors.items():
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
         if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= data_len):
-            raise BadRequest(f"{broken}: tensor {name!r} lies outside the file (truncated upload?).")
+            raise InvalidRequest(f"{broken}: tensor {name!r} lies outside the file (truncated upload?).")
     looks_right, expectation = _SAFETENSORS_SIGNATURES[checkpoint_type]
     if not looks_right(list(tensors)):
-        raise BadRequest(f"{filename} does not look like a {checkpoint_type} model: {expectation}, "
+        raise InvalidRequest(f"{filename} does not look like a {checkpoint_type} model: {expectation}, "
                          f"and this file's tensors start with {sorted(tensors)[:3]}.")
 
 
@@ -89,13 +89,13 @@ def _check_pickle_container(read: Callable[[int, int], bytes], size: int, filena
         try:
             names = zipfile.ZipFile(_RangeFile(read, size)).namelist()
         except zipfile.BadZipFile:
-            raise BadRequest(f"{filename} is a damaged zip archive, not a PyTorch checkpoint.") from None
+            raise InvalidRequest(f"{filename} is a damaged zip archive, not a PyTorch checkpoint.") from None
         if any(name.endswith("data.pkl") for name in names):
             return
-        raise BadRequest(f"{filename} is a zip archive but not a PyTorch checkpoint (no data.pkl).")
+        raise InvalidRequest(f"{filename} is a zip archive but not a PyTorch checkpoint (no data.pkl).")
     if head[:1] == b"\x80" and 2 <= head[1] <= 5:
         return  # a legacy pickle stream (protocol 2..5)
-    raise BadRequest(f"{filename} is not a PyTorch checkpoint (neither a torch zip archive nor a pickle).")
+    raise InvalidRequest(f"{filename} is not a PyTorch checkpoint (neither a torch zip archive nor a pickle).")
 
 
 class _RangeFile(io.RawIOBase):

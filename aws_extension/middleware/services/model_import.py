@@ -18,9 +18,10 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
-from aws_extension.middleware.errors import BadRequest, ServiceError
-from aws_extension.middleware.services.checkpoints import INITIALED, TABLE, CheckpointService
-from aws_extension.middleware.services.records import check_filename
+from aws_extension.middleware.errors import InvalidRequest, ServiceError
+from aws_extension.middleware.records import Checkpoint, CheckpointFile
+from aws_extension.middleware.services.checkpoints import INITIALED, CheckpointService, check_type, file_key
+from aws_extension.middleware.services.names import check_filename
 from aws_extension.middleware.services.url_guard import RefusedAddress, check_download_url, guarded_session
 from aws_extension.settings import MiddlewareSettings
 
@@ -56,27 +57,27 @@ class ModelImporter:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def start(self, checkpoint_type: str, urls: list[str], params: dict[str, Any]) -> dict[str, Any]:
-        self.checkpoints.check_type(checkpoint_type)
+    def start(self, checkpoint_type: str, urls: list[str], params: dict[str, Any]) -> Checkpoint:
+        check_type(checkpoint_type)
         if not urls:
-            raise BadRequest("modelUrl is empty: give at least one URL to import.")
+            raise InvalidRequest("modelUrl is empty: give at least one URL to import.")
         for url in urls:
             check_download_url(url, self.settings.import_allow_private_addresses)
         tokens = {k: params[k] for k in TOKEN_HOSTS if params.get(k)}
         stored_params = {k: v for k, v in params.items() if k not in TOKEN_HOSTS}
         record = self.checkpoints.new_record(checkpoint_type, [], stored_params, source="url")
-        record.update(urls=urls, progress={"files_done": 0, "files_total": len(urls), "bytes_received": 0,
-                                           "bytes_total": None})
-        self.checkpoints.store.create(TABLE, record)
-        self._spawn(record["id"], urls, tokens)
+        record.urls = urls
+        record.progress = {"files_done": 0, "files_total": len(urls), "bytes_received": 0, "bytes_total": None}
+        self.checkpoints.records.create(record)
+        self._spawn(record.id, urls, tokens)
         return record
 
     def resume_interrupted(self) -> None:
         """Restart the imports a previous run of the server left unfinished (tokens are not kept)."""
         for record in self.checkpoints.list([INITIALED], []):
-            if record["source"] == "url":
-                log.info("resuming the import of checkpoint %s", record["id"])
-                self._spawn(record["id"], record["urls"], {})
+            if record.source == "url":
+                log.info("resuming the import of checkpoint %s", record.id)
+                self._spawn(record.id, record.urls, {})
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping.set()
@@ -91,10 +92,10 @@ class ModelImporter:
 
     def _import(self, checkpoint_id: str, urls: list[str], tokens: dict[str, str]) -> None:
         record = self.checkpoints.get(checkpoint_id)
-        files: list[dict[str, Any]] = []
+        files: list[CheckpointFile] = []
         try:
             for index, url in enumerate(urls):
-                files.append(self._download_with_retries(record, index, url, tokens, [f["filename"] for f in files]))
+                files.append(self._download_with_retries(record, index, url, tokens, [f.filename for f in files]))
             self.checkpoints.finish(checkpoint_id, files, expect={"status": INITIALED})
         except ServiceError:
             pass  # finish() already failed the record with the reason
@@ -104,8 +105,8 @@ class ModelImporter:
             log.exception("import of checkpoint %s failed", checkpoint_id)
             self.checkpoints.fail(checkpoint_id, f"the import failed unexpectedly: {exc}")
 
-    def _download_with_retries(self, record: dict, index: int, url: str, tokens: dict[str, str],
-                               taken_names: list[str]) -> dict[str, Any]:
+    def _download_with_retries(self, record: Checkpoint, index: int, url: str, tokens: dict[str, str],
+                               taken_names: list[str]) -> CheckpointFile:
         attempts = max(1, self.settings.import_attempts)
         for attempt in range(1, attempts + 1):
             if self._stopping.is_set():
@@ -115,7 +116,7 @@ class ModelImporter:
             except TransientError as exc:
                 if attempt == attempts:
                     raise DownloadFailed(f"{url}: {exc} (gave up after {attempts} attempts).") from None
-                log.info("import %s: %s; retrying (%d/%d)", record["id"], exc, attempt, attempts)
+                log.info("import %s: %s; retrying (%d/%d)", record.id, exc, attempt, attempts)
                 self._stopping.wait(min(30.0, 2.0 ** (attempt - 1)))
         raise AssertionError("unreachable")
 
@@ -124,7 +125,7 @@ class ModelImporter:
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 check_download_url(url, self.settings.import_allow_private_addresses)
-            except BadRequest as exc:
+            except InvalidRequest as exc:
                 raise DownloadFailed(exc.message) from None
             host = urlsplit(url).hostname or ""
             headers = {"User-Agent": "sd-aws-import"}
@@ -145,8 +146,8 @@ class ModelImporter:
             return response
         raise DownloadFailed(f"{url}: more than {MAX_REDIRECTS} redirects.")
 
-    def _download(self, record: dict, index: int, url: str, tokens: dict[str, str],
-                  taken_names: list[str]) -> dict[str, Any]:
+    def _download(self, record: Checkpoint, index: int, url: str, tokens: dict[str, str],
+                  taken_names: list[str]) -> CheckpointFile:
         cap = self.settings.import_max_bytes
         with self._open(url, tokens) as response:
             if response.status_code == 429 or response.status_code >= 500:
@@ -158,11 +159,11 @@ class ModelImporter:
                 raise DownloadFailed(f"{url}: the file is {total} bytes, over the import limit of {cap} bytes.")
             try:
                 filename = check_filename(filename_from_response(response))
-            except BadRequest as exc:
+            except InvalidRequest as exc:
                 raise DownloadFailed(f"{url}: {exc.message}") from None
             if filename in taken_names:
                 raise DownloadFailed(f"{url}: another URL of this import is also named {filename}.")
-            key = f"models/{record['kind']}/{record['id']}/{filename}"
+            key = file_key(record.type, record.id, filename)
             sha256, received, last_report = hashlib.sha256(), 0, 0.0
             try:
                 with self.checkpoints.blobs.writer(key) as out:
@@ -184,9 +185,9 @@ class ModelImporter:
             if total is not None and received != total:
                 raise TransientError(f"the download ended after {received} of {total} bytes")
         self._report(record, index + 1, 0, None)
-        return {"filename": filename, "key": key, "sha256": sha256.hexdigest(), "size": received, "url": url}
+        return CheckpointFile(filename=filename, key=key, sha256=sha256.hexdigest(), size=received, url=url)
 
-    def _report(self, record: dict, files_done: int, received: int, total: int | None) -> None:
-        self.checkpoints.store.update(TABLE, record["id"], {"progress": {
-            "files_done": files_done, "files_total": len(record["urls"]), "bytes_received": received,
+    def _report(self, record: Checkpoint, files_done: int, received: int, total: int | None) -> None:
+        self.checkpoints.records.update(record.id, {"progress": {
+            "files_done": files_done, "files_total": len(record.urls), "bytes_received": received,
             "bytes_total": total}}, expect={"status": INITIALED})

@@ -21,7 +21,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from aws_extension.middleware.errors import BadRequest
+from aws_extension.middleware.errors import InvalidRequest
 
 
 class RefusedAddress(Exception):
@@ -37,29 +37,29 @@ def _is_public(address: str) -> bool:
 
 
 def check_download_url(url: str, allow_private: bool) -> None:
-    """Raise BadRequest unless `url` may be downloaded from."""
+    """Raise InvalidRequest unless `url` may be downloaded from."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise BadRequest(f"{url!r} is not a valid URL.") from None
+        raise InvalidRequest(f"{url!r} is not a valid URL.") from None
     if parts.scheme not in ("http", "https"):
-        raise BadRequest(f"{url!r}: only http and https URLs can be imported, not {parts.scheme or 'a bare path'}.")
+        raise InvalidRequest(f"{url!r}: only http and https URLs can be imported, not {parts.scheme or 'a bare path'}.")
     if not parts.hostname:
-        raise BadRequest(f"{url!r} has no host name.")
+        raise InvalidRequest(f"{url!r} has no host name.")
     if parts.username or parts.password:
-        raise BadRequest(f"{url!r}: credentials in the URL are not accepted; pass tokens in params.")
+        raise InvalidRequest(f"{url!r}: credentials in the URL are not accepted; pass tokens in params.")
     try:
         infos = socket.getaddrinfo(parts.hostname, port or (443 if parts.scheme == "https" else 80),
                                    proto=socket.IPPROTO_TCP)
     except socket.gaierror:
-        raise BadRequest(f"{url!r}: the host {parts.hostname} cannot be resolved.") from None
+        raise InvalidRequest(f"{url!r}: the host {parts.hostname} cannot be resolved.") from None
     if allow_private:
         return
     for info in infos:
         address = info[4][0]
         if not _is_public(address):
-            raise BadRequest(f"{url!r}: {parts.hostname} resolves to {address}, a private, loopback or "
+            raise InvalidRequest(f"{url!r}: {parts.hostname} resolves to {address}, a private, loopback or "
                              "link-local address; only public addresses can be imported from.")
 
 

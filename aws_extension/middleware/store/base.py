@@ -1,9 +1,23 @@
-"""The table store port: records are JSON objects in named tables, with a few indexed fields.
+"""The table store port: records as JSON-like items in tables, a few fields indexed, conditional updates.
 
-Every record has `id`; the indexed fields (`status`, `kind`, `name`, `created`, `queue_state`) are
-copied from the record so that lists can filter, sort and count on them without reading every record. `update` is the only way
-to change a record and takes conditions, so that a state transition is one conditional write: of two
-racing requests exactly one wins (the same contract as DynamoDB's conditional updates).
+A `Table` names its indexed fields (what lists filter, sort and count on) and at most one unique field.
+The services speak only domain field names (`endpoint=`, `endpoint_status=`); each implementation maps
+them to its own indexes:
+
+- SQLite (`sqlite.py`, the embedded default): one `records` table; each table's indexed fields map to
+  the generic index columns `status`, `kind`, `name`, `queue_state`, with `created` for ordering.
+- DynamoDB (the AWS backend, the same interface): one table per `Table`, partition key `id`; one GSI per
+  indexed field (partition key the field, sort key `created#id`), plus one with a constant partition key
+  for unfiltered lists. `create` is a PutItem conditional on `attribute_not_exists(id)` (with the unique
+  field, a transaction that also puts a `unique#<value>` item under the same condition); `update` is an
+  UpdateItem whose ConditionExpression is `expect` (returning ALL_NEW, or None on
+  ConditionalCheckFailed); `list` queries the GSI of the first filter (the other filters are a
+  FilterExpression on its pages), newest first by `created#id`, and `after` is DynamoDB's
+  LastEvaluatedKey encoded opaquely; `count` is the same query with Select=COUNT. No call scans.
+
+Every item has `id` and `created` (Unix seconds, the sort order). `update` is the only way to change an
+item and takes conditions, so a state transition is one conditional write: of two racing requests
+exactly one wins.
 """
 
 from __future__ import annotations
@@ -11,56 +25,52 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-INDEXED_FIELDS = ("status", "kind", "name", "created", "queue_state")
+Item = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    indexed: tuple[str, ...]  # fields that lists may filter on and counts count
+    unique: str | None = None  # no two items may have the same non-null value of this field
 
 
 class DuplicateRecord(Exception):
-    """A record with this id, or this unique name, already exists in the table."""
+    """An item with this id, or this value of the table's unique field, already exists."""
 
 
 @dataclass(frozen=True)
 class Page:
-    records: list[dict[str, Any]]
+    items: list[Item]
     next_key: str | None  # pass as `after` to get the next page; None when this is the last one
 
 
 class Store(Protocol):
-    def create(self, table: str, record: dict[str, Any], *, unique_name: bool = False) -> None:
-        """Insert a new record; raises DuplicateRecord if its id (or name, with unique_name) exists."""
+    def create(self, table: Table, item: Item) -> None:
+        """Insert a new item; DuplicateRecord if its id, or its unique field's value, is taken."""
 
-    def get(self, table: str, record_id: str) -> dict[str, Any] | None: ...
+    def get(self, table: Table, item_id: str) -> Item | None: ...
 
-    def get_by_name(self, table: str, name: str) -> dict[str, Any] | None:
-        """The newest record of that name."""
+    def find(self, table: Table, field: str, value: Any) -> Item | None:
+        """The newest item whose indexed `field` equals `value`."""
 
-    def update(self, table: str, record_id: str, changes: dict[str, Any],
-               expect: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """Apply `changes` if every `expect` field has the given value (a tuple/list = one of these
-        values, None = absent or null). Returns the new record, or None if the record is missing or a
-        condition failed. Atomic."""
+    def update(self, table: Table, item_id: str, changes: Item, expect: Item | None = None) -> Item | None:
+        """Apply `changes` if every `expect` field has the given value (a tuple/list: one of these values;
+        None: absent or null). Returns the new item, or None if the item is missing or a condition failed.
+        Atomic."""
 
-    def list(self, table: str, *, filters: dict[str, list[str]] | None = None, limit: int = 100,
+    def list(self, table: Table, *, where: dict[str, list[Any]] | None = None, limit: int = 100,
              after: str | None = None, oldest_first: bool = False) -> Page:
-        """Records newest first (or oldest first); `filters` maps an indexed field to the values it may take."""
+        """Items newest first (or oldest first); `where` maps indexed fields to the values they may take
+        (an empty list: any value)."""
 
-    def count(self, table: str, *, filters: dict[str, list[str]] | None = None,
-              before: dict[str, Any] | None = None) -> int:
-        """How many records match `filters` (and, with `before`, come before that record, oldest first)."""
+    def count(self, table: Table, *, where: dict[str, list[Any]] | None = None,
+              before: Item | None = None) -> int:
+        """How many items match `where` (and, with `before`, come before that item, oldest first)."""
 
-    def delete(self, table: str, record_id: str) -> None: ...
+    def key_after(self, table: Table, item: Item) -> str:
+        """The `after` key that lists the items following `item`."""
 
-    def key_after(self, record: dict[str, Any]) -> str:
-        """The `after` key that lists the records following `record` (for paging by a record's id)."""
+    def delete(self, table: Table, item_id: str) -> None: ...
 
-
-def list_all(store: Store, table: str, filters: dict[str, list[str]] | None = None,
-             oldest_first: bool = False) -> list[dict[str, Any]]:
-    """Every record matching `filters`, newest (or oldest) first, read page by page."""
-    records: list[dict[str, Any]] = []
-    after = None
-    while True:
-        page = store.list(table, filters=filters, limit=1000, after=after, oldest_first=oldest_first)
-        records.extend(page.records)
-        if not page.next_key:
-            return records
-        after = page.next_key
+    def close(self) -> None: ...

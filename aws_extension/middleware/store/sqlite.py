@@ -1,7 +1,9 @@
 """The embedded table store: one SQLite file in WAL mode.
 
-Every state change is one transaction; `update` runs under BEGIN IMMEDIATE (SQLite's write lock), so
-reading the conditions and writing the change cannot interleave with another writer.
+All tables share one `records` table: `tbl`, `id`, the item as JSON in `data`, `created`, and four
+generic index columns (`status`, `kind`, `name`, `queue_state`) that each table's indexed fields map to
+(`COLUMNS`). Every state change is one transaction; `update` runs under BEGIN IMMEDIATE (SQLite's write
+lock), so reading the conditions and writing the change cannot interleave with another writer.
 """
 
 from __future__ import annotations
@@ -13,7 +15,24 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from aws_extension.middleware.store.base import INDEXED_FIELDS, DuplicateRecord, Page
+from aws_extension.middleware.store.base import DuplicateRecord, Item, Page, Table
+
+# Each table's indexed fields → the index column holding them.
+COLUMNS: dict[str, dict[str, str]] = {
+    "checkpoints": {"status": "status", "type": "kind"},
+    "datasets": {"status": "status"},
+    "endpoints": {"deployment_status": "status", "endpoint_status": "kind", "live_name": "name"},
+    "inference_jobs": {"status": "status", "task": "kind", "endpoint": "name", "queue_state": "queue_state"},
+}
+INDEX_COLUMNS = ("status", "kind", "name", "queue_state")
+
+
+def _renamed(table: str, renames: dict[str, str]) -> str:
+    """A statement that renames JSON keys of a table's items (old → new)."""
+    removed = ", ".join(f"'$.{old}'" for old in renames)
+    added = ", ".join(f"'$.{new}', json_extract(data, '$.{old}')" for old, new in renames.items())
+    return f"UPDATE records SET data = json_set(json_remove(data, {removed}), {added}) WHERE tbl = '{table}'"
+
 
 # Each entry moves the schema one version up; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -40,12 +59,20 @@ MIGRATIONS: list[str] = [
     UPDATE records SET queue_state = json_extract(data, '$.queue_state');
     CREATE INDEX records_by_queue ON records (tbl, name, queue_state, created, id);
     """,
+    # Items in the records' own field names (the index columns keep their values).
+    ";".join([
+        _renamed("checkpoints", {"kind": "type"}),
+        _renamed("endpoints", {"status": "deployment_status", "kind": "endpoint_status", "name": "live_name",
+                               "startTime": "start_time", "endTime": "end_time"}),
+        _renamed("inference_jobs", {"kind": "task", "name": "endpoint", "startTime": "start_time",
+                                    "completeTime": "complete_time", "sagemakerRaw": "worker_answer"}),
+    ]),
 ]
 
 
-def _matches(record: dict[str, Any], expect: dict[str, Any]) -> bool:
+def _matches(item: Item, expect: Item) -> bool:
     for key, wanted in expect.items():
-        value = record.get(key)
+        value = item.get(key)
         if isinstance(wanted, (tuple, list)):
             if value not in wanted:
                 return False
@@ -54,14 +81,14 @@ def _matches(record: dict[str, Any], expect: dict[str, Any]) -> bool:
     return True
 
 
-def _encode_key(created: float, record_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created, record_id]).encode()).decode()
+def _encode_key(created: float, item_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created, item_id]).encode()).decode()
 
 
 def _decode_key(key: str) -> tuple[float, str]:
     try:
-        created, record_id = json.loads(base64.urlsafe_b64decode(key.encode()))
-        return float(created), str(record_id)
+        created, item_id = json.loads(base64.urlsafe_b64decode(key.encode()))
+        return float(created), str(item_id)
     except (ValueError, TypeError) as exc:
         raise ValueError("last_key is not a key this server gave out") from exc
 
@@ -80,7 +107,6 @@ class SQLiteStore:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -115,98 +141,103 @@ class SQLiteStore:
         self._local = threading.local()
 
     @staticmethod
-    def _row_values(table: str, record: dict[str, Any]) -> tuple:
-        return (table, record["id"], *(record.get(f) for f in INDEXED_FIELDS), json.dumps(record))
+    def _column(table: Table, field: str) -> str:
+        column = COLUMNS[table.name].get(field)
+        if column is None or field not in table.indexed:
+            raise ValueError(f"cannot filter {table.name} on {field}")
+        return column
 
-    def create(self, table: str, record: dict[str, Any], *, unique_name: bool = False) -> None:
+    @staticmethod
+    def _index_values(table: Table, item: Item) -> list[Any]:
+        by_column = {column: item.get(field) for field, column in COLUMNS[table.name].items()}
+        return [by_column.get(column) for column in INDEX_COLUMNS]
+
+    def create(self, table: Table, item: Item) -> None:
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if unique_name and conn.execute(
-                    "SELECT 1 FROM records WHERE tbl = ? AND name = ?", (table, record.get("name"))).fetchone():
-                raise DuplicateRecord(f"{table} named {record.get('name')!r} exists")
+            unique = table.unique and item.get(table.unique)
+            if unique and conn.execute(f"SELECT 1 FROM records WHERE tbl = ? AND {self._column(table, table.unique)} = ?",  # noqa: S608 - fixed columns
+                                       (table.name, unique)).fetchone():
+                raise DuplicateRecord(f"{table.name} with {table.unique} {unique!r} exists")
             conn.execute(
-                "INSERT INTO records (tbl, id, status, kind, name, created, queue_state, data) "
+                "INSERT INTO records (tbl, id, status, kind, name, queue_state, created, data) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                self._row_values(table, record))
+                (table.name, item["id"], *self._index_values(table, item), item["created"], json.dumps(item)))
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             conn.execute("ROLLBACK")
-            raise DuplicateRecord(f"{table} record {record['id']} exists") from exc
+            raise DuplicateRecord(f"{table.name} item {item['id']} exists") from exc
         except BaseException:
             conn.execute("ROLLBACK")
             raise
 
-    def get(self, table: str, record_id: str) -> dict[str, Any] | None:
+    def get(self, table: Table, item_id: str) -> Item | None:
         row = self._connect().execute(
-            "SELECT data FROM records WHERE tbl = ? AND id = ?", (table, record_id)).fetchone()
+            "SELECT data FROM records WHERE tbl = ? AND id = ?", (table.name, item_id)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def get_by_name(self, table: str, name: str) -> dict[str, Any] | None:
+    def find(self, table: Table, field: str, value: Any) -> Item | None:
         row = self._connect().execute(
-            "SELECT data FROM records WHERE tbl = ? AND name = ? ORDER BY created DESC LIMIT 1",
-            (table, name)).fetchone()
+            f"SELECT data FROM records WHERE tbl = ? AND {self._column(table, field)} = ? "  # noqa: S608
+            "ORDER BY created DESC LIMIT 1", (table.name, value)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def update(self, table: str, record_id: str, changes: dict[str, Any],
-               expect: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    def update(self, table: Table, item_id: str, changes: Item, expect: Item | None = None) -> Item | None:
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = conn.execute("SELECT data FROM records WHERE tbl = ? AND id = ?", (table, record_id)).fetchone()
+            row = conn.execute("SELECT data FROM records WHERE tbl = ? AND id = ?", (table.name, item_id)).fetchone()
             if row is None or (expect and not _matches(json.loads(row[0]), expect)):
                 conn.execute("ROLLBACK")
                 return None
-            record = {**json.loads(row[0]), **changes}
+            item = {**json.loads(row[0]), **changes}
             conn.execute(
-                "UPDATE records SET status = ?, kind = ?, name = ?, created = ?, queue_state = ?, data = ? "
+                "UPDATE records SET status = ?, kind = ?, name = ?, queue_state = ?, created = ?, data = ? "
                 "WHERE tbl = ? AND id = ?",
-                (*(record.get(f) for f in INDEXED_FIELDS), json.dumps(record), table, record_id))
+                (*self._index_values(table, item), item["created"], json.dumps(item), table.name, item_id))
             conn.execute("COMMIT")
-            return record
+            return item
         except BaseException:
             conn.execute("ROLLBACK")
             raise
 
-    @staticmethod
-    def _where(table: str, filters: dict[str, list[str]] | None) -> tuple[list[str], list[Any]]:
-        where, args = ["tbl = ?"], [table]
-        for field_name, values in (filters or {}).items():
-            if field_name not in INDEXED_FIELDS:
-                raise ValueError(f"cannot filter on {field_name}")
+    def _where(self, table: Table, where: dict[str, list[Any]] | None) -> tuple[list[str], list[Any]]:
+        clauses, args = ["tbl = ?"], [table.name]
+        for field, values in (where or {}).items():
+            column = self._column(table, field)
             if values:
-                where.append(f"{field_name} IN ({', '.join('?' * len(values))})")
+                clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
                 args.extend(values)
-        return where, args
+        return clauses, args
 
-    def list(self, table: str, *, filters: dict[str, list[str]] | None = None, limit: int = 100,
+    def list(self, table: Table, *, where: dict[str, list[Any]] | None = None, limit: int = 100,
              after: str | None = None, oldest_first: bool = False) -> Page:
-        where, args = self._where(table, filters)
+        clauses, args = self._where(table, where)
         if after:
-            created, record_id = _decode_key(after)
+            created, item_id = _decode_key(after)
             op = ">" if oldest_first else "<"
-            where.append(f"(created {op} ? OR (created = ? AND id {op} ?))")
-            args.extend([created, created, record_id])
+            clauses.append(f"(created {op} ? OR (created = ? AND id {op} ?))")
+            args.extend([created, created, item_id])
         order = "ASC" if oldest_first else "DESC"
         rows = self._connect().execute(
-            f"SELECT data, created, id FROM records WHERE {' AND '.join(where)} "  # noqa: S608 - fixed columns
+            f"SELECT data, created, id FROM records WHERE {' AND '.join(clauses)} "  # noqa: S608 - fixed columns
             f"ORDER BY created {order}, id {order} LIMIT ?", (*args, limit + 1)).fetchall()
-        records = [json.loads(r[0]) for r in rows[:limit]]
+        items = [json.loads(r[0]) for r in rows[:limit]]
         next_key = _encode_key(rows[limit - 1][1], rows[limit - 1][2]) if len(rows) > limit else None
-        return Page(records, next_key)
+        return Page(items, next_key)
 
-    def count(self, table: str, *, filters: dict[str, list[str]] | None = None,
-              before: dict[str, Any] | None = None) -> int:
-        where, args = self._where(table, filters)
+    def count(self, table: Table, *, where: dict[str, list[Any]] | None = None,
+              before: Item | None = None) -> int:
+        clauses, args = self._where(table, where)
         if before:
-            where.append("(created < ? OR (created = ? AND id < ?))")
+            clauses.append("(created < ? OR (created = ? AND id < ?))")
             args.extend([before["created"], before["created"], before["id"]])
         return self._connect().execute(
-            f"SELECT COUNT(*) FROM records WHERE {' AND '.join(where)}", args).fetchone()[0]  # noqa: S608
+            f"SELECT COUNT(*) FROM records WHERE {' AND '.join(clauses)}", args).fetchone()[0]  # noqa: S608
 
-    def key_after(self, record: dict[str, Any]) -> str:
-        return _encode_key(record["created"], record["id"])
+    def key_after(self, table: Table, item: Item) -> str:
+        return _encode_key(item["created"], item["id"])
 
-    def delete(self, table: str, record_id: str) -> None:
-        conn = self._connect()
-        conn.execute("DELETE FROM records WHERE tbl = ? AND id = ?", (table, record_id))
+    def delete(self, table: Table, item_id: str) -> None:
+        self._connect().execute("DELETE FROM records WHERE tbl = ? AND id = ?", (table.name, item_id))

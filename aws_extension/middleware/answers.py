@@ -1,0 +1,254 @@
+"""The answers of API.md: one pydantic model per shape (the routes' `response_model`, so `/openapi.json`
+documents them) and the functions that make them from records. Field names are the seed's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from aws_extension import __version__
+from aws_extension.middleware.records import Checkpoint, Dataset, Endpoint, InferenceJob
+from aws_extension.middleware.services.datasets import DatasetFileState
+from aws_extension.vocabulary import DatasetStatus
+
+
+class Health(BaseModel):
+    status: str = "ok"
+    version: str = __version__
+
+
+class ConnectionAnswer(BaseModel):
+    message: str = "Success"
+
+
+# -- endpoints ---------------------------------------------------------------------------------------------
+class DeploymentStarted(BaseModel):
+    EndpointDeploymentJobId: str
+    endpoint_name: str
+    status: str
+    endpoint_status: str
+    startTime: str
+
+
+class EndpointAnswer(BaseModel):
+    EndpointDeploymentJobId: str
+    startTime: str
+    endTime: str | None
+    error: str | None
+    status: str
+    endpoint_name: str
+    endpoint_status: str
+    instance_type: str
+    current_instance_count: int
+    autoscaling: bool
+    min_instance_number: int
+    max_instance_number: int
+
+
+class EndpointsDeleted(BaseModel):
+    message: str = "Endpoint deleted"
+    results: dict[str, str]  # name → "deleted" or the reason it was not
+
+
+def deployment_started(record: Endpoint) -> DeploymentStarted:
+    return DeploymentStarted(EndpointDeploymentJobId=record.id, endpoint_name=record.endpoint_name,
+                             status=record.deployment_status, endpoint_status=record.endpoint_status,
+                             startTime=record.start_time)
+
+
+def endpoint_answer(record: Endpoint) -> EndpointAnswer:
+    return EndpointAnswer(
+        EndpointDeploymentJobId=record.id, startTime=record.start_time, endTime=record.end_time, error=record.error,
+        status=record.deployment_status, endpoint_name=record.endpoint_name, endpoint_status=record.endpoint_status,
+        instance_type=record.instance_type, current_instance_count=record.current_instance_count,
+        autoscaling=record.autoscaling, min_instance_number=record.min_instance_number,
+        max_instance_number=record.max_instance_number)
+
+
+# -- inference jobs ------------------------------------------------------------------------------------------
+class JobStarted(BaseModel):
+    inference_id: str
+    status: str
+    endpoint_name: str
+    output_path: str
+    api_params_upload_url: str | None = None  # `run: false` jobs: a signed PUT URL for the parameters
+
+
+class JobAnswer(BaseModel):
+    InferenceJobId: str
+    status: str
+    taskType: str
+    startTime: str
+    completeTime: str | None
+    endpoint_name: str
+    image_names: list[str]
+    inference_info_name: str
+    sagemakerRaw: str | None
+    error: str | None
+    progress: float
+    queue_position: int | None
+    timings: dict[str, float]
+    output_path: str
+    attempts: int
+    checkpoint_id: str | None  # merges: the checkpoint the job fills
+    callback: dict[str, Any] | None  # webhook deliveries
+
+
+class MergeStarted(BaseModel):
+    primary_model_name: str
+    secondary_model_name: str | None
+    tertiary_model_name: str | None
+    inference_id: str
+    checkpoint_id: str
+    endpoint_name: str
+
+
+def job_started(job: InferenceJob, upload_url: str | None) -> JobStarted:
+    return JobStarted(inference_id=job.id, status=job.status, endpoint_name=job.endpoint,
+                      output_path=job.output_path, api_params_upload_url=upload_url)
+
+
+def job_answer(job: InferenceJob, queue_position: int | None = None) -> JobAnswer:
+    return JobAnswer(
+        InferenceJobId=job.id, status=job.status, taskType=job.task, startTime=job.start_time,
+        completeTime=job.complete_time, endpoint_name=job.endpoint, image_names=job.image_names,
+        inference_info_name=f"{job.id}_param.json", sagemakerRaw=job.worker_answer, error=job.error,
+        progress=job.progress, queue_position=queue_position, timings=job.timings, output_path=job.output_path,
+        attempts=job.attempts, checkpoint_id=job.merge.checkpoint_id if job.merge else None, callback=job.callback)
+
+
+def merge_started(job: InferenceJob) -> MergeStarted:
+    params = job.merge.params
+    return MergeStarted(primary_model_name=params["primary_model_name"],
+                        secondary_model_name=params.get("secondary_model_name"),
+                        tertiary_model_name=params.get("tertiary_model_name"), inference_id=job.id,
+                        checkpoint_id=job.merge.checkpoint_id, endpoint_name=job.endpoint)
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------
+class PublicCheckpoint(BaseModel):
+    """The `checkpoint` of POST/PUT /checkpoint and POST /upload_checkpoint answers."""
+
+    id: str
+    type: str
+    s3_location: str
+    status: str
+    params: dict[str, Any]
+    name: list[str]
+    sha256: str | None
+    size: int | None
+    error: str | None
+
+
+class CheckpointAnswer(BaseModel):
+    statusCode: int = 200
+    checkpoint: PublicCheckpoint
+
+
+class CheckpointUploadStarted(CheckpointAnswer):
+    s3PresignUrl: dict[str, list[str]]  # file name → its parts' signed PUT URLs
+
+
+class CheckpointFileEntry(BaseModel):
+    filename: str
+    sha256: str | None
+    size: int | None
+
+
+class ListedCheckpoint(BaseModel):
+    """One entry of GET /checkpoints."""
+
+    id: str
+    s3Location: str
+    type: str
+    status: str
+    name: list[str]
+    created: float
+    sha256: str | None
+    size: int | None
+    params: dict[str, Any]
+    files: list[CheckpointFileEntry]
+    error: str | None = None
+    progress: dict[str, Any] | None = None  # imports: files and bytes so far
+
+
+class CheckpointList(BaseModel):
+    statusCode: int = 200
+    checkpoints: list[ListedCheckpoint]
+    last_key: str | None = None  # with ?limit=: the key of the next page, None on the last one
+
+
+class OneCheckpoint(BaseModel):
+    statusCode: int = 200
+    checkpoint: ListedCheckpoint
+
+
+def public_checkpoint(record: Checkpoint) -> PublicCheckpoint:
+    return PublicCheckpoint(id=record.id, type=record.type, s3_location=record.s3_location, status=record.status,
+                            params=record.params, name=record.names, sha256=record.sha256, size=record.size,
+                            error=record.error)
+
+
+def listed_checkpoint(record: Checkpoint) -> ListedCheckpoint:
+    return ListedCheckpoint(
+        id=record.id, s3Location=record.s3_location, type=record.type, status=record.status, name=record.names,
+        created=record.created, sha256=record.sha256, size=record.size, params=record.params,
+        files=[CheckpointFileEntry(filename=f.filename, sha256=f.sha256, size=f.size) for f in record.files],
+        error=record.error, progress=record.progress)
+
+
+# -- datasets ------------------------------------------------------------------------------------------------
+class DatasetCreated(BaseModel):
+    statusCode: int = 200
+    datasetName: str
+    s3PresignUrl: dict[str, str]  # file name → signed PUT URL
+
+
+class DatasetStatusAnswer(BaseModel):
+    statusCode: int = 200
+    datasetName: str
+    status: str
+
+
+class ListedDataset(BaseModel):
+    """One entry of GET /datasets: the seed's fields, then the params the dataset was created with."""
+
+    model_config = ConfigDict(extra="allow")
+
+    datasetName: str
+    s3: str
+    status: str
+    timestamp: float
+
+
+class DatasetList(BaseModel):
+    statusCode: int = 200
+    datasets: list[ListedDataset]
+
+
+class DatasetFileEntry(BaseModel):
+    key: str
+    name: str
+    type: str
+    filename: str
+    preview_url: str | None
+    dataStatus: str  # Enabled once the file has arrived, else Initialed
+
+
+class DatasetData(BaseModel):
+    statusCode: int = 200
+    dataset_name: str
+    data: list[DatasetFileEntry]
+
+
+def listed_dataset(record: Dataset) -> ListedDataset:
+    return ListedDataset(**{**record.params, "datasetName": record.name, "s3": record.s3,
+                            "status": record.status, "timestamp": record.created})
+
+
+def dataset_data(dataset_name: str, files: list[DatasetFileState]) -> DatasetData:
+    return DatasetData(dataset_name=dataset_name, data=[DatasetFileEntry(
+        key=f.file.key, name=f.file.name, type=f.file.type, filename=f.file.filename, preview_url=f.preview_url,
+        dataStatus=DatasetStatus.ENABLED if f.arrived else DatasetStatus.INITIALED) for f in files])

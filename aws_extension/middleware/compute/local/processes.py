@@ -1,0 +1,158 @@
+"""Worker processes on this machine: one `sd-aws worker` per instance, on a free loopback port.
+
+Each instance has its own folder in the data dir (its models folder, model cache and log). Processes are
+started from one long-lived thread with PR_SET_PDEATHSIG, so they die with the middleware (the signal
+fires when the thread that forked exits; a pool thread lives as long as we do). On a machine with GPUs
+each worker sees one (CUDA_VISIBLE_DEVICES). A worker runs user-supplied models and parameters, so its
+environment carries none of the middleware's secrets.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from aws_extension.settings import MiddlewareSettings, WorkerSettings
+
+_PR_SET_PDEATHSIG = 1
+# The middleware's settings that are not the worker's (its keys and secrets among them) stay out of the
+# workers' environment.
+_MIDDLEWARE_ONLY_ENV = ({f.metadata["env"] for f in dataclasses.fields(MiddlewareSettings)}
+                        - {f.metadata["env"] for f in dataclasses.fields(WorkerSettings)})
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # no one is left to take its results
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_gpus(setting: str | None, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The GPUs local workers may use: the setting, else CUDA_VISIBLE_DEVICES, else every NVIDIA GPU the
+    driver lists (without importing torch: the middleware never does)."""
+    if setting is None:
+        setting = environ.get("CUDA_VISIBLE_DEVICES")
+    if setting is None:
+        driver = Path("/proc/driver/nvidia/gpus")
+        return [str(i) for i in range(len(list(driver.iterdir())))] if driver.is_dir() else []
+    return [gpu.strip() for gpu in setting.split(",") if gpu.strip()]
+
+
+def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a worker gets: this process's, without the middleware's own settings."""
+    return {name: value for name, value in environ.items() if name not in _MIDDLEWARE_ONLY_ENV}
+
+
+@dataclass
+class Instance:
+    """One worker process and the dispatcher thread that feeds it."""
+
+    endpoint: str
+    index: int
+    folder: Path
+    port: int = 0
+    process: subprocess.Popen | None = None
+    thread: threading.Thread | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
+    current_job: str | None = None
+    idle_since: float = field(default_factory=time.monotonic)
+    gpu: str | None = None  # what CUDA_VISIBLE_DEVICES its process got
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.endpoint}/{self.index}"
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        path = self.folder / "worker.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class WorkerProcesses:
+    """Starts, health-checks and stops worker processes."""
+
+    def __init__(self, settings: MiddlewareSettings):
+        self.settings = settings
+        self.gpus = local_gpus(settings.local_gpus)
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
+
+    def start(self, instance: Instance, sharing: int, gpus_taken: list[str | None]) -> bool:
+        """Start (or restart) the instance's worker and wait for /ping; on failure `process` is None.
+
+        `sharing`: how many workers share this machine's cores; `gpus_taken`: the GPUs of the other
+        instances (the instance gets the least used one)."""
+        instance.port = _free_port()
+        command = [sys.executable, "-m", "aws_extension", "worker", "--port", str(instance.port),
+                   "--models-dir", str(instance.folder / "models"), "--engine", self.settings.worker_engine]
+        env = {**self._thread_env(sharing), **worker_environment(os.environ), "HF_HUB_OFFLINE": "1",
+               "SD_AWS_MODEL_CACHE_DIR": str(instance.folder / "cache")}
+        if self.gpus:
+            instance.gpu = min(self.gpus, key=gpus_taken.count)
+            env["CUDA_VISIBLE_DEVICES"] = instance.gpu
+        with open(instance.folder / "worker.log", "ab") as log_file:
+            instance.process = self._spawner.submit(
+                subprocess.Popen, command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent).result()  # noqa: PLW1509 - prctl only, no locks taken
+        if self._wait_healthy(instance):
+            return True
+        self.kill(instance)
+        instance.process = None
+        return False
+
+    def _wait_healthy(self, instance: Instance) -> bool:
+        deadline = time.monotonic() + self.settings.endpoint_start_timeout_s
+        while time.monotonic() < deadline and not instance.stopping.is_set() and instance.alive():
+            try:
+                if requests.get(instance.url + "/ping", timeout=2).status_code == 200:
+                    return True
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        return False
+
+    @staticmethod
+    def _thread_env(sharing: int) -> dict[str, str]:
+        """CPU threads per worker, unless the environment sets them: the cores shared by the endpoint's
+        instances, and OpenMP threads that sleep when idle. torch's default (every core each, spinning)
+        makes workers on a shared CPU many times slower and 2 workers slower than 1 (benchmarks/README.md)."""
+        threads = str(max(1, (os.cpu_count() or 1) // max(1, sharing)))
+        return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
+
+    @staticmethod
+    def kill(instance: Instance) -> None:
+        process = instance.process
+        if process and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def shutdown(self) -> None:
+        self._spawner.shutdown(wait=False)

@@ -1,0 +1,156 @@
+"""The middleware's records, one dataclass per table, and the tables' indexed fields.
+
+Statuses are the `vocabulary` enums. Times are Unix seconds (`created`, ...) plus the seed's text form
+where API.md shows one (`start_time`, ...). The answers of API.md are made from these in `answers.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aws_extension.middleware.store.base import Table
+from aws_extension.vocabulary import (
+    CheckpointStatus,
+    DatasetStatus,
+    DeploymentStatus,
+    EndpointStatus,
+    JobStatus,
+)
+
+
+@dataclass
+class CheckpointFile:
+    filename: str
+    key: str  # blob key: models/<type>/<checkpoint id>/<filename>
+    sha256: str | None = None  # set once the file is complete
+    size: int | None = None
+    parts_number: int | None = None  # uploads: the multipart upload in progress
+    upload_id: str | None = None
+    url: str | None = None  # imports: where it came from
+
+
+@dataclass
+class Checkpoint:
+    id: str
+    type: str  # a CheckpointType
+    status: CheckpointStatus
+    created: float
+    source: str  # "upload" | "url" | "merge"
+    s3_location: str
+    params: dict[str, Any] = field(default_factory=dict)
+    files: list[CheckpointFile] = field(default_factory=list)
+    sha256: str | None = None  # of the first file
+    size: int | None = None  # of all files
+    error: str | None = None
+    completing: str | None = None  # the claim of the request completing the upload
+    progress: dict[str, Any] | None = None  # imports: files and bytes so far
+    urls: list[str] = field(default_factory=list)  # imports
+
+    @property
+    def names(self) -> list[str]:
+        return [f.filename for f in self.files]
+
+
+CHECKPOINTS = Table("checkpoints", indexed=("status", "type"))
+
+
+@dataclass
+class DatasetFile:
+    filename: str
+    name: str
+    type: str
+    key: str  # blob key: dataset/<dataset name>/<filename>
+
+
+@dataclass
+class Dataset:
+    id: str  # the dataset's name
+    name: str
+    status: DatasetStatus
+    created: float
+    s3: str
+    params: dict[str, Any] = field(default_factory=dict)
+    files: list[DatasetFile] = field(default_factory=list)
+
+
+DATASETS = Table("datasets", indexed=("status",))
+
+
+@dataclass
+class Endpoint:
+    """An endpoint and its deployment job (one record: the seed lists deployment jobs)."""
+
+    id: str  # the deployment job's id
+    endpoint_name: str
+    deployment_status: DeploymentStatus
+    endpoint_status: EndpointStatus
+    created: float
+    start_time: str
+    instance_type: str
+    initial_instance_count: int
+    min_instance_number: int
+    max_instance_number: int
+    autoscaling: bool = False
+    current_instance_count: int = 0
+    assign_to_roles: list[str] = field(default_factory=list)
+    live_name: str | None = None  # the name while the endpoint is not deleted: live names are unique
+    end_time: str | None = None
+    error: str | None = None
+
+
+ENDPOINTS = Table("endpoints", indexed=("deployment_status", "endpoint_status", "live_name"), unique="live_name")
+
+
+@dataclass
+class JobModel:
+    """A catalogue file a job uses, resolved when the job was created."""
+
+    type: str
+    name: str
+    sha256: str
+    key: str
+
+
+@dataclass
+class MergeSpec:
+    """A merge job's result: the checkpoint it fills and its file."""
+
+    checkpoint_id: str
+    key: str
+    filename: str
+    params: dict[str, Any]
+
+
+@dataclass
+class InferenceJob:
+    id: str
+    task: str  # a Task
+    status: JobStatus
+    endpoint: str
+    created: float
+    start_time: str
+    params_key: str  # blob key of the request's A1111 parameters
+    output_path: str
+    models: list[JobModel] = field(default_factory=list)
+    requested_models: dict[str, Any] | None = None  # the request's `models`, resolved again at `run`
+    params_upload_key: str | None = None  # `run: false` jobs: where the caller may upload parameters
+    callback_url: str | None = None
+    callback: dict[str, Any] | None = None  # the webhook's deliveries
+    merge: MergeSpec | None = None
+    # Owned by the JobQueue: where the job is in its endpoint's queue.
+    queue_state: str | None = None
+    worker: str | None = None
+    attempts: int = 0
+    dispatched_at: float | None = None
+    progress: float = 0.0
+    # Set when it ends.
+    complete_time: str | None = None
+    image_names: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    worker_answer: str | None = None  # the worker's answer without images (the seed's `sagemakerRaw`)
+    error: str | None = None
+    cancel_reason: str | None = None
+
+
+JOBS = Table("inference_jobs", indexed=("status", "task", "endpoint", "queue_state"))
