@@ -44,8 +44,8 @@ from _common import API_KEY, bare_server, closed_loop, latency_summary, machine,
 
 from aws_extension.middleware.services.checkpoints import ACTIVE, TABLE, listed_checkpoint
 from aws_extension.middleware.wiring import build_services
-from aws_extension.model_types import MODEL_TYPES
 from aws_extension.settings import MiddlewareSettings, load
+from aws_extension.vocabulary import MODEL_TYPES
 
 
 def fill_store(data_dir: Path, count: int, kinds: tuple[str, ...] = MODEL_TYPES) -> float:
