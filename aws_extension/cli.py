@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from aws_extension import __version__
-from aws_extension.model_types import MODEL_TYPES
+from aws_extension.vocabulary import MODEL_TYPES
 
 
 def _add_server_flags(p: argparse.ArgumentParser) -> None:

@@ -20,6 +20,7 @@ import uvicorn
 from aws_extension.client import ApiError, MiddlewareClient
 from aws_extension.middleware.server import run_middleware
 from aws_extension.settings import MiddlewareSettings, load
+from aws_extension.vocabulary import CheckpointStatus, CheckpointType, EndpointStatus, JobStatus, Task
 
 TINY_MODEL = "tiny-sd.safetensors"
 LOCAL_ENDPOINT = "sd-aws-local"
@@ -39,38 +40,41 @@ def _wait_until_up(url: str, timeout_s: float = 60) -> None:
 
 
 def ensure_tiny_model(client: MiddlewareClient, data_dir: Path) -> None:
-    if TINY_MODEL in [n for c in client.list_checkpoints(["Stable-diffusion"], ["Active"]) for n in c["name"]]:
+    active = client.list_checkpoints([CheckpointType.STABLE_DIFFUSION], [CheckpointStatus.ACTIVE])
+    if TINY_MODEL in [n for c in active for n in c["name"]]:
         return
     from aws_extension.engine.tiny import write_tiny_model  # torch: only on the first run
 
     path = data_dir / "tiny" / TINY_MODEL
     path.parent.mkdir(parents=True, exist_ok=True)
     write_tiny_model(path)
-    record = client.upload_checkpoint_files("Stable-diffusion", [path], {"message": "tiny test model (sd-aws up)"})
+    record = client.upload_checkpoint_files(CheckpointType.STABLE_DIFFUSION, [path],
+                                            {"message": "tiny test model (sd-aws up)"})
     print(f"registered the tiny model {TINY_MODEL} (checkpoint {record['id']})", flush=True)
 
 
 def ensure_endpoint(client: MiddlewareClient) -> str:
     """The name of an InService endpoint, deploying one first if there is none."""
-    endpoints = [e for e in client.list_endpoints() if e["endpoint_status"] in ("InService", "Creating")]
+    endpoints = [e for e in client.list_endpoints()
+                 if e["endpoint_status"] in (EndpointStatus.IN_SERVICE, EndpointStatus.CREATING)]
     if not endpoints:
         print(f"deploying the local endpoint {LOCAL_ENDPOINT} ...", flush=True)
         endpoints = [client.deploy_endpoint("local", 1, endpoint_name=LOCAL_ENDPOINT)]
     record = client.wait_for_endpoint(endpoints[0]["EndpointDeploymentJobId"], timeout_s=600)
-    if record["endpoint_status"] != "InService":
+    if record["endpoint_status"] != EndpointStatus.IN_SERVICE:
         raise ApiError(0, f"endpoint {record['endpoint_name']} is {record['endpoint_status']}: {record['error']}")
     return record["endpoint_name"]
 
 
 def demo_body(endpoint: str) -> dict:
-    return {"task_type": "txt2img", "models": {"Stable-diffusion": [TINY_MODEL]}, "sagemaker_endpoint_name": endpoint,
-            "prompt": DEMO_PROMPT, "width": 64, "height": 64, "steps": 8, "seed": 42}
+    return {"task_type": Task.TXT2IMG.value, "models": {CheckpointType.STABLE_DIFFUSION.value: [TINY_MODEL]},
+            "sagemaker_endpoint_name": endpoint, "prompt": DEMO_PROMPT, "width": 64, "height": 64, "steps": 8, "seed": 42}
 
 
 def run_demo(client: MiddlewareClient, endpoint: str, out_dir: Path) -> Path:
     job = client.create_inference(demo_body(endpoint))
     final = client.wait_for_job(job["inference_id"], timeout_s=600)
-    if final["status"] != "succeed":
+    if final["status"] != JobStatus.SUCCEED:
         raise ApiError(0, f"the demo job {final['InferenceJobId']} {final['status']}: {final['error']}")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{job['inference_id']}.png"

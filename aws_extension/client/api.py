@@ -16,6 +16,8 @@ from typing import Any
 
 import requests
 
+from aws_extension.vocabulary import CheckpointStatus, DatasetStatus, EndpointStatus, JobStatus
+
 MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 16 * MiB  # S3's minimum part is 5 MiB; bigger parts mean fewer round trips
 
@@ -75,7 +77,7 @@ class MiddlewareClient:
         return self.request("POST", "/checkpoint", json=body)
 
     def complete_checkpoint(self, checkpoint_id: str, multi_parts_tags: dict[str, list[dict]]) -> dict:
-        return self.request("PUT", "/checkpoint", json={"checkpoint_id": checkpoint_id, "status": "Active",
+        return self.request("PUT", "/checkpoint", json={"checkpoint_id": checkpoint_id, "status": CheckpointStatus.ACTIVE.value,
                                                         "multi_parts_tags": multi_parts_tags})
 
     def set_checkpoint_status(self, checkpoint_id: str, status: str) -> dict:
@@ -148,7 +150,7 @@ class MiddlewareClient:
         deadline = time.monotonic() + timeout_s
         while True:
             record = self.endpoint_deployment_job(job_id)
-            if record["endpoint_status"] != "Creating":
+            if record["endpoint_status"] != EndpointStatus.CREATING:
                 return record
             if time.monotonic() > deadline:
                 raise ApiError(0, f"endpoint {record['endpoint_name']} is still Creating after {timeout_s} s.")
@@ -194,7 +196,7 @@ class MiddlewareClient:
             job = self.inference_job(job_id)
             if on_update:
                 on_update(job)
-            if job["status"] in ("succeed", "failed", "cancelled"):
+            if JobStatus(job["status"]).is_terminal:
                 return job
             if should_stop and should_stop() and not cancelled:
                 try:
@@ -257,7 +259,7 @@ class MiddlewareClient:
             record = self.get_checkpoint(checkpoint_id)
             if on_update:
                 on_update(record)
-            if record["status"] != "Initialed":
+            if record["status"] != CheckpointStatus.INITIALED:
                 return record
             if time.monotonic() > deadline:
                 raise ApiError(0, f"checkpoint {checkpoint_id} is still Initialed after {timeout_s} s.")
@@ -274,7 +276,7 @@ class MiddlewareClient:
             done += path.stat().st_size
             if progress:
                 progress(done, total)
-        return self.set_dataset_status(name, "Enabled")
+        return self.set_dataset_status(name, DatasetStatus.ENABLED.value)
 
 
 def _file_type(path: Path) -> str:

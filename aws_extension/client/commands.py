@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from aws_extension.client.api import ApiError, MiddlewareClient, default_api_key
 from aws_extension.settings import ClientSettings, load
+from aws_extension.vocabulary import CheckpointStatus, CheckpointType, EndpointStatus, JobStatus, Task
 
 
 def client_from_args(args: argparse.Namespace) -> MiddlewareClient:
@@ -55,7 +56,7 @@ def checkpoint_import(client: MiddlewareClient, args: argparse.Namespace) -> int
             bar.set_postfix(files=f"{progress.get('files_done', 0)}/{progress.get('files_total', '?')}")
             bar.update(max(0, (progress.get("bytes_received") or 0) - bar.n))
         final = client.wait_for_checkpoint(record["id"], on_update=show)
-    if final["status"] != "Active":
+    if final["status"] != CheckpointStatus.ACTIVE:
         print(f"error: import failed: {final.get('error')}", file=sys.stderr)
         return 1
     print(f"{final['id']}  {final['status']}  {', '.join(final['name'])}  sha256 {final['sha256']}")
@@ -88,7 +89,7 @@ def endpoint_deploy(client: MiddlewareClient, args: argparse.Namespace) -> int:
         print(job["endpoint_name"])
         return 0
     record = client.wait_for_endpoint(job["EndpointDeploymentJobId"])
-    if record["endpoint_status"] != "InService":
+    if record["endpoint_status"] != EndpointStatus.IN_SERVICE:
         print(f"error: {record['endpoint_name']} is {record['endpoint_status']}: {record['error']}", file=sys.stderr)
         return 1
     print(f"{record['endpoint_name']}  InService  instances {record['current_instance_count']}")
@@ -112,13 +113,14 @@ def endpoint_delete(client: MiddlewareClient, args: argparse.Namespace) -> int:
 def txt2img(client: MiddlewareClient, args: argparse.Namespace) -> int:
     model = args.model
     if not model:
-        active = client.list_checkpoints(["Stable-diffusion"], ["Active"])
+        active = client.list_checkpoints([CheckpointType.STABLE_DIFFUSION], [CheckpointStatus.ACTIVE])
         if not active:
             print("error: no Active Stable-diffusion checkpoint; upload one with "
                   "`sd-aws checkpoint upload FILE --type Stable-diffusion`", file=sys.stderr)
             return 1
         model = active[0]["name"][0]
-    body = {"task_type": "txt2img", "models": {"Stable-diffusion": [model]}, "prompt": args.prompt,
+    body = {"task_type": Task.TXT2IMG.value, "models": {CheckpointType.STABLE_DIFFUSION.value: [model]},
+            "prompt": args.prompt,
             "negative_prompt": args.negative_prompt, "width": args.width, "height": args.height,
             "steps": args.steps, "seed": args.seed, "sampler_name": args.sampler, "batch_size": args.batch_size}
     if args.endpoint:
@@ -136,7 +138,7 @@ def txt2img(client: MiddlewareClient, args: argparse.Namespace) -> int:
             client.cancel_inference(job["inference_id"])
             print("\ncancelled", file=sys.stderr)
             return 130
-    if final["status"] != "succeed":
+    if final["status"] != JobStatus.SUCCEED:
         print(f"error: job {final['status']}: {final['error']}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)

@@ -16,15 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aws_extension.engine.base import EngineError
-from aws_extension.engine.checkpoints import (
-    KIND_CONTROLNET,
-    KIND_EMBEDDING,
-    KIND_LORA,
-    SAFETENSORS_SUFFIXES,
-    controlnet_config_dir,
-    inspect_model_file,
-    load_state_dict,
-)
+from aws_extension.engine.checkpoints import controlnet_config_dir, inspect_model_file, load_state_dict
+from aws_extension.model_files import KIND_CONTROLNET, KIND_EMBEDDING, KIND_LORA, SAFETENSORS_SUFFIXES
 
 if TYPE_CHECKING:
     import torch

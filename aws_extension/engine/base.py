@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from aws_extension.model_types import MODEL_TYPES  # noqa: F401 - re-exported for the engine and worker
-
 
 class EngineError(ValueError):
     """A job the engine refuses or cannot run; the message is for the user and names the field."""
@@ -69,7 +67,7 @@ class Engine(Protocol):
 
     def generate(
         self,
-        task: str,  # "txt2img" | "img2img"
+        task: str,  # a vocabulary.GENERATION_TASKS task
         payload: dict[str, Any],
         models: ModelSet,
         progress: ProgressCallback | None = None,
@@ -81,7 +79,7 @@ class Engine(Protocol):
         primary: Path,
         secondary: Path,
         tertiary: Path | None,
-        method: str,  # "Weighted sum" | "Add difference" | "No interpolation"
+        method: str,  # a vocabulary.MergeMethod
         multiplier: float,
         save_as_half: bool,
         out: Path,

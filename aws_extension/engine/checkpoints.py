@@ -1,4 +1,5 @@
-"""Model files: what a file is (kind, architecture, format), reading it safely, and loading checkpoints.
+"""Model files on the engine: reading them safely, what a file is (kind, architecture, format: detected by
+`aws_extension.model_files`), and loading checkpoints.
 
 Architectures: `sd1` (SD 1.x, configs in `data/sd15`) and `sd1-tiny` (the test model of `tiny.py`,
 `data/sd1-tiny`) load; `sd2` and `sdxl` are recognised and refused with a clear error until their config
@@ -10,13 +11,25 @@ pickle that wants to run code is refused, never executed. Torch and diffusers ar
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aws_extension.engine.base import EngineError
+from aws_extension.model_files import (
+    CLIP_PREFIX,
+    KIND_CHECKPOINT,
+    KIND_VAE,
+    SAFETENSORS_SUFFIXES,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    ModelFileError,
+    ModelFileInfo,
+    detect_model,
+    identify_model,
+    read_safetensors_file,
+)
+from aws_extension.vocabulary import PICKLE_SUFFIXES
 
 if TYPE_CHECKING:
     import torch
@@ -27,7 +40,6 @@ if TYPE_CHECKING:
 
 DATA_DIR = Path(__file__).parent / "data"
 TOKENIZER_DIR = DATA_DIR / "clip-tokenizer"
-ARCHITECTURE_METADATA_KEY = "sd_aws_arch"
 
 # architecture -> config folder under data/ (diffusers layout: unet/, vae/, text_encoder/, scheduler/)
 _LOADABLE_ARCHITECTURES = {"sd1": "sd15", "sd1-tiny": "sd1-tiny"}
@@ -38,38 +50,6 @@ ARCHITECTURE_NAMES = {
     "sd2": "Stable Diffusion 2.x",
     "sdxl": "Stable Diffusion XL",
 }
-SAFETENSORS_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-KIND_CHECKPOINT = "checkpoint"
-KIND_LORA = "lora"
-KIND_EMBEDDING = "embedding"
-KIND_VAE = "vae"
-KIND_CONTROLNET = "controlnet"
-
-_UNET_PREFIX = "model.diffusion_model."
-_VAE_PREFIX = "first_stage_model."
-_CLIP_PREFIX = "cond_stage_model.transformer.text_model."
-_SD1_CROSS_ATTENTION_KEY = _UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-_SD1_CONTROLNET_CROSS_ATTENTION_KEY = "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-_DIFFUSERS_CROSS_ATTENTION_KEY = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
-_TINY_CROSS_ATTENTION_DIM = 32  # no real model is this small: a file without metadata is still recognised
-
-
-@dataclass(frozen=True)
-class ModelFileInfo:
-    """What a model file is, found from its tensor names and shapes (never from its file name).
-
-    kind: checkpoint | lora | embedding | vae | controlnet.
-    architecture: sd1 | sd1-tiny | sd2 | sdxl, or None where the file does not say.
-    format: lora: kohya | diffusers | lycoris; embedding: a1111-safetensors | a1111-pt | diffusers | sdxl;
-        controlnet: ldm | diffusers; vae: ldm | diffusers; checkpoint: ldm.
-    """
-
-    kind: str
-    architecture: str | None
-    format: str
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -79,53 +59,20 @@ class ModelFileInfo:
 def read_tensor_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
     """The tensor names and shapes of a model file, and its safetensors metadata, without loading data.
 
-    Pickled files are loaded (with `weights_only=True`) to see their tensors. Raises EngineError for a
-    missing, truncated, or non-model file.
+    Safetensors headers are read by `aws_extension.model_files`; pickled files are loaded (with
+    `weights_only=True`) to see their tensors. Raises EngineError for a missing, truncated, or non-model file.
     """
     path = Path(path)
     if not path.is_file():
         raise EngineError(f"Model file {path.name} does not exist")
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        header = _read_safetensors_header(path)
-        metadata = header.pop("__metadata__", None) or {}
-        shapes = {name: tuple(entry["shape"]) for name, entry in header.items()}
-        return shapes, {str(k): str(v) for k, v in metadata.items()}
+        try:
+            header = read_safetensors_file(path)
+            return header.shapes(), header.metadata
+        except ModelFileError as exc:
+            raise EngineError(str(exc)) from None
     tensors = load_state_dict(path)
     return {name: tuple(tensor.shape) for name, tensor in tensors.items()}, {}
-
-
-def _read_safetensors_header(path: Path) -> dict[str, Any]:
-    size = path.stat().st_size
-    with path.open("rb") as file:
-        prefix = file.read(8)
-        if len(prefix) < 8:
-            raise EngineError(f"{path.name} is not a safetensors model file: it is only {size} bytes long")
-        (header_length,) = struct.unpack("<Q", prefix)
-        if header_length == 0 or 8 + header_length > size:
-            raise EngineError(
-                f"{path.name} is not a valid safetensors file: its header claims {header_length} bytes but "
-                f"the file has {size}; the file is truncated or is not a model"
-            )
-        raw_header = file.read(header_length)
-    try:
-        header = json.loads(raw_header)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise EngineError(f"{path.name} is not a valid safetensors file: its header is not JSON") from None
-    if not isinstance(header, dict):
-        raise EngineError(f"{path.name} is not a valid safetensors file: its header is not a JSON object")
-    data_end = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(entry, dict) or "shape" not in entry or "data_offsets" not in entry:
-            raise EngineError(f"{path.name} is not a valid safetensors file: tensor {name!r} is malformed")
-        data_end = max(data_end, int(entry["data_offsets"][1]))
-    if 8 + header_length + data_end > size:
-        raise EngineError(
-            f"{path.name} is truncated: its tensors need {8 + header_length + data_end} bytes but the file "
-            f"has {size}; upload it again"
-        )
-    return header
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -145,7 +92,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        _read_safetensors_header(path)
+        read_tensor_shapes(path)  # a clear message for a truncated or non-model file
         try:
             return load_file(str(path), device="cpu")
         except SafetensorError as exc:
@@ -192,73 +139,12 @@ def _flatten_tensors(container: Mapping[Any, Any] | list[Any] | tuple[Any, ...],
 
 
 def inspect_model_file(path: Path) -> ModelFileInfo:
-    """Find what a model file is from its tensors (see ModelFileInfo). Raises EngineError if unknown."""
+    """Find what a model file is from its tensors (see model_files.ModelFileInfo). Raises EngineError if unknown."""
     shapes, metadata = read_tensor_shapes(path)
-    info = detect_model(shapes, metadata)
-    if info is None:
-        raise EngineError(
-            f"{Path(path).name} is not a model this engine knows: not an SD checkpoint, LoRA, embedding, VAE or "
-            f"ControlNet (first tensors: {', '.join(list(shapes)[:3]) or 'none'})"
-        )
-    return info
-
-
-def detect_model(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None) -> ModelFileInfo | None:
-    """Classify a file from its tensor shapes and metadata; None when it is none of the known kinds."""
-    metadata = dict(metadata or {})
-    declared = metadata.get(ARCHITECTURE_METADATA_KEY)
-    keys = shapes.keys()
-    if _UNET_PREFIX + "input_blocks.0.0.weight" in shapes:
-        return ModelFileInfo(KIND_CHECKPOINT, _checkpoint_architecture(shapes, declared), "ldm", metadata)
-    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
-        lycoris = any(".hada_" in k or ".lokr_" in k for k in keys)
-        sdxl = any(k.startswith(("lora_te1_", "lora_te2_")) for k in keys)
-        architecture = declared or ("sdxl" if sdxl else None)
-        return ModelFileInfo(KIND_LORA, architecture, "lycoris" if lycoris else "kohya", metadata)
-    if any(".lora_A." in k or ".lora.down." in k or "_lora.down." in k or ".lora_linear_layer." in k for k in keys):
-        return ModelFileInfo(KIND_LORA, declared, "diffusers", metadata)
-    if "emb_params" in shapes:
-        return ModelFileInfo(KIND_EMBEDDING, declared, "a1111-safetensors", metadata)
-    if any(k.startswith("string_to_param.") for k in keys):
-        return ModelFileInfo(KIND_EMBEDDING, declared, "a1111-pt", metadata)
-    if "clip_l" in shapes and "clip_g" in shapes:
-        return ModelFileInfo(KIND_EMBEDDING, "sdxl", "sdxl", metadata)
-    if len(shapes) == 1 and len(next(iter(shapes.values()))) in (1, 2):
-        return ModelFileInfo(KIND_EMBEDDING, declared, "diffusers", metadata)
-    if "controlnet_cond_embedding.conv_in.weight" in shapes:
-        return ModelFileInfo(KIND_CONTROLNET, declared or _controlnet_architecture(shapes, ""), "diffusers", metadata)
-    for prefix in ("control_model.", ""):
-        if prefix + "input_hint_block.0.weight" in shapes:
-            return ModelFileInfo(KIND_CONTROLNET, declared or _controlnet_architecture(shapes, prefix), "ldm", metadata)
-    for prefix in ("", _VAE_PREFIX):
-        if prefix + "encoder.conv_in.weight" in shapes and prefix + "decoder.conv_in.weight" in shapes:
-            layout = "diffusers" if any(".down_blocks." in k for k in keys) else "ldm"
-            return ModelFileInfo(KIND_VAE, declared, layout, metadata)
-    return None
-
-
-def _checkpoint_architecture(shapes: Mapping[str, tuple[int, ...]], declared: str | None) -> str | None:
-    """The architecture the tensors show; the metadata's claim only when the shapes do not tell."""
-    if any(k.startswith("conditioner.embedders.") for k in shapes):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.model.") for k in shapes):
-        return "sd2"
-    cross_attention = shapes.get(_SD1_CROSS_ATTENTION_KEY)
-    if any(k.startswith(_CLIP_PREFIX) for k in shapes) and cross_attention:
-        found = {768: "sd1", _TINY_CROSS_ATTENTION_DIM: "sd1-tiny"}.get(cross_attention[1])
-        if found:
-            return found
-    return declared
-
-
-def _controlnet_architecture(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> str | None:
-    key = _DIFFUSERS_CROSS_ATTENTION_KEY if not prefix and _DIFFUSERS_CROSS_ATTENTION_KEY in shapes else (
-        prefix + _SD1_CONTROLNET_CROSS_ATTENTION_KEY
-    )
-    cross_attention = shapes.get(key)
-    if cross_attention is None:
-        return None
-    return {768: "sd1", 1024: "sd2", 2048: "sdxl", _TINY_CROSS_ATTENTION_DIM: "sd1-tiny"}.get(cross_attention[1])
+    try:
+        return identify_model(shapes, metadata, Path(path).name)
+    except ModelFileError as exc:
+        raise EngineError(str(exc)) from None
 
 
 def architecture_config_dir(architecture: str | None) -> Path:
@@ -344,13 +230,13 @@ def load_checkpoint_pipeline(checkpoint: Path, vae: Path | None = None,
 
 def _check_checkpoint_shapes(name: str, shapes: Mapping[str, tuple[int, ...]], config_dir: Path) -> None:
     unet_config = json.loads((config_dir / "unet" / "config.json").read_text())
-    conv_in = shapes.get(_UNET_PREFIX + "input_blocks.0.0.weight")
+    conv_in = shapes.get(UNET_PREFIX + "input_blocks.0.0.weight")
     if conv_in and conv_in[1] != unet_config["in_channels"]:
         raise EngineError(
             f"{name} has a UNet with {conv_in[1]} input channels (an inpainting or instruct model?); only "
             f"{unet_config['in_channels']}-channel txt2img/img2img checkpoints are supported"
         )
-    if not any(k.startswith(_VAE_PREFIX) for k in shapes) or not any(k.startswith(_CLIP_PREFIX) for k in shapes):
+    if not any(k.startswith(VAE_PREFIX) for k in shapes) or not any(k.startswith(CLIP_PREFIX) for k in shapes):
         raise EngineError(f"{name} is incomplete: it lacks the VAE or the text encoder of a full checkpoint")
 
 
@@ -358,7 +244,7 @@ def _vae_from_checkpoint(state_dict: dict[str, torch.Tensor], config_dir: Path,
                          dtype: torch.dtype | None = None) -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
-    vae_state = {k: v for k, v in state_dict.items() if k.startswith(_VAE_PREFIX)}
+    vae_state = {k: v for k, v in state_dict.items() if k.startswith(VAE_PREFIX)}
     return AutoencoderKL.from_single_file(vae_state, config=str(config_dir), subfolder="vae", local_files_only=True,
                                           torch_dtype=dtype)
 
@@ -376,7 +262,7 @@ def load_vae(path: Path, architecture: str | None, dtype: torch.dtype | None = N
     config_dir = architecture_config_dir(architecture)
     state_dict = load_state_dict(path)
     if info.kind == KIND_CHECKPOINT:
-        state_dict = {k: v for k, v in state_dict.items() if k.startswith(_VAE_PREFIX)}
+        state_dict = {k: v for k, v in state_dict.items() if k.startswith(VAE_PREFIX)}
     try:
         return AutoencoderKL.from_single_file(
             state_dict, config=str(config_dir), subfolder="vae", local_files_only=True, torch_dtype=dtype
@@ -400,9 +286,9 @@ def _text_encoder_from_checkpoint(state_dict: dict[str, torch.Tensor], config_di
     import torch
 
     weights = {  # float32 by default, like the UNet and VAE (from_single_file loads fp16 files as float32 too)
-        prefix + k[len(_CLIP_PREFIX):]: v.to(dtype or torch.float32) if v.is_floating_point() else v
+        prefix + k[len(CLIP_PREFIX):]: v.to(dtype or torch.float32) if v.is_floating_point() else v
         for k, v in state_dict.items()
-        if k.startswith(_CLIP_PREFIX) and prefix + k[len(_CLIP_PREFIX):] in expected
+        if k.startswith(CLIP_PREFIX) and prefix + k[len(CLIP_PREFIX):] in expected
     }
     missing = sorted(set(expected) - set(weights) - {k for k in expected if k.endswith("position_ids")})
     if missing:
@@ -426,12 +312,12 @@ def diffusers_to_a1111_checkpoint(
     vae_config: Mapping[str, Any],
 ) -> dict[str, torch.Tensor]:
     """An A1111 single-file SD 1.x state dict from diffusers UNet, VAE and CLIP text encoder state dicts."""
-    checkpoint = {_UNET_PREFIX + k: v for k, v in diffusers_to_a1111_unet(unet_state, unet_config).items()}
-    checkpoint.update({_VAE_PREFIX + k: v for k, v in diffusers_to_a1111_vae(vae_state, vae_config).items()})
+    checkpoint = {UNET_PREFIX + k: v for k, v in diffusers_to_a1111_unet(unet_state, unet_config).items()}
+    checkpoint.update({VAE_PREFIX + k: v for k, v in diffusers_to_a1111_vae(vae_state, vae_config).items()})
     for key, tensor in text_encoder_state.items():
         if key.endswith("position_ids"):
             continue
-        checkpoint[_CLIP_PREFIX + key.removeprefix("text_model.")] = tensor
+        checkpoint[CLIP_PREFIX + key.removeprefix("text_model.")] = tensor
     return checkpoint
 
 

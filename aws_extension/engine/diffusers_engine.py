@@ -8,12 +8,11 @@ encode the prompts the A1111 way (prompt), sample (generate), and write PNGs wit
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections import OrderedDict
 from contextlib import nullcontext
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -30,35 +29,52 @@ from aws_extension.engine.generate import (
 )
 from aws_extension.engine.infotext import format_infotext, png_with_infotext, short_hash
 from aws_extension.engine.merge import merge_checkpoints
-from aws_extension.engine.params import GenerationParams, normalise_payload
+from aws_extension.engine.params import (
+    ControlNetUnit,
+    GenerationParams,
+    HiresFix,
+    Img2ImgInputs,
+    normalise_payload,
+)
 from aws_extension.engine.pipelines import PipelineCache
 from aws_extension.engine.placement import out_of_memory_message, release_cached_memory, resolve_placement
 from aws_extension.engine.prompt import (
-    LoraCall,
     check_supported_syntax,
     encode_prompt_schedules,
     extract_extra_networks,
 )
 from aws_extension.engine.samplers import sampler_names
 from aws_extension.settings import WorkerSettings
+from aws_extension.vocabulary import (
+    CheckpointType,
+    LoraCall,
+    model_stem,
+    prompt_uses_embedding,
+    without_hash_suffix,
+)
 
 VERSION_TEXT = f"sd-aws {__version__}"
 CONTROLNET_CACHE_SIZE = 2  # loaded ControlNet models kept between jobs
 # Infotext keys A1111 writes itself; the others are its `extra_generation_params`.
 _BASE_INFOTEXT_KEYS = ("Size", "Model hash", "Model", "VAE hash", "VAE", "Seed resize from", "Clip skip", "Tiling",
                        "Eta", "Version")
-_RE_MODEL_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # A1111 ControlNet names: "name [hash]"
+
+
+def _prompt_name(file_name: str) -> str:
+    """The name a prompt (or an option) uses for a file of a ModelSet folder: its stem without its sub-folder,
+    as A1111 names LoRAs and embeddings (and as `addons` names an embedding's token)."""
+    return model_stem(PurePosixPath(file_name).name)
 
 
 def _by_name(files: dict[str, Path], name: str) -> Path | None:
     """A file of a ModelSet folder by file name or by stem."""
     if name in files:
         return files[name]
-    return next((path for file_name, path in files.items() if Path(file_name).stem == name), None)
+    return next((path for file_name, path in files.items() if _prompt_name(file_name) == name), None)
 
 
 def _available(files: dict[str, Path]) -> str:
-    return ", ".join(sorted(Path(name).stem for name in files)) or "none"
+    return ", ".join(sorted(_prompt_name(name) for name in files)) or "none"
 
 
 class DiffusersEngine:
@@ -143,7 +159,7 @@ class DiffusersEngine:
 
     @staticmethod
     def _lora_files(loras: list[LoraCall], models: ModelSet) -> list[tuple[Path, LoraCall]]:
-        files = models.files.get("Lora", {})
+        files = models.files.get(CheckpointType.LORA, {})
         resolved = []
         for call in loras:
             path = _by_name(files, call.name)
@@ -159,7 +175,7 @@ class DiffusersEngine:
     def _vae_file(params: GenerationParams, models: ModelSet) -> Path | None:
         if params.sd_vae is None:
             return None
-        files = models.files.get("VAE", {})
+        files = models.files.get(CheckpointType.VAE, {})
         path = _by_name(files, params.sd_vae)
         if path is None:
             raise EngineError(
@@ -174,18 +190,15 @@ class DiffusersEngine:
         texts = [params.prompt, params.negative_prompt]
         if params.hires is not None:
             texts += [params.hires.prompt, params.hires.negative_prompt]
-        text = "\n".join(texts)
-        return [
-            path for name, path in sorted(models.files.get("embeddings", {}).items())
-            if re.search(rf"(?<![\w-]){re.escape(Path(name).stem)}(?![\w-])", text)
-        ]
+        return [path for name, path in sorted(models.files.get(CheckpointType.EMBEDDINGS, {}).items())
+                if prompt_uses_embedding(texts, _prompt_name(name))]
 
     @staticmethod
     def _controlnet_files(params: GenerationParams, models: ModelSet) -> list[tuple[Any, Path]]:
-        files = models.files.get("ControlNet", {})
+        files = models.files.get(CheckpointType.CONTROLNET, {})
         resolved = []
         for unit in params.controlnet:
-            name = _RE_MODEL_HASH_SUFFIX.sub("", unit.model)
+            name = without_hash_suffix(unit.model)  # A1111 ControlNet names: "name [hash]"
             path = _by_name(files, name)
             if path is None:
                 field = f"alwayson_scripts.controlnet.args[{unit.index}].model"
@@ -286,8 +299,6 @@ class DiffusersEngine:
             "Schedule type": params.schedule if params.schedule != "Automatic" else None,
             "CFG scale": params.cfg_scale,
         }
-        hires = params.hires
-        img2img = params.img2img
         after: dict[str, Any] = {
             "Size": f"{params.width}x{params.height}",
             "Model hash": short_hash(checkpoint),
@@ -301,41 +312,65 @@ class DiffusersEngine:
             "Tiling": "True" if params.tiling else None,
             "Eta": params.eta,
         }
-        if img2img is not None and img2img.mask is not None:
-            after |= {
-                "Mask blur": img2img.mask_blur_x if img2img.mask_blur_x == img2img.mask_blur_y else None,
-                "Mask blur x": img2img.mask_blur_x if img2img.mask_blur_x != img2img.mask_blur_y else None,
-                "Mask blur y": img2img.mask_blur_y if img2img.mask_blur_x != img2img.mask_blur_y else None,
-                "Inpaint area": "Only masked" if img2img.inpaint_full_res else None,
-                "Masked area padding": img2img.inpaint_full_res_padding if img2img.inpaint_full_res else None,
-                "Mask mode": "Inpaint not masked" if img2img.inpainting_mask_invert else None,
-                "Masked content": ("fill", "original", "latent noise", "latent nothing")[img2img.inpainting_fill],
-            }
-        if img2img is not None and img2img.initial_noise_multiplier != 1.0:
-            after["Noise multiplier"] = img2img.initial_noise_multiplier
-        if hires is not None:
-            after |= {
-                "Hires upscale": hires.scale if not (hires.resize_x or hires.resize_y) else None,
-                "Hires resize": f"{hires.resize_x}x{hires.resize_y}" if hires.resize_x or hires.resize_y else None,
-                "Hires steps": hires.steps or None,
-                "Hires upscaler": hires.upscaler,
-                "Hires sampler": hires.sampler if hires.sampler != params.sampler else None,
-                "Hires prompt": hires.prompt or None,
-                "Hires negative prompt": hires.negative_prompt or None,
-            }
-        for position, (unit, path) in enumerate(controlnets):
-            preprocessor = unit.preprocessor
-            settings = "".join(f", {label}: {value}" for label, value in (
-                ("Processor Res", preprocessor.processor_res), ("Threshold A", preprocessor.threshold_a),
-                ("Threshold B", preprocessor.threshold_b)) if value is not None)
-            after[f"ControlNet {position}"] = (
-                f"Module: {preprocessor.module}, Model: {path.stem}, Weight: {unit.weight}, Resize Mode: "
-                f"{unit.resize_mode}{settings}, Guidance Start: {unit.guidance_start}, Guidance End: "
-                f"{unit.guidance_end}, Pixel Perfect: {preprocessor.pixel_perfect}"
-            )
+        after |= _img2img_infotext(params.img2img)
+        after |= _hires_infotext(params.hires, params.sampler)
+        after |= _controlnet_infotext(controlnets)
         if loras:
             after["Lora hashes"] = ", ".join(f"{call.name}: {short_hash(path)}" for path, call in loras)
         if embeddings:
             after["TI hashes"] = ", ".join(f"{path.stem}: {short_hash(path)}" for path in embeddings)
         after["Version"] = VERSION_TEXT
         return before, after
+
+
+def _img2img_infotext(img2img: Img2ImgInputs | None) -> dict[str, Any]:
+    """The infotext keys of an img2img job's mask and noise multiplier."""
+    after: dict[str, Any] = {}
+    if img2img is None:
+        return after
+    if img2img.mask is not None:
+        same_blur = img2img.mask_blur_x == img2img.mask_blur_y
+        after |= {
+            "Mask blur": img2img.mask_blur_x if same_blur else None,
+            "Mask blur x": img2img.mask_blur_x if not same_blur else None,
+            "Mask blur y": img2img.mask_blur_y if not same_blur else None,
+            "Inpaint area": "Only masked" if img2img.inpaint_full_res else None,
+            "Masked area padding": img2img.inpaint_full_res_padding if img2img.inpaint_full_res else None,
+            "Mask mode": "Inpaint not masked" if img2img.inpainting_mask_invert else None,
+            "Masked content": ("fill", "original", "latent noise", "latent nothing")[img2img.inpainting_fill],
+        }
+    if img2img.initial_noise_multiplier != 1.0:
+        after["Noise multiplier"] = img2img.initial_noise_multiplier
+    return after
+
+
+def _hires_infotext(hires: HiresFix | None, sampler: str) -> dict[str, Any]:
+    """The infotext keys of the hires. fix pass (none without one)."""
+    if hires is None:
+        return {}
+    resized = bool(hires.resize_x or hires.resize_y)
+    return {
+        "Hires upscale": hires.scale if not resized else None,
+        "Hires resize": f"{hires.resize_x}x{hires.resize_y}" if resized else None,
+        "Hires steps": hires.steps or None,
+        "Hires upscaler": hires.upscaler,
+        "Hires sampler": hires.sampler if hires.sampler != sampler else None,
+        "Hires prompt": hires.prompt or None,
+        "Hires negative prompt": hires.negative_prompt or None,
+    }
+
+
+def _controlnet_infotext(controlnets: list[tuple[ControlNetUnit, Path]]) -> dict[str, Any]:
+    """`ControlNet <n>` keys, as sd-webui-controlnet writes them."""
+    after: dict[str, Any] = {}
+    for position, (unit, path) in enumerate(controlnets):
+        preprocessor = unit.preprocessor
+        settings = "".join(f", {label}: {value}" for label, value in (
+            ("Processor Res", preprocessor.processor_res), ("Threshold A", preprocessor.threshold_a),
+            ("Threshold B", preprocessor.threshold_b)) if value is not None)
+        after[f"ControlNet {position}"] = (
+            f"Module: {preprocessor.module}, Model: {path.stem}, Weight: {unit.weight}, Resize Mode: "
+            f"{unit.resize_mode}{settings}, Guidance Start: {unit.guidance_start}, Guidance End: "
+            f"{unit.guidance_end}, Pixel Perfect: {preprocessor.pixel_perfect}"
+        )
+    return after

@@ -18,20 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aws_extension.engine.base import EngineError, Progress, ProgressCallback
-from aws_extension.engine.checkpoints import (
-    ARCHITECTURE_METADATA_KEY,
-    SAFETENSORS_SUFFIXES,
-    load_state_dict,
-    read_tensor_shapes,
-)
+from aws_extension.engine.checkpoints import load_state_dict, read_tensor_shapes
+from aws_extension.model_files import ARCHITECTURE_METADATA_KEY, SAFETENSORS_SUFFIXES
+from aws_extension.vocabulary import MergeMethod
 
 if TYPE_CHECKING:
     import torch
 
-WEIGHTED_SUM = "Weighted sum"
-ADD_DIFFERENCE = "Add difference"
-NO_INTERPOLATION = "No interpolation"
-MERGE_METHODS = (WEIGHTED_SUM, ADD_DIFFERENCE, NO_INTERPOLATION)
 MERGE_RECIPE_METADATA_KEY = "sd_merge_recipe"
 
 # A1111 keeps these from the primary model whatever the method (checkpoint_dict_skip_on_merge).
@@ -108,15 +101,15 @@ def validate_merge(
     secondary: Path | None, tertiary: Path | None, method: str, multiplier: float
 ) -> None:
     """Raise EngineError (naming the API field) for a merge request that cannot run."""
-    if method not in MERGE_METHODS:
+    if method not in MergeMethod.values():
         raise EngineError(
-            f"Unknown merge method {method!r}; use one of: {', '.join(MERGE_METHODS)}", field="interp_method"
+            f"Unknown merge method {method!r}; use one of: {', '.join(MergeMethod.values())}", field="interp_method"
         )
     if not 0.0 <= float(multiplier) <= 1.0:
         raise EngineError(f"multiplier must be between 0 and 1, got {multiplier}", field="multiplier")
-    if method != NO_INTERPOLATION and secondary is None:
+    if method != MergeMethod.NO_INTERPOLATION and secondary is None:
         raise EngineError(f"{method} needs a secondary model", field="secondary_model_name")
-    if method == ADD_DIFFERENCE and tertiary is None:
+    if method == MergeMethod.ADD_DIFFERENCE and tertiary is None:
         raise EngineError(
             "Add difference needs a tertiary model (the base that the secondary was trained from)",
             field="tertiary_model_name",
@@ -150,9 +143,9 @@ def merge_checkpoints(
     with ExitStack() as stack:
         model_a = stack.enter_context(_open_model(primary, "primary_model_name"))
         model_b = stack.enter_context(_open_model(secondary, "secondary_model_name")) if (
-            method != NO_INTERPOLATION) else None
+            method != MergeMethod.NO_INTERPOLATION) else None
         model_c = stack.enter_context(_open_model(tertiary, "tertiary_model_name")) if (
-            method == ADD_DIFFERENCE) else None
+            method == MergeMethod.ADD_DIFFERENCE) else None
         keys_a = model_a.keys()
         keys_b = set(model_b.keys()) if model_b else set()
         keys_c = set(model_c.keys()) if model_c else set()
@@ -182,7 +175,7 @@ def _merge_tensor(
     import torch
 
     a32, b32 = a.to(torch.float32), b.to(torch.float32)
-    if method == WEIGHTED_SUM:
+    if method == MergeMethod.WEIGHTED_SUM:
         result = a32 * (1.0 - multiplier) + b32 * multiplier
     elif c is None:  # A1111: a key missing from C counts as zeros
         result = a32 + b32 * multiplier

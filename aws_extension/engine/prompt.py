@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from aws_extension.engine.base import EngineError
+from aws_extension.vocabulary import LoraCall, PromptSyntaxError, lora_call, split_extra_networks
 
 CHUNK_LENGTH = 75  # tokens per chunk, without BOS and EOS
 # A1111's `comma_padding_backtrack` default: a chunk that ends within this many tokens after a comma is
@@ -43,7 +44,6 @@ _RE_ATTENTION = re.compile(
     re.X,
 )
 _RE_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
-_RE_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 _RE_AND = re.compile(r"\bAND\b")
 
 _ROUND_BRACKET_MULTIPLIER = 1.1
@@ -99,39 +99,21 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     return [(text_run, float(weight)) for text_run, weight in runs]
 
 
-@dataclass(frozen=True)
-class LoraCall:
-    """`<lora:name:te_weight[:unet_weight]>` (or `<lyco:...>`) found in a prompt."""
-
-    name: str
-    text_encoder_weight: float
-    unet_weight: float
-
-
 def extract_extra_networks(prompt: str, field_name: str = "prompt") -> tuple[str, list[LoraCall]]:
-    """Remove every `<type:args>` from `prompt`; return the remaining text and the LoRA calls.
+    """Remove every `<kind:args>` from `prompt` (A1111's rule, `vocabulary.split_extra_networks`); return the
+    remaining text and the LoRA calls (`<lora:...>`, `<lyco:...>`, argument forms of `vocabulary.lora_call`).
 
-    A1111 argument forms: `<lora:name>`, `<lora:name:w>`, `<lora:name:te:unet>`, `<lora:name:te=w:unet=w>`.
-    Other network types (hypernet, ...) are refused: this engine cannot apply them.
+    Other network kinds (hypernet, ...) are refused: this engine cannot apply them.
     """
-    calls: list[LoraCall] = []
-
-    def take(match: re.Match[str]) -> str:
-        kind, args_text = match.group(1), match.group(2)
-        if kind not in ("lora", "lyco"):
-            raise EngineError(f"{field_name}: extra network <{kind}:...> is not supported (only <lora:...>)", field_name)
-        name, *args = args_text.split(":")
-        positional = [a for a in args if "=" not in a]
-        named = dict(a.split("=", 1) for a in args if "=" in a)
-        try:
-            te_weight = float(named.get("te", positional[0] if positional else 1.0))
-            unet_weight = float(named.get("unet", positional[1] if len(positional) > 1 else te_weight))
-        except ValueError:
-            raise EngineError(f"{field_name}: bad weight in <{kind}:{args_text}>", field_name) from None
-        calls.append(LoraCall(name=name.strip(), text_encoder_weight=te_weight, unet_weight=unet_weight))
-        return ""
-
-    return _RE_EXTRA_NETWORK.sub(take, prompt), calls
+    text, calls = split_extra_networks(prompt)
+    for call in calls:
+        if not call.is_lora:
+            raise EngineError(f"{field_name}: extra network <{call.kind}:...> is not supported (only <lora:...>)",
+                              field_name)
+    try:
+        return text, [lora_call(call) for call in calls]
+    except PromptSyntaxError as exc:
+        raise EngineError(f"{field_name}: {exc}", field_name) from None
 
 
 def check_supported_syntax(prompt: str, field_name: str) -> None:

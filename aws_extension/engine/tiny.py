@@ -12,6 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aws_extension.model_files import ARCHITECTURE_METADATA_KEY
+from aws_extension.vocabulary import CheckpointType
+
 if TYPE_CHECKING:
     import torch
 
@@ -32,7 +35,7 @@ def write_tiny_model(out: Path, extras_dir: Path | None = None) -> None:
     """
     from safetensors.torch import save_file
 
-    from aws_extension.engine.checkpoints import ARCHITECTURE_METADATA_KEY, diffusers_to_a1111_checkpoint
+    from aws_extension.engine.checkpoints import diffusers_to_a1111_checkpoint
 
     unet, vae, text_encoder = build_tiny_models(seed=TINY_SEED)
     state_dict = diffusers_to_a1111_checkpoint(
@@ -69,34 +72,36 @@ def _write_extras(extras_dir: Path, unet: Any, text_encoder: Any) -> None:
     from safetensors.torch import save_file
 
     from aws_extension.engine.checkpoints import (
-        ARCHITECTURE_METADATA_KEY,
         architecture_config_dir,
         diffusers_to_a1111_controlnet,
         diffusers_to_a1111_vae,
     )
 
     metadata = {ARCHITECTURE_METADATA_KEY: TINY_ARCHITECTURE}
-    for folder in ("Lora", "embeddings", "VAE", "ControlNet"):
-        (extras_dir / folder).mkdir(parents=True, exist_ok=True)
+    lora_dir, embeddings_dir, vae_dir, controlnet_dir = (
+        extras_dir / str(t) for t in (CheckpointType.LORA, CheckpointType.EMBEDDINGS, CheckpointType.VAE,
+                                      CheckpointType.CONTROLNET))
+    for folder in (lora_dir, embeddings_dir, vae_dir, controlnet_dir):
+        folder.mkdir(parents=True, exist_ok=True)
 
     generator = torch.Generator("cpu").manual_seed(TINY_SEED + 10)
     save_file(
         _kohya_lora(unet, text_encoder, generator),
-        str(extras_dir / "Lora" / "tiny-lora.safetensors"),
+        str(lora_dir / "tiny-lora.safetensors"),
         metadata={**metadata, "ss_network_dim": str(LORA_RANK), "ss_network_alpha": str(LORA_ALPHA)},
     )
 
     token_std = float(text_encoder.get_input_embeddings().weight.detach().std())
     hidden_size = text_encoder.config.hidden_size
     embedding = torch.randn(EMBEDDING_VECTORS, hidden_size, generator=generator) * token_std * 4
-    save_file({"emb_params": embedding}, str(extras_dir / "embeddings" / "tiny-emb.safetensors"), metadata=metadata)
+    save_file({"emb_params": embedding}, str(embeddings_dir / "tiny-emb.safetensors"), metadata=metadata)
 
     config_dir = architecture_config_dir(TINY_ARCHITECTURE)
     torch.manual_seed(TINY_SEED + 20)
     other_vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir / "vae"))
     save_file(
         _contiguous(diffusers_to_a1111_vae(other_vae.state_dict(), other_vae.config)),
-        str(extras_dir / "VAE" / "tiny-vae.safetensors"),
+        str(vae_dir / "tiny-vae.safetensors"),
         metadata=metadata,
     )
 
@@ -108,7 +113,7 @@ def _write_extras(extras_dir: Path, unet: Any, text_encoder: Any) -> None:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
     save_file(
         _contiguous(diffusers_to_a1111_controlnet(controlnet.state_dict(), controlnet.config)),
-        str(extras_dir / "ControlNet" / "tiny-controlnet.safetensors"),
+        str(controlnet_dir / "tiny-controlnet.safetensors"),
         metadata=metadata,
     )
 

@@ -8,13 +8,14 @@ from aws_extension.ui.compat import gr
 from aws_extension.ui.connection import ConnectionStore, MemoryConnectionStore
 from aws_extension.ui.generate import GenerateTab
 from aws_extension.ui.sagemaker_tab import SageMakerTab
+from aws_extension.vocabulary import GENERATION_TASKS
 
 
 def build_app(store: ConnectionStore) -> gr.Blocks:
     with gr.Blocks(analytics_enabled=False, title="SD AWS") as app, gr.Tabs(elem_id="tabs"):
-        for task_type in ("txt2img", "img2img"):
-            with gr.Tab(task_type, elem_id=f"sd_aws_{task_type}_tab"):
-                GenerateTab(store, task_type).render()
+        for task in GENERATION_TASKS:
+            with gr.Tab(task.value, elem_id=f"sd_aws_{task.value}_tab"):
+                GenerateTab(store, task.value).render()
         with gr.Tab("Amazon SageMaker", elem_id="sd_aws_tab"):
             SageMakerTab(store).render()
     return app

@@ -15,8 +15,9 @@ from aws_extension.ui.inference import (
     png_base64,
     run_generation,
 )
-from aws_extension.ui.models import ModelRef, lora_names_in_prompt, missing_models_message, resolve_models
+from aws_extension.ui.models import ModelRef, missing_models_message, resolve_models
 from aws_extension.ui.sagemaker_tab import HANDLED_ERRORS, failed, ok
+from aws_extension.vocabulary import CheckpointStatus, CheckpointType, Task, lora_names
 
 SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",
             "DPM++ 2M SDE", "DDIM", "PLMS", "UniPC"]
@@ -25,14 +26,15 @@ SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "
 class GenerateTab:
     def __init__(self, store: ConnectionStore, task_type: str):
         self.store = store
-        self.task_type = task_type  # "txt2img" or "img2img"
+        self.task_type = Task(task_type)  # txt2img or img2img
 
     def choices(self) -> tuple[Any, Any, str]:
         """InService endpoints and Active Stable-diffusion checkpoints, for the two dropdowns."""
         try:
             client = make_client(self.store)
             endpoints = endpoint_names(client)
-            checkpoints = [name for r in client.list_checkpoints(["Stable-diffusion"], ["Active"]) for name in r["name"]]
+            checkpoints = [name for r in client.list_checkpoints([CheckpointType.STABLE_DIFFUSION],
+                                                                 [CheckpointStatus.ACTIVE]) for name in r["name"]]
         except ApiError as exc:
             return gr.update(), gr.update(), failed(exc)
         message = ok(f"{len(endpoints)} endpoint(s) InService, {len(checkpoints)} checkpoint(s).")
@@ -45,12 +47,12 @@ class GenerateTab:
                       steps: float, cfg_scale: float, width: float, height: float, seed: float, batch_size: float,
                       init_image: Any = None, denoising_strength: float = 0.75) -> dict:
         body: dict[str, Any] = {
-            "task_type": self.task_type, "models": {"Stable-diffusion": [checkpoint]},
+            "task_type": self.task_type.value, "models": {CheckpointType.STABLE_DIFFUSION.value: [checkpoint]},
             "sagemaker_endpoint_name": endpoint, "prompt": prompt or "", "negative_prompt": negative_prompt or "",
             "sampler_name": sampler, "steps": int(steps), "cfg_scale": float(cfg_scale), "width": int(width),
             "height": int(height), "seed": int(seed), "batch_size": int(batch_size), "n_iter": 1,
         }
-        if self.task_type == "img2img":
+        if self.task_type == Task.IMG2IMG:
             body["init_images"] = [png_base64(init_image)]
             body["denoising_strength"] = float(denoising_strength)
         return body
@@ -65,16 +67,17 @@ class GenerateTab:
         if not checkpoint:
             yield [], "", "", failed("Choose a checkpoint; upload one in Amazon SageMaker → Cloud models.")
             return
-        if self.task_type == "img2img" and init_image is None:
+        if self.task_type == Task.IMG2IMG and init_image is None:
             yield [], "", "", failed("Add an input image for img2img.")
             return
         body = self.build_request(endpoint, checkpoint, prompt, negative_prompt, sampler, steps, cfg_scale, width,
                                   height, seed, batch_size, init_image, denoising_strength)
         try:
             client = make_client(self.store)
-            loras = [ModelRef("Lora", name) for name in lora_names_in_prompt(prompt)]
+            loras = [ModelRef(CheckpointType.LORA, name) for name in lora_names([prompt])]
             if loras:
-                resolved, missing = resolve_models(loras, client.list_checkpoints(["Lora"], ["Active"]))
+                resolved, missing = resolve_models(loras, client.list_checkpoints([CheckpointType.LORA],
+                                                                                  [CheckpointStatus.ACTIVE]))
                 if missing:
                     raise CloudGenerationError(missing_models_message(missing))
                 body["models"].update(resolved)
@@ -99,7 +102,7 @@ class GenerateTab:
         return ok(f"Cancelling job {job_id}.")
 
     def render(self) -> None:
-        prefix = f"sd_aws_{self.task_type}"
+        prefix = f"sd_aws_{self.task_type.value}"
         with gr.Row():
             endpoint = gr.Dropdown(label="Endpoint", choices=[], elem_id=f"{prefix}_endpoint")
             checkpoint = gr.Dropdown(label="Checkpoint", choices=[], elem_id=f"{prefix}_checkpoint")
@@ -107,7 +110,7 @@ class GenerateTab:
         prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt")
         negative_prompt = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_negative_prompt")
         init_image, denoising = None, None
-        if self.task_type == "img2img":
+        if self.task_type == Task.IMG2IMG:
             with gr.Row():
                 init_image = gr.Image(label="Input image", type="pil", elem_id=f"{prefix}_init_image")
                 denoising = gr.Slider(label="Denoising strength", minimum=0.0, maximum=1.0, step=0.01, value=0.75,

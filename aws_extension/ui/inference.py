@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from aws_extension.client import MiddlewareClient
+from aws_extension.vocabulary import EndpointStatus, JobStatus
 
 
 class CloudGenerationError(Exception):
@@ -35,27 +36,27 @@ class JobOutput:
 def endpoint_names(client: MiddlewareClient) -> list[str]:
     """Names of the InService endpoints, newest first, without duplicates."""
     return list(dict.fromkeys(r["endpoint_name"] for r in client.list_endpoints()
-                              if r.get("endpoint_status") == "InService"))
+                              if r.get("endpoint_status") == EndpointStatus.IN_SERVICE))
 
 
 def require_in_service(client: MiddlewareClient, endpoint_name: str) -> None:
     records = [r for r in client.list_endpoints(endpoint_name=endpoint_name)
-               if r.get("endpoint_status") != "Deleted"]
+               if r.get("endpoint_status") != EndpointStatus.DELETED]
     if not records:
         raise CloudGenerationError(f"Endpoint {endpoint_name} does not exist: refresh the endpoint list.")
     status = records[0].get("endpoint_status")
-    if status != "InService":
+    if status != EndpointStatus.IN_SERVICE:
         raise CloudGenerationError(f"Endpoint {endpoint_name} is {status}, not InService: wait until it is "
                                    "InService or choose another endpoint.")
 
 
 def job_status_text(job: dict) -> str:
     status = job.get("status")
-    if status == "inprogress" and job.get("queue_position"):
+    if status == JobStatus.INPROGRESS and job.get("queue_position"):
         return f"queued (position {job['queue_position']})"
-    if status == "inprogress":
+    if status == JobStatus.INPROGRESS:
         return f"running {round(100 * float(job.get('progress') or 0))}%"
-    if status == "failed":
+    if status == JobStatus.FAILED:
         return f"failed: {job.get('error') or 'no reason given'}"
     return str(status)
 
@@ -68,9 +69,8 @@ def job_outputs(client: MiddlewareClient, job: dict) -> JobOutput:
         image = Image.open(io.BytesIO(client.download(url)))
         image.load()
         images.append(image)
-    params = json.loads(client.download(client.inference_param_url(job_id)))
-    info = params.get("info") or "{}"
-    return JobOutput(job, images, params.get("parameters") or {}, json.loads(info) if isinstance(info, str) else info)
+    params = json.loads(client.download(client.inference_param_url(job_id)))  # wire.ParamFile
+    return JobOutput(job, images, params.get("parameters") or {}, json.loads(params.get("info") or "{}"))
 
 
 def run_generation(client: MiddlewareClient, body: dict, on_update: Callable[[dict], None] | None = None,
@@ -80,9 +80,9 @@ def run_generation(client: MiddlewareClient, body: dict, on_update: Callable[[di
         require_in_service(client, body["sagemaker_endpoint_name"])
     job_id = client.create_inference(body)["inference_id"]
     job = client.wait_for_job(job_id, on_update=on_update, should_stop=should_stop)
-    if job["status"] == "failed":
+    if job["status"] == JobStatus.FAILED:
         raise CloudGenerationError(f"The cloud job failed: {job.get('error') or 'the worker gave no reason'}")
-    if job["status"] == "cancelled":
+    if job["status"] == JobStatus.CANCELLED:
         raise CloudJobCancelled("The cloud job was cancelled.")
     return job_outputs(client, job)
 

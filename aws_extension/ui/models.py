@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-_EXTRA_NETWORK = re.compile(r"<(?:lora|lyco):([^:>]+)(?::[^>]*)?>", re.IGNORECASE)
+from aws_extension.vocabulary import MODEL_SUFFIXES, CheckpointStatus, model_stem, prompt_uses_embedding
 
 
 @dataclass(frozen=True)
@@ -24,7 +22,7 @@ class ModelRef:
 
 
 def is_model_file(path: Path) -> bool:
-    return path.suffix.lower() in MODEL_FILE_SUFFIXES
+    return path.suffix.lower() in MODEL_SUFFIXES
 
 
 def list_model_files(folders: Iterable[Path]) -> list[Path]:
@@ -33,21 +31,10 @@ def list_model_files(folders: Iterable[Path]) -> list[Path]:
     return sorted(found, key=lambda p: (p.name.lower(), str(p)))
 
 
-def lora_names_in_prompt(prompt: str) -> list[str]:
-    """Names of `<lora:NAME:weight>` (and `<lyco:...>`) in a prompt, in order, without duplicates."""
-    return list(dict.fromkeys(match.strip() for match in _EXTRA_NETWORK.findall(prompt or "")))
-
-
 def embeddings_in_prompts(prompts: Iterable[str], embedding_files: Iterable[Path]) -> list[Path]:
     """The embedding files whose name (the file stem) appears as a word in any of `prompts`."""
-    text = " ".join(p for p in prompts if p)
-    return [path for path in embedding_files
-            if re.search(rf"(?<![\w-]){re.escape(path.stem)}(?![\w-])", text)]
-
-
-def _stem(name: str) -> str:
-    path = Path(name)
-    return path.stem if path.suffix.lower() in MODEL_FILE_SUFFIXES else name
+    prompts = list(prompts)
+    return [path for path in embedding_files if prompt_uses_embedding(prompts, path.name)]
 
 
 def resolve_models(wanted: Iterable[ModelRef], catalogue: list[dict]) -> tuple[dict[str, list], list[ModelRef]]:
@@ -59,7 +46,7 @@ def resolve_models(wanted: Iterable[ModelRef], catalogue: list[dict]) -> tuple[d
     models: dict[str, list] = {}
     missing: list[ModelRef] = []
     for ref in wanted:
-        records = [r for r in catalogue if r.get("type") == ref.type and r.get("status") == "Active"]
+        records = [r for r in catalogue if r.get("type") == ref.type and r.get("status") == CheckpointStatus.ACTIVE]
         entry: str | dict | None = None
         if ref.sha256:
             record = next((r for r in records if (r.get("sha256") or "").lower() == ref.sha256.lower()), None)
@@ -67,7 +54,7 @@ def resolve_models(wanted: Iterable[ModelRef], catalogue: list[dict]) -> tuple[d
                 entry = {"name": record["name"][0], "sha256": record["sha256"]}
         else:
             entry = next((file for r in records for file in r.get("name", [])
-                          if file == ref.name or _stem(file) == _stem(ref.name)), None)
+                          if file == ref.name or model_stem(file) == model_stem(ref.name)), None)
         if entry is None:
             missing.append(ref)
         elif entry not in models.setdefault(ref.type, []):

@@ -16,12 +16,12 @@ from typing import Any
 from PIL import Image
 
 from aws_extension.client import ApiError, MiddlewareClient
-from aws_extension.model_types import MODEL_TYPES
 from aws_extension.ui.compat import gr, uploaded_paths
 from aws_extension.ui.connection import ConnectionStore, error_text, make_client, masked_key
 from aws_extension.ui.follow import follow
 from aws_extension.ui.inference import CloudGenerationError, job_outputs, job_status_text
-from aws_extension.ui.models import MODEL_FILE_SUFFIXES, is_model_file, list_model_files
+from aws_extension.ui.models import is_model_file, list_model_files
+from aws_extension.vocabulary import MODEL_SUFFIXES, MODEL_TYPES, CheckpointStatus, EndpointStatus, JobStatus
 
 ALL_TYPES = "All types"
 INSTANCE_TYPES = ["ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.4xlarge", "ml.g5.8xlarge", "ml.g5.12xlarge",
@@ -124,7 +124,7 @@ class SageMakerTab:
         not_models = [p.name for p in paths if not is_model_file(p)]
         if not_models:
             return failed(f"{', '.join(not_models)} is not a model file (model files end in "
-                          f"{', '.join(MODEL_FILE_SUFFIXES)}).")
+                          f"{', '.join(MODEL_SUFFIXES)}).")
         try:
             client = make_client(self.store)
             done_names = []
@@ -170,7 +170,7 @@ class SageMakerTab:
         except HANDLED_ERRORS as exc:
             yield failed(exc)
             return
-        if final["status"] == "Active":
+        if final["status"] == CheckpointStatus.ACTIVE:
             yield ok(f"Imported {', '.join(final.get('name') or [])} as {model_type}.")
         else:
             yield failed(f"The import failed: {final.get('error') or final['status']}")
@@ -186,7 +186,8 @@ class SageMakerTab:
                  "on" if r.get("autoscaling") else "off", when(r.get("startTime")), r.get("error") or ""]
                 for r in records]
         live = list(dict.fromkeys(r["endpoint_name"] for r in records
-                                  if r.get("endpoint_status") not in ("Deleted", "Deleting")))
+                                  if r.get("endpoint_status") not in (EndpointStatus.DELETED,
+                                                                      EndpointStatus.DELETING)))
         return table(ENDPOINT_HEADERS, rows), gr.update(choices=live, value=[]), ok(f"{len(live)} endpoint(s).")
 
     def deploy_endpoint(self, instance_type: str, instance_count: float, autoscaling: bool,
@@ -274,9 +275,9 @@ class SageMakerTab:
         try:
             client = make_client(self.store)
             job = client.inference_job(job_id)
-            if job["status"] != "succeed":
+            if job["status"] != JobStatus.SUCCEED:
                 return [], None, (failed(f"Job {job_id} failed: {job.get('error') or 'no reason given'}")
-                                  if job["status"] == "failed" else f"Job {job_id}: {job_status_text(job)}.")
+                                  if job["status"] == JobStatus.FAILED else f"Job {job_id}: {job_status_text(job)}.")
             output = job_outputs(client, job)
         except HANDLED_ERRORS as exc:
             return [], None, failed(exc)

@@ -10,6 +10,7 @@ from modules import images, paths, sd_models, sd_vae, shared
 
 from aws_extension.settings import ClientSettings, load
 from aws_extension.ui.models import ModelRef
+from aws_extension.vocabulary import CheckpointType
 
 SETTINGS_SECTION = ("sd_aws", "Amazon SageMaker (sd-aws)")
 API_URL_OPTION = "sd_aws_api_url"
@@ -69,14 +70,12 @@ def model_folders() -> dict[str, list[Path]]:
         value = getattr(cmd, flag, None) if flag else None
         return [Path(value)] if value else [default]
 
-    return {
-        "Stable-diffusion": folders("ckpt_dir", models / "Stable-diffusion"),
-        "Lora": folders("lora_dir", models / "Lora"),
-        "embeddings": folders("embeddings_dir", Path(paths.data_path) / "embeddings"),
-        "hypernetworks": folders("hypernetwork_dir", models / "hypernetworks"),
-        "ControlNet": folders(None, models / "ControlNet"),
-        "VAE": folders("vae_dir", models / "VAE"),
-    }
+    # (type, its command-line flag, its default folder); the WebUI's folders are named after the types
+    layout = ((CheckpointType.STABLE_DIFFUSION, "ckpt_dir", models), (CheckpointType.LORA, "lora_dir", models),
+              (CheckpointType.EMBEDDINGS, "embeddings_dir", Path(paths.data_path)),
+              (CheckpointType.HYPERNETWORKS, "hypernetwork_dir", models), (CheckpointType.CONTROLNET, None, models),
+              (CheckpointType.VAE, "vae_dir", models))
+    return {model_type.value: folders(flag, parent / model_type.value) for model_type, flag, parent in layout}
 
 
 def selected_checkpoint(override_settings: dict) -> ModelRef:
@@ -85,7 +84,7 @@ def selected_checkpoint(override_settings: dict) -> ModelRef:
     info = sd_models.get_closet_checkpoint_match(title) if title else None
     if info is None:
         raise ValueError("No checkpoint is selected in the WebUI: choose one in the checkpoint dropdown.")
-    return ModelRef("Stable-diffusion", Path(info.filename).name, getattr(info, "sha256", None) or None)
+    return ModelRef(CheckpointType.STABLE_DIFFUSION, Path(info.filename).name, getattr(info, "sha256", None) or None)
 
 
 def selected_vae(override_settings: dict) -> ModelRef | None:
@@ -93,7 +92,7 @@ def selected_vae(override_settings: dict) -> ModelRef | None:
     if name in NO_VAE:
         return None
     path = sd_vae.vae_dict.get(name)
-    return ModelRef("VAE", Path(path).name if path else name)
+    return ModelRef(CheckpointType.VAE, Path(path).name if path else name)
 
 
 def apply_styles(prompt: str, negative_prompt: str, styles: list[str] | None) -> tuple[str, str]:

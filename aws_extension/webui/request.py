@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,8 @@ from typing import Any
 from PIL import Image
 
 from aws_extension.ui.inference import png_base64
-from aws_extension.ui.models import ModelRef, embeddings_in_prompts, list_model_files, lora_names_in_prompt
+from aws_extension.ui.models import ModelRef, embeddings_in_prompts, list_model_files
+from aws_extension.vocabulary import PROMPT_FIELDS, CheckpointType, Task, lora_names, without_hash_suffix
 
 # Attributes of StableDiffusionProcessing* that are /sdapi/v1 parameters of the same name.
 COMMON_FIELDS = ("prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "seed_resize_from_h",
@@ -27,11 +27,10 @@ CONTROLNET_UNIT_FIELDS = ("enabled", "module", "model", "weight", "image", "resi
                           "guidance_end", "control_mode", "pixel_perfect", "processor_res", "threshold_a",
                           "threshold_b", "low_vram")
 CONTROLNET_SCRIPT_TITLES = ("controlnet", "controlnet integrated")  # sd-webui-controlnet; Forge's built-in
-_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # "control_v11p_sd15_canny [d14c016b]"
 
 
-def task_type(p: Any) -> str:
-    return "img2img" if getattr(p, "init_images", None) else "txt2img"
+def task_type(p: Any) -> Task:
+    return Task.IMG2IMG if getattr(p, "init_images", None) else Task.TXT2IMG
 
 
 def script_args_of(p: Any, title: str) -> list | None:
@@ -70,13 +69,13 @@ def controlnet_units(p: Any) -> list[dict]:
 
 def wanted_models(p: Any, checkpoint: ModelRef, vae: ModelRef | None, embedding_folders: list[Path]) -> list[ModelRef]:
     """Every model the job needs: the checkpoint, the VAE, LoRA in the prompts, embeddings, ControlNet models."""
-    prompts = [str(getattr(p, name, "") or "") for name in ("prompt", "negative_prompt", "hr_prompt",
-                                                                "hr_negative_prompt")]
+    prompts = [str(getattr(p, name, "") or "") for name in PROMPT_FIELDS]
     wanted = [checkpoint, *([vae] if vae else [])]
-    wanted += [ModelRef("Lora", name) for name in dict.fromkeys(n for text in prompts for n in lora_names_in_prompt(text))]
-    wanted += [ModelRef("embeddings", path.name)
+    wanted += [ModelRef(CheckpointType.LORA, name) for name in lora_names(prompts)]
+    wanted += [ModelRef(CheckpointType.EMBEDDINGS, path.name)
                for path in embeddings_in_prompts(prompts, list_model_files(embedding_folders))]
-    wanted += [ModelRef("ControlNet", _HASH_SUFFIX.sub("", unit["model"])) for unit in controlnet_units(p)
+    # ControlNet models are named as A1111 titles them: "control_v11p_sd15_canny [d14c016b]"
+    wanted += [ModelRef(CheckpointType.CONTROLNET, without_hash_suffix(unit["model"])) for unit in controlnet_units(p)
                if unit.get("model") not in (None, "", "None")]
     return list(dict.fromkeys(wanted))
 
@@ -88,19 +87,19 @@ def inference_request(p: Any, endpoint: str | None, models: dict[str, list], pro
     `prompt`/`negative_prompt` already have the styles applied (as process_images would), so no styles are sent.
     """
     task = task_type(p)
-    fields = COMMON_FIELDS + (IMG2IMG_FIELDS if task == "img2img" else TXT2IMG_FIELDS)
+    fields = COMMON_FIELDS + (IMG2IMG_FIELDS if task == Task.IMG2IMG else TXT2IMG_FIELDS)
     body: dict[str, Any] = {name: getattr(p, name) for name in fields if getattr(p, name, None) is not None}
-    body.update(prompt=prompt, negative_prompt=negative_prompt, task_type=task, models=models)
+    body.update(prompt=prompt, negative_prompt=negative_prompt, task_type=task.value, models=models)
     if endpoint:
         body["sagemaker_endpoint_name"] = endpoint
     override_settings = dict(body.get("override_settings") or {})
     if clip_skip != 1:
         override_settings.setdefault("CLIP_stop_at_last_layers", clip_skip)
-    if models.get("VAE"):  # the WebUI's selected VAE; like an API call, the worker applies it from sd_vae
-        vae = models["VAE"][0]
+    if models.get(CheckpointType.VAE):  # the WebUI's selected VAE; like an API call, the worker applies it from sd_vae
+        vae = models[CheckpointType.VAE][0]
         override_settings.setdefault("sd_vae", vae["name"] if isinstance(vae, dict) else vae)
     body["override_settings"] = override_settings
-    if task == "img2img":
+    if task == Task.IMG2IMG:
         body["init_images"] = [png_base64(image) for image in p.init_images]
         mask = getattr(p, "image_mask", None)
         if mask is not None:

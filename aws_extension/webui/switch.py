@@ -28,6 +28,7 @@ from aws_extension.ui.inference import (
     run_generation,
 )
 from aws_extension.ui.models import missing_models_message, resolve_models
+from aws_extension.vocabulary import CheckpointStatus, CheckpointType, Task
 from aws_extension.webui import host
 from aws_extension.webui.request import inference_request, script_args_of, wanted_models
 
@@ -43,7 +44,7 @@ class CloudSwitchScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img: bool) -> list:
-        tab = "img2img" if is_img2img else "txt2img"
+        tab = (Task.IMG2IMG if is_img2img else Task.TXT2IMG).value
         with gr.Accordion("Amazon SageMaker", open=False, elem_id=f"sd_aws_{tab}_accordion"):
             with gr.Row():
                 enabled = gr.Checkbox(label="Generate on cloud", value=False, elem_id=f"sd_aws_{tab}_enabled")
@@ -78,8 +79,8 @@ def generate_on_cloud(p: Any, endpoint: str | None) -> Any:
         client = make_client(host.WebUIConnectionStore())
         override_settings = dict(getattr(p, "override_settings", None) or {})
         wanted = wanted_models(p, host.selected_checkpoint(override_settings), host.selected_vae(override_settings),
-                               host.model_folders()["embeddings"])
-        models, missing = resolve_models(wanted, client.list_checkpoints(status=["Active"]))
+                               host.model_folders()[CheckpointType.EMBEDDINGS])
+        models, missing = resolve_models(wanted, client.list_checkpoints(status=[CheckpointStatus.ACTIVE]))
         if missing:
             raise CloudGenerationError(missing_models_message(missing))
         body = inference_request(p, endpoint, models, prompt, negative_prompt,

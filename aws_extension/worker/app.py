@@ -8,47 +8,28 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from aws_extension.engine.base import EngineError, Interrupted
+from aws_extension.vocabulary import CheckpointType, Task, model_stem
+from aws_extension.worker.errors import error_message, http_status
 from aws_extension.worker.invocations import execute_invocation
-from aws_extension.worker.runtime import CHECKPOINT_TYPE, EngineNotReady, WorkerRuntime
-from aws_extension.worker.webui_engine import WebUIError
-
-log = logging.getLogger(__name__)
-
-
-def _a1111_error(status: int, kind: str, message: str) -> JSONResponse:
-    """An error in the shape the WebUI's API answers with."""
-    return JSONResponse({"error": kind, "detail": message, "body": "", "errors": message}, status_code=status)
+from aws_extension.worker.runtime import WorkerRuntime
 
 
 def _sdapi_call(call: Callable[[], Any]) -> Any:
+    """`call()`, or its exception as an error in the shape the WebUI's API answers with."""
     try:
         return call()
-    except EngineError as exc:
-        return _a1111_error(400, "EngineError", str(exc))
-    except Interrupted:
-        return _a1111_error(409, "Interrupted", "The job was interrupted.")
-    except EngineNotReady as exc:
-        return _a1111_error(503, "EngineNotReady", str(exc))
-    except WebUIError as exc:
-        return _a1111_error(502, "WebUIError", str(exc))
-    except Exception as exc:  # noqa: BLE001 - the client gets one sentence, the log keeps the trace
-        log.exception("Job failed")
-        return _a1111_error(500, type(exc).__name__, f"Internal error: {type(exc).__name__}: {exc}")
-
-
-def _stem(name: str) -> str:
-    return Path(name).with_suffix("").as_posix()
+    except Exception as exc:  # noqa: BLE001 - the client gets one sentence (worker.errors), the log the trace
+        message = error_message(exc)
+        return JSONResponse({"error": type(exc).__name__, "detail": message, "body": "", "errors": message},
+                            status_code=http_status(exc))
 
 
 def create_app(runtime: WorkerRuntime) -> FastAPI:
@@ -83,8 +64,8 @@ def create_app(runtime: WorkerRuntime) -> FastAPI:
 
         return route
 
-    app.post("/sdapi/v1/txt2img")(generation_route("txt2img"))
-    app.post("/sdapi/v1/img2img")(generation_route("img2img"))
+    for task in (Task.TXT2IMG, Task.IMG2IMG):
+        app.post(f"/sdapi/v1/{task}")(generation_route(task))
 
     @app.get("/sdapi/v1/progress")
     def progress() -> dict[str, Any]:
@@ -100,30 +81,30 @@ def create_app(runtime: WorkerRuntime) -> FastAPI:
 
     @app.get("/sdapi/v1/sd-models")
     def sd_models() -> list[dict[str, Any]]:
-        return [{"title": name, "model_name": _stem(name), "hash": None, "sha256": None,
+        return [{"title": name, "model_name": model_stem(name), "hash": None, "sha256": None,
                  "filename": str(path), "config": None}
-                for name, path in runtime.models.by_type(CHECKPOINT_TYPE).items()]
+                for name, path in runtime.models.by_type(CheckpointType.STABLE_DIFFUSION).items()]
 
     @app.get("/sdapi/v1/loras")
     def loras() -> list[dict[str, Any]]:
-        return [{"name": _stem(name), "alias": _stem(name), "path": str(path), "metadata": {}}
-                for name, path in runtime.models.by_type("Lora").items()]
+        return [{"name": model_stem(name), "alias": model_stem(name), "path": str(path), "metadata": {}}
+                for name, path in runtime.models.by_type(CheckpointType.LORA).items()]
 
     @app.get("/sdapi/v1/embeddings")
     def embeddings() -> dict[str, Any]:
-        loaded = {_stem(name): {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
-                                "shape": None, "vectors": None}
-                  for name in runtime.models.by_type("embeddings")}
+        loaded = {model_stem(name): {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                     "shape": None, "vectors": None}
+                  for name in runtime.models.by_type(CheckpointType.EMBEDDINGS)}
         return {"loaded": loaded, "skipped": {}}
 
     @app.get("/sdapi/v1/hypernetworks")
     def hypernetworks() -> list[dict[str, Any]]:
-        return [{"name": _stem(name), "path": str(path)}
-                for name, path in runtime.models.by_type("hypernetworks").items()]
+        return [{"name": model_stem(name), "path": str(path)}
+                for name, path in runtime.models.by_type(CheckpointType.HYPERNETWORKS).items()]
 
     @app.get("/sdapi/v1/sd-vae")
     def sd_vae() -> list[dict[str, Any]]:
-        return [{"model_name": name, "filename": str(path)} for name, path in runtime.models.by_type("VAE").items()]
+        return [{"model_name": name, "filename": str(path)} for name, path in runtime.models.by_type(CheckpointType.VAE).items()]
 
     @app.get("/sdapi/v1/options")
     def get_options() -> dict[str, Any]:

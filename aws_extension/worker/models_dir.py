@@ -10,9 +10,16 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from aws_extension.engine.base import MODEL_TYPES
-
-MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+from aws_extension.engine.base import EngineError
+from aws_extension.model_files import (
+    KIND_OF_TYPE,
+    SAFETENSORS_SUFFIXES,
+    ModelFileError,
+    identify_model,
+    pickle_container_of,
+    read_safetensors_file,
+)
+from aws_extension.vocabulary import MODEL_SUFFIXES, MODEL_TYPES
 
 
 def scan_models(root: Path) -> dict[str, dict[str, Path]]:
@@ -30,29 +37,34 @@ def scan_models(root: Path) -> dict[str, dict[str, Path]]:
     return found
 
 
-# The kind `engine.checkpoints` detects for each model folder (hypernetworks are not detected).
-_KIND_OF_TYPE = {"Stable-diffusion": "checkpoint", "Lora": "lora", "embeddings": "embedding", "VAE": "vae",
-                 "ControlNet": "controlnet"}
+def _tensor_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """The tensor shapes and metadata of a model file: a safetensors header is read without torch; a pickle's
+    container is checked first, then it is loaded by the engine (torch, `weights_only=True`) to see its tensors."""
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        header = read_safetensors_file(path)
+        return header.shapes(), header.metadata
+    pickle_container_of(path)
+    from aws_extension.engine.checkpoints import read_tensor_shapes
+
+    return read_tensor_shapes(path)
 
 
 def model_file_problem(path: Path, name: str, model_type: str) -> str | None:
     """Why `path` (to be known as `name`, a model of `model_type`) is refused, or None when it is fine.
 
     Reads the tensor names and shapes (not the weights): enough to refuse an HTML error page, a text
-    file, or a LoRA sent as a checkpoint before the engine tries to load it.
+    file, or a LoRA sent as a checkpoint before the engine tries to load it. Hypernetworks are only read
+    (their kind is not detected).
     """
-    from aws_extension.engine.base import EngineError
-    from aws_extension.engine.checkpoints import inspect_model_file, read_tensor_shapes
-
     if Path(name).suffix.lower() not in MODEL_SUFFIXES:
         return f"{name} is not a model file: expected one of {', '.join(MODEL_SUFFIXES)}"
-    expected_kind = _KIND_OF_TYPE.get(model_type)
+    expected_kind = KIND_OF_TYPE.get(model_type)
     try:
+        shapes, metadata = _tensor_shapes(path)
         if expected_kind is None:
-            read_tensor_shapes(path)
             return None
-        kind = inspect_model_file(path).kind
-    except EngineError as exc:
+        kind = identify_model(shapes, metadata, path.name).kind
+    except (ModelFileError, EngineError) as exc:
         return str(exc)  # it names the file
     if kind != expected_kind:
         return f"{name} is not a model of type {model_type}: it is a {kind}"

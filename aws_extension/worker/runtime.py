@@ -7,7 +7,6 @@ ready `/ping` answers 503 and jobs are refused with 503.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import uuid
 from pathlib import Path
@@ -15,18 +14,13 @@ from typing import Any
 
 from aws_extension.engine.base import Engine, EngineError, GenerationResult, ModelSet
 from aws_extension.settings import WorkerSettings
+from aws_extension.vocabulary import CheckpointType, model_stem, without_hash_suffix
+from aws_extension.worker.errors import EngineNotReady
 from aws_extension.worker.jobs import JobRunner
 from aws_extension.worker.model_cache import ModelCache
 from aws_extension.worker.models_dir import ModelsIndex
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_TYPE = "Stable-diffusion"
-_TITLE_HASH_RE = re.compile(r"\s*\[[0-9a-fA-F]+\]$")
-
-
-class EngineNotReady(Exception):
-    """The engine is still starting (or failed to start); the message says which."""
 
 
 def build_engine(engine_name: str, settings: WorkerSettings, webui_url: str | None,
@@ -62,7 +56,7 @@ class WorkerRuntime:
         self._engine: Engine | None = None
         self._engine_error: str | None = None
         self._options_lock = threading.Lock()
-        checkpoints = self.models.by_type(CHECKPOINT_TYPE)
+        checkpoints = self.models.by_type(CheckpointType.STABLE_DIFFUSION)
         # As the WebUI does: the first checkpoint found is selected at start.
         self._options: dict[str, Any] = {"sd_model_checkpoint": next(iter(checkpoints), None)}
 
@@ -107,12 +101,12 @@ class WorkerRuntime:
 
     def resolve_checkpoint(self, alias: str) -> str:
         """The name of the checkpoint `alias` means: a name, a title (`name [hash]`) or a stem."""
-        checkpoints = self.models.by_type(CHECKPOINT_TYPE)
-        alias = _TITLE_HASH_RE.sub("", alias.strip())
+        checkpoints = self.models.by_type(CheckpointType.STABLE_DIFFUSION)
+        alias = without_hash_suffix(alias)
         if alias in checkpoints:
             return alias
         for name in checkpoints:
-            if Path(name).with_suffix("").as_posix() == alias:
+            if model_stem(name) == alias:
                 return name
         raise EngineError(f"Checkpoint {alias!r} is not among this worker's models", field="sd_model_checkpoint")
 
@@ -133,10 +127,10 @@ class WorkerRuntime:
         files = self.models.all()
         name = checkpoint_name or self.options().get("sd_model_checkpoint")
         if not name:
-            raise EngineError(f"No checkpoint: this worker has none in {self.models.root / CHECKPOINT_TYPE}",
+            raise EngineError(f"No checkpoint: this worker has none in {self.models.root / CheckpointType.STABLE_DIFFUSION}",
                               field="sd_model_checkpoint")
         name = self.resolve_checkpoint(name)
-        return ModelSet(checkpoint=files[CHECKPOINT_TYPE][name], files=files)
+        return ModelSet(checkpoint=files[CheckpointType.STABLE_DIFFUSION][name], files=files)
 
     # -- jobs ---------------------------------------------------------------------------------------
 

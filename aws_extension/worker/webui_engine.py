@@ -36,10 +36,10 @@ from aws_extension.engine.base import (
     Progress,
     ProgressCallback,
 )
+from aws_extension.vocabulary import GENERATION_TASKS, CheckpointType
 
 log = logging.getLogger(__name__)
 
-_CHECKPOINT_TYPE = "Stable-diffusion"
 _REFRESH_ROUTES = ("refresh-checkpoints", "refresh-loras", "refresh-embeddings", "refresh-vae")
 
 
@@ -78,7 +78,7 @@ class WebUIEngine:
     def generate(self, task: str, payload: dict[str, Any], models: ModelSet,
                  progress: ProgressCallback | None = None,
                  cancel: threading.Event | None = None) -> GenerationResult:
-        if task not in ("txt2img", "img2img"):
+        if task not in GENERATION_TASKS:
             raise EngineError(f"The WebUI engine cannot run task {task!r}", field="task")
         cancel = cancel or threading.Event()
         if self.webui_models_dir is not None:
@@ -140,7 +140,7 @@ class WebUIEngine:
                               job_no=int(state.get("job_no") or 0), job_count=int(state.get("job_count") or 1)))
 
     def _checkpoint_name(self, models: ModelSet) -> str:
-        for name, path in models.files.get(_CHECKPOINT_TYPE, {}).items():
+        for name, path in models.files.get(CheckpointType.STABLE_DIFFUSION, {}).items():
             if path == models.checkpoint:
                 return name
         return models.checkpoint.name

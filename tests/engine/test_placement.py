@@ -19,11 +19,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from aws_extension.engine.base import EngineError, ModelSet
-from aws_extension.engine.checkpoints import ARCHITECTURE_METADATA_KEY, load_checkpoint_pipeline
+from aws_extension.engine.checkpoints import load_checkpoint_pipeline
 from aws_extension.engine.diffusers_engine import DiffusersEngine
 from aws_extension.engine.generate import JobRunner
 from aws_extension.engine.pipelines import PipelineCache
 from aws_extension.engine.placement import Placement, resolve_placement
+from aws_extension.model_files import ARCHITECTURE_METADATA_KEY
 from aws_extension.settings import WorkerSettings
 
 BASE = {"prompt": "a (cat:1.2) <lora:tiny-lora:1> tiny-emb", "negative_prompt": "blurry", "seed": 7, "steps": 3,

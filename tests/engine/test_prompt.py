@@ -10,7 +10,6 @@ import torch
 from aws_extension.engine.base import EngineError
 from aws_extension.engine.prompt import (
     CHUNK_LENGTH,
-    LoraCall,
     check_supported_syntax,
     encode_chunks,
     encode_prompt_pair,
@@ -20,6 +19,7 @@ from aws_extension.engine.prompt import (
     prompt_schedule,
     tokenize_into_chunks,
 )
+from aws_extension.vocabulary import LoraCall
 
 BOS, EOS = 49406, 49407
 

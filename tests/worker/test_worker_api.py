@@ -18,6 +18,7 @@ import requests
 import webuiapi
 from PIL import Image
 
+from aws_extension.wire import InvocationAnswer
 from tests.worker.helpers import FileServer, WorkerProcess
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -191,8 +192,7 @@ def test_invocation_txt2img_uploads_pngs_and_reuses_the_cached_model(url: str, t
         {**SMALL, "batch_size": 2, "prompt": "a cat <lora:fetched-lora:0.7>"}).encode())
     request = {
         "task": "txt2img", "job_id": "j1", "models": models, "params_url": params_url,
-        "output": {"image_urls": [f"{file_server.url}/out/j1/{i}.png" for i in range(2)],
-                   "param_url": f"{file_server.url}/out/j1/j1_param.json"},
+        "output": {"image_urls": [f"{file_server.url}/out/j1/{i}.png" for i in range(2)]},
     }
     answer = requests.post(f"{url}/invocations", json=request, timeout=300)
     assert answer.status_code == 200, answer.text
@@ -203,9 +203,11 @@ def test_invocation_txt2img_uploads_pngs_and_reuses_the_cached_model(url: str, t
     for i in range(2):
         png = file_server.uploads[f"/out/j1/{i}.png"]
         assert Image.open(io.BytesIO(png)).size == (64, 64) and png.startswith(PNG_MAGIC)
-    param_file = json.loads(file_server.uploads["/out/j1/j1_param.json"])
-    assert param_file["job_id"] == "j1" and param_file["info"]["seed"] == 7
-    assert "fetched-sd" in json.loads(body["info"])["infotexts"][0]
+    # Only the PNGs are uploaded: the middleware writes <id>_param.json from the answer's parameters and info.
+    assert sorted(p for p in file_server.uploads if p.startswith("/out/j1/")) == ["/out/j1/0.png", "/out/j1/1.png"]
+    parsed = InvocationAnswer.from_json(body)
+    assert json.loads(parsed.info)["seed"] == 7 and "fetched-sd" in json.loads(parsed.info)["infotexts"][0]
+    assert parsed.parameters["prompt"] == "a cat <lora:fetched-lora:0.7>" and parsed.parameters["batch_size"] == 2
 
     # The same models again: served from the cache, not downloaded again; images come back inline.
     request = {"task": "txt2img", "job_id": "j2", "models": models, "params": {**SMALL, "prompt": "a cat"}}
@@ -279,7 +281,9 @@ def test_invocation_interrupt_by_job_id(url: str):
         "interrupted": True}
     thread.join(timeout=120)
     assert answers[0].status_code == 409
-    assert answers[0].json() == {"status": "cancelled", "job_id": "long-1", "error": "The job was interrupted."}
+    body = answers[0].json()
+    assert (body["status"], body["job_id"], body["error"]) == ("cancelled", "long-1", "The job was interrupted.")
+    assert (body["images"], body["image_count"], "sha256" in body) == ([], 0, False)
     assert_healthy_and_generating(url)
 
 

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -114,3 +116,31 @@ def test_model_file_problem_checks_the_kind(tiny_models_dir: Path, tmp_path: Pat
     text.write_bytes(b"hello")
     assert "notes.ckpt" in model_file_problem(text, "notes.ckpt", "Stable-diffusion")
     assert "expected one of" in model_file_problem(text, "notes.txt", "Stable-diffusion")
+
+
+def test_model_file_problem_reads_safetensors_and_refuses_non_pickles_without_torch(tiny_models_dir: Path,
+                                                                                    tmp_path: Path):
+    """The cache check of a safetensors file (and of a .ckpt that is no pickle) never imports torch."""
+    (tmp_path / "notes.ckpt").write_bytes(b"hello")
+    code = f"""
+import sys
+from pathlib import Path
+from aws_extension.worker.models_dir import model_file_problem
+lora = Path({str(tiny_models_dir / "Lora" / "tiny-lora.safetensors")!r})
+print(model_file_problem(lora, "l.safetensors", "Lora"))
+print(model_file_problem(lora, "l.safetensors", "VAE"))
+print(model_file_problem(lora, "l.safetensors", "hypernetworks"))
+print(model_file_problem(Path({str(tmp_path / "notes.ckpt")!r}), "notes.ckpt", "Stable-diffusion"))
+print("torch" in sys.modules, "safetensors" in sys.modules)
+"""
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=repo,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "None",
+        "l.safetensors is not a model of type VAE: it is a lora",
+        "None",
+        "notes.ckpt is not a PyTorch checkpoint (neither a torch zip archive nor a pickle).",
+        "False False",
+    ]
