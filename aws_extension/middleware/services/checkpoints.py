@@ -14,10 +14,10 @@ from typing import Any
 from aws_extension.middleware.blobs.base import BlobStore, UploadError, UploadNotFound
 from aws_extension.middleware.errors import InvalidRequest, UnknownRecord, WrongState
 from aws_extension.middleware.records import CHECKPOINTS, Checkpoint, CheckpointFile
-from aws_extension.middleware.services.model_files import check_model_file
 from aws_extension.middleware.services.names import check_filename, new_id, now, time_text
 from aws_extension.middleware.store.base import Store
 from aws_extension.middleware.store.typed import Records
+from aws_extension.model_files import ModelFileError, check_model_file
 from aws_extension.vocabulary import MODEL_TYPES, CheckpointStatus
 
 log = logging.getLogger(__name__)
@@ -157,9 +157,9 @@ class CheckpointService:
             for entry in files:
                 check_model_file(lambda start, length, key=entry.key: self.blobs.read(key, start, length),
                                  entry.size, entry.filename, record.type)
-        except InvalidRequest as exc:
-            self.fail(checkpoint_id, exc.message, expect=expect)
-            raise
+        except ModelFileError as exc:
+            self.fail(checkpoint_id, str(exc), expect=expect)
+            raise InvalidRequest(str(exc)) from None
         changes = {"status": ACTIVE, "files": files, "completing": None, "error": None,
                    "sha256": files[0].sha256, "size": sum(f.size or 0 for f in files)}
         updated = self.records.update(checkpoint_id, changes, expect=expect)
