@@ -35,12 +35,15 @@ class MiddlewareSettings:
     api_key: str | None = _env("SD_AWS_API_KEY", None, "API key; generated into the data dir when unset")
     public_url: str | None = _env("SD_AWS_PUBLIC_URL", None, "base URL clients reach the middleware at (signed URLs use it); default http://host:port")
     backend: str = _env("SD_AWS_BACKEND", "local", "local (SQLite, folder, worker processes) or aws")
+    header_timeout_s: float = _env("SD_AWS_HEADER_TIMEOUT_S", 10.0, "a client must send a request's headers within this")
     max_body_bytes: int = _env("SD_AWS_MAX_BODY_BYTES", 32 * MiB, "largest JSON request body (413 beyond)")
     signed_url_ttl_s: int = _env("SD_AWS_SIGNED_URL_TTL_S", 3600, "lifetime of signed blob URLs")
     multipart_ttl_s: int = _env("SD_AWS_MULTIPART_TTL_S", 24 * 3600, "incomplete multipart uploads are removed after this")
     multipart_min_part_bytes: int = _env("SD_AWS_MULTIPART_MIN_PART_BYTES", 5 * MiB, "smallest part but the last (S3's rule)")
     multipart_max_parts: int = _env("SD_AWS_MULTIPART_MAX_PARTS", 10_000, "most parts of one upload (S3's rule)")
     multipart_max_part_bytes: int = _env("SD_AWS_MULTIPART_MAX_PART_BYTES", 5 * GiB, "largest part (S3's rule; 413 beyond)")
+    completion_wait_s: float = _env("SD_AWS_COMPLETION_WAIT_S", 20.0,
+                                    "PUT /checkpoint waits this long for a completion, which then goes on in the background")
     blob_max_put_bytes: int = _env("SD_AWS_BLOB_MAX_PUT_BYTES", 5 * GiB, "largest single PUT to a signed URL (S3's rule; 413 beyond)")
     sweep_interval_s: float = _env("SD_AWS_SWEEP_INTERVAL_S", 300.0, "how often expired uploads are cleaned up")
     import_allow_private_addresses: bool = _env(
@@ -50,6 +53,9 @@ class MiddlewareSettings:
     import_attempts: int = _env("SD_AWS_IMPORT_ATTEMPTS", 3, "tries per file on transient errors")
     import_timeout_s: float = _env("SD_AWS_IMPORT_TIMEOUT_S", 60.0, "connect/read timeout of URL imports")
     max_instances_per_endpoint: int = _env("SD_AWS_MAX_INSTANCES_PER_ENDPOINT", 6, "most instances of one endpoint")
+    max_endpoints: int = _env("SD_AWS_MAX_ENDPOINTS", 20, "most endpoints that exist at once (not deleted or failed)")
+    max_files_per_checkpoint: int = _env("SD_AWS_MAX_FILES_PER_CHECKPOINT", 32, "most files of one checkpoint (upload or import)")
+    max_dataset_files: int = _env("SD_AWS_MAX_DATASET_FILES", 10_000, "most files of one dataset")
     endpoint_start_timeout_s: float = _env("SD_AWS_ENDPOINT_START_TIMEOUT_S", 300.0,
                                            "an instance not healthy within this fails the deployment")
     invocation_timeout_s: float = _env("SD_AWS_INVOCATION_TIMEOUT_S", 3600.0, "a job running longer is failed (SageMaker's limit)")

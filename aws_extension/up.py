@@ -18,6 +18,7 @@ import requests
 import uvicorn
 
 from aws_extension.client import ApiError, MiddlewareClient
+from aws_extension.middleware.app import Readiness
 from aws_extension.middleware.server import run_middleware
 from aws_extension.settings import MiddlewareSettings, load
 from aws_extension.vocabulary import CheckpointStatus, CheckpointType, EndpointStatus, JobStatus, Task
@@ -93,13 +94,17 @@ def up(host: str | None = None, port: int | None = None, data_dir: Path | None =
     settings = load(MiddlewareSettings, host=host, port=port, data_dir=data_dir)
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
     outcome = {"code": 0}
+    model_ready, endpoint_ready = f"the tiny model {TINY_MODEL} in the catalogue", "an endpoint in service"
+    readiness = Readiness([model_ready, endpoint_ready])
 
     def bootstrap(server: uvicorn.Server, api_key: str) -> None:
         try:
             _wait_until_up(url)
             client = MiddlewareClient(url, api_key, timeout_s=120)
             ensure_tiny_model(client, settings.data_dir)
+            readiness.done(model_ready)
             endpoint = ensure_endpoint(client)
+            readiness.done(endpoint_ready)
             print_usage(url, api_key, endpoint)
             if demo:
                 path = run_demo(client, endpoint, settings.data_dir / "demo")
@@ -112,5 +117,5 @@ def up(host: str | None = None, port: int | None = None, data_dir: Path | None =
         if demo:
             server.should_exit = True
 
-    code = run_middleware(settings, announce_key=False, on_started=bootstrap)
+    code = run_middleware(settings, announce_key=False, on_started=bootstrap, readiness=readiness)
     return outcome["code"] or code

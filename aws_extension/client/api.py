@@ -249,7 +249,22 @@ class MiddlewareClient:
                     progress(done, total)
         for parts in tags.values():
             parts.sort(key=lambda t: t["PartNumber"])
-        return self.complete_checkpoint(created["checkpoint"]["id"], tags)["checkpoint"]
+        completed = self.complete_checkpoint(created["checkpoint"]["id"], tags)["checkpoint"]
+        return self.wait_for_completion(completed) if completed.get("completing") else completed
+
+    def wait_for_completion(self, checkpoint: dict, timeout_s: float = 3600, poll_s: float = 1.0) -> dict:
+        """Poll a checkpoint whose completion goes on in the background (large files) until it ends; its
+        listed record, or ApiError with the reason when it did not become Active (a part to upload again, or
+        not a model file)."""
+        deadline = time.monotonic() + timeout_s
+        while checkpoint.get("completing"):
+            if time.monotonic() > deadline:
+                raise ApiError(0, f"checkpoint {checkpoint['id']} is still being completed after {timeout_s} s.")
+            time.sleep(poll_s)
+            checkpoint = self.get_checkpoint(checkpoint["id"])
+        if checkpoint["status"] != CheckpointStatus.ACTIVE:
+            raise ApiError(400, checkpoint.get("error") or "the upload was not completed; upload it again.")
+        return checkpoint
 
     def wait_for_checkpoint(self, checkpoint_id: str, timeout_s: float = 3600, poll_s: float = 1.0,
                             on_update: Callable[[dict], None] | None = None) -> dict:

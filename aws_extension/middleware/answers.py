@@ -17,6 +17,8 @@ from aws_extension.vocabulary import DatasetStatus
 class Health(BaseModel):
     status: str = "ok"
     version: str = __version__
+    ready: bool  # false while the stack is still being set up (e.g. `sd-aws up` registering its model)
+    waiting_for: list[str]  # what it waits for, in words
 
 
 class ConnectionAnswer(BaseModel):
@@ -140,6 +142,7 @@ class PublicCheckpoint(BaseModel):
     sha256: str | None
     size: int | None
     error: str | None
+    completing: bool  # an upload's completion is going on in the background
 
 
 class CheckpointAnswer(BaseModel):
@@ -149,6 +152,12 @@ class CheckpointAnswer(BaseModel):
 
 class CheckpointUploadStarted(CheckpointAnswer):
     s3PresignUrl: dict[str, list[str]]  # file name → its parts' signed PUT URLs
+
+
+class CheckpointDeleted(BaseModel):
+    statusCode: int = 200
+    message: str = "Checkpoint deleted"
+    checkpoint_id: str
 
 
 class CheckpointFileEntry(BaseModel):
@@ -172,6 +181,7 @@ class ListedCheckpoint(BaseModel):
     files: list[CheckpointFileEntry]
     error: str | None = None
     progress: dict[str, Any] | None = None  # imports: files and bytes so far
+    completing: bool = False  # an upload's completion is going on in the background
 
 
 class CheckpointList(BaseModel):
@@ -188,7 +198,7 @@ class OneCheckpoint(BaseModel):
 def public_checkpoint(record: Checkpoint) -> PublicCheckpoint:
     return PublicCheckpoint(id=record.id, type=record.type, s3_location=record.s3_location, status=record.status,
                             params=record.params, name=record.names, sha256=record.sha256, size=record.size,
-                            error=record.error)
+                            error=record.error, completing=record.completing is not None)
 
 
 def listed_checkpoint(record: Checkpoint) -> ListedCheckpoint:
@@ -196,7 +206,7 @@ def listed_checkpoint(record: Checkpoint) -> ListedCheckpoint:
         id=record.id, s3Location=record.s3_location, type=record.type, status=record.status, name=record.names,
         created=record.created, sha256=record.sha256, size=record.size, params=record.params,
         files=[CheckpointFileEntry(filename=f.filename, sha256=f.sha256, size=f.size) for f in record.files],
-        error=record.error, progress=record.progress)
+        error=record.error, progress=record.progress, completing=record.completing is not None)
 
 
 # -- datasets ------------------------------------------------------------------------------------------------
@@ -210,6 +220,12 @@ class DatasetStatusAnswer(BaseModel):
     statusCode: int = 200
     datasetName: str
     status: str
+
+
+class DatasetDeleted(BaseModel):
+    statusCode: int = 200
+    message: str = "Dataset deleted"
+    datasetName: str
 
 
 class ListedDataset(BaseModel):

@@ -28,6 +28,10 @@ class UnknownRecord(ServiceError):
     """No record has this id or name."""
 
 
+class TooLarge(ServiceError):
+    """What the request asks for is over a size limit (the message says which)."""
+
+
 class WrongState(ServiceError):
     """The record exists but its status does not allow this (API.md's refused transitions)."""
 

@@ -11,12 +11,53 @@ from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from aws_extension.middleware.app import create_app
+from aws_extension.middleware.app import Readiness, create_app
 from aws_extension.middleware.wiring import build_services, read_or_create_secret
 from aws_extension.settings import MiddlewareSettings, load
 
 log = logging.getLogger("aws_extension.middleware")
+
+
+class HeaderDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's head: a client that has not sent its
+    request line and headers `header_timeout_s` after connecting (or after its previous answer) is
+    disconnected, so slow clients cannot hold connections for ever (keep-alive idling has uvicorn's own
+    timeout; a request's body is bounded by the body limit)."""
+
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_response_complete(self) -> None:
+        self._arm_header_deadline()  # first: the next pipelined request may start (and disarm it) at once
+        super().on_response_complete()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and not self.cycle.response_complete:  # a request's head has arrived
+            self._disarm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        self._header_deadline = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
+
+    def _disarm_header_deadline(self) -> None:
+        deadline = getattr(self, "_header_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+            self._header_deadline = None
+
+    def _head_too_slow(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 def api_key_for(settings: MiddlewareSettings) -> tuple[str, bool]:
@@ -29,22 +70,24 @@ def api_key_for(settings: MiddlewareSettings) -> tuple[str, bool]:
 
 
 def run_middleware(settings: MiddlewareSettings, announce_key: bool,
-                   on_started: Callable[[uvicorn.Server, str], None] | None = None) -> int:
+                   on_started: Callable[[uvicorn.Server, str], None] | None = None,
+                   readiness: Readiness | None = None) -> int:
     """Run the middleware until SIGTERM/SIGINT (or until `server.should_exit`); `on_started(server, api_key)`
     runs in a thread once the app is built (it waits for /healthz itself)."""
     logging.basicConfig(level=os.environ.get("SD_AWS_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     api_key, generated = api_key_for(settings)
-    app = create_app(build_services(settings), api_key)
+    app = create_app(build_services(settings), api_key, readiness)
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
     print(f"sd-aws middleware: {url}  (data: {settings.data_dir})", flush=True)
     if generated and announce_key:
         print(f"API key (shown once; kept in {settings.data_dir / 'api_key'}): {api_key}", flush=True)
     elif not settings.api_key and announce_key:
         print(f"API key: in {settings.data_dir / 'api_key'}", flush=True)
+    protocol = type("HeaderDeadlineH11", (HeaderDeadline,), {"header_timeout_s": settings.header_timeout_s})
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                                           timeout_graceful_shutdown=10))
+                                           timeout_graceful_shutdown=10, http=protocol))
     if on_started:
         threading.Thread(target=on_started, args=(server, api_key), name="on-started", daemon=True).start()
     # uvicorn stops cleanly on SIGTERM/SIGINT (open requests finish, then the lifespan shutdown runs) and

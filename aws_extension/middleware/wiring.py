@@ -61,6 +61,7 @@ class Services:
 
     def start(self) -> None:
         self._stop = threading.Event()
+        self.checkpoints.release_stale_claims()
         self.importer.resume_interrupted()
         self.jobs.restore()
         self.retirement.restore()
@@ -104,18 +105,20 @@ def build_services(settings: MiddlewareSettings) -> Services:
         signed_url_ttl_s=settings.signed_url_ttl_s, min_part_bytes=settings.multipart_min_part_bytes,
         max_parts=settings.multipart_max_parts, max_part_bytes=settings.multipart_max_part_bytes,
         max_put_bytes=settings.blob_max_put_bytes)
-    checkpoints = CheckpointService(store, blobs, min_part_bytes=settings.multipart_min_part_bytes,
-                                    max_parts=settings.multipart_max_parts)
+    checkpoints = CheckpointService(store, blobs, max_parts=settings.multipart_max_parts,
+                                    max_files=settings.max_files_per_checkpoint,
+                                    completion_wait_s=settings.completion_wait_s)
     webhook_secret = settings.webhook_secret or read_or_create_secret(data_dir / "webhook_secret")
     webhooks = WebhookSender(webhook_secret.encode(), settings.webhook_attempts, settings.webhook_timeout_s,
                              settings.webhook_allow_private_addresses)
-    queue_records = JobService.job_records(store)
-    compute = LocalCompute(JobQueue(queue_records), settings)
-    endpoints = EndpointService(store, compute, settings.max_instances_per_endpoint)
-    jobs = JobService(queue_records, blobs, compute, checkpoints, endpoints, webhooks,
-                      PayloadLimits.from_settings(load(WorkerSettings)))
+    queue = JobQueue(store)
+    compute = LocalCompute(queue, settings)
+    endpoints = EndpointService(store, compute, settings.max_instances_per_endpoint, settings.max_endpoints)
+    jobs = JobService(queue, blobs, compute, checkpoints, endpoints, webhooks,
+                      PayloadLimits.from_settings(load(WorkerSettings)), settings.max_body_bytes)
     return Services(settings=settings, store=store, blobs=blobs, checkpoints=checkpoints,
                     importer=ModelImporter(checkpoints, settings),
-                    datasets=DatasetService(store, blobs, settings.signed_url_ttl_s), uploads=Uploads(blobs),
+                    datasets=DatasetService(store, blobs, settings.signed_url_ttl_s, settings.max_dataset_files),
+                    uploads=Uploads(blobs),
                     compute=compute, endpoints=endpoints, webhooks=webhooks, jobs=jobs,
                     retirement=EndpointRetirement(endpoints, jobs))

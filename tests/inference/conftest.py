@@ -73,6 +73,18 @@ def stack(tmp_path_factory, tiny_models_dir):
         built.server.stop()
 
 
+def wait_for_endpoint_status(client: MiddlewareClient, name: str, status: str, timeout_s: float = 60) -> dict:
+    """Poll the endpoint's newest deployment record until its endpoint_status is `status` (deletion finishes
+    in the background)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = client.list_endpoints(endpoint_name=name)[0]
+        if record["endpoint_status"] == status:
+            return record
+        time.sleep(0.1)
+    raise AssertionError(f"endpoint {name} is {record['endpoint_status']}, not {status}")
+
+
 def wait_until_running(client: MiddlewareClient, job_id: str, timeout_s: float = 120) -> dict:
     """Poll until the job has made progress on a worker."""
     deadline = time.monotonic() + timeout_s

@@ -15,6 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import requests
@@ -28,6 +29,7 @@ from tests.inference.conftest import (
     SEED_ENDPOINT,
     SEED_MODEL,
     STACK_GPUS,
+    wait_for_endpoint_status,
     wait_until_running,
     worker_gpus,
     worker_pids,
@@ -298,6 +300,30 @@ def test_bad_parameters_are_refused_at_the_door(stack, params, field):
     assert len(stack.client.list_inference_jobs(limit=1000)) == before  # no job record was made
 
 
+def test_workers_get_no_secrets(stack):
+    """Workers run user-supplied models and parameters: the middleware's key and secrets stay out of their
+    environment (the stack's middleware has SD_AWS_API_KEY in its own)."""
+    pids = worker_pids(stack.data_dir, SEED_ENDPOINT)
+    assert pids
+    for pid in pids:
+        names = {item.split(b"=", 1)[0] for item in (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")}
+        assert not names & {b"SD_AWS_API_KEY", b"SD_AWS_WEBHOOK_SECRET", b"SD_AWS_HOME"}, names
+        assert b"SD_AWS_MODEL_CACHE_DIR" in names and b"HF_HUB_OFFLINE" in names
+
+
+def test_racing_cancels_have_one_winner(stack):
+    jobs = [stack.client.create_inference({**LONG_JOB, "seed": s, "n_iter": 2}) for s in range(3)]  # the third waits
+    waiting = jobs[2]["inference_id"]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: requests.put(f"{stack.url}/inference/v2/{waiting}/cancel", headers=HEADERS,
+                                                       timeout=30).status_code, range(8)))
+    assert sorted(answers) == [200] + [409] * 7, answers
+    for job in jobs[:2]:
+        stack.client.cancel_inference(job["inference_id"])
+    for job in jobs:
+        assert _wait_for_end(stack, job["inference_id"])["status"] == "cancelled"
+
+
 def test_bad_inference_requests(stack):
     base = {"task_type": "txt2img", "models": {"Stable-diffusion": [SEED_MODEL]}, "prompt": "x"}
     cases = [
@@ -341,6 +367,7 @@ def test_bad_inference_requests(stack):
 def test_deleting_an_endpoint_while_it_is_created_ends_its_deployment(stack):
     job = stack.client.deploy_endpoint("local", 1, endpoint_name="short-lived")
     assert stack.client.delete_endpoints(["short-lived"])["results"] == {"short-lived": "deleted"}
+    wait_for_endpoint_status(stack.client, "short-lived", "Deleted")
     record = stack.client.endpoint_deployment_job(job["EndpointDeploymentJobId"])
     assert (record["status"], record["endpoint_status"]) == ("failed", "Deleted")
     assert record["error"] == "The endpoint was deleted before it came into service."

@@ -114,6 +114,13 @@ class LocalBlobStore:
         self.max_put_bytes = max_put_bytes
         self.max_part_bytes = max_part_bytes
         self._empty_temp_folder()
+        self._return_claimed_uploads()
+
+    def _return_claimed_uploads(self) -> None:
+        """Uploads a completion had claimed when the process died: the completion never finished (its
+        assembled file was a temp file), so the upload is given back and can be completed again."""
+        for claimed in self.uploads.glob("*.completing-*"):
+            claimed.rename(claimed.with_name(claimed.name.split(".completing-", 1)[0]))
 
     def _empty_temp_folder(self) -> None:
         """Temp files left by a process that died mid-write (one middleware process owns a data dir)."""

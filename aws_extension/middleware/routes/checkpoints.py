@@ -56,10 +56,11 @@ def create_checkpoint(body: CreateCheckpoint, services: Services = Depends(get_s
     return answers.CheckpointUploadStarted(checkpoint=answers.public_checkpoint(record), s3PresignUrl=urls)
 
 
-@router.put("/checkpoint", response_model=answers.CheckpointAnswer)
-def update_checkpoint(body: UpdateCheckpoint, services: Services = Depends(get_services)):
+@router.put("/checkpoint", response_model=answers.CheckpointAnswer,
+            summary="Complete an upload (Active when done; a long one goes on in the background) or toggle Disabled")
+async def update_checkpoint(body: UpdateCheckpoint, services: Services = Depends(get_services)):
     tags = {name: [(t.PartNumber, t.ETag) for t in parts] for name, parts in (body.multi_parts_tags or {}).items()}
-    record = services.checkpoints.update_status(body.checkpoint_id, CheckpointStatus(body.status), tags)
+    record = await services.checkpoints.update(body.checkpoint_id, CheckpointStatus(body.status), tags)
     return answers.CheckpointAnswer(checkpoint=answers.public_checkpoint(record))
 
 
@@ -79,6 +80,13 @@ def list_checkpoints(request: Request, limit: int | None = Query(None, ge=1, le=
             summary="One checkpoint (as listed by GET /checkpoints)")
 def get_checkpoint(checkpoint_id: str, services: Services = Depends(get_services)):
     return answers.OneCheckpoint(checkpoint=answers.listed_checkpoint(services.checkpoints.get(checkpoint_id)))
+
+
+@router.delete("/checkpoint/{checkpoint_id}", response_model=answers.CheckpointDeleted,
+               summary="Delete a checkpoint and its files")
+def delete_checkpoint(checkpoint_id: str, services: Services = Depends(get_services)):
+    services.checkpoints.delete(checkpoint_id)
+    return answers.CheckpointDeleted(checkpoint_id=checkpoint_id)
 
 
 @router.post("/upload_checkpoint", response_model=answers.CheckpointAnswer)

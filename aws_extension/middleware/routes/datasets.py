@@ -56,6 +56,13 @@ def list_datasets(request: Request, services: Services = Depends(get_services)):
     return answers.DatasetList(datasets=[answers.listed_dataset(r) for r in records])
 
 
+@router.delete("/dataset/{dataset_name}", response_model=answers.DatasetDeleted,
+               summary="Delete a dataset and its files")
+def delete_dataset(dataset_name: str, services: Services = Depends(get_services)):
+    services.datasets.delete(dataset_name)
+    return answers.DatasetDeleted(datasetName=dataset_name)
+
+
 def dataset_data(dataset_name: str, services: Services = Depends(get_services)):
     return answers.dataset_data(dataset_name, services.datasets.files(dataset_name))
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aws_extension.middleware import answers
 from aws_extension.middleware.errors import MisdirectedRequest
@@ -31,7 +31,7 @@ class DeployEndpoint(BaseModel):
 class DeleteEndpoints(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    delete_endpoint_list: list[str]
+    delete_endpoint_list: list[str] = Field(max_length=100)
 
 
 def _deploy_request(body: dict[str, Any]) -> DeployEndpoint:

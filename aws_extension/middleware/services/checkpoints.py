@@ -6,13 +6,17 @@ more files of one type; each file is stored under `models/<type>/<id>/<filename>
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
+import anyio
+
 from aws_extension.middleware.blobs.base import BlobStore, UploadError, UploadNotFound
-from aws_extension.middleware.errors import InvalidRequest, UnknownRecord, WrongState
+from aws_extension.middleware.errors import InvalidRequest, ServiceError, TooLarge, UnknownRecord, WrongState
 from aws_extension.middleware.records import CHECKPOINTS, Checkpoint, CheckpointFile
 from aws_extension.middleware.services.names import check_filename, new_id, now, time_text
 from aws_extension.middleware.store.base import Store
@@ -45,11 +49,13 @@ def check_type(checkpoint_type: str) -> str:
 
 
 class CheckpointService:
-    def __init__(self, store: Store, blobs: BlobStore, *, min_part_bytes: int, max_parts: int):
+    def __init__(self, store: Store, blobs: BlobStore, *, max_parts: int, max_files: int, completion_wait_s: float):
         self.records = Records(store, CHECKPOINTS, Checkpoint)
         self.blobs = blobs
-        self.min_part_bytes = min_part_bytes
-        self.max_parts = max_parts
+        self.completion_wait_s = completion_wait_s
+        self._completions = ThreadPoolExecutor(max_workers=2, thread_name_prefix="completion")
+        self.max_parts = max_parts  # of one request: the answer has one URL per part
+        self.max_files = max_files
 
     def new_record(self, checkpoint_type: str, filenames: list[str], params: dict[str, Any],
                    source: str) -> Checkpoint:
@@ -64,15 +70,14 @@ class CheckpointService:
                       params: dict[str, Any]) -> tuple[Checkpoint, dict[str, list[str]]]:
         """Create an `Initialed` record and one multipart upload per file; returns it and the part URLs."""
         check_type(checkpoint_type)
-        if not files:
-            raise InvalidRequest("filenames is empty: list at least one file to upload.")
-        names = [check_filename(f.filename) for f in files]
-        if len(set(names)) != len(names):
-            raise InvalidRequest("each file name may be listed only once.")
+        names = self.check_filenames([f.filename for f in files], "filenames")
         for f in files:
             if not 1 <= f.parts_number <= self.max_parts:
                 raise InvalidRequest(f"{f.filename}: parts_number must be between 1 and {self.max_parts}, "
                                      f"not {f.parts_number}.")
+        if sum(f.parts_number for f in files) > self.max_parts:
+            raise TooLarge(f"the files have {sum(f.parts_number for f in files)} parts in all; one checkpoint may "
+                           f"have at most {self.max_parts} (use larger parts).")
         record = self.new_record(checkpoint_type, names, params, source="upload")
         urls: dict[str, list[str]] = {}
         for entry, f in zip(record.files, files):
@@ -82,17 +87,43 @@ class CheckpointService:
         self.records.create(record)
         return record, urls
 
+    def check_filenames(self, filenames: list[str], field: str) -> list[str]:
+        """A checkpoint's file names: 1 to `max_files` plain names, each once."""
+        if not filenames:
+            raise InvalidRequest(f"{field} is empty: list at least one file.")
+        if len(filenames) > self.max_files:
+            raise TooLarge(f"{field} lists {len(filenames)} files; a checkpoint has at most {self.max_files}.")
+        names = [check_filename(name) for name in filenames]
+        if len(set(names)) != len(names):
+            raise InvalidRequest("each file name may be listed only once.")
+        return names
+
     def get(self, checkpoint_id: str) -> Checkpoint:
         record = self.records.get(checkpoint_id)
         if record is None:
             raise UnknownRecord(f"checkpoint {checkpoint_id} does not exist.")
         return record
 
-    def update_status(self, checkpoint_id: str, status: CheckpointStatus,
-                      multi_parts_tags: dict[str, list[tuple[int, str]]] | None) -> Checkpoint:
+    async def update(self, checkpoint_id: str, status: CheckpointStatus,
+                     multi_parts_tags: dict[str, list[tuple[int, str]]] | None) -> Checkpoint:
+        """PUT /checkpoint: toggle Active ↔ Disabled, or complete an upload. A completion (assembling and
+        hashing what may be gigabytes) runs in the background: the answer waits for it up to
+        `completion_wait_s`, then is the record as it is (`Initialed`, `completing`); its end shows on the
+        record (`Active`, `Failed`, or `Initialed` with the `error` to fix)."""
+        started = await anyio.to_thread.run_sync(self._toggle_or_claim, checkpoint_id, status, multi_parts_tags or {})
+        if isinstance(started, Checkpoint):
+            return started
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(started)), self.completion_wait_s)
+        except asyncio.TimeoutError:
+            return await anyio.to_thread.run_sync(self.get, checkpoint_id)
+
+    def _toggle_or_claim(self, checkpoint_id: str, status: CheckpointStatus,
+                         tags: dict[str, list[tuple[int, str]]]) -> Checkpoint | Future[Checkpoint]:
         record = self.get(checkpoint_id)
         if record.status == INITIALED and status == ACTIVE and record.source == "upload":
-            return self.complete_upload(checkpoint_id, multi_parts_tags or {})
+            claimed, claim = self._claim_completion(record, tags)
+            return self._completions.submit(self._complete_claimed, claimed, tags, claim)
         if record.status == status:
             raise WrongState(f"checkpoint {checkpoint_id} is already {status}"
                              + (": its upload was already completed." if status == ACTIVE else "."))
@@ -103,34 +134,37 @@ class CheckpointService:
             raise WrongState(f"checkpoint {checkpoint_id} changed while it was being updated; try again.")
         return updated
 
-    def complete_upload(self, checkpoint_id: str, tags: dict[str, list[tuple[int, str]]]) -> Checkpoint:
-        """Assemble every file from its parts, check it is a model of the record's type, then `Active`.
-
-        A missing or wrong part leaves the record `Initialed` (fix the list and retry); a file that is
-        not a model of that type fails the record for good.
-        """
-        record = self.get(checkpoint_id)
-        expected = set(record.names)
-        unknown = sorted(set(tags) - expected)
+    def _claim_completion(self, record: Checkpoint, tags: dict[str, list[tuple[int, str]]]) -> tuple[Checkpoint, str]:
+        """Check the tags name the record's files and claim its completion: of two racing requests only one
+        sees the record unclaimed."""
+        unknown = sorted(set(tags) - set(record.names))
         if unknown:
             raise InvalidRequest(f"multi_parts_tags names {unknown}, which are not files of checkpoint "
-                                 f"{checkpoint_id} (its files: {sorted(expected)}).")
-        # Claim the completion: of two racing requests only one sees the record unclaimed.
+                                 f"{record.id} (its files: {sorted(record.names)}).")
         claim = uuid.uuid4().hex
-        claimed = self.records.update(checkpoint_id, {"completing": claim},
+        claimed = self.records.update(record.id, {"completing": claim, "error": None},
                                       expect={"status": INITIALED, "completing": None})
         if claimed is None:
-            current = self.get(checkpoint_id)
+            current = self.get(record.id)
             if current.status == INITIALED:
-                raise WrongState(f"checkpoint {checkpoint_id} is being completed by another request.")
-            raise WrongState(f"checkpoint {checkpoint_id} is {current.status}, not {INITIALED}: "
+                raise WrongState(f"checkpoint {record.id} is being completed by another request.")
+            raise WrongState(f"checkpoint {record.id} is {current.status}, not {INITIALED}: "
                              "its upload was already completed.")
+        return claimed, claim
+
+    def _complete_claimed(self, record: Checkpoint, tags: dict[str, list[tuple[int, str]]], claim: str) -> Checkpoint:
+        """Assemble every file from its parts, check it is a model of the record's type, then `Active`.
+
+        A missing or wrong part leaves the record `Initialed` with the `error` (fix the list and retry); a
+        file that is not a model of that type fails the record for good.
+        """
         try:
-            files = self._assemble_files(claimed, tags)
-        except BaseException:
-            self.records.update(checkpoint_id, {"completing": None}, expect={"completing": claim})
+            files = self._assemble_files(record, tags)
+        except BaseException as exc:
+            error = exc.message if isinstance(exc, ServiceError) else "the completion failed; try again."
+            self.records.update(record.id, {"completing": None, "error": error}, expect={"completing": claim})
             raise
-        return self.finish(checkpoint_id, files, expect={"completing": claim})
+        return self.finish(record.id, files, expect={"completing": claim})
 
     def _assemble_files(self, record: Checkpoint, tags: dict[str, list[tuple[int, str]]]) -> list[CheckpointFile]:
         missing = [f.filename for f in record.files if f.filename not in tags and f.sha256 is None]
@@ -199,6 +233,30 @@ class CheckpointService:
 
     def active_file_names(self, checkpoint_type: str) -> list[str]:
         return list(dict.fromkeys(n for record in self.list([ACTIVE], [checkpoint_type]) for n in record.names))
+
+    def release_stale_claims(self) -> list[str]:
+        """At start: completions claimed by a process that died (one middleware owns a data dir) are given
+        up, so the upload can be completed again (the blob store gave its parts back)."""
+        stale = [r.id for r in self.list([INITIALED], []) if r.completing]
+        for checkpoint_id in stale:
+            log.warning("checkpoint %s: its completion was interrupted by a restart; it can be completed again",
+                        checkpoint_id)
+            self.records.update(checkpoint_id, {"completing": None}, expect={"status": INITIALED})
+        return stale
+
+    def delete(self, checkpoint_id: str) -> None:
+        """Remove a checkpoint and its files (jobs still waiting for it fail when they are dispatched)."""
+        record = self.get(checkpoint_id)
+        if record.completing:
+            raise WrongState(f"checkpoint {checkpoint_id} is being completed; delete it when that has ended.")
+        self.records.delete(checkpoint_id)
+        for entry in record.files:
+            if entry.upload_id and entry.sha256 is None:
+                try:
+                    self.blobs.abort_multipart(entry.key, entry.upload_id)
+                except UploadNotFound:
+                    pass
+        self.blobs.delete_prefix(f"models/{record.type}/{record.id}")
 
     def expire_uploads(self, older_than_s: float) -> list[str]:
         """Fail checkpoints whose upload was started over `older_than_s` ago and never completed."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_extension.middleware.blobs.base import BlobStore
-from aws_extension.middleware.errors import InvalidRequest, UnknownRecord, WrongState
+from aws_extension.middleware.errors import InvalidRequest, TooLarge, UnknownRecord, WrongState
 from aws_extension.middleware.records import DATASETS, Dataset, DatasetFile
 from aws_extension.middleware.services.names import check_filename, check_name, now
 from aws_extension.middleware.store.base import DuplicateRecord, Store
@@ -45,16 +45,19 @@ def file_key(dataset_name: str, filename: str) -> str:
 
 
 class DatasetService:
-    def __init__(self, store: Store, blobs: BlobStore, upload_url_ttl_s: int):
+    def __init__(self, store: Store, blobs: BlobStore, upload_url_ttl_s: int, max_files: int):
         self.records = Records(store, DATASETS, Dataset)
         self.blobs = blobs
         self.upload_url_ttl_s = upload_url_ttl_s
+        self.max_files = max_files
 
     def create(self, dataset_name: str, content: list[FileToAdd], params: dict[str, Any]) -> dict[str, str]:
         """Create an `Initialed` dataset; returns a signed PUT URL per file name."""
         check_name(dataset_name, "dataset name")
         if not content:
             raise InvalidRequest("content is empty: a dataset needs at least one file.")
+        if len(content) > self.max_files:
+            raise TooLarge(f"content lists {len(content)} files; a dataset has at most {self.max_files}.")
         filenames = [check_filename(f.filename) for f in content]
         if len(set(filenames)) != len(filenames):
             raise InvalidRequest("each file name may be listed only once in a dataset.")
@@ -87,6 +90,12 @@ class DatasetService:
         if updated is None:
             raise WrongState(f"dataset {dataset_name!r} changed while it was being updated; try again.")
         return updated
+
+    def delete(self, dataset_name: str) -> None:
+        """Remove a dataset and its files."""
+        self.get(dataset_name)
+        self.records.delete(dataset_name)
+        self.blobs.delete_prefix(f"dataset/{dataset_name}")
 
     def list(self, statuses: list[str]) -> list[Dataset]:
         return self.records.all({"status": statuses})

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from aws_extension.middleware.compute.base import Compute, EndpointChange
-from aws_extension.middleware.errors import InvalidRequest, UnknownRecord, WrongState
+from aws_extension.middleware.errors import InvalidRequest, TooLarge, UnknownRecord, WrongState
 from aws_extension.middleware.records import ENDPOINTS, Endpoint
 from aws_extension.middleware.services.names import check_name, new_id, now, time_text
 from aws_extension.middleware.store.base import DuplicateRecord, Store
@@ -37,10 +37,11 @@ def _count(value: Any, field: str, low: int, high: int) -> int:
 
 
 class EndpointService:
-    def __init__(self, store: Store, compute: Compute, max_instances: int):
+    def __init__(self, store: Store, compute: Compute, max_instances: int, max_endpoints: int):
         self.records = Records(store, ENDPOINTS, Endpoint)
         self.compute = compute
         self.max_instances = max_instances
+        self.max_endpoints = max_endpoints
 
     def deploy(self, body: dict[str, Any]) -> Endpoint:
         instance_type = body.get("instance_type")
@@ -57,6 +58,10 @@ class EndpointService:
             if not minimum <= count <= maximum:
                 raise InvalidRequest(f"initial_instance_count ({count}) must lie between min_instance_number "
                                      f"({minimum}) and max_instance_number ({maximum}).")
+        live = self.records.count({"endpoint_status": [EndpointStatus.CREATING, EndpointStatus.IN_SERVICE]})
+        if live >= self.max_endpoints:
+            raise TooLarge(f"there are {live} endpoints already, the most this server allows "
+                           f"(SD_AWS_MAX_ENDPOINTS={self.max_endpoints}); delete one first.")
         job_id = new_id()
         name = check_name(body.get("endpoint_name") or f"infer-endpoint-{job_id[:7]}", "endpoint name")
         started = now()

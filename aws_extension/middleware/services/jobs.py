@@ -24,7 +24,7 @@ from aws_extension.middleware.answers import (
 from aws_extension.middleware.blobs.base import BlobStore
 from aws_extension.middleware.compute.base import Compute
 from aws_extension.middleware.errors import InvalidRequest, ServiceError, UnknownRecord, WrongState
-from aws_extension.middleware.records import JOBS, InferenceJob, JobModel, MergeSpec
+from aws_extension.middleware.records import InferenceJob, JobModel, MergeSpec
 from aws_extension.middleware.services.checkpoints import CheckpointService
 from aws_extension.middleware.services.endpoints import EndpointService
 from aws_extension.middleware.services.models import ModelResolver, check_models_field
@@ -32,8 +32,6 @@ from aws_extension.middleware.services.names import check_filename, new_id, now,
 from aws_extension.middleware.services.queue import JobQueue
 from aws_extension.middleware.services.results import JobResults, params_key, params_upload_key, result_prefix
 from aws_extension.middleware.services.webhooks import WebhookSender
-from aws_extension.middleware.store.base import Store
-from aws_extension.middleware.store.typed import Records
 from aws_extension.payload import PayloadError, PayloadLimits, validate_payload
 from aws_extension.vocabulary import (
     GENERATION_TASKS,
@@ -52,11 +50,10 @@ ROUTING_FIELDS = ("task_type", "models", "sagemaker_endpoint_name", "callback_ur
 
 
 class JobService:
-    def __init__(self, records: Records[InferenceJob], blobs: BlobStore, compute: Compute,
-                 checkpoints: CheckpointService, endpoints: EndpointService, webhooks: WebhookSender,
-                 limits: PayloadLimits):
-        self.records = records
-        self.queue = JobQueue(records)
+    def __init__(self, queue: JobQueue, blobs: BlobStore, compute: Compute, checkpoints: CheckpointService,
+                 endpoints: EndpointService, webhooks: WebhookSender, limits: PayloadLimits, max_params_bytes: int):
+        self.records = queue.jobs
+        self.queue = queue
         self.blobs = blobs
         self.compute = compute
         self.checkpoints = checkpoints
@@ -64,11 +61,7 @@ class JobService:
         self.webhooks = webhooks
         self.limits = limits
         self.models = ModelResolver(checkpoints.active)
-        self.results = JobResults(blobs, checkpoints)
-
-    @staticmethod
-    def job_records(store: Store) -> Records[InferenceJob]:
-        return Records(store, JOBS, InferenceJob)
+        self.results = JobResults(blobs, checkpoints, max_params_bytes)
 
     # -- creating and starting jobs -------------------------------------------------------------------------
     def _pick_endpoint(self, name: Any) -> str:

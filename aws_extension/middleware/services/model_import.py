@@ -18,7 +18,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
-from aws_extension.middleware.errors import InvalidRequest, ServiceError
+from aws_extension.middleware.errors import InvalidRequest, ServiceError, TooLarge
 from aws_extension.middleware.records import Checkpoint, CheckpointFile
 from aws_extension.middleware.services.checkpoints import INITIALED, CheckpointService, check_type, file_key
 from aws_extension.middleware.services.names import check_filename
@@ -61,9 +61,15 @@ class ModelImporter:
         check_type(checkpoint_type)
         if not urls:
             raise InvalidRequest("modelUrl is empty: give at least one URL to import.")
+        if len(urls) > self.settings.max_files_per_checkpoint:
+            raise TooLarge(f"modelUrl lists {len(urls)} URLs; a checkpoint has at most "
+                           f"{self.settings.max_files_per_checkpoint} files.")
         for url in urls:
             check_download_url(url, self.settings.import_allow_private_addresses)
         tokens = {k: params[k] for k in TOKEN_HOSTS if params.get(k)}
+        for name, token in tokens.items():
+            if not isinstance(token, str) or not token.isprintable() or " " in token:
+                raise InvalidRequest(f"params.{name} must be the site's access token (printable text, no spaces).")
         stored_params = {k: v for k, v in params.items() if k not in TOKEN_HOSTS}
         record = self.checkpoints.new_record(checkpoint_type, [], stored_params, source="url")
         record.urls = urls

@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from aws_extension.middleware.records import InferenceJob
+from aws_extension.middleware.records import JOBS, InferenceJob
+from aws_extension.middleware.store.base import Store
 from aws_extension.middleware.store.typed import Records
 from aws_extension.vocabulary import JobStatus
 
@@ -25,8 +26,8 @@ LIVE = (JobStatus.INPROGRESS, JobStatus.CANCELLING)
 
 
 class JobQueue:
-    def __init__(self, jobs: Records[InferenceJob]):
-        self.jobs = jobs
+    def __init__(self, store: Store):
+        self.jobs = Records(store, JOBS, InferenceJob)
 
     # -- entering and leaving the queue ------------------------------------------------------------------
     @staticmethod

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from aws_extension.middleware.blobs.base import BlobStore
-from aws_extension.middleware.errors import InvalidRequest, WorkerResultMissing
+from aws_extension.middleware.errors import InvalidRequest, TooLarge, WorkerResultMissing
 from aws_extension.middleware.records import CheckpointFile, InferenceJob
 from aws_extension.middleware.services.checkpoints import INITIALED, CheckpointService
 from aws_extension.vocabulary import Task
@@ -45,9 +45,10 @@ def image_count(params: dict[str, Any]) -> int:
 
 
 class JobResults:
-    def __init__(self, blobs: BlobStore, checkpoints: CheckpointService):
+    def __init__(self, blobs: BlobStore, checkpoints: CheckpointService, max_params_bytes: int):
         self.blobs = blobs
         self.checkpoints = checkpoints
+        self.max_params_bytes = max_params_bytes  # as a request body may be
 
     def save_params(self, job_id: str, params: dict[str, Any]) -> None:
         with self.blobs.writer(params_key(job_id)) as out:
@@ -58,8 +59,12 @@ class JobResults:
 
     def uploaded_params(self, job: InferenceJob) -> dict[str, Any] | None:
         """Parameters uploaded to a `run: false` job's upload URL, if any; InvalidRequest if not an object."""
-        if not job.params_upload_key or not self.blobs.exists(job.params_upload_key):
+        size = self.blobs.size(job.params_upload_key) if job.params_upload_key else None
+        if size is None:
             return None
+        if size > self.max_params_bytes:
+            raise TooLarge(f"the parameters uploaded for job {job.id} are {size} bytes; at most "
+                           f"{self.max_params_bytes} (SD_AWS_MAX_BODY_BYTES) are read.")
         try:
             params = json.loads(self.blobs.read(job.params_upload_key))
         except ValueError:

@@ -1,11 +1,15 @@
 """Endpoints leaving service, and what that means for their jobs.
 
-Deleting an endpoint (`DELETE /endpoints`) cancels its waiting jobs, stops its workers and cancels the jobs
-they were running; an endpoint that fails on its own (compute reports Failed) fails its jobs. Each endpoint
-of a deletion is deleted independently: one failure does not stop the others.
+Deleting an endpoint (`DELETE /endpoints`) makes it `Deleting` and cancels its waiting jobs (its running
+ones become `cancelling`) in the request; stopping its workers, which can take seconds, happens in the
+background, then it is `Deleted` and the jobs its workers had are `cancelled`. An endpoint that fails on
+its own (compute reports Failed) fails its jobs. Each endpoint of a deletion is deleted independently:
+one failure does not stop the others.
 """
 
 from __future__ import annotations
+
+import threading
 
 from aws_extension.middleware.errors import InvalidRequest, UnknownRecord, WrongState
 from aws_extension.middleware.records import Endpoint
@@ -32,17 +36,21 @@ class EndpointRetirement:
             except (UnknownRecord, WrongState) as exc:
                 results[name] = exc.message
                 continue
-            self._retire(record)
+            self.jobs.stop_endpoint_jobs(name, self._reason(record))
+            threading.Thread(target=self._finish, args=(record,), name=f"delete-{name}", daemon=True).start()
             results[name] = DELETED
         if all(r != DELETED and "does not exist" in r for r in results.values()):
             raise UnknownRecord(f"none of the endpoints {list(results)} exist.")
         return results
 
-    def _retire(self, record: Endpoint) -> None:
-        reason = f"The endpoint {record.endpoint_name} was deleted."
-        self.jobs.stop_endpoint_jobs(record.endpoint_name, reason)
-        self.endpoints.finish_delete(record)  # stops the workers, interrupting the running jobs
-        self.jobs.end_endpoint_jobs(record.endpoint_name, JobStatus.CANCELLED, reason)
+    @staticmethod
+    def _reason(record: Endpoint) -> str:
+        return f"The endpoint {record.endpoint_name} was deleted."
+
+    def _finish(self, record: Endpoint) -> None:
+        """Stop the workers (interrupting the running jobs); then the endpoint is Deleted and nothing of it runs."""
+        self.endpoints.finish_delete(record)
+        self.jobs.end_endpoint_jobs(record.endpoint_name, JobStatus.CANCELLED, self._reason(record))
 
     def endpoint_failed(self, name: str, reason: str) -> None:
         """The endpoint left service without being deleted: its waiting and running jobs fail."""
@@ -51,4 +59,5 @@ class EndpointRetirement:
     def restore(self) -> None:
         """After a restart: finish the deletions a previous run left half done."""
         for record in self.endpoints.restore():
-            self._retire(record)
+            self.jobs.stop_endpoint_jobs(record.endpoint_name, self._reason(record))
+            self._finish(record)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -68,6 +69,27 @@ MIGRATIONS: list[str] = [
                                     "completeTime": "complete_time", "sagemakerRaw": "worker_answer"}),
     ]),
 ]
+
+
+# A JSON escape of a UTF-16 surrogate: how a stored string could hold a lone one (the door refuses them now;
+# an item written before, or by another program, must not make every list that shows it fail).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _valid_text(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_valid_text(k): _valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_text(v) for v in value]
+    return value
+
+
+def _load(data: str) -> Item:
+    """An item from its JSON; a lone surrogate in a string becomes U+FFFD."""
+    item = json.loads(data)
+    return _valid_text(item) if _SURROGATE_ESCAPE.search(data) else item
 
 
 def _matches(item: Item, expect: Item) -> bool:
@@ -175,23 +197,23 @@ class SQLiteStore:
     def get(self, table: Table, item_id: str) -> Item | None:
         row = self._connect().execute(
             "SELECT data FROM records WHERE tbl = ? AND id = ?", (table.name, item_id)).fetchone()
-        return json.loads(row[0]) if row else None
+        return _load(row[0]) if row else None
 
     def find(self, table: Table, field: str, value: Any) -> Item | None:
         row = self._connect().execute(
             f"SELECT data FROM records WHERE tbl = ? AND {self._column(table, field)} = ? "  # noqa: S608
             "ORDER BY created DESC LIMIT 1", (table.name, value)).fetchone()
-        return json.loads(row[0]) if row else None
+        return _load(row[0]) if row else None
 
     def update(self, table: Table, item_id: str, changes: Item, expect: Item | None = None) -> Item | None:
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
             row = conn.execute("SELECT data FROM records WHERE tbl = ? AND id = ?", (table.name, item_id)).fetchone()
-            if row is None or (expect and not _matches(json.loads(row[0]), expect)):
+            if row is None or (expect and not _matches(_load(row[0]), expect)):
                 conn.execute("ROLLBACK")
                 return None
-            item = {**json.loads(row[0]), **changes}
+            item = {**_load(row[0]), **changes}
             conn.execute(
                 "UPDATE records SET status = ?, kind = ?, name = ?, queue_state = ?, created = ?, data = ? "
                 "WHERE tbl = ? AND id = ?",
@@ -223,7 +245,7 @@ class SQLiteStore:
         rows = self._connect().execute(
             f"SELECT data, created, id FROM records WHERE {' AND '.join(clauses)} "  # noqa: S608 - fixed columns
             f"ORDER BY created {order}, id {order} LIMIT ?", (*args, limit + 1)).fetchall()
-        items = [json.loads(r[0]) for r in rows[:limit]]
+        items = [_load(r[0]) for r in rows[:limit]]
         next_key = _encode_key(rows[limit - 1][1], rows[limit - 1][2]) if len(rows) > limit else None
         return Page(items, next_key)
 

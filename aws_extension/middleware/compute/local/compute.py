@@ -116,10 +116,11 @@ class LocalCompute:
         return instance
 
     def _start_process(self, local: LocalEndpoint, instance: Instance) -> bool:
-        with self._lock:
-            taken = [other.gpu for each in self._endpoints.values()
-                     for other in (*each.instances, *each.starting) if other is not instance]
-        return self.processes.start(instance, sharing=max(1, local.max_instances), gpus_taken=taken)
+        with self._lock:  # chosen and taken under one lock: instances starting together get different GPUs
+            instance.gpu = self.processes.pick_gpu([other.gpu for each in self._endpoints.values()
+                                                    for other in (*each.instances, *each.starting)
+                                                    if other is not instance])
+        return self.processes.start(instance, sharing=max(1, local.max_instances))
 
     def _stop_all(self, instances: list[Instance], interrupt_jobs: bool) -> None:
         for instance in instances:

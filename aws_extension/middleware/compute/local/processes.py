@@ -101,18 +101,19 @@ class WorkerProcesses:
         self.gpus = local_gpus(settings.local_gpus)
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner")
 
-    def start(self, instance: Instance, sharing: int, gpus_taken: list[str | None]) -> bool:
-        """Start (or restart) the instance's worker and wait for /ping; on failure `process` is None.
+    def pick_gpu(self, gpus_taken: list[str | None]) -> str | None:
+        """The GPU the fewest other instances have (None on a machine without GPUs)."""
+        return min(self.gpus, key=gpus_taken.count) if self.gpus else None
 
-        `sharing`: how many workers share this machine's cores; `gpus_taken`: the GPUs of the other
-        instances (the instance gets the least used one)."""
+    def start(self, instance: Instance, sharing: int) -> bool:
+        """Start (or restart) the instance's worker on its GPU and wait for /ping; on failure `process` is
+        None. `sharing`: how many workers share this machine's cores."""
         instance.port = _free_port()
         command = [sys.executable, "-m", "aws_extension", "worker", "--port", str(instance.port),
                    "--models-dir", str(instance.folder / "models"), "--engine", self.settings.worker_engine]
         env = {**self._thread_env(sharing), **worker_environment(os.environ), "HF_HUB_OFFLINE": "1",
                "SD_AWS_MODEL_CACHE_DIR": str(instance.folder / "cache")}
-        if self.gpus:
-            instance.gpu = min(self.gpus, key=gpus_taken.count)
+        if instance.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = instance.gpu
         with open(instance.folder / "worker.log", "ab") as log_file:
             instance.process = self._spawner.submit(
