@@ -15,6 +15,7 @@ Every refusal is a `ModelFileError` whose message names the file and says what i
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -94,6 +95,15 @@ def _inside(entry: Any, data_length: int) -> bool:
     offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
     return (isinstance(offsets, list) and len(offsets) == 2 and all(_is_size(o) for o in offsets)
             and offsets[0] <= offsets[1] <= data_length)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file (what the catalogue, the worker's cache and A1111's hashes identify content by)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(8 * 1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_safetensors_header(read: Reader, size: int, filename: str) -> SafetensorsHeader:

@@ -16,6 +16,7 @@ from typing import Any
 
 import requests
 
+from aws_extension.model_files import file_sha256
 from aws_extension.vocabulary import CheckpointStatus, DatasetStatus, EndpointStatus, JobStatus
 
 MiB = 1024 * 1024
@@ -71,9 +72,12 @@ class MiddlewareClient:
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def create_checkpoint(self, checkpoint_type: str, filenames: list[tuple[str, int]],
-                          params: dict | None = None) -> dict:
+                          params: dict | None = None, sha256s: dict[str, str] | None = None) -> dict:
+        """POST /checkpoint; with `sha256s` (file name → sha256) the middleware answers an Active checkpoint of
+        that content (`existing`) instead of upload URLs, when it has one."""
         body = {"checkpoint_type": checkpoint_type, "params": params or {},
-                "filenames": [{"filename": n, "parts_number": p} for n, p in filenames]}
+                "filenames": [{"filename": n, "parts_number": p, **({"sha256": sha256s[n]} if sha256s else {})}
+                              for n, p in filenames]}
         return self.request("POST", "/checkpoint", json=body)
 
     def complete_checkpoint(self, checkpoint_id: str, multi_parts_tags: dict[str, list[dict]]) -> dict:
@@ -227,10 +231,14 @@ class MiddlewareClient:
     def upload_checkpoint_files(self, checkpoint_type: str, paths: list[Path], params: dict | None = None,
                                 part_size: int = DEFAULT_PART_SIZE, workers: int = 4, retries: int = 3,
                                 progress: ProgressCallback | None = None) -> dict:
-        """Upload model files as one checkpoint: parts in parallel, with retries; then complete it."""
+        """Upload model files as one checkpoint: parts in parallel, with retries; then complete it. The files
+        are hashed first: content the catalogue has already is not uploaded again (its checkpoint is returned)."""
         sizes = {p.name: p.stat().st_size for p in paths}
         counts = {name: max(1, math.ceil(size / part_size)) for name, size in sizes.items()}
-        created = self.create_checkpoint(checkpoint_type, list(counts.items()), params)
+        created = self.create_checkpoint(checkpoint_type, list(counts.items()), params,
+                                         sha256s={p.name: file_sha256(p) for p in paths})
+        if created.get("existing"):
+            return created["checkpoint"]
         total, done = sum(sizes.values()), 0
         jobs = [(path, n, url) for path in paths for n, url in enumerate(created["s3PresignUrl"][path.name], 1)]
         tags: dict[str, list[dict]] = {p.name: [] for p in paths}

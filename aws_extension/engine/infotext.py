@@ -8,7 +8,6 @@ one line of `Key: value` pairs where values holding `,`, `:` or a newline are JS
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import re
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
+
+from aws_extension.model_files import file_sha256
 
 _RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _RE_IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -81,11 +82,7 @@ def read_png_infotext(png: bytes) -> str | None:
 
 @functools.lru_cache(maxsize=256)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(8 * 1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(Path(path))
 
 
 def short_hash(path: Path) -> str:

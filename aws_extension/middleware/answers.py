@@ -152,6 +152,7 @@ class CheckpointAnswer(BaseModel):
 
 class CheckpointUploadStarted(CheckpointAnswer):
     s3PresignUrl: dict[str, list[str]]  # file name → its parts' signed PUT URLs
+    existing: bool = False  # the declared content is Active already: this is that checkpoint, nothing to upload
 
 
 class CheckpointDeleted(BaseModel):

@@ -25,6 +25,7 @@ class CheckpointFile:
     key: str  # blob key: models/<type>/<checkpoint id>/<filename>
     sha256: str | None = None  # set once the file is complete
     size: int | None = None
+    declared_sha256: str | None = None  # uploads: what the client said the file hashes to
     parts_number: int | None = None  # uploads: the multipart upload in progress
     upload_id: str | None = None
     url: str | None = None  # imports: where it came from
@@ -52,7 +53,7 @@ class Checkpoint:
         return [f.filename for f in self.files]
 
 
-CHECKPOINTS = Table("checkpoints", indexed=("status", "type"))
+CHECKPOINTS = Table("checkpoints", indexed=("status", "type", "sha256"))  # sha256: the catalogue is content-addressed
 
 
 @dataclass

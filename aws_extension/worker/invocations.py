@@ -67,7 +67,6 @@ forwarded-to WebUI failed; 503 the engine is not ready; 500 a bug ("Internal err
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import time
 import uuid
@@ -79,6 +78,7 @@ from urllib.parse import urlsplit
 import requests
 
 from aws_extension.engine.base import Interrupted, ModelSet
+from aws_extension.model_files import file_sha256
 from aws_extension.vocabulary import CheckpointType, JobStatus, MergeMethod, Task
 from aws_extension.wire import InvocationAnswer, InvocationRequest, ModelRef, Timings
 from aws_extension.worker.errors import InvocationError, error_message, http_status
@@ -237,14 +237,6 @@ def _merge_path(params: dict[str, Any], key: str, files: dict[str, Path], requir
     return files[name]
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _run_merge(runtime: WorkerRuntime, job: Job) -> InvocationAnswer:
     merge = _MergeRequest.of(job)
     engine = runtime.engine
@@ -261,7 +253,7 @@ def _run_merge(runtime: WorkerRuntime, job: Job) -> InvocationAnswer:
             runtime.jobs.run(job.job_id, job.request.task, lambda progress, cancel: engine.merge(
                 primary, secondary, tertiary, merge.method, merge.multiplier, merge.save_as_half, out, progress))
             clock.ran()
-            sha256, size = _sha256_of(out), out.stat().st_size
+            sha256, size = file_sha256(out), out.stat().st_size
             with out.open("rb") as f:
                 _upload(merge.model_url, f, "application/octet-stream", "the merged model",
                         runtime.settings.download_timeout_s)

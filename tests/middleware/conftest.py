@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import struct
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ from tests.helpers import start_middleware
 API_KEY = "test-key"
 
 
-def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]], filler: int = 0) -> bytes:
+def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]], filler: int = 0,
+                      metadata: dict[str, str] | None = None) -> bytes:
     """A valid safetensors file with zero-filled F32 tensors of the given names and shapes."""
-    header, data, offset = {}, b"", 0
+    header, data, offset = ({"__metadata__": metadata} if metadata else {}), b"", 0
     for name, (dtype, shape) in tensors.items():
         size = 4
         for dim in shape:
@@ -27,10 +29,12 @@ def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]], filler: int = 0
 
 
 def fake_lora(path: Path, padding_bytes: int = 0) -> Path:
-    """A LoRA-shaped safetensors file; `padding_bytes` makes it big enough for multipart tests."""
+    """A LoRA-shaped safetensors file of its own content (the catalogue is content-addressed: the same bytes
+    twice are one checkpoint); `padding_bytes` makes it big enough for multipart tests."""
     floats = max(1, padding_bytes // 4)
     path.write_bytes(safetensors_bytes({"lora_unet_down_blocks_0_attn.lora_down.weight": ("F32", [floats]),
-                                        "lora_unet_down_blocks_0_attn.alpha": ("F32", [1])}, filler=7))
+                                        "lora_unet_down_blocks_0_attn.alpha": ("F32", [1])}, filler=7,
+                                       metadata={"made_for": uuid.uuid4().hex}))
     return path
 
 

@@ -277,3 +277,35 @@ def test_checkpoints_paged(middleware, headers, client, tmp_path):
     assert seen == whole
     bad = requests.get(f"{middleware.url}/checkpoints", params={"limit": 2, "last_key": "nope"}, headers=headers, timeout=10)
     assert bad.status_code == 400 and "last_key" in bad.json()["error"]
+
+
+def test_the_catalogue_is_content_addressed(middleware, headers, client, tmp_path):
+    original = client.upload_checkpoint_files("Lora", [fake_lora(tmp_path / "original.safetensors")])
+    copy = tmp_path / "renamed-copy.safetensors"
+    copy.write_bytes((tmp_path / "original.safetensors").read_bytes())
+    before = len(client.list_checkpoints(["Lora"]))
+    again = client.upload_checkpoint_files("Lora", [copy])  # hashed first: nothing is uploaded
+    assert again["id"] == original["id"] and again["status"] == "Active"
+    assert len(client.list_checkpoints(["Lora"])) == before
+    declared = requests.post(f"{middleware.url}/checkpoint", headers=headers, timeout=10, json={
+        "checkpoint_type": "Lora", "filenames": [{"filename": "x.safetensors", "parts_number": 1,
+                                                  "sha256": original["sha256"]}]}).json()
+    assert declared["existing"] and declared["s3PresignUrl"] == {} and declared["checkpoint"]["id"] == original["id"]
+    # The same content as another type is another checkpoint; a wrong sha256 is refused.
+    assert requests.post(f"{middleware.url}/checkpoint", headers=headers, timeout=10, json={
+        "checkpoint_type": "embeddings", "filenames": [{"filename": "x.pt", "parts_number": 1,
+                                                        "sha256": original["sha256"]}]}).json()["existing"] is False
+    bad = requests.post(f"{middleware.url}/checkpoint", headers=headers, timeout=10, json={
+        "checkpoint_type": "Lora", "filenames": [{"filename": "x.safetensors", "parts_number": 1, "sha256": "abc"}]})
+    assert bad.status_code == 422
+
+
+def test_an_upload_that_is_not_its_declared_content_fails(middleware, headers, client, tmp_path):
+    path = fake_lora(tmp_path / "liar.safetensors")
+    created = client.create_checkpoint("Lora", [("liar.safetensors", 1)], sha256s={"liar.safetensors": "0" * 64})
+    etag = requests.put(created["s3PresignUrl"]["liar.safetensors"][0], data=path.read_bytes(), timeout=10).headers["ETag"]
+    answer = requests.put(f"{middleware.url}/checkpoint", headers=headers, timeout=30, json={
+        "checkpoint_id": created["checkpoint"]["id"], "status": "Active",
+        "multi_parts_tags": {"liar.safetensors": [{"ETag": etag, "PartNumber": 1}]}})
+    assert answer.status_code == 400 and "not the declared" in answer.json()["error"]
+    assert client.get_checkpoint(created["checkpoint"]["id"])["status"] == "Failed"

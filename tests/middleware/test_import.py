@@ -88,3 +88,19 @@ def test_import_refuses_file_urls_and_bad_input(middleware, headers, client):
         assert words in response.json()["error"]
     assert _import(middleware, headers, ["http://x/y"], checkpoint_type="Bogus").status_code == 422
     assert len(client.list_checkpoints()) == before
+
+
+def test_an_import_declaring_its_sha256_is_content_addressed(middleware, headers, client):
+    content = safetensors_bytes({"lora_unet_y.lora_down.weight": ("F32", [32]), "lora_unet_y.alpha": ("F32", [1])}, 9)
+    sha256 = hashlib.sha256(content).hexdigest()
+    with FileServer({"/m.safetensors": (200, {}, content)}) as server:
+        first = _import(middleware, headers, [server.url + "/m.safetensors"], params={"sha256": sha256}).json()
+        assert client.wait_for_checkpoint(first["checkpoint"]["id"], timeout_s=60, poll_s=0.2)["status"] == "Active"
+        again = _import(middleware, headers, [server.url + "/m.safetensors"], params={"sha256": sha256.upper()})
+        assert again.json()["checkpoint"]["id"] == first["checkpoint"]["id"]  # known content: no download
+        assert server.hits["/m.safetensors"] == 1
+        lied = _import(middleware, headers, [server.url + "/m.safetensors"], params={"sha256": "1" * 64}).json()
+        final = client.wait_for_checkpoint(lied["checkpoint"]["id"], timeout_s=60, poll_s=0.2)
+    assert final["status"] == "Failed" and "not the declared" in final["error"]
+    bad = _import(middleware, headers, ["http://127.0.0.1:9/x"], params={"sha256": ["a" * 64, "b" * 64]})
+    assert bad.status_code == 400 and "each of the 1 URLs" in bad.json()["error"]

@@ -24,6 +24,8 @@ class Strict(BaseModel):
 class FilenameParts(Strict):
     filename: str
     parts_number: int
+    sha256: str | None = Field(None, pattern="^[0-9a-fA-F]{64}$",
+                               description="the file's sha256: if that content is Active already, nothing is uploaded")
 
 
 class CreateCheckpoint(Strict):
@@ -52,8 +54,9 @@ class ImportCheckpoint(Strict):
 @router.post("/checkpoint", response_model=answers.CheckpointUploadStarted)
 def create_checkpoint(body: CreateCheckpoint, services: Services = Depends(get_services)):
     record, urls = services.checkpoints.create_upload(
-        body.checkpoint_type, [FileToUpload(f.filename, f.parts_number) for f in body.filenames], body.params)
-    return answers.CheckpointUploadStarted(checkpoint=answers.public_checkpoint(record), s3PresignUrl=urls)
+        body.checkpoint_type, [FileToUpload(f.filename, f.parts_number, f.sha256) for f in body.filenames], body.params)
+    return answers.CheckpointUploadStarted(checkpoint=answers.public_checkpoint(record), s3PresignUrl=urls,
+                                           existing=record.status == CheckpointStatus.ACTIVE)
 
 
 @router.put("/checkpoint", response_model=answers.CheckpointAnswer,

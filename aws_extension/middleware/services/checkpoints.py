@@ -36,10 +36,15 @@ _TOGGLES = {(ACTIVE, DISABLED), (DISABLED, ACTIVE)}
 class FileToUpload:
     filename: str
     parts_number: int
+    sha256: str | None = None  # declared by the client: the same content already Active is not uploaded again
 
 
 def file_key(checkpoint_type: str, checkpoint_id: str, filename: str) -> str:
     return f"models/{checkpoint_type}/{checkpoint_id}/{filename}"
+
+
+class ContentMismatch(InvalidRequest):
+    """An uploaded file is not the content its client declared."""
 
 
 def check_type(checkpoint_type: str) -> str:
@@ -68,8 +73,14 @@ class CheckpointService:
 
     def create_upload(self, checkpoint_type: str, files: list[FileToUpload],
                       params: dict[str, Any]) -> tuple[Checkpoint, dict[str, list[str]]]:
-        """Create an `Initialed` record and one multipart upload per file; returns it and the part URLs."""
+        """Create an `Initialed` record and one multipart upload per file; returns it and the part URLs.
+        When the client declares every file's sha256 and an Active checkpoint of that type has exactly that
+        content, that checkpoint is returned instead, with no URLs: nothing is uploaded twice."""
         check_type(checkpoint_type)
+        declared = [f.sha256 for f in files]
+        existing = self.find_content(checkpoint_type, declared) if files and all(declared) else None
+        if existing:
+            return existing, {}
         names = self.check_filenames([f.filename for f in files], "filenames")
         for f in files:
             if not 1 <= f.parts_number <= self.max_parts:
@@ -81,11 +92,19 @@ class CheckpointService:
         record = self.new_record(checkpoint_type, names, params, source="upload")
         urls: dict[str, list[str]] = {}
         for entry, f in zip(record.files, files):
-            entry.parts_number = f.parts_number
+            entry.parts_number, entry.declared_sha256 = f.parts_number, f.sha256
             entry.upload_id = self.blobs.create_multipart(entry.key)
             urls[f.filename] = self.blobs.part_urls(entry.key, entry.upload_id, f.parts_number)
         self.records.create(record)
         return record, urls
+
+    def find_content(self, checkpoint_type: str, sha256s: list[str]) -> Checkpoint | None:
+        """The Active checkpoint of this type whose files have exactly these sha256s (in any order)."""
+        wanted = sorted(s.lower() for s in sha256s)
+        for record in self.records.all({"sha256": [s.lower() for s in sha256s], "status": [ACTIVE]}):
+            if record.type == checkpoint_type and sorted(f.sha256 or "" for f in record.files) == wanted:
+                return record
+        return None
 
     def check_filenames(self, filenames: list[str], field: str) -> list[str]:
         """A checkpoint's file names: 1 to `max_files` plain names, each once."""
@@ -160,6 +179,9 @@ class CheckpointService:
         """
         try:
             files = self._assemble_files(record, tags)
+        except ContentMismatch as exc:  # its parts are gone: only a new upload can fix it
+            self.fail(record.id, exc.message, expect={"completing": claim})
+            raise
         except BaseException as exc:
             error = exc.message if isinstance(exc, ServiceError) else "the completion failed; try again."
             self.records.update(record.id, {"completing": None, "error": error}, expect={"completing": claim})
@@ -178,6 +200,9 @@ class CheckpointService:
                                                          expected_parts=entry.parts_number)
                 except (UploadError, UploadNotFound) as exc:
                     raise InvalidRequest(f"{entry.filename}: {exc}.") from None
+                if entry.declared_sha256 and info.sha256 != entry.declared_sha256.lower():
+                    raise ContentMismatch(f"{entry.filename}: the uploaded file's sha256 is {info.sha256}, not the "
+                                          f"declared {entry.declared_sha256}; upload the file again.")
                 entry = replace(entry, sha256=info.sha256, size=info.size)
             files.append(entry)
             # Keep progress, so a retry after a bad ETag on another file does not need these parts again.

@@ -41,6 +41,17 @@ class TransientError(Exception):
     """A download that may succeed if retried (connection reset, 5xx, 429, timeout)."""
 
 
+def _declared_sha256s(value: Any, count: int) -> list[str] | None:
+    """`params.sha256` of an import: one 64-hex string per URL (a string for one URL), or absent."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else value
+    if not (isinstance(values, list) and len(values) == count
+            and all(isinstance(v, str) and re.fullmatch(r"[0-9a-fA-F]{64}", v) for v in values)):
+        raise InvalidRequest(f"params.sha256 must be the sha256 (64 hex digits) of each of the {count} URLs, in order.")
+    return [v.lower() for v in values]
+
+
 def filename_from_response(response: requests.Response) -> str:
     """The file name from Content-Disposition (RFC 6266, incl. filename*=UTF-8''), else the URL path."""
     disposition = response.headers.get("Content-Disposition", "")
@@ -58,7 +69,14 @@ class ModelImporter:
         self._threads: list[threading.Thread] = []
 
     def start(self, checkpoint_type: str, urls: list[str], params: dict[str, Any]) -> Checkpoint:
+        """Import the files at `urls` in the background. `params.sha256` (one per URL, as model sites list
+        them) makes it content-addressed: if that content is Active already, that checkpoint is the answer
+        and nothing is downloaded; a download that does not hash to it fails."""
         check_type(checkpoint_type)
+        declared = _declared_sha256s(params.get("sha256"), len(urls))
+        existing = self.checkpoints.find_content(checkpoint_type, declared) if declared else None
+        if existing:
+            return existing
         if not urls:
             raise InvalidRequest("modelUrl is empty: give at least one URL to import.")
         if len(urls) > self.settings.max_files_per_checkpoint:
@@ -191,6 +209,9 @@ class ModelImporter:
             if total is not None and received != total:
                 raise TransientError(f"the download ended after {received} of {total} bytes")
         self._report(record, index + 1, 0, None)
+        declared = (_declared_sha256s(record.params.get("sha256"), len(record.urls)) or [None] * len(record.urls))[index]
+        if declared and sha256.hexdigest() != declared:
+            raise DownloadFailed(f"{url}: the file's sha256 is {sha256.hexdigest()}, not the declared {declared}.")
         return CheckpointFile(filename=filename, key=key, sha256=sha256.hexdigest(), size=received, url=url)
 
     def _report(self, record: Checkpoint, files_done: int, received: int, total: int | None) -> None:

@@ -20,7 +20,7 @@ from aws_extension.middleware.store.base import DuplicateRecord, Item, Page, Tab
 
 # Each table's indexed fields → the index column holding them.
 COLUMNS: dict[str, dict[str, str]] = {
-    "checkpoints": {"status": "status", "type": "kind"},
+    "checkpoints": {"status": "status", "type": "kind", "sha256": "name"},
     "datasets": {"status": "status"},
     "endpoints": {"deployment_status": "status", "endpoint_status": "kind", "live_name": "name"},
     "inference_jobs": {"status": "status", "task": "kind", "endpoint": "name", "queue_state": "queue_state"},
@@ -68,6 +68,8 @@ MIGRATIONS: list[str] = [
         _renamed("inference_jobs", {"kind": "task", "name": "endpoint", "startTime": "start_time",
                                     "completeTime": "complete_time", "sagemakerRaw": "worker_answer"}),
     ]),
+    # Checkpoints found by content: their sha256 in the `name` column.
+    "UPDATE records SET name = json_extract(data, '$.sha256') WHERE tbl = 'checkpoints'",
 ]
 
 
