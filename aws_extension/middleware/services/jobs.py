@@ -102,21 +102,22 @@ class JobService:
         callback_url = body.get("callback_url")
         if callback_url is not None:
             self.webhooks.check_url(callback_url)
-        job = self._new_job(task, endpoint, models, callback_url, requested_models=requested)
+        job = self._new_job(task, endpoint, models, callback_url, queued=run, requested_models=requested)
         self.results.save_params(job.id, params)
         if not run:
-            job.status, job.queue_state, job.params_upload_key = JobStatus.CREATED, None, params_upload_key(job.id)
+            job.params_upload_key = params_upload_key(job.id)
         self.records.create(job)
         if run:
             self.compute.submit(job)
         return job_started(job, self.blobs.signed_url(job.params_upload_key, "PUT") if not run else None)
 
     def _new_job(self, task: str, endpoint: str, models: list[JobModel], callback_url: str | None,
-                 **extra: Any) -> InferenceJob:
+                 queued: bool = True, **extra: Any) -> InferenceJob:
         job_id, created = new_id(), now()
+        place = self.queue.queued_fields() if queued else self.queue.held_fields()
         return InferenceJob(id=job_id, task=task, endpoint=endpoint, created=created, start_time=time_text(created),
                             models=models, params_key=params_key(job_id), callback_url=callback_url,
-                            output_path=self.blobs.uri(result_prefix(job_id)), **self.queue.queued_fields(), **extra)
+                            output_path=self.blobs.uri(result_prefix(job_id)), **place, **extra)
 
     def run(self, job_id: str) -> JobStarted:
         """Start a `created` job, with the parameters uploaded to its upload URL if any."""

@@ -35,6 +35,11 @@ class JobQueue:
         """The fields of a job that enters the queue now (a new job, or a `created` one that is run)."""
         return {"status": JobStatus.INPROGRESS, "queue_state": QUEUED, "worker": None, "progress": 0.0}
 
+    @staticmethod
+    def held_fields() -> dict[str, Any]:
+        """The fields of a new job that waits for `run` (`created`: not in the queue yet)."""
+        return {"status": JobStatus.CREATED, "queue_state": None}
+
     def enqueue(self, job_id: str) -> InferenceJob | None:
         """Queue a `created` job; None if it is no longer `created` (started or cancelled meanwhile)."""
         return self.jobs.update(job_id, self.queued_fields(), expect={"status": JobStatus.CREATED})
