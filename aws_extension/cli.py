@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--webui-models-dir", type=Path,
                    help="the WebUI's models/ folder, where jobs' models are placed (with --engine webui)")
 
+    sm = sub.add_parser("sagemaker", help="SageMaker's container entry points").add_subparsers(dest="action", required=True)
+    p = sm.add_parser("serve", help="the inference container: /ping and /invocations on port 8080 (SAGEMAKER_BIND_TO_PORT)")
+    p.add_argument("--host", default="0.0.0.0", help="address to bind (SageMaker needs every interface)")  # noqa: S104
+    p.add_argument("--port", type=int, help="port to bind (default: SAGEMAKER_BIND_TO_PORT, else 8080)")
+    p.add_argument("--engine", choices=("diffusers", "webui"), default="diffusers")
+    p.add_argument("--webui-url", help="URL of the A1111 WebUI to forward to (with --engine webui)")
+    p.add_argument("--webui-models-dir", type=Path, help="the WebUI's models/ folder (with --engine webui)")
+
     p = sub.add_parser("make-tiny-model", help="write a tiny random-weight SD 1.x checkpoint for tests and demos")
     p.add_argument("out", type=Path, help="output .safetensors file")
     p.add_argument("--extras", type=Path, help="also write a matching LoRA, embedding, VAE and ControlNet here")
@@ -141,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_worker(host=args.host, port=args.port, models_dir=args.models_dir,
                             engine=args.engine, webui_url=args.webui_url, webui_models_dir=args.webui_models_dir)
+    if args.command == "sagemaker":
+        from aws_extension.worker.sagemaker import serve as serve_sagemaker
+
+        return serve_sagemaker(args.host, args.port, args.engine, args.webui_url, args.webui_models_dir)
     if args.command == "make-tiny-model":
         from aws_extension.engine.tiny import write_tiny_model
 

@@ -87,6 +87,8 @@ class WorkerSettings:
     model_cache_dir: Path | None = _env("SD_AWS_MODEL_CACHE_DIR", None, "where fetched models are cached (default <models dir>/.cache)")
     model_cache_budget_bytes: int = _env("SD_AWS_MODEL_CACHE_BUDGET_BYTES", 100 * GiB, "size of the model cache before LRU eviction")
     download_timeout_s: float = _env("SD_AWS_DOWNLOAD_TIMEOUT_S", 60.0, "connect/read timeout when fetching models")
+    sagemaker_root: Path = _env("SD_AWS_SAGEMAKER_ROOT", Path("/opt/ml"),
+                                "SageMaker's container root (model/, input/, output/, checkpoints/); tests point it elsewhere")
     webui_models_dir: Path | None = _env(
         "SD_AWS_WEBUI_MODELS_DIR", None,
         "webui engine: the WebUI's models/ folder, where a job's models are linked (unset: the WebUI must have them)")

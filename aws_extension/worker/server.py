@@ -10,7 +10,7 @@ from aws_extension.settings import WorkerSettings, load
 
 
 def serve(host: str, port: int, models_dir: Path, engine: str = "diffusers", webui_url: str | None = None,
-          webui_models_dir: Path | None = None) -> int:
+          webui_models_dir: Path | None = None, model_cache_dir: Path | None = None) -> int:
     """Serve on host:port until stopped; returns the process exit code.
 
     `webui_models_dir` (webui engine; default: the setting SD_AWS_WEBUI_MODELS_DIR) is the WebUI's
@@ -25,7 +25,7 @@ def serve(host: str, port: int, models_dir: Path, engine: str = "diffusers", web
     if engine == "webui" and not webui_url:
         print("sd-aws worker: --engine webui needs --webui-url", file=sys.stderr)
         return 2
-    settings = load(WorkerSettings, webui_models_dir=webui_models_dir)
+    settings = load(WorkerSettings, webui_models_dir=webui_models_dir, model_cache_dir=model_cache_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     runtime = WorkerRuntime(models_dir, settings, engine_name=engine, webui_url=webui_url,
                             webui_models_dir=settings.webui_models_dir)

@@ -1,0 +1,91 @@
+"""`sd-aws sagemaker serve`: the image's `serve` entry point under SageMaker's contract, root in a temp dir."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from PIL import Image
+
+from aws_extension.worker.sagemaker import largest_volume, models_dir_for
+from tests.conftest import TINY_CHECKPOINT_NAME
+from tests.worker.helpers import WORKER_START_TIMEOUT_S, free_port
+
+
+def _start(root: Path, log: Path, **env: str) -> subprocess.Popen:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "SD_AWS_SAGEMAKER_ROOT": str(root), **env}
+    return subprocess.Popen([sys.executable, "-m", "aws_extension", "sagemaker", "serve", "--host", "127.0.0.1"],
+                            env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _pings_until_healthy(url: str, process: subprocess.Popen, log: Path) -> list[int]:
+    statuses: list[int] = []
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited with {process.returncode}: {log.read_text()[-3000:]}")
+        try:
+            statuses.append(requests.get(url + "/ping", timeout=2).status_code)
+        except requests.ConnectionError:
+            time.sleep(0.05)
+            continue
+        if statuses[-1] == 200:
+            return statuses
+        time.sleep(0.05)
+    raise AssertionError(f"serve never became healthy: {log.read_text()[-3000:]}")
+
+
+def test_serve_runs_the_model_sagemaker_unpacked_and_answers_async_request_objects(tmp_path, tiny_models_dir,
+                                                                                   file_server):
+    root = tmp_path / "opt-ml"
+    (root / "model").mkdir(parents=True)
+    shutil.copy(tiny_models_dir / "Stable-diffusion" / TINY_CHECKPOINT_NAME, root / "model" / "model.safetensors")
+    port = free_port()
+    process = _start(root, tmp_path / "serve.log", SAGEMAKER_BIND_TO_PORT=str(port),
+                     SD_AWS_MODEL_CACHE_DIR=str(tmp_path / "volume"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        statuses = _pings_until_healthy(url, process, tmp_path / "serve.log")
+        assert statuses[0] == 503 and statuses[-1] == 200  # answers at once, healthy only when it can work
+        # The request object the AWS backend writes for an asynchronous endpoint: everything inline, no
+        # model named (the endpoint's own model), images PUT to presigned URLs.
+        request = {"task": "txt2img", "job_id": "async-1", "models": [],
+                   "params": {"prompt": "a panda", "width": 64, "height": 64, "steps": 3, "seed": 7, "batch_size": 2},
+                   "output": {"image_urls": [f"{file_server.url}/out/async-1/image_{i}.png" for i in range(2)]}}
+        answer = requests.post(url + "/invocations", json=request, timeout=300)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["status"] == "succeed" and body["image_count"] == 2 and body["images"] == []
+        assert len(answer.content) < 4096  # small: SageMaker writes it to the output location
+        for i in range(2):
+            image = Image.open(io.BytesIO(file_server.uploads[f"/out/async-1/image_{i}.png"]))
+            assert image.size == (64, 64) and "Model: model" in image.info["parameters"]
+        assert (tmp_path / "volume" / "models" / "Stable-diffusion" / "model.safetensors").is_symlink()
+        # A bad request: a small JSON error with the reason (SageMaker writes it to the failure location).
+        bad = requests.post(url + "/invocations", json={"task": "txt2img", "params": {"steps": 0}}, timeout=60)
+        assert bad.status_code == 400 and bad.json()["status"] == "failed" and "steps" in bad.json()["error"]
+        assert len(bad.content) < 1024
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_the_model_folder_and_the_cache_volume(tmp_path):
+    typed = tmp_path / "typed"
+    (typed / "Lora").mkdir(parents=True)
+    assert models_dir_for(typed, tmp_path / "scratch") == typed  # laid out like models/: used as it is
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.safetensors").write_bytes(b"x")
+    (flat / "notes.txt").write_text("not a model")
+    models = models_dir_for(flat, tmp_path / "scratch")
+    assert sorted(p.name for p in (models / "Stable-diffusion").iterdir()) == ["a.safetensors"]
+    assert models_dir_for(tmp_path / "missing", tmp_path / "scratch2").is_dir()  # no model: an empty folder
+    assert largest_volume([tmp_path / "nowhere", tmp_path]) == tmp_path
+    assert not any(p for p in (tmp_path / "scratch2" / "models" / "Stable-diffusion").iterdir())
