@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("diffusers", "webui"), default="diffusers")
     p.add_argument("--webui-url", help="URL of the A1111 WebUI to forward to (with --engine webui)")
     p.add_argument("--webui-models-dir", type=Path, help="the WebUI's models/ folder (with --engine webui)")
+    p.add_argument("--webui-command", help="start the WebUI with this command first, and stop with it (with --engine webui)")
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random-weight SD 1.x checkpoint for tests and demos")
     p.add_argument("out", type=Path, help="output .safetensors file")
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sagemaker":
         from aws_extension.worker.sagemaker import serve as serve_sagemaker
 
-        return serve_sagemaker(args.host, args.port, args.engine, args.webui_url, args.webui_models_dir)
+        return serve_sagemaker(args.host, args.port, args.engine, args.webui_url, args.webui_models_dir,
+                               args.webui_command)
     if args.command == "make-tiny-model":
         from aws_extension.engine.tiny import write_tiny_model
 

@@ -7,17 +7,29 @@ The model's `ModelDataUrl` is unpacked into `<root>/model` before start (root: `
 default `/opt/ml`): a checkpoint there is the worker's own model, used by jobs that name none — laid out like
 the WebUI's `models/` (type folders), or model files at its top, which are taken as Stable-diffusion
 checkpoints. The model cache goes on the instance's largest writable volume.
+
+The "same WebUI on GPU" image runs a real A1111 WebUI behind the worker: `--webui-command` starts it (API
+only, on 127.0.0.1) as a child process, and the worker forwards to it (`--engine webui`). `/ping` is 200
+only when both are up: the worker waits for the WebUI's API before it is healthy, and when either process
+ends the other is stopped, so the container stops and SageMaker replaces it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import shutil
+import signal
+import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from aws_extension.settings import WorkerSettings, load
 from aws_extension.vocabulary import MODEL_SUFFIXES, MODEL_TYPES, CheckpointType
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8080
 # Filesystems that hold files on a disk (tmpfs is memory; the others are kernel interfaces).
@@ -61,7 +73,32 @@ def models_dir_for(model_dir: Path, scratch: Path) -> Path:
     return models
 
 
-def serve(host: str, port: int | None, engine: str, webui_url: str | None, webui_models_dir: Path | None) -> int:
+class _WebUIProcess:
+    """The WebUI as a child process: when it ends on its own, the worker is stopped too (its SIGTERM handler
+    shuts the server down), so the container ends."""
+
+    def __init__(self, command: str):
+        self.process = subprocess.Popen(shlex.split(command))  # noqa: S603 - the image's own command
+        self.stopping = threading.Event()
+        self.died = threading.Event()
+        threading.Thread(target=self._watch, name="webui-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        self.process.wait()
+        if not self.stopping.is_set():
+            log.error("the WebUI exited with %s; stopping the worker", self.process.returncode)
+            self.died.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
+def serve(host: str, port: int | None, engine: str, webui_url: str | None, webui_models_dir: Path | None,
+          webui_command: str | None = None) -> int:
     from aws_extension.worker.server import serve as serve_worker
 
     settings = load(WorkerSettings)
@@ -70,5 +107,11 @@ def serve(host: str, port: int | None, engine: str, webui_url: str | None, webui
         [*_mount_points(), root, Path(tempfile.gettempdir())]) / "sd-aws-model-cache"
     cache_volume.mkdir(parents=True, exist_ok=True)
     models = models_dir_for(root / "model", cache_volume)
-    return serve_worker(host, serve_port(port), models, engine=engine, webui_url=webui_url,
-                        webui_models_dir=webui_models_dir, model_cache_dir=cache_volume / "cache")
+    webui = _WebUIProcess(webui_command) if webui_command else None
+    try:
+        code = serve_worker(host, serve_port(port), models, engine=engine, webui_url=webui_url,
+                            webui_models_dir=webui_models_dir, model_cache_dir=cache_volume / "cache")
+    finally:
+        if webui:
+            webui.stop()
+    return 1 if webui and webui.died.is_set() else code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -29,5 +30,8 @@ def serve(host: str, port: int, models_dir: Path, engine: str = "diffusers", web
     models_dir.mkdir(parents=True, exist_ok=True)
     runtime = WorkerRuntime(models_dir, settings, engine_name=engine, webui_url=webui_url,
                             webui_models_dir=settings.webui_models_dir)
+    # uvicorn shuts down cleanly on SIGTERM, then raises the signal again for the previous handler: make that
+    # one a no-op, so the process exits 0 and its caller's clean-up runs (sagemaker.serve stops its WebUI).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(create_app(runtime), host=host, port=port, log_level="info", access_log=False)
     return 0

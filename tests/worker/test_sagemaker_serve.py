@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from PIL import Image
 
 from aws_extension.worker.sagemaker import largest_volume, models_dir_for
 from tests.conftest import TINY_CHECKPOINT_NAME
+from tests.helpers import process_pids
 from tests.worker.helpers import WORKER_START_TIMEOUT_S, free_port
 
 
@@ -89,3 +91,41 @@ def test_the_model_folder_and_the_cache_volume(tmp_path):
     assert models_dir_for(tmp_path / "missing", tmp_path / "scratch2").is_dir()  # no model: an empty folder
     assert largest_volume([tmp_path / "nowhere", tmp_path]) == tmp_path
     assert not any(p for p in (tmp_path / "scratch2" / "models" / "Stable-diffusion").iterdir())
+
+
+def test_the_webui_flavour_runs_both_processes_and_ping_follows_both(tmp_path, tiny_models_dir):
+    """The image that runs a real WebUI behind the worker, with a stand-in WebUI (a diffusers worker, which
+    speaks the WebUI's API): /ping is healthy only when both run, and when one ends the other does."""
+    webui_models = tmp_path / "webui-models"  # the WebUI starts without models: the worker links the job's in
+    (webui_models / "Stable-diffusion").mkdir(parents=True)
+    (tmp_path / "opt-ml" / "model").mkdir(parents=True)
+    shutil.copy(tiny_models_dir / "Stable-diffusion" / TINY_CHECKPOINT_NAME, tmp_path / "opt-ml" / "model")
+    webui_port, port = free_port(), free_port()
+    webui_command = f"{sys.executable} -m aws_extension worker --port {webui_port} --models-dir {webui_models}"
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "SD_AWS_SAGEMAKER_ROOT": str(tmp_path / "opt-ml"),
+                "SD_AWS_MODEL_CACHE_DIR": str(tmp_path / "volume")}
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen([sys.executable, "-m", "aws_extension", "sagemaker", "serve", "--host", "127.0.0.1",
+                                "--port", str(port), "--engine", "webui", "--webui-url", f"http://127.0.0.1:{webui_port}",
+                                "--webui-models-dir", str(webui_models), "--webui-command", webui_command],
+                               env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert _pings_until_healthy(url, process, log)[-1] == 200
+        assert requests.get(f"http://127.0.0.1:{webui_port}/ping", timeout=5).status_code == 200
+        made = requests.post(url + "/sdapi/v1/txt2img", timeout=120,
+                             json={"prompt": "a house", "width": 64, "height": 64, "steps": 2, "seed": 3})
+        assert made.status_code == 200 and len(made.json()["images"]) == 1
+        webui_pid = next(p for p in process_pids(str(webui_models)) if p != process.pid)
+        os.kill(webui_pid, signal.SIGKILL)  # the WebUI dies: the worker stops with it
+        assert process.wait(60) == 1
+        try:
+            requests.get(url + "/ping", timeout=2)
+            raise AssertionError("/ping still answers with the WebUI gone")
+        except requests.ConnectionError:
+            pass
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(30)
+    assert [p for p in process_pids(str(webui_models)) if p != process.pid] == []
