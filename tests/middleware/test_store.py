@@ -233,3 +233,50 @@ def test_a_forged_after_key_is_refused(jobs):
                    base64.urlsafe_b64encode(b'[1.0]').decode()):
         with pytest.raises(ValueError, match="not a key this server gave out"):
             jobs.page(after=forged)
+
+
+def test_racing_creates_of_one_unique_value_have_one_winner(store):
+    endpoints = Records(store, ENDPOINTS, Endpoint)
+    barrier, wins = threading.Barrier(6), []
+
+    def create(i: int) -> None:
+        barrier.wait()
+        try:
+            endpoints.create(_endpoint(i, "shared"))
+            wins.append(i)
+        except DuplicateRecord:
+            pass
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and endpoints.find("live_name", "shared").id == f"ep-{wins[0]}"
+    assert endpoints.count() == 1
+
+
+@pytest.mark.parametrize("store", ["dynamodb"], indirect=True)
+def test_dynamodb_queries_never_scan_and_read_on_past_a_sparse_filter(store):
+    jobs = Records(store, JOBS, InferenceJob)
+    for i in range(40):
+        jobs.create(_record(i, status=JobStatus.SUCCEED if i % 10 else JobStatus.INPROGRESS))
+    calls: list[str] = []
+    store.client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
+    # the endpoint's GSI serves it; 4 of its 40 items match the status filter, found over growing pages
+    page = jobs.page({"endpoint": ["ep"], "status": [JobStatus.INPROGRESS]}, limit=3)
+    assert [r.id for r in page.records] == ["id-0030", "id-0020", "id-0010"] and page.next_key
+    assert [r.id for r in jobs.page({"endpoint": ["ep"], "status": [JobStatus.INPROGRESS]}, limit=3,
+                                    after=page.next_key).records] == ["id-0000"]
+    assert jobs.count({"status": [JobStatus.SUCCEED]}) == 36
+    assert jobs.find("endpoint", "ep").id == "id-0039"
+    assert set(calls) == {"Query"}
+    store.ensure_tables()  # idempotent; and a table that lacks a GSI gets it
+    store.client.delete_table(TableName=store.table_name(JOBS))
+    store.client.create_table(TableName=store.table_name(JOBS), BillingMode="PAY_PER_REQUEST",
+                              KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                              AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
+    store.ensure_tables([JOBS])
+    described = store.client.describe_table(TableName=store.table_name(JOBS))["Table"]
+    assert {i["IndexName"] for i in described["GlobalSecondaryIndexes"]} == {
+        "by_all", "by_status", "by_task", "by_endpoint", "by_queue_state"}
