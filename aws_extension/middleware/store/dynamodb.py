@@ -301,20 +301,24 @@ class DynamoDBStore:
     def get(self, table: Table, item_id: str) -> Item | None:
         return _decoded(self._get_raw(table, item_id))
 
-    def _update_request(self, table: Table, item_id: str, changes: Item, expect: Item | None) -> dict[str, Any]:
-        """An UpdateItem's parameters: the changes with their internal attributes, under `expect`."""
+    def _changed(self, table: Table, item_id: str, changes: Item) -> dict[str, Any]:
+        """The attributes an update sets (None: removes, for the internal ones; a field keeps its null)."""
         if "id" in changes or any(key.startswith("_") for key in changes):
             raise ValueError("an update may not change the id or the store's own attributes")
-        expression = _Expression()
         attributes: dict[str, Any] = {"_all": "1"}  # an UpdateExpression may not be empty
         for field, value in changes.items():
-            attributes[field] = value
             attributes.update(self._internal(table, field, value))
         if "created" in changes:
             attributes["_sk"] = _sort_key(changes["created"], item_id)
-        sets = [f"{expression.name(k)} = {expression.value(v)}" for k, v in attributes.items()
-                if v is not None or k in changes]
-        removes = [expression.name(k) for k, v in attributes.items() if v is None and k not in changes]
+        return attributes
+
+    def _update_request(self, table: Table, item_id: str, changes: Item, expect: Item | None) -> dict[str, Any]:
+        """An UpdateItem's parameters: the changes with their internal attributes, under `expect`."""
+        expression = _Expression()
+        internal = self._changed(table, item_id, changes)
+        sets = [f"{expression.name(k)} = {expression.value(v)}" for k, v in changes.items()]
+        sets += [f"{expression.name(k)} = {expression.value(v)}" for k, v in internal.items() if v is not None]
+        removes = [expression.name(k) for k, v in internal.items() if v is None]
         update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         # attribute_exists(id): no upsert; no _owner: a unique marker is not an item
         conditions = ["attribute_exists(id)", f"attribute_not_exists({expression.name('_owner')})"]
@@ -413,8 +417,8 @@ class DynamoDBStore:
             if "LastEvaluatedKey" not in answer:
                 return
             request = {**request, "ExclusiveStartKey": answer["LastEvaluatedKey"]}
-            if "Limit" in request:
-                request["Limit"] = min(request["Limit"] * 2, 1000)
+            if "Limit" in request and "FilterExpression" in request:
+                request["Limit"] = max(request["Limit"], min(request["Limit"] * 2, 1000))
 
     def _stream(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
         for answer in self._pages(request):
