@@ -1,27 +1,80 @@
-"""The SQLite table store on a real file: migrations, conditional updates under races, paging, counts."""
+"""The table stores: SQLite on a real file (and its migrations), DynamoDB in moto; conditional updates under
+races, the unique field, paging, counts, values round-tripping. Store-level tests run on both."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 import threading
 
 import pytest
 
-from aws_extension.middleware.records import JOBS, InferenceJob
-from aws_extension.middleware.store.base import DuplicateRecord
+from aws_extension.middleware.records import ENDPOINTS, JOBS, Endpoint, InferenceJob
+from aws_extension.middleware.store.base import DuplicateRecord, Store
 from aws_extension.middleware.store.sqlite import MIGRATIONS, SQLiteStore
 from aws_extension.middleware.store.typed import Records
-from aws_extension.vocabulary import JobStatus
+from aws_extension.vocabulary import DeploymentStatus, EndpointStatus, JobStatus
 
 
 def _record(i: int, **extra) -> InferenceJob:
-    return InferenceJob(id=f"id-{i:04d}", status=JobStatus.INPROGRESS, task="txt2img", endpoint="ep",
-                        created=1000.0 + i, start_time="", params_key="", output_path="", **extra)
+    fields = {"status": JobStatus.INPROGRESS, "task": "txt2img", "endpoint": "ep", **extra}
+    return InferenceJob(id=f"id-{i:04d}", created=1000.0 + i, start_time="", params_key="", output_path="", **fields)
 
 
 def _jobs(path) -> Records[InferenceJob]:
     return Records(SQLiteStore(path), JOBS, InferenceJob)
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def store(request, tmp_path, monkeypatch):
+    if request.param == "sqlite":
+        sqlite_store = SQLiteStore(tmp_path / "s.sqlite3")
+        yield sqlite_store
+        sqlite_store.close()
+        return
+    moto = pytest.importorskip("moto")
+    from aws_extension.middleware.store.dynamodb import DynamoDBStore
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    _atomic_moto_writes(monkeypatch)
+    with moto.mock_aws():
+        dynamodb_store = DynamoDBStore("test")
+        dynamodb_store.ensure_tables()
+        yield dynamodb_store
+        dynamodb_store.close()
+
+
+def _atomic_moto_writes(monkeypatch) -> None:
+    """moto checks a write's condition and applies it without a lock, so two threads can both pass the same
+    condition (8 racing claims: 2-3 winners). DynamoDB applies each write atomically; so does moto with this."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+    for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
+        original = getattr(DynamoDBBackend, name)
+
+        def locked(self, *args, _original=original, **kwargs):
+            with lock:
+                return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(DynamoDBBackend, name, locked)
+
+
+@pytest.fixture
+def jobs(store: Store) -> Records[InferenceJob]:
+    return Records(store, JOBS, InferenceJob)
+
+
+def _endpoint(i: int, name: str | None) -> Endpoint:
+    return Endpoint(id=f"ep-{i}", endpoint_name=name or "gone", deployment_status=DeploymentStatus.INPROGRESS,
+                    endpoint_status=EndpointStatus.CREATING, created=2000.0 + i, start_time="",
+                    instance_type="ml.g5.xlarge", initial_instance_count=1, min_instance_number=1,
+                    max_instance_number=1, live_name=name)
 
 
 def test_migrates_an_old_file_to_the_records_field_names_and_refuses_a_newer_one(tmp_path):
@@ -52,8 +105,7 @@ def test_migrates_an_old_file_to_the_records_field_names_and_refuses_a_newer_one
         SQLiteStore(path)
 
 
-def test_conditional_update_has_one_winner(tmp_path):
-    jobs = _jobs(tmp_path / "s.sqlite3")
+def test_conditional_update_has_one_winner(jobs):
     jobs.create(_record(1, queue_state="queued"))
     barrier, wins = threading.Barrier(8), []
 
@@ -73,8 +125,7 @@ def test_conditional_update_has_one_winner(tmp_path):
         jobs.create(_record(1))
 
 
-def test_fields_are_checked_against_the_record(tmp_path):
-    jobs = _jobs(tmp_path / "s.sqlite3")
+def test_fields_are_checked_against_the_record(jobs):
     jobs.create(_record(1))
     with pytest.raises(TypeError, match="no fields"):
         jobs.update("id-0001", {"progres": 1.0})  # a typo must not write a new key
@@ -84,8 +135,7 @@ def test_fields_are_checked_against_the_record(tmp_path):
         jobs.page({"error": ["x"]})  # a field, but not an indexed one
 
 
-def test_paging_both_ways_and_counts(tmp_path):
-    jobs = _jobs(tmp_path / "s.sqlite3")
+def test_paging_both_ways_and_counts(jobs):
     for i in range(25):
         jobs.create(_record(i, queue_state="queued" if i % 2 else None))
     newest = jobs.all()
@@ -98,3 +148,135 @@ def test_paging_both_ways_and_counts(tmp_path):
     assert jobs.page(limit=10, after=jobs.key_after(newest[9])).records == second.records
     assert jobs.count({"queue_state": ["queued"]}) == 12
     assert jobs.count({"queue_state": ["queued"]}, before=jobs.get("id-0007")) == 3
+
+
+def test_the_unique_field_is_unique_while_set_and_free_again_once_cleared(store):
+    endpoints = Records(store, ENDPOINTS, Endpoint)
+    endpoints.create(_endpoint(1, "alpha"))
+    with pytest.raises(DuplicateRecord):
+        endpoints.create(_endpoint(2, "alpha"))
+    assert endpoints.get("ep-2") is None
+    endpoints.create(_endpoint(3, None))
+    endpoints.create(_endpoint(4, None))  # None is not a value: any number of items may lack one
+    assert endpoints.find("live_name", "alpha").id == "ep-1"
+    assert endpoints.update("ep-1", {"live_name": None}, expect={"live_name": "other"}) is None
+    cleared = endpoints.update("ep-1", {"live_name": None, "endpoint_status": EndpointStatus.DELETED},
+                               expect={"live_name": "alpha"})
+    assert cleared.live_name is None and cleared.endpoint_status is EndpointStatus.DELETED
+    assert endpoints.find("live_name", "alpha") is None
+    endpoints.create(_endpoint(2, "alpha"))  # the name is free again
+    assert endpoints.find("live_name", "alpha").id == "ep-2"
+    endpoints.delete("ep-2")
+    endpoints.create(_endpoint(5, "alpha"))  # and after a delete
+    # nothing but the records in lists and counts (DynamoDB keeps markers in the same table)
+    assert sorted(e.id for e in endpoints.all()) == ["ep-1", "ep-3", "ep-4", "ep-5"]
+    assert endpoints.count() == 4 and endpoints.count({"live_name": ["alpha"]}) == 1
+    assert [e.id for e in endpoints.all({"endpoint_status": [EndpointStatus.CREATING]})] == ["ep-5", "ep-4", "ep-3"]
+
+
+def test_paging_with_a_filter_on_two_values_and_another_filter(jobs):
+    for i in range(30):
+        jobs.create(_record(i, endpoint=("a", "b", "c")[i % 3], queue_state="queued" if i % 2 else None))
+    where = {"endpoint": ["a", "b"], "queue_state": ["queued"]}
+    expected = [f"id-{i:04d}" for i in reversed(range(30)) if i % 3 != 2 and i % 2]
+    for oldest_first in (False, True):
+        seen, after = [], None
+        while True:
+            page = jobs.page(where, limit=3, after=after, oldest_first=oldest_first)
+            seen += [r.id for r in page.records]
+            if not page.next_key:
+                break
+            after = page.next_key
+        assert seen == (expected[::-1] if oldest_first else expected)
+    assert jobs.count(where) == len(expected) == 10
+    assert jobs.count(where, before=jobs.get("id-0013")) == 4  # 1, 3, 7, 9
+    assert jobs.count({"endpoint": ["a", "b"]}, before=jobs.get("id-0003")) == 2  # 0, 1
+    assert jobs.count({"endpoint": ["missing"]}) == 0 and jobs.page({"endpoint": ["missing"]}).records == []
+
+
+def test_none_valued_indexed_fields_are_out_of_that_index_only(jobs):
+    jobs.create(_record(1, queue_state="queued"))
+    jobs.create(_record(2))
+    assert [r.id for r in jobs.all({"queue_state": ["queued"]})] == ["id-0001"]
+    assert [r.id for r in jobs.all()] == ["id-0002", "id-0001"] and jobs.count() == 2
+    jobs.update("id-0001", {"queue_state": None})
+    assert jobs.all({"queue_state": ["queued"]}) == [] and jobs.count({"queue_state": ["queued"]}) == 0
+    assert jobs.count() == 2 and jobs.get("id-0001").queue_state is None
+    assert jobs.update("id-0001", {"progress": 0.5}, expect={"queue_state": None}).progress == 0.5
+    assert jobs.update("id-0001", {"progress": 0.7}, expect={"queue_state": ("running", None)}).progress == 0.7
+    assert jobs.update("id-0001", {"progress": 0.9}, expect={"queue_state": ["running", "queued"]}) is None
+    assert jobs.find("queue_state", "queued") is None
+    jobs.update("id-0002", {"queue_state": "queued"})
+    assert jobs.find("queue_state", "queued").id == "id-0002"
+
+
+def test_values_round_trip_exactly(store):
+    item = {"id": "x", "created": 1000.0, "status": "inprogress", "n": 3, "f": 0.1, "big": 2**53 + 1,
+            "neg": -2.5, "whole": 2.0, "empty": "", "none": None, "flag": True,
+            "nested": {"a": [1, 1.0, {"b": 3.0, "c": None}], "d": {}, "e": []}}
+    store.create(JOBS, item)
+    got = store.get(JOBS, "x")
+    assert got == item
+    assert [type(got[k]) for k in ("created", "n", "whole", "big")] == [float, int, float, int]
+    assert type(got["nested"]["a"][1]) is float and type(got["nested"]["a"][2]["b"]) is float
+    assert type(got["nested"]["a"][0]) is int
+    changed = store.update(JOBS, "x", {"whole": 5, "n": 4.0, "nested": {"t": 1.0}})
+    assert changed == store.get(JOBS, "x") == {**item, "whole": 5, "n": 4.0, "nested": {"t": 1.0}}
+    assert [type(changed[k]) for k in ("whole", "n")] == [int, float]
+    assert type(changed["nested"]["t"]) is float
+    assert store.list(JOBS).items == [changed]
+
+
+def test_a_forged_after_key_is_refused(jobs):
+    jobs.create(_record(1))
+    for forged in ("not base64 at all!", "bm9wZQ==", base64.urlsafe_b64encode(b'["x", 1]').decode(),
+                   base64.urlsafe_b64encode(b'[1.0]').decode()):
+        with pytest.raises(ValueError, match="not a key this server gave out"):
+            jobs.page(after=forged)
+
+
+def test_racing_creates_of_one_unique_value_have_one_winner(store):
+    endpoints = Records(store, ENDPOINTS, Endpoint)
+    barrier, wins = threading.Barrier(6), []
+
+    def create(i: int) -> None:
+        barrier.wait()
+        try:
+            endpoints.create(_endpoint(i, "shared"))
+            wins.append(i)
+        except DuplicateRecord:
+            pass
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and endpoints.find("live_name", "shared").id == f"ep-{wins[0]}"
+    assert endpoints.count() == 1
+
+
+@pytest.mark.parametrize("store", ["dynamodb"], indirect=True)
+def test_dynamodb_queries_never_scan_and_read_on_past_a_sparse_filter(store):
+    jobs = Records(store, JOBS, InferenceJob)
+    for i in range(40):
+        jobs.create(_record(i, status=JobStatus.SUCCEED if i % 10 else JobStatus.INPROGRESS))
+    calls: list[str] = []
+    store.client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
+    # the endpoint's GSI serves it; 4 of its 40 items match the status filter, found over growing pages
+    page = jobs.page({"endpoint": ["ep"], "status": [JobStatus.INPROGRESS]}, limit=3)
+    assert [r.id for r in page.records] == ["id-0030", "id-0020", "id-0010"] and page.next_key
+    assert [r.id for r in jobs.page({"endpoint": ["ep"], "status": [JobStatus.INPROGRESS]}, limit=3,
+                                    after=page.next_key).records] == ["id-0000"]
+    assert jobs.count({"status": [JobStatus.SUCCEED]}) == 36
+    assert jobs.find("endpoint", "ep").id == "id-0039"
+    assert set(calls) == {"Query"}
+    store.ensure_tables()  # idempotent; and a table that lacks a GSI gets it
+    store.client.delete_table(TableName=store.table_name(JOBS))
+    store.client.create_table(TableName=store.table_name(JOBS), BillingMode="PAY_PER_REQUEST",
+                              KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                              AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
+    store.ensure_tables([JOBS])
+    described = store.client.describe_table(TableName=store.table_name(JOBS))["Table"]
+    assert {i["IndexName"] for i in described["GlobalSecondaryIndexes"]} == {
+        "by_all", "by_status", "by_task", "by_endpoint", "by_queue_state"}

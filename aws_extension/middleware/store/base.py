@@ -6,14 +6,19 @@ them to its own indexes:
 
 - SQLite (`sqlite.py`, the embedded default): one `records` table; each table's indexed fields map to
   the generic index columns `status`, `kind`, `name`, `queue_state`, with `created` for ordering.
-- DynamoDB (the AWS backend, the same interface): one table per `Table`, partition key `id`; one GSI per
-  indexed field (partition key the field, sort key `created#id`), plus one with a constant partition key
-  for unfiltered lists. `create` is a PutItem conditional on `attribute_not_exists(id)` (with the unique
-  field, a transaction that also puts a `unique#<value>` item under the same condition); `update` is an
-  UpdateItem whose ConditionExpression is `expect` (returning ALL_NEW, or None on
-  ConditionalCheckFailed); `list` queries the GSI of the first filter (the other filters are a
-  FilterExpression on its pages), newest first by `created#id`, and `after` is DynamoDB's
-  LastEvaluatedKey encoded opaquely; `count` is the same query with Select=COUNT. No call scans.
+- DynamoDB (`dynamodb.py`, the AWS backend, the same interface): one table per `Table`, partition key
+  `id`; one GSI per indexed field (partition key the field's value, in its own `_i_<field>` attribute
+  while it is a non-empty string, so None-valued items are out of that index; sort key `_sk` =
+  `created#id`, `created` as ordered hex so it sorts exactly like SQLite's), plus one with a constant
+  partition key for unfiltered lists. `create` is a PutItem conditional on `attribute_not_exists(id)`
+  (with the unique field, a transaction that also puts a `unique#<field>#<value>` marker item under the
+  same condition; an update or delete that changes the value moves or deletes the marker in its own
+  transaction); `update` is an UpdateItem whose ConditionExpression is `expect` (returning ALL_NEW, or
+  None on ConditionalCheckFailed); `list` queries the GSI of one filter (a fixed per-table preference,
+  one query per value merged by `created#id`; the other filters are a FilterExpression on its pages),
+  newest first, and `after` is `(created, id)` encoded opaquely, continued with a key condition on the
+  sort key; `count` is the same query with Select=COUNT. No call scans. GSI reads are eventually
+  consistent: only `get` and the unique markers read what was just written.
 
 Every item has `id` and `created` (Unix seconds, the sort order). `update` is the only way to change an
 item and takes conditions, so a state transition is one conditional write: of two racing requests
