@@ -52,6 +52,7 @@ ALL_TABLES = (CHECKPOINTS, DATASETS, ENDPOINTS, JOBS)
 # queries read the jobs waiting, not the endpoint's history); by default the order of `table.indexed`.
 PREFERRED: dict[str, tuple[str, ...]] = {
     "inference_jobs": ("queue_state", "endpoint", "status", "task"),
+    "checkpoints": ("sha256", "type", "status"),  # content lookups read only that content's records
 }
 
 _SERIALIZER = TypeSerializer()
