@@ -177,3 +177,19 @@ def test_webui_folders_follow_a1111_flags_and_defaults():
     moved = webui_folders({"data_dir": "/w", "models_dir": "/m", "ckpt_dir": "/ckpt", "controlnet_dir": "/cn"})
     assert (str(moved["Stable-diffusion"]), str(moved["VAE"]), str(moved["ControlNet"]), str(moved["embeddings"])) == (
         "/ckpt", "/m/VAE", "/cn", "/w/embeddings")
+
+
+def test_a_file_the_webui_does_not_list_fails_the_job_with_the_reason(
+        workers: tuple[A1111StandIn, WorkerProcess], tiny_models_dir: Path, file_server: FileServer):
+    # A1111 has no API route to rescan hypernetworks: one placed while it runs stays unknown to it.
+    webui, forwarder = workers
+    checkpoint = (tiny_models_dir / "Stable-diffusion" / "tiny-sd.safetensors").read_bytes()
+    hypernetwork = (tiny_models_dir / "Lora" / "tiny-lora.safetensors").read_bytes()  # any readable file
+    answer = requests.post(f"{forwarder.url}/invocations", json={
+        "task": "txt2img", "job_id": "h1", "params": {**SMALL, "prompt": "a house <hypernet:late-hn:1>"},
+        "models": [_model(file_server, "Stable-diffusion", "tiny-sd.safetensors", checkpoint),
+                   _model(file_server, "hypernetworks", "late-hn.safetensors", hypernetwork)]}, timeout=120)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert "does not list hypernetworks/late-hn.safetensors" in error and "my-embeddings" not in error
+    assert (webui.root / "models" / "hypernetworks" / "late-hn.safetensors").exists()  # placed where it looks
