@@ -9,6 +9,8 @@ writes the same tensors. Torch is imported inside the functions (the CLI imports
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +28,8 @@ EMBEDDING_VECTORS = 2
 
 
 def write_tiny_model(out: Path, extras_dir: Path | None = None) -> None:
-    """Write the tiny SD 1.x checkpoint to `out` (A1111 single-file `.safetensors`).
+    """Write the tiny SD 1.x checkpoint to `out` (A1111 single-file `.safetensors`), and beside it what A1111
+    needs to load it (`write_webui_config`).
 
     With `extras_dir`, also write, laid out like the WebUI's models folder: `Lora/tiny-lora.safetensors`
     (kohya keys), `embeddings/tiny-emb.safetensors` (A1111 `emb_params`, 2 vectors, token `tiny-emb`),
@@ -44,8 +47,72 @@ def write_tiny_model(out: Path, extras_dir: Path | None = None) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(_contiguous(state_dict), str(out), metadata={ARCHITECTURE_METADATA_KEY: TINY_ARCHITECTURE})
+    write_webui_config(out)
     if extras_dir is not None:
         _write_extras(Path(extras_dir), unet, text_encoder)
+
+
+def write_webui_config(checkpoint: Path) -> tuple[Path, Path]:
+    """Write beside `checkpoint` what A1111 needs to load it: `<stem>.yaml`, the ldm config it picks up by
+    name (else it assumes SD 1.5's `v1-inference.yaml`, whose shapes do not fit), and `<stem>-text-encoder/`,
+    the folder that config names as the text encoder's `version` (its `config.json` and the CLIP tokenizer
+    files; A1111 builds the model from the config and takes the weights from the checkpoint, so no hub).
+    The yaml is written as JSON, which YAML readers accept. Returns (yaml, folder)."""
+    from aws_extension.engine.checkpoints import TOKENIZER_DIR, architecture_config_dir
+
+    config_dir = architecture_config_dir(TINY_ARCHITECTURE)
+    text_encoder_dir = checkpoint.with_name(f"{checkpoint.stem}-text-encoder")
+    text_encoder_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config_dir / "text_encoder" / "config.json", text_encoder_dir / "config.json")
+    for tokenizer_file in sorted(TOKENIZER_DIR.iterdir()):
+        if tokenizer_file.is_file():
+            shutil.copyfile(tokenizer_file, text_encoder_dir / tokenizer_file.name)
+    config = ldm_config(_read_json(config_dir / "unet" / "config.json"), _read_json(config_dir / "vae" / "config.json"),
+                        text_encoder_dir.resolve())
+    yaml_path = checkpoint.with_suffix(".yaml")
+    yaml_path.write_text(f"# ldm config of {checkpoint.name} for A1111 (sd-aws make-tiny-model), written as JSON\n"
+                         + json.dumps(config, indent=2) + "\n")
+    return yaml_path, text_encoder_dir
+
+
+def ldm_config(unet: dict[str, Any], vae: dict[str, Any], text_encoder_dir: Path) -> dict[str, Any]:
+    """The ldm (`v1-inference.yaml`) config of an SD 1.x model from its diffusers UNet and VAE configs."""
+    channels = unet["block_out_channels"]
+    # ldm lists the downsampling factors (1, 2, 4, ...) of the levels that have attention
+    attention = [2 ** level for level, block in enumerate(unet["down_block_types"]) if block.startswith("CrossAttn")]
+    vae_channels = vae["block_out_channels"]
+    return {"model": {
+        "base_learning_rate": 0.0001,
+        "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+        "params": {
+            "linear_start": 0.00085, "linear_end": 0.012, "num_timesteps_cond": 1, "log_every_t": 200,
+            "timesteps": 1000, "first_stage_key": "jpg", "cond_stage_key": "txt",
+            "image_size": unet["sample_size"], "channels": unet["in_channels"], "cond_stage_trainable": False,
+            "conditioning_key": "crossattn", "monitor": "val/loss_simple_ema",
+            "scale_factor": vae["scaling_factor"], "use_ema": False,
+            "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
+                "image_size": unet["sample_size"], "in_channels": unet["in_channels"],
+                "out_channels": unet["out_channels"], "model_channels": channels[0],
+                "attention_resolutions": attention, "num_res_blocks": unet["layers_per_block"],
+                "channel_mult": [c // channels[0] for c in channels],
+                "num_heads": unet["attention_head_dim"],  # SD 1.x diffusers configs name the head count so
+                "use_spatial_transformer": True, "transformer_depth": 1,
+                "context_dim": unet["cross_attention_dim"], "use_checkpoint": False, "legacy": False}},
+            "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
+                "embed_dim": vae["latent_channels"], "monitor": "val/rec_loss",
+                "ddconfig": {"double_z": True, "z_channels": vae["latent_channels"], "resolution": vae["sample_size"],
+                             "in_channels": vae["in_channels"], "out_ch": vae["out_channels"], "ch": vae_channels[0],
+                             "ch_mult": [c // vae_channels[0] for c in vae_channels],
+                             "num_res_blocks": vae["layers_per_block"], "attn_resolutions": [], "dropout": 0.0},
+                "lossconfig": {"target": "torch.nn.Identity"}}},
+            "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
+                                  "params": {"version": str(text_encoder_dir)}},
+        },
+    }}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
 
 
 def build_tiny_models(seed: int = TINY_SEED) -> tuple[Any, Any, Any]:

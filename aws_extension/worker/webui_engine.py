@@ -1,8 +1,14 @@
 """An engine that forwards jobs to a running A1111 WebUI through its `/sdapi/v1` API.
 
 For each job: the job's model files are linked (or copied, across file systems) into the WebUI's model
-folders when that folder is known, the WebUI is told to rescan, the checkpoint is selected through
-`POST /sdapi/v1/options`, and the payload goes to `/sdapi/v1/txt2img|img2img`. Progress comes from the
+folders, the WebUI is told to rescan, the checkpoint is selected through `POST /sdapi/v1/options`, the
+WebUI's own lists are checked to name every placed file (an embedding it skipped, or a file in a folder it
+does not scan, fails the job with the reason instead of running without it), and the payload goes to
+`/sdapi/v1/txt2img|img2img`. The folders are the WebUI's own, from `GET /sdapi/v1/cmd-flags` (A1111's
+defaults: `<data_dir>/embeddings`, `<models>/Stable-diffusion|Lora|VAE|hypernetworks|ControlNet`, each
+overridden by its flag); they are paths on the WebUI's machine, so the worker must see its file system at the
+same paths. A WebUI that does not answer cmd-flags (an sd-aws worker) gets `webui_models_dir/<type>`, when
+given; else nothing is placed. Progress comes from the
 WebUI's `/sdapi/v1/progress`, polled while the job runs; cancelling calls `/sdapi/v1/interrupt`.
 The WebUI must run with its API enabled (`--api`, or `--nowebui`).
 
@@ -40,7 +46,36 @@ from aws_extension.vocabulary import GENERATION_TASKS, CheckpointType
 
 log = logging.getLogger(__name__)
 
-_REFRESH_ROUTES = ("refresh-checkpoints", "refresh-loras", "refresh-embeddings", "refresh-vae")
+# model type -> (the cmd-flags entry naming its folder, its folder under the models path when the flag is unset)
+_FOLDER_FLAGS = {
+    CheckpointType.STABLE_DIFFUSION: ("ckpt_dir", "Stable-diffusion"),
+    CheckpointType.LORA: ("lora_dir", "Lora"),
+    CheckpointType.EMBEDDINGS: ("embeddings_dir", None),  # A1111: <data_dir>/embeddings
+    CheckpointType.HYPERNETWORKS: ("hypernetwork_dir", "hypernetworks"),
+    CheckpointType.CONTROLNET: ("controlnet_dir", "ControlNet"),  # sd-webui-controlnet's flag
+    CheckpointType.VAE: ("vae_dir", "VAE"),
+}
+# model type -> (the route that rescans it, the route listing what the WebUI has, the path's key there).
+# A1111 has no hypernetwork rescan route; ControlNet models are listed by the extension by name only.
+_LISTINGS = {
+    CheckpointType.STABLE_DIFFUSION: ("refresh-checkpoints", "sd-models", "filename"),
+    CheckpointType.LORA: ("refresh-loras", "loras", "path"),
+    CheckpointType.VAE: ("refresh-vae", "sd-vae", "filename"),
+    CheckpointType.HYPERNETWORKS: (None, "hypernetworks", "path"),
+}
+
+
+def webui_folders(flags: dict[str, Any]) -> dict[str, Path]:
+    """The WebUI's folder of each model type, from its `GET /sdapi/v1/cmd-flags` answer (A1111 v1.10)."""
+    data_dir = Path(flags.get("data_dir") or ".")
+    models_path = Path(flags.get("models_dir") or data_dir / "models")
+    folders = {}
+    for model_type, (flag, default) in _FOLDER_FLAGS.items():
+        if flags.get(flag):
+            folders[model_type] = Path(flags[flag])
+        else:
+            folders[model_type] = models_path / default if default else data_dir / "embeddings"
+    return folders
 
 
 class WebUIError(RuntimeError):
@@ -81,12 +116,12 @@ class WebUIEngine:
         if task not in GENERATION_TASKS:
             raise EngineError(f"The WebUI engine cannot run task {task!r}", field="task")
         cancel = cancel or threading.Event()
-        if self.webui_models_dir is not None:
-            self._place_models(models)
+        placed = self._place_models(models)
         checkpoint = self._checkpoint_name(models)
         if self._call("GET", "options").get("sd_model_checkpoint") != checkpoint:
             # The WebUI loads the checkpoint before answering: as long as a generation may take.
             self._call("POST", "options", {"sd_model_checkpoint": checkpoint}, generation=True)
+        self._check_seen(placed)  # after the checkpoint load: A1111 reloads its embeddings for the model
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="webui-job") as pool:
             answer = pool.submit(self._call, "POST", task, payload, generation=True)
             interrupted = False
@@ -145,31 +180,94 @@ class WebUIEngine:
                 return name
         return models.checkpoint.name
 
-    def _place_models(self, models: ModelSet) -> None:
-        """Link each of the job's files into the WebUI's folder under its name, then have it rescan."""
-        assert self.webui_models_dir is not None
-        placed = False
+    def _folders(self) -> dict[str, Path] | None:
+        """The WebUI's model folders (asked each job: a restarted WebUI may have other flags), or None."""
+        try:
+            flags = self._call("GET", "cmd-flags")
+        except EngineError:  # no such route: not an A1111 WebUI
+            flags = None
+        if isinstance(flags, dict) and flags.get("data_dir"):
+            return webui_folders(flags)
+        if self.webui_models_dir is not None:
+            return {model_type: self.webui_models_dir / model_type for model_type in _FOLDER_FLAGS}
+        return None
+
+    def _place_models(self, models: ModelSet) -> dict[str, dict[str, Path]]:
+        """Link each of the job's files into the WebUI's folder under its name, then have it rescan what
+        changed. Returns where each file is, by type, then by name (empty when the folders are unknown)."""
+        folders = self._folders() if any(models.files.values()) else None
+        if folders is None:
+            return {}
+        where: dict[str, dict[str, Path]] = {}
+        changed: set[str] = set()
         for model_type, files in models.files.items():
             for name, source in files.items():
-                target = self.webui_models_dir / model_type / name
-                if target.exists() and target.samefile(source):
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                staging = target.with_name(f".{target.name}.placing")
-                staging.unlink(missing_ok=True)
-                try:
-                    os.link(source, staging)
-                except OSError:  # another file system: copy instead
-                    shutil.copyfile(source, staging)
-                staging.replace(target)  # atomic: the WebUI never sees half a file
-                placed = True
-                log.info("Placed %s/%s in the WebUI's models folder", model_type, name)
-        if placed:
-            for route in _REFRESH_ROUTES:
+                target = folders.get(model_type, folders[CheckpointType.STABLE_DIFFUSION].parent / model_type) / name
+                where.setdefault(model_type, {})[name] = target
+                if _place(source, target):
+                    changed.add(model_type)
+                    log.info("Placed %s/%s in the WebUI's folder %s", model_type, name, target.parent)
+        for model_type in changed:
+            route = "refresh-embeddings" if model_type == CheckpointType.EMBEDDINGS else (
+                _LISTINGS.get(model_type, (None,))[0])
+            if route is not None:
                 try:
                     self._call("POST", route)
                 except EngineError:
                     log.info("The WebUI has no %s route; skipped", route)
+        return where
+
+    def _check_seen(self, placed: dict[str, dict[str, Path]]) -> None:
+        """Fail the job, naming the file and why, when the WebUI does not list a file placed for it."""
+        for model_type, files in placed.items():
+            if model_type == CheckpointType.EMBEDDINGS:
+                self._check_embeddings(files)
+            elif model_type in _LISTINGS:
+                _, route, key = _LISTINGS[model_type]
+                listed = [str(entry.get(key) or "") for entry in self._call("GET", route) or []]
+                for name, target in files.items():
+                    if not any(_same_file(path, target) for path in listed):
+                        raise EngineError(f"The WebUI does not list {model_type}/{name} (placed as {target}; "
+                                          f"GET /sdapi/v1/{route} does not name it): it does not scan that folder",
+                                          field="models")
+
+    def _check_embeddings(self, files: dict[str, Path]) -> None:
+        answer = self._call("GET", "embeddings") or {}
+        loaded, skipped = answer.get("loaded") or {}, answer.get("skipped") or {}
+        for name, target in files.items():
+            stem = Path(name).stem  # A1111 names an embedding by its file's stem
+            if stem in loaded:
+                continue
+            if stem in skipped:
+                shape = skipped[stem].get("shape") if isinstance(skipped[stem], dict) else None
+                raise EngineError(f"The WebUI skipped embedding {name}: its vectors (size {shape}) do not fit the "
+                                  "loaded checkpoint", field="models")
+            raise EngineError(f"The WebUI does not list embedding {name} (placed as {target}): it does not "
+                              "scan that folder, or cannot read the file", field="models")
+
+
+def _place(source: Path, target: Path) -> bool:
+    """Link (or copy) `source` to `target` atomically; False when `target` already is that file."""
+    if target.exists() and target.samefile(source):
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.placing")
+    staging.unlink(missing_ok=True)
+    try:
+        os.link(source, staging)
+    except OSError:  # another file system: copy instead
+        shutil.copyfile(source, staging)
+    staging.replace(target)  # atomic: the WebUI never sees half a file
+    return True
+
+
+def _same_file(listed: str, target: Path) -> bool:
+    if not listed:
+        return False
+    try:
+        return os.path.samefile(listed, target)
+    except OSError:  # not visible from here
+        return os.path.normpath(listed) == os.path.normpath(target)
 
 
 def _detail(response: requests.Response) -> str:

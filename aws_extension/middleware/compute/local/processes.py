@@ -45,6 +45,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity, as torch counts them), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def local_gpus(setting: str | None, environ: Mapping[str, str] = os.environ) -> list[str]:
     """The GPUs local workers may use: the setting, else CUDA_VISIBLE_DEVICES, else every NVIDIA GPU the
     driver lists (without importing torch: the middleware never does)."""
@@ -137,11 +145,20 @@ class WorkerProcesses:
         return False
 
     @staticmethod
-    def _thread_env(sharing: int) -> dict[str, str]:
-        """CPU threads per worker, unless the environment sets them: the cores shared by the endpoint's
-        instances, and OpenMP threads that sleep when idle. torch's default (every core each, spinning)
-        makes workers on a shared CPU many times slower and 2 workers slower than 1 (benchmarks/README.md)."""
-        threads = str(max(1, (os.cpu_count() or 1) // max(1, sharing)))
+    def _thread_env(sharing: int, cores: int | None = None) -> dict[str, str]:
+        """CPU threads of a worker that shares this machine's `cores` with `sharing - 1` other workers and
+        the middleware, unless the environment sets them (it wins, see `start`).
+
+        One worker: every core but one (at least one), waiting as torch does by default (spinning briefly):
+        the spare core keeps the middleware and its clients from descheduling a spinning thread, which made
+        torch's defaults (every core) up to 20x slower here, and passive waiting (a wake-up per op) ~1.5x.
+        Several: the cores split between them, OpenMP threads that sleep when idle. Measured in
+        benchmarks/README.md, "Local workers' threads"."""
+        cores = cores or _usable_cores()
+        if sharing <= 1:
+            threads = str(max(1, cores - 1))
+            return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        threads = str(max(1, cores // sharing))
         return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
 
     @staticmethod
