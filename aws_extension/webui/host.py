@@ -11,13 +11,16 @@ from typing import Any
 from fastapi import HTTPException
 from modules import images, paths, processing, sd_models, sd_vae, shared
 
+from aws_extension.client import ApiError
 from aws_extension.settings import ClientSettings, load
+from aws_extension.ui.connection import normalise_api_url
 from aws_extension.ui.models import ModelRef
 from aws_extension.vocabulary import CheckpointType
 from aws_extension.webui.batches import set_batch
 from aws_extension.webui.infotext import host_infotext
 
-SETTINGS_SECTION = ("sd_aws", "Amazon SageMaker (sd-aws)")
+SETTINGS_CATEGORY = ("sd_aws", "Amazon SageMaker")  # the heading in the Settings page's list (v1.7+ categories)
+SETTINGS_SECTION = ("sd_aws", "Amazon SageMaker")  # the page under it
 API_URL_OPTION = "sd_aws_api_url"
 API_KEY_OPTION = "sd_aws_api_key"  # only a way in: its value moves to the key file and never stays in config.json
 KEY_FILE_NAME = "sd_aws_api_key"
@@ -43,6 +46,16 @@ def move_api_key_option_to_file() -> None:
     if typed:
         write_api_key(typed)
     shared.opts.data[API_KEY_OPTION] = ""
+
+
+def normalise_api_url_option() -> None:
+    """`onchange` of the settings' URL field: keep it with its scheme ("127.0.0.1:8080" → "http://..."); a
+    value that is no URL stays as typed, and every call then says what is wrong with it."""
+    typed = shared.opts.data.get(API_URL_OPTION) or ""
+    try:
+        shared.opts.data[API_URL_OPTION] = normalise_api_url(typed)
+    except ApiError as exc:
+        print(f"Amazon SageMaker: {exc.message}", file=sys.stderr)
 
 
 class WebUIConnectionStore:
