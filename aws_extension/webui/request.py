@@ -89,6 +89,13 @@ def all_prompts(p: Any) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
+def refuse_what_the_engine_cannot_do(p: Any) -> None:
+    """ValueError naming a field of `p` the cloud engine cannot apply yet (it would change the images)."""
+    if getattr(p, "latent_mask", None) is not None:
+        raise ValueError("The cloud engine cannot apply a latent mask yet (the outpainting scripts set one): "
+                         "run this script with cloud off.")
+
+
 def inference_request(p: Any, endpoint: str | None, models: dict[str, list], fields: dict[str, Any],
                       override_settings: dict[str, Any], init_image: Any = None) -> dict:
     """The /inference/v2 body: routing fields, then every A1111 parameter of `p` at the top level, `fields`

@@ -31,7 +31,13 @@ from aws_extension.vocabulary import CheckpointStatus, CheckpointType, Task
 from aws_extension.webui import host
 from aws_extension.webui.batches import plan_requests, set_up_like_the_host
 from aws_extension.webui.image_settings import override_settings_for_cloud
-from aws_extension.webui.request import all_prompts, inference_request, script_args_of, wanted_models
+from aws_extension.webui.request import (
+    all_prompts,
+    inference_request,
+    refuse_what_the_engine_cannot_do,
+    script_args_of,
+    wanted_models,
+)
 
 SCRIPT_TITLE = "Amazon SageMaker"  # API name: alwayson_scripts["amazon sagemaker"] = {"args": [on, endpoint]}
 _ORIGINAL = "__sd_aws_original__"  # set on the wrapper: the process_images it wraps
@@ -84,6 +90,7 @@ def generate_on_cloud(p: Any, endpoint: str | None) -> Any:
 
 def _generate(p: Any, endpoint: str | None) -> Any:
     try:
+        refuse_what_the_engine_cannot_do(p)
         set_up_like_the_host(p)
         client = make_client(host.WebUIConnectionStore())
         override_settings = dict(getattr(p, "override_settings", None) or {})

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.webui import stock_scripts
-from tests.webui.conftest import make_p, switch_runner
+from tests.webui.conftest import make_p, switch_runner, user_sees
 from tests.webui.test_extension import middleware_for  # noqa: F401 - the fixture
 
 CLOUD_ONLY = ("Cloud",)
@@ -130,3 +130,13 @@ def test_styles_are_applied_per_prompt_as_the_host_does(cloud):
     assert [(b["prompt"], b["negative_prompt"]) for b in sent] == [
         ("a fox, photo", "cartoon, badhands, blurry"), ("a fox, red, photo", "cartoon, badhands, blurry")]
     assert all("styles" not in b for b in sent)
+
+
+def test_outpainting_latent_mask_is_refused_before_sending(cloud, capsys):
+    """poor_mans_outpainting / outpainting_mk_2 set p.latent_mask, which the engine cannot apply yet: refused
+    with one sentence (and the script stops, as after Interrupt) rather than images that differ."""
+    p = make_p(cloud, switch_runner(cloud, is_img2img=True), on=True, img2img=True,
+               mask=Image.new("L", (64, 64), "white"))
+    p.latent_mask = Image.new("L", (64, 64), "white")
+    assert user_sees(cloud, p, capsys).startswith("The cloud engine cannot apply a latent mask yet")
+    assert cloud.server.inference_bodies() == []

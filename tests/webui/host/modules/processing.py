@@ -134,7 +134,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         self.inpaint_full_res_padding, self.inpainting_mask_invert = inpaint_full_res_padding, inpainting_mask_invert
         self.initial_noise_multiplier = (opts.initial_noise_multiplier if initial_noise_multiplier is None
                                          else initial_noise_multiplier)
-        self.color_corrections = None
+        self.color_corrections = self.latent_mask = None
 
     def init(self, all_prompts, all_seeds, all_subseeds):
         self.extra_generation_params["Denoising strength"] = self.denoising_strength
