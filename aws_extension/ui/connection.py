@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from aws_extension.client import ApiError, MiddlewareClient
 
@@ -35,9 +36,43 @@ class MemoryConnectionStore:
             self._api_key = api_key.strip() or None
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+
+
+def normalise_api_url(api_url: str) -> str:
+    """The middleware URL with its scheme: "127.0.0.1:8080" → "http://127.0.0.1:8080" (loopback) and
+    "api.example.com/prod" → "https://api.example.com/prod"; ApiError (status 0) naming what is wrong."""
+    text = (api_url or "").strip().rstrip("/")
+    if not text:
+        return ""
+    if "://" not in text:
+        host = urlsplit(f"//{text}").hostname or ""
+        text = f"{'http' if host in LOOPBACK_HOSTS else 'https'}://{text}"
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        raise ApiError(0, f"The API URL {api_url.strip()} is not an http(s) URL: enter it as "
+                          "http://host:port or https://host/stage.")
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if not parts.hostname or not port_ok or " " in text:
+        raise ApiError(0, f"The API URL {api_url.strip()} has no valid host: enter it as http://host:port or "
+                          "https://host/stage.")
+    return text
+
+
+def is_loopback(api_url: str) -> bool:
+    """Whether the URL names this machine (the embedded default middleware of `sd-aws up` listens there)."""
+    try:
+        return urlsplit(normalise_api_url(api_url)).hostname in LOOPBACK_HOSTS
+    except ApiError:
+        return False
+
+
 def make_client(store: ConnectionStore) -> MiddlewareClient:
-    """A client for the saved connection; ApiError (status 0) when no URL is set."""
-    return MiddlewareClient(store.api_url().strip(), store.api_key())
+    """A client for the saved connection; ApiError (status 0) when no URL is set or it is not a URL."""
+    return MiddlewareClient(normalise_api_url(store.api_url()), store.api_key())
 
 
 def masked_key(api_key: str | None) -> str:

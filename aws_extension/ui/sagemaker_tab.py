@@ -17,7 +17,14 @@ from PIL import Image
 
 from aws_extension.client import ApiError, MiddlewareClient
 from aws_extension.ui.compat import gr, uploaded_paths
-from aws_extension.ui.connection import ConnectionStore, error_text, make_client, masked_key
+from aws_extension.ui.connection import (
+    ConnectionStore,
+    error_text,
+    is_loopback,
+    make_client,
+    masked_key,
+    normalise_api_url,
+)
 from aws_extension.ui.follow import follow
 from aws_extension.ui.inference import CloudGenerationError, job_outputs, job_status_text
 from aws_extension.ui.models import is_model_file, list_model_files
@@ -27,6 +34,11 @@ ALL_TYPES = "All types"
 INSTANCE_TYPES = ["ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.4xlarge", "ml.g5.8xlarge", "ml.g5.12xlarge",
                   "ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g4dn.4xlarge", "ml.g4dn.8xlarge", "ml.g4dn.12xlarge",
                   "local"]
+INSTANCE_TYPE_NOTE = (
+    "Instance type: on a middleware with the AWS backend, the SageMaker instance each worker runs on "
+    "(`ml.g5.*`, `ml.g4dn.*`: GPUs). On a local middleware (`sd-aws up`, `SD_AWS_BACKEND=local`) every "
+    "instance type is a worker process on the middleware's own machine, on its GPU if it has one, else its "
+    "CPU: choose `local` there.")
 CHECKPOINT_HEADERS = ["name", "type", "status", "size", "sha256", "created"]
 ENDPOINT_HEADERS = ["endpoint", "status", "endpoint status", "instance type", "instances", "autoscaling",
                     "started", "error"]
@@ -82,14 +94,19 @@ class SageMakerTab:
     def save_settings(self, api_url: str, api_key: str) -> tuple[str, Any]:
         if not (api_url or "").strip():
             return failed("Enter the middleware's URL, e.g. http://127.0.0.1:8080."), gr.update()
-        self.store.save(api_url, api_key or None)
-        return (ok(f"Saved; {masked_key(self.store.api_key())}."),
+        try:
+            url = normalise_api_url(api_url)
+        except ApiError as exc:
+            return failed(exc), gr.update()
+        self.store.save(url, api_key or None)
+        added = f" (as {url})" if url != api_url.strip().rstrip("/") else ""
+        return (ok(f"Saved{added}; {masked_key(self.store.api_key())}."),
                 gr.update(value="", placeholder=masked_key(self.store.api_key())))
 
     def test_connection(self, api_url: str, api_key: str) -> str:
         """Test the URL in the field, with the key in the field or else the saved key."""
         try:
-            client = MiddlewareClient((api_url or "").strip(), (api_key or "").strip() or self.store.api_key())
+            client = MiddlewareClient(normalise_api_url(api_url), (api_key or "").strip() or self.store.api_key())
             version = client.healthz().get("version", "?")
             client.test_connection()
         except ApiError as exc:
@@ -115,8 +132,10 @@ class SageMakerTab:
             files[str(path.relative_to(folder))] = path
         return files
 
-    def local_file_choices(self, model_type: str) -> Any:
-        return gr.update(choices=list(self._local_files(model_type)), value=[])
+    def local_file_choices(self, model_type: str, selected: list[str] | None = None) -> Any:
+        """The files in the WebUI's folders now (listed again each time), keeping the selected ones still there."""
+        choices = list(self._local_files(model_type))
+        return gr.update(choices=choices, value=[name for name in selected or [] if name in choices])
 
     def _upload(self, model_type: str, paths: list[Path], progress: Progress) -> str:
         if not paths:
@@ -190,6 +209,15 @@ class SageMakerTab:
                                                                       EndpointStatus.DELETING)))
         return table(ENDPOINT_HEADERS, rows), gr.update(choices=live, value=[]), ok(f"{len(live)} endpoint(s).")
 
+    def endpoint_rows(self) -> tuple[dict, Any]:
+        """The table and the delete choices, for after an action whose message must stay."""
+        rows, choices, _ = self.endpoint_table()
+        return rows, choices
+
+    def default_instance_type(self) -> str:
+        """`local` for a middleware on this machine (`sd-aws up`'s local backend), else the smallest GPU type."""
+        return "local" if is_loopback(self.store.api_url()) else INSTANCE_TYPES[0]
+
     def deploy_endpoint(self, instance_type: str, instance_count: float, autoscaling: bool,
                         min_instances: float, max_instances: float, endpoint_name: str) -> str:
         try:
@@ -244,6 +272,10 @@ class SageMakerTab:
         rows = [[r.get("datasetName"), r.get("status"), when(r.get("timestamp")), r.get("description") or ""]
                 for r in records]
         return table(DATASET_HEADERS, rows), gr.update(choices=[r[0] for r in rows]), ok(f"{len(rows)} dataset(s).")
+
+    def dataset_rows(self) -> tuple[dict, Any]:
+        rows, choices, _ = self.dataset_table()
+        return rows, choices
 
     def preview_dataset(self, name: str | None) -> tuple[list, str]:
         if not name:
@@ -333,6 +365,8 @@ class SageMakerTab:
                                          elem_id="sd_aws_local_type")
                 local_files = gr.Dropdown(label="Files", choices=list(self._local_files(MODEL_TYPES[0])),
                                           multiselect=True, elem_id="sd_aws_local_files")
+                refresh_local = gr.Button("Refresh files", elem_id="sd_aws_local_refresh",
+                                          elem_classes=["sd-aws-tool"])
             upload_local = gr.Button("Upload to the cloud", elem_id="sd_aws_upload_local")
         with gr.Accordion("Upload from your computer", open=not self.model_folders):
             computer_type = gr.Dropdown(label="Type", choices=list(MODEL_TYPES), value=MODEL_TYPES[0],
@@ -348,7 +382,10 @@ class SageMakerTab:
                 civitai_token = gr.Textbox(label="Civitai token (optional, never stored)", type="password")
             import_button = gr.Button("Import", elem_id="sd_aws_import")
         upload_status = gr.Markdown(elem_id="sd_aws_upload_status")
-        local_type.change(self.local_file_choices, [local_type], [local_files])
+        events = [local_type.change, refresh_local.click]
+        events += [local_files.focus] if hasattr(local_files, "focus") else []  # all three have it
+        for event in events:  # the folders are listed again whenever the list is used
+            event(self.local_file_choices, [local_type, local_files], [local_files])
         upload_local.click(self.upload_local, [local_type, local_files], [upload_status]).then(
             self.checkpoint_table, [type_filter], [table, status])
         upload_computer.click(self.upload_from_computer, [computer_type, computer_files], [upload_status]).then(
@@ -358,8 +395,8 @@ class SageMakerTab:
 
     def _render_endpoints(self) -> None:
         with gr.Row():
-            instance_type = gr.Dropdown(label="Instance type", choices=INSTANCE_TYPES, value=INSTANCE_TYPES[0],
-                                        elem_id="sd_aws_instance_type")
+            instance_type = gr.Dropdown(label="Instance type", choices=INSTANCE_TYPES,
+                                        value=self.default_instance_type(), elem_id="sd_aws_instance_type")
             instance_count = gr.Number(label="Instances", value=1, precision=0,
                                        elem_id="sd_aws_instance_count")
             endpoint_name = gr.Textbox(label="Name (optional)", elem_id="sd_aws_endpoint_name")
@@ -367,6 +404,7 @@ class SageMakerTab:
             autoscaling = gr.Checkbox(label="Autoscaling", value=False, elem_id="sd_aws_autoscaling")
             min_instances = gr.Number(label="Min instances", value=0, precision=0, elem_id="sd_aws_min_instances")
             max_instances = gr.Number(label="Max instances", value=1, precision=0, elem_id="sd_aws_max_instances")
+        gr.Markdown(INSTANCE_TYPE_NOTE, elem_id="sd_aws_instance_type_note")
         deploy = gr.Button("Deploy", variant="primary", elem_id="sd_aws_deploy")
         status = gr.Markdown(elem_id="sd_aws_endpoints_status")
         refresh = gr.Button("Refresh", elem_id="sd_aws_endpoints_refresh")
@@ -380,11 +418,11 @@ class SageMakerTab:
             cancel = gr.Button("Cancel", elem_id="sd_aws_cancel_delete")
         deploy.click(self.deploy_endpoint, [instance_type, instance_count, autoscaling, min_instances,
                                             max_instances, endpoint_name], [status]).then(
-            self.endpoint_table, None, [table, to_delete, status])
+            self.endpoint_rows, None, [table, to_delete])  # the table only: Deploy's message stays
         refresh.click(self.endpoint_table, None, [table, to_delete, status])
         delete.click(self.ask_delete, [to_delete], [confirm_row, status])
         confirm.click(self.confirm_delete, [to_delete], [confirm_row, status]).then(
-            self.endpoint_table, None, [table, to_delete, status])
+            self.endpoint_rows, None, [table, to_delete])
         cancel.click(lambda: (gr.update(visible=False), ""), None, [confirm_row, status])
 
     def _render_datasets(self) -> None:
@@ -401,7 +439,7 @@ class SageMakerTab:
             preview = gr.Button("Preview", elem_id="sd_aws_dataset_preview")
         gallery = gr.Gallery(label="Preview", elem_id="sd_aws_dataset_gallery")
         create.click(self.create_dataset, [name, description, images], [status]).then(
-            self.dataset_table, None, [table, chosen, status])
+            self.dataset_rows, None, [table, chosen])  # the table only: Create's message stays
         refresh.click(self.dataset_table, None, [table, chosen, status])
         preview.click(self.preview_dataset, [chosen], [gallery, status])
 

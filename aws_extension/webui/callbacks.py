@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modules import script_callbacks, shared
+from modules import options, script_callbacks, shared
 
 from aws_extension.ui.compat import gr
 from aws_extension.ui.sagemaker_tab import SageMakerTab
@@ -13,13 +13,26 @@ TAB_TITLE = "Amazon SageMaker"
 TAB_ELEM_ID = "sd_aws"
 
 
+def register_settings_category() -> str | None:
+    """Our own heading in the Settings list (A1111 1.7+ and Forge: modules.options.categories); without it
+    the section shows under "Uncategorized". None on a host without categories."""
+    categories = getattr(options, "categories", None)
+    if categories is None:
+        return None
+    category_id, label = host.SETTINGS_CATEGORY
+    categories.register_category(category_id, label)
+    return category_id
+
+
 def add_settings() -> None:
+    category_id = register_settings_category()
+    section = {"section": host.SETTINGS_SECTION, **({"category_id": category_id} if category_id else {})}
     shared.opts.add_option(host.API_URL_OPTION, shared.OptionInfo(
-        "", "Middleware API URL (e.g. https://xxxx.execute-api.us-east-1.amazonaws.com/prod)",
-        section=host.SETTINGS_SECTION))
+        "", "Middleware API URL (e.g. https://xxxx.execute-api.us-east-1.amazonaws.com/prod or "
+            "http://127.0.0.1:8080)", onchange=host.normalise_api_url_option, **section))
     shared.opts.add_option(host.API_KEY_OPTION, shared.OptionInfo(
         "", "API key (kept in a file only you can read; never shown again once saved)", gr.Textbox,
-        {"type": "password"}, onchange=host.move_api_key_option_to_file, section=host.SETTINGS_SECTION))
+        {"type": "password"}, onchange=host.move_api_key_option_to_file, **section))
 
 
 def sagemaker_tab() -> list[tuple[gr.Blocks, str, str]]:

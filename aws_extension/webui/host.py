@@ -1,18 +1,26 @@
 """What the extension reads from and writes to the WebUI: settings, the API key file, model folders,
-the selected checkpoint and VAE, the progress state, saving images."""
+the selected checkpoint and VAE, the progress state, user errors, and a Processed made by the host's rules."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
-from modules import images, paths, sd_models, sd_vae, shared
+from fastapi import HTTPException
+from modules import images, paths, processing, sd_models, sd_vae, shared
 
+from aws_extension.client import ApiError
 from aws_extension.settings import ClientSettings, load
+from aws_extension.ui.connection import normalise_api_url
 from aws_extension.ui.models import ModelRef
 from aws_extension.vocabulary import CheckpointType
+from aws_extension.webui.batches import set_batch
+from aws_extension.webui.infotext import host_infotext
 
-SETTINGS_SECTION = ("sd_aws", "Amazon SageMaker (sd-aws)")
+SETTINGS_CATEGORY = ("sd_aws", "Amazon SageMaker")  # the heading in the Settings page's list (v1.7+ categories)
+SETTINGS_SECTION = ("sd_aws", "Amazon SageMaker")  # the page under it
 API_URL_OPTION = "sd_aws_api_url"
 API_KEY_OPTION = "sd_aws_api_key"  # only a way in: its value moves to the key file and never stays in config.json
 KEY_FILE_NAME = "sd_aws_api_key"
@@ -38,6 +46,16 @@ def move_api_key_option_to_file() -> None:
     if typed:
         write_api_key(typed)
     shared.opts.data[API_KEY_OPTION] = ""
+
+
+def normalise_api_url_option() -> None:
+    """`onchange` of the settings' URL field: keep it with its scheme ("127.0.0.1:8080" → "http://..."); a
+    value that is no URL stays as typed, and every call then says what is wrong with it."""
+    typed = shared.opts.data.get(API_URL_OPTION) or ""
+    try:
+        shared.opts.data[API_URL_OPTION] = normalise_api_url(typed)
+    except ApiError as exc:
+        print(f"Amazon SageMaker: {exc.message}", file=sys.stderr)
 
 
 class WebUIConnectionStore:
@@ -102,36 +120,89 @@ def apply_styles(prompt: str, negative_prompt: str, styles: list[str] | None) ->
             shared.prompt_styles.apply_negative_styles_to_prompt(negative_prompt, styles))
 
 
-def report_progress(job: dict) -> None:
-    """Drive the WebUI's progress bar (one job of 100 steps) from a cloud job record."""
+def report_progress(job: dict, number: int = 0, total: int = 1) -> None:
+    """Drive the WebUI's progress bar from cloud job `number` of `total` (each job 100 steps)."""
     state = shared.state
-    state.job_count, state.job_no, state.sampling_steps = 1, 0, 100
+    state.job_count, state.job_no, state.sampling_steps = total, number, 100
     state.sampling_step = round(100 * float(job.get("progress") or 0))
     queued = job.get("queue_position")
-    state.textinfo = f"Cloud job: queued (position {queued})" if queued else "Cloud job: running"
+    where = f" {number + 1} of {total}" if total > 1 else ""
+    state.textinfo = f"Cloud job{where}: queued (position {queued})" if queued else f"Cloud job{where}: running"
 
 
 def interrupted() -> bool:
-    return bool(shared.state.interrupted)
+    return bool(shared.state.interrupted or getattr(shared.state, "stopping_generation", False))
 
 
-def save_outputs(p, output_images: list, seeds: list[int], prompts: list[str], infotexts: list[str]) -> None:
-    """Save like process_images does: samples unless the request said not to, a grid when asked."""
+def set_model_fields(p: Any, checkpoint: ModelRef) -> None:
+    """What process_images_inner reads from the loaded model, for the Processed and the scripts' infotexts."""
+    p.sd_model_name = Path(checkpoint.name).stem
+    p.sd_model_hash = checkpoint.sha256[:10] if checkpoint.sha256 else None
+
+
+def user_error(p: Any, message: str) -> Any:
+    """A generation the user must change, as the host shows one: an API caller gets an HTTP 400 with the
+    message (the API prints no traceback for an HTTPException); the UI gets a Processed with no images and
+    the message as its info and comment, and the job stops (scripts that loop on process_images end, as
+    after Interrupt) — nothing goes through the host's traceback printing."""
+    if getattr(p, "is_api", False):
+        raise HTTPException(status_code=400, detail=message)
+    print(f"Amazon SageMaker: {message}", file=sys.stderr)
+    if hasattr(p, "comment"):
+        p.comment(message)
+    shared.state.interrupted = True
+    return processing.Processed(p, [], -1, message)
+
+
+def _save_samples(p: Any) -> bool:
+    save = getattr(p, "save_samples", None)  # v1.6+: samples_save, do_not_save_samples, interrupted or not
+    return bool(save()) if callable(save) else bool(getattr(shared.opts, "samples_save", True)
+                                                     and not p.do_not_save_samples)
+
+
+def _wants_grid(p: Any, image_count: int) -> bool:
+    """process_images_inner's rule: a grid when shown or saved, not refused by p, not of a single image."""
     opts = shared.opts
-    if opts.data.get("samples_save", True) and not p.do_not_save_samples:
-        for image, seed, prompt, infotext in zip(output_images, seeds, prompts, infotexts):
-            images.save_image(image, p.outpath_samples, "", seed, prompt, opts.data.get("samples_format", "png"),
-                              info=infotext, p=p)
+    unwanted_because_of_count = image_count < 2 and getattr(opts, "grid_only_if_multiple", True)
+    return (bool(getattr(opts, "return_grid", True) or getattr(opts, "grid_save", True))
+            and not p.do_not_save_grid and not unwanted_because_of_count)
 
 
-def grid_of(p, output_images: list, seed: int, prompt: str, infotext: str):
-    """The grid process_images would show first and save, or None when the WebUI makes none."""
+def _add_grid(p: Any, output_images: list, infotexts: list[str]) -> int:
+    """Show and/or save the grid as process_images_inner does; the index of the first image."""
     opts = shared.opts
-    return_grid, save_grid = opts.data.get("return_grid", True), opts.data.get("grid_save", True)
-    if len(output_images) < 2 or not (return_grid or save_grid):
-        return None
+    if not output_images or not _wants_grid(p, len(output_images)):
+        return 0
     grid = images.image_grid(output_images, p.batch_size)
-    if save_grid and not p.do_not_save_grid:
-        images.save_image(grid, p.outpath_grids, "grid", seed, prompt, opts.data.get("grid_format", "png"),
-                          info=infotext, p=p, grid=True)
-    return grid if return_grid else None
+    text = infotexts[0]
+    if getattr(opts, "grid_save", True):
+        images.save_image(grid, p.outpath_grids, "grid", p.all_seeds[0], p.all_prompts[0],
+                          getattr(opts, "grid_format", "png"), info=text, p=p, grid=True)
+    if not getattr(opts, "return_grid", True):
+        return 0
+    if getattr(opts, "enable_pnginfo", True):
+        grid.info["parameters"] = text
+    output_images.insert(0, grid)
+    infotexts.insert(0, text)
+    return 1
+
+
+def processed_like_the_host(p: Any, output_images: list, worker_infotexts: list[str]) -> Any:
+    """The Processed process_images_inner returns for these images (in p.all_prompts order): each saved with
+    its host infotext, the grid by the host's rules, p's per-batch fields left on the last batch."""
+    opts, save = shared.opts, _save_samples(p)
+    infotexts = []
+    for index, image in enumerate(output_images):
+        set_batch(p, index // max(p.batch_size, 1))
+        text = host_infotext(worker_infotexts[index] if index < len(worker_infotexts) else "", p, index)
+        if save:
+            images.save_image(image, p.outpath_samples, "", p.all_seeds[index], p.all_prompts[index],
+                              getattr(opts, "samples_format", "png"), info=text, p=p)
+        if getattr(opts, "enable_pnginfo", True):
+            image.info["parameters"] = text
+        infotexts.append(text)
+    if not infotexts:
+        infotexts.append("The cloud job was cancelled." if interrupted() else "")
+    first = _add_grid(p, output_images, infotexts)
+    return processing.Processed(p, output_images, seed=p.all_seeds[0], info=infotexts[0], subseed=p.all_subseeds[0],
+                                index_of_first_image=first, infotexts=infotexts)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from aws_extension.ui.inference import png_base64
 from aws_extension.ui.models import ModelRef, embeddings_in_prompts, list_model_files
-from aws_extension.vocabulary import PROMPT_FIELDS, CheckpointType, Task, lora_names, without_hash_suffix
+from aws_extension.vocabulary import CheckpointType, Task, lora_names, without_hash_suffix
 
 # Attributes of StableDiffusionProcessing* that are /sdapi/v1 parameters of the same name.
 COMMON_FIELDS = ("prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "seed_resize_from_h",
@@ -67,9 +67,10 @@ def controlnet_units(p: Any) -> list[dict]:
     return result
 
 
-def wanted_models(p: Any, checkpoint: ModelRef, vae: ModelRef | None, embedding_folders: list[Path]) -> list[ModelRef]:
-    """Every model the job needs: the checkpoint, the VAE, LoRA in the prompts, embeddings, ControlNet models."""
-    prompts = [str(getattr(p, name, "") or "") for name in PROMPT_FIELDS]
+def wanted_models(p: Any, prompts: list[str], checkpoint: ModelRef, vae: ModelRef | None,
+                  embedding_folders: list[Path]) -> list[ModelRef]:
+    """Every model the job needs: the checkpoint, the VAE, LoRA in `prompts` (all of p's prompts, the styles
+    applied), embeddings, ControlNet models."""
     wanted = [checkpoint, *([vae] if vae else [])]
     wanted += [ModelRef(CheckpointType.LORA, name) for name in lora_names(prompts)]
     wanted += [ModelRef(CheckpointType.EMBEDDINGS, path.name)
@@ -80,27 +81,39 @@ def wanted_models(p: Any, checkpoint: ModelRef, vae: ModelRef | None, embedding_
     return list(dict.fromkeys(wanted))
 
 
-def inference_request(p: Any, endpoint: str | None, models: dict[str, list], prompt: str, negative_prompt: str,
-                      clip_skip: int) -> dict:
-    """The /inference/v2 body: routing fields, then every A1111 parameter of `p` at the top level.
+def all_prompts(p: Any) -> list[str]:
+    """Every prompt text of p once set up (p.all_prompts, ... as process_images_inner sets them)."""
+    texts: list[str] = []
+    for name in ("all_prompts", "all_negative_prompts", "all_hr_prompts", "all_hr_negative_prompts"):
+        texts += [str(text) for text in (getattr(p, name, None) or []) if text]
+    return list(dict.fromkeys(texts))
 
-    `prompt`/`negative_prompt` already have the styles applied (as process_images would), so no styles are sent.
-    """
+
+def refuse_what_the_engine_cannot_do(p: Any) -> None:
+    """ValueError naming a field of `p` the cloud engine cannot apply yet (it would change the images)."""
+    if getattr(p, "latent_mask", None) is not None:
+        raise ValueError("The cloud engine cannot apply a latent mask yet (the outpainting scripts set one): "
+                         "run this script with cloud off.")
+
+
+def inference_request(p: Any, endpoint: str | None, models: dict[str, list], fields: dict[str, Any],
+                      override_settings: dict[str, Any], init_image: Any = None) -> dict:
+    """The /inference/v2 body: routing fields, then every A1111 parameter of `p` at the top level, `fields`
+    (this request's prompts, seeds and sizes: the styles already applied, so no styles are sent) over them."""
     task = task_type(p)
-    fields = COMMON_FIELDS + (IMG2IMG_FIELDS if task == Task.IMG2IMG else TXT2IMG_FIELDS)
-    body: dict[str, Any] = {name: getattr(p, name) for name in fields if getattr(p, name, None) is not None}
-    body.update(prompt=prompt, negative_prompt=negative_prompt, task_type=task.value, models=models)
+    names = COMMON_FIELDS + (IMG2IMG_FIELDS if task == Task.IMG2IMG else TXT2IMG_FIELDS)
+    body: dict[str, Any] = {name: getattr(p, name) for name in names if getattr(p, name, None) is not None}
+    body.update(fields, task_type=task.value, models=models)
     if endpoint:
         body["sagemaker_endpoint_name"] = endpoint
-    override_settings = dict(body.get("override_settings") or {})
-    if clip_skip != 1:
-        override_settings.setdefault("CLIP_stop_at_last_layers", clip_skip)
+    settings = dict(override_settings)
     if models.get(CheckpointType.VAE):  # the WebUI's selected VAE; like an API call, the worker applies it from sd_vae
         vae = models[CheckpointType.VAE][0]
-        override_settings.setdefault("sd_vae", vae["name"] if isinstance(vae, dict) else vae)
-    body["override_settings"] = override_settings
+        settings.setdefault("sd_vae", vae["name"] if isinstance(vae, dict) else vae)
+    body["override_settings"] = settings
     if task == Task.IMG2IMG:
-        body["init_images"] = [png_base64(image) for image in p.init_images]
+        body["init_images"] = [png_base64(image) for image in ([init_image] if init_image is not None
+                                                               else p.init_images)]
         mask = getattr(p, "image_mask", None)
         if mask is not None:
             body["mask"] = png_base64(mask)

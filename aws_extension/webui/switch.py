@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import modules.processing
-from modules import scripts, shared
+from modules import scripts
 
 from aws_extension.client import ApiError
 from aws_extension.ui.compat import gr
@@ -23,14 +23,21 @@ from aws_extension.ui.connection import error_text, make_client
 from aws_extension.ui.inference import (
     CloudGenerationError,
     CloudJobCancelled,
-    JobOutput,
     endpoint_names,
     run_generation,
 )
 from aws_extension.ui.models import missing_models_message, resolve_models
 from aws_extension.vocabulary import CheckpointStatus, CheckpointType, Task
 from aws_extension.webui import host
-from aws_extension.webui.request import inference_request, script_args_of, wanted_models
+from aws_extension.webui.batches import plan_requests, set_up_like_the_host
+from aws_extension.webui.image_settings import override_settings_for_cloud
+from aws_extension.webui.request import (
+    all_prompts,
+    inference_request,
+    refuse_what_the_engine_cannot_do,
+    script_args_of,
+    wanted_models,
+)
 
 SCRIPT_TITLE = "Amazon SageMaker"  # API name: alwayson_scripts["amazon sagemaker"] = {"args": [on, endpoint]}
 _ORIGINAL = "__sd_aws_original__"  # set on the wrapper: the process_images it wraps
@@ -73,43 +80,54 @@ def cloud_switch(p: Any) -> tuple[bool, str | None]:
 
 
 def generate_on_cloud(p: Any, endpoint: str | None) -> Any:
-    """Run `p` on the middleware and return a Processed with the job's images, as process_images would."""
-    prompt, negative_prompt = host.apply_styles(str(p.prompt), str(p.negative_prompt or ""), getattr(p, "styles", None))
+    """Run `p` on the middleware and return the Processed process_images would; a user error comes back as
+    the host shows one (host.user_error)."""
     try:
+        return _generate(p, endpoint)
+    except CloudGenerationError as exc:
+        return host.user_error(p, str(exc))
+
+
+def _generate(p: Any, endpoint: str | None) -> Any:
+    try:
+        refuse_what_the_engine_cannot_do(p)
+        set_up_like_the_host(p)
         client = make_client(host.WebUIConnectionStore())
         override_settings = dict(getattr(p, "override_settings", None) or {})
-        wanted = wanted_models(p, host.selected_checkpoint(override_settings), host.selected_vae(override_settings),
+        settings = override_settings_for_cloud(p)
+        checkpoint = host.selected_checkpoint(override_settings)
+        host.set_model_fields(p, checkpoint)
+        wanted = wanted_models(p, all_prompts(p), checkpoint, host.selected_vae(override_settings),
                                host.model_folders()[CheckpointType.EMBEDDINGS])
         models, missing = resolve_models(wanted, client.list_checkpoints(status=[CheckpointStatus.ACTIVE]))
         if missing:
             raise CloudGenerationError(missing_models_message(missing))
-        body = inference_request(p, endpoint, models, prompt, negative_prompt,
-                                 int(shared.opts.data.get("CLIP_stop_at_last_layers", 1)))
-        output = run_generation(client, body, on_update=host.report_progress, should_stop=host.interrupted)
-    except CloudJobCancelled:
-        return modules.processing.Processed(p, [], p.seed, "The cloud job was cancelled.")
+        output_images, infotexts = _run_requests(p, client, endpoint, models, settings)
     except ApiError as exc:
         raise CloudGenerationError(error_text(exc)) from None
     except ValueError as exc:
         raise CloudGenerationError(str(exc)) from None
-    return processed_from_job(p, output, prompt)
+    return host.processed_like_the_host(p, output_images, infotexts)
 
 
-def processed_from_job(p: Any, output: JobOutput, prompt: str) -> Any:
-    info, output_images = output.info, output.images
-    count = len(output_images)
-    infotexts = list(info.get("infotexts") or [""] * count)
-    seeds = list(info.get("all_seeds") or [p.seed] * count)
-    prompts = list(info.get("all_prompts") or [prompt] * count)
-    host.save_outputs(p, output_images, seeds, prompts, infotexts)
-    grid = host.grid_of(p, output_images, seeds[0], prompts[0], infotexts[0]) if count else None
-    if grid is not None:
-        output_images, infotexts = [grid, *output_images], [infotexts[0], *infotexts]
-    return modules.processing.Processed(
-        p, output_images, seed=info.get("seed", seeds[0] if seeds else p.seed), info=infotexts[0] if infotexts else "",
-        subseed=info.get("subseed"), all_prompts=prompts, all_negative_prompts=info.get("all_negative_prompts"),
-        all_seeds=seeds, all_subseeds=info.get("all_subseeds"), index_of_first_image=1 if grid is not None else 0,
-        infotexts=infotexts)
+def _run_requests(p: Any, client: Any, endpoint: str | None, models: dict[str, list],
+                  settings: dict[str, Any]) -> tuple[list, list[str]]:
+    """Each planned request in turn, until done or interrupted: the images and the worker's infotexts."""
+    planned = plan_requests(p)
+    output_images: list = []
+    infotexts: list[str] = []
+    for number, request in enumerate(planned):
+        if host.interrupted():
+            break
+        body = inference_request(p, endpoint, models, request.fields(), settings, request.init_image)
+        try:
+            output = run_generation(client, body, should_stop=host.interrupted,
+                                    on_update=functools.partial(host.report_progress, number=number, total=len(planned)))
+        except CloudJobCancelled:
+            break
+        output_images += output.images
+        infotexts += list(output.info.get("infotexts") or [""] * len(output.images))
+    return output_images, infotexts
 
 
 class ProcessImagesPatch:

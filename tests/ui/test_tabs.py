@@ -44,6 +44,20 @@ def test_settings_save_masks_the_key_and_test_connection(store, middleware):
     assert tab.save_settings("  ", "k")[0].startswith("Error: Enter the middleware's URL")
 
 
+def test_api_url_without_scheme_is_normalised_and_a_bad_one_explained(middleware):
+    tab = SageMakerTab(MemoryConnectionStore("", None))
+    host_port = middleware.url.split("://", 1)[1]
+    message, _ = tab.save_settings(host_port, API_KEY)  # "127.0.0.1:PORT" gave requests' InvalidSchema before
+    assert message.startswith(f"Done: Saved (as http://{host_port})") and tab.store.api_url() == middleware.url
+    assert tab.test_connection(host_port, API_KEY).startswith(f"Done: Connected to {middleware.url}")
+    assert tab.endpoint_table()[2].startswith("Done:")
+    assert tab.save_settings("ftp://example.com", "")[0] == (
+        "Error: The API URL ftp://example.com is not an http(s) URL: enter it as http://host:port or "
+        "https://host/stage.")
+    assert tab.store.api_url() == middleware.url  # a refused URL is not saved
+    assert tab.default_instance_type() == "local"
+
+
 def test_no_url_or_server_down_keeps_every_tab_working(middleware):
     for store in (MemoryConnectionStore("", None), MemoryConnectionStore(f"http://127.0.0.1:{free_port()}", "k")):
         tab = SageMakerTab(store)

@@ -79,3 +79,22 @@ def make_p(webui, runner, on: bool, endpoint: str | None = "ep-ready", img2img: 
     p.scripts = runner
     p.script_args = runner.script_args_from_api({"amazon sagemaker": {"args": [on, endpoint]}})
     return p
+
+
+def user_sees(webui, p, capsys) -> str:
+    """Generate from the page as the host does (its call_queue wrapper) and return the one sentence the user
+    sees in the info box: no error box, no traceback in the console, no images."""
+    import html
+    import re
+
+    from modules import txt2img
+
+    images, _, info_html, comments_html = txt2img.txt2img_from_page(p)
+    console = capsys.readouterr().err
+    assert "Traceback" not in console and "<div class='error'>" not in info_html, (console, info_html)
+    assert images == []
+    webui.shared.state.interrupted = False  # state.begin() of the next job
+    text = html.unescape(re.sub(r"<[^>]+>", "", info_html)).strip()
+    assert text in comments_html or html.escape(text) in comments_html
+    assert "\n" not in text
+    return text

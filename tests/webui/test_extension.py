@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from tests.helpers import free_port
-from tests.webui.conftest import CHECKPOINT_SHA256, HOST_DOUBLE, REPO, make_p, switch_runner
+from tests.webui.conftest import CHECKPOINT_SHA256, HOST_DOUBLE, REPO, make_p, switch_runner, user_sees
 from tests.webui.fake_middleware import FakeMiddleware, color_of
 
 CATALOGUE = [
@@ -170,13 +175,13 @@ def test_switch_on_sends_the_request_and_returns_a_processed(webui, middleware_f
     assert processed.index_of_first_image == 1 and len(processed.images) == 3
     assert processed.images[1].getpixel((0, 0)) == color_of(body["prompt"])
     assert processed.all_seeds == [42, 43] and processed.seed == 42
-    assert processed.infotexts[1:] == ["a red fox <lora:style:0.8>\nSteps: 4, Seed: 42",
-                                       "a red fox <lora:style:0.8>\nSteps: 4, Seed: 43"]
+    line = "Steps: 4, Sampler: Euler a, CFG scale: 7.0, Seed: {}, Size: 64x64, Model hash: {}, Model: tiny, "
+    assert processed.infotexts[1:] == [
+        f"a red fox <lora:style:0.8>\nNegative prompt: badhands, blurry\n{line.format(seed, CHECKPOINT_SHA256[:10])}"
+        "Version: v1.10.1, Cloud: sd-aws 0.1.0" for seed in (42, 43)]
     saved = sorted((webui.data / "outputs" / "samples").iterdir())
     assert len(saved) == 2 and len(list((webui.data / "outputs" / "grids").iterdir())) == 1
-    from PIL import Image
-
-    assert Image.open(saved[1]).info["parameters"].endswith("Seed: 43")
+    assert "Seed: 43," in Image.open(saved[1]).info["parameters"]
     assert webui.shared.state.progress_log[-1] == 100 and 50 in webui.shared.state.progress_log
 
 
@@ -215,7 +220,8 @@ def test_switch_off_runs_the_original_and_sends_nothing(webui, middleware_for):
     server = middleware_for()
     p = make_p(webui, switch_runner(webui), on=False)
     processed = webui.processing.process_images(p)
-    assert processed.info == "generated locally" and server.requests == []
+    assert server.requests == [] and "Cloud:" not in processed.info
+    assert processed.info.endswith("Model: tiny, Version: v1.10.1")
 
 
 def test_switch_through_the_api_alwayson_scripts(webui, middleware_for):
@@ -223,66 +229,73 @@ def test_switch_through_the_api_alwayson_scripts(webui, middleware_for):
 
     server = middleware_for()
     p = make_p(webui, switch_runner(webui), on=True, endpoint=None, prompt="api prompt", do_not_save_samples=True)
-    processed = modules.api.api.text2imgapi(p)
-    assert "sagemaker_endpoint_name" not in server.inference_bodies()[0]  # the middleware picks one
-    assert processed.images[0].getpixel((0, 0)) == color_of("api prompt")
+    status, answer = modules.api.api.call(modules.api.api.text2imgapi, p)
+    assert status == 200 and "sagemaker_endpoint_name" not in server.inference_bodies()[0]  # the middleware picks one
+    image = Image.open(io.BytesIO(base64.b64decode(answer["images"][0])))
+    assert image.getpixel((0, 0)) == color_of("api prompt")
     assert not (webui.data / "outputs" / "samples").exists()
 
 
-def test_missing_model_stops_before_sending(webui, middleware_for):
-    from aws_extension.ui.inference import CloudGenerationError
-
+def test_missing_model_stops_before_sending(webui, middleware_for, capsys):
     server = middleware_for()
     p = make_p(webui, switch_runner(webui), on=True, prompt="x <lora:unknown-style:1>")
-    with pytest.raises(CloudGenerationError, match=r"Lora 'unknown-style'.*upload it in the Amazon SageMaker tab"):
-        webui.processing.process_images(p)
+    assert re.search(r"Lora 'unknown-style'.*upload it in the Amazon SageMaker tab", user_sees(webui, p, capsys))
     assert server.inference_bodies() == []
     webui.shared.opts.data["sd_model_checkpoint"] = None
-    with pytest.raises(CloudGenerationError, match="No checkpoint is selected"):
-        webui.processing.process_images(make_p(webui, switch_runner(webui), on=True))
+    assert "No checkpoint is selected" in user_sees(webui, make_p(webui, switch_runner(webui), on=True), capsys)
 
 
-def test_checkpoint_with_another_sha256_is_missing(webui, middleware_for):
-    from aws_extension.ui.inference import CloudGenerationError
-
+def test_checkpoint_with_another_sha256_is_missing(webui, middleware_for, capsys):
     middleware_for()
     CATALOGUE[0]["sha256"], saved = "99" * 32, CATALOGUE[0]["sha256"]
     try:
-        with pytest.raises(CloudGenerationError, match=rf"Stable-diffusion 'tiny.safetensors' \(sha256 {CHECKPOINT_SHA256[:10]}\)"):
-            webui.processing.process_images(make_p(webui, switch_runner(webui), on=True))
+        message = user_sees(webui, make_p(webui, switch_runner(webui), on=True), capsys)
     finally:
         CATALOGUE[0]["sha256"] = saved
+    assert f"Stable-diffusion 'tiny.safetensors' (sha256 {CHECKPOINT_SHA256[:10]})" in message
 
 
-def test_endpoint_not_in_service_and_worker_failure_are_reported(webui, middleware_for):
-    from aws_extension.ui.inference import CloudGenerationError
-
+def test_endpoint_not_in_service_and_worker_failure_are_reported(webui, middleware_for, capsys):
     middleware_for(fail_with="CUDA out of memory on the worker.")
-    with pytest.raises(CloudGenerationError, match="Endpoint ep-creating is Creating, not InService"):
-        webui.processing.process_images(make_p(webui, switch_runner(webui), on=True, endpoint="ep-creating"))
-    with pytest.raises(CloudGenerationError, match="The cloud job failed: CUDA out of memory on the worker."):
-        webui.processing.process_images(make_p(webui, switch_runner(webui), on=True))
+    p = make_p(webui, switch_runner(webui), on=True, endpoint="ep-creating")
+    assert "Endpoint ep-creating is Creating, not InService" in user_sees(webui, p, capsys)
+    assert user_sees(webui, make_p(webui, switch_runner(webui), on=True), capsys) == (
+        "The cloud job failed: CUDA out of memory on the worker.")
 
 
-def test_no_url_and_middleware_down_are_one_sentence(webui, monkeypatch):
-    from aws_extension.ui.inference import CloudGenerationError
-
+def test_no_url_and_middleware_down_are_one_sentence(webui, monkeypatch, capsys):
     monkeypatch.delenv("SD_AWS_API_URL", raising=False)
-    with pytest.raises(CloudGenerationError, match="^No API URL is set: enter the middleware's URL"):
-        webui.processing.process_images(make_p(webui, switch_runner(webui), on=True))
+    message = user_sees(webui, make_p(webui, switch_runner(webui), on=True), capsys)
+    assert message.startswith("No API URL is set: enter the middleware's URL")
 
     webui.shared.opts.data["sd_aws_api_url"] = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(CloudGenerationError, match="Cannot reach the middleware at http://127.0.0.1"):
-        webui.processing.process_images(make_p(webui, switch_runner(webui), on=True))
+    message = user_sees(webui, make_p(webui, switch_runner(webui), on=True), capsys)
+    assert message.startswith("Cannot reach the middleware at http://127.0.0.1")
+
+
+def test_a_user_error_through_the_api_is_an_http_error_without_traceback(webui, middleware_for, capsys):
+    import modules.api.api
+
+    server = middleware_for()
+    p = make_p(webui, switch_runner(webui), on=True, prompt="x <lora:unknown-style:1>")
+    status, answer = modules.api.api.call(modules.api.api.text2imgapi, p)
+    assert status == 400 and answer["error"] == "HTTPException"
+    assert answer["detail"].startswith("Not in the cloud catalogue: Lora 'unknown-style'")
+    assert "Traceback" not in capsys.readouterr().err and server.inference_bodies() == []
 
 
 def test_interrupt_cancels_the_cloud_job(webui, middleware_for):
     server = middleware_for(polls_before_done=1000)
-    webui.shared.state.interrupted = True
-    try:
-        processed = webui.processing.process_images(make_p(webui, switch_runner(webui), on=True))
-    finally:
-        webui.shared.state.interrupted = False
+
+    def interrupt_once_sent() -> None:
+        while not server.inference_bodies():
+            time.sleep(0.05)
+        webui.shared.state.interrupt()
+
+    thread = threading.Thread(target=interrupt_once_sent, daemon=True)
+    thread.start()
+    processed = webui.processing.process_images(make_p(webui, switch_runner(webui), on=True))
+    thread.join(10)
     assert processed.images == [] and "cancelled" in processed.info
     assert any(method == "PUT" and path.endswith("/cancel") for method, path, _ in server.requests)
 
