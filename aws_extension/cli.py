@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("diffusers", "webui"), default="diffusers")
     p.add_argument("--webui-url", help="URL of the A1111 WebUI to forward to (with --engine webui)")
     p.add_argument("--webui-models-dir", type=Path,
-                   help="the WebUI's models/ folder, where jobs' models are placed (with --engine webui)")
+                   help="with --engine webui: the WebUI's models/ folder, for a WebUI that does not answer "
+                        "/sdapi/v1/cmd-flags (A1111 does: its own folders are used)")
 
     sm = sub.add_parser("sagemaker", help="SageMaker's container entry points").add_subparsers(dest="action", required=True)
     p = sm.add_parser("serve", help="the inference container: /ping and /invocations on port 8080 (SAGEMAKER_BIND_TO_PORT)")

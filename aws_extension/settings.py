@@ -91,7 +91,8 @@ class WorkerSettings:
                                 "SageMaker's container root (model/, input/, output/, checkpoints/); tests point it elsewhere")
     webui_models_dir: Path | None = _env(
         "SD_AWS_WEBUI_MODELS_DIR", None,
-        "webui engine: the WebUI's models/ folder, where a job's models are linked (unset: the WebUI must have them)")
+        "webui engine: the WebUI's models/ folder for a WebUI that does not answer /sdapi/v1/cmd-flags (A1111 "
+        "does, and its own folders are used); unset with such a WebUI: it must have the models")
 
 
 @dataclass(frozen=True)

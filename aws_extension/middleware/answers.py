@@ -17,6 +17,7 @@ from aws_extension.vocabulary import DatasetStatus
 class Health(BaseModel):
     status: str = "ok"
     version: str = __version__
+    backend: str  # "local" (this machine's worker processes) or "aws" (SageMaker)
     ready: bool  # false while the stack is still being set up (e.g. `sd-aws up` registering its model)
     waiting_for: list[str]  # what it waits for, in words
 

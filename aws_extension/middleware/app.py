@@ -59,8 +59,9 @@ class Readiness:
     """What the stack still waits for before it can take jobs (empty: ready). `sd-aws serve` is ready once it
     answers; `sd-aws up` waits for its tiny model and its endpoint."""
 
-    def __init__(self, waiting_for: list[str] | None = None):
+    def __init__(self, waiting_for: list[str] | None = None, backend: str = "local"):
         self.waiting_for = list(waiting_for or [])
+        self.backend = backend
 
     def done(self, what: str) -> None:
         if what in self.waiting_for:
@@ -68,7 +69,7 @@ class Readiness:
 
     def health(self) -> Health:
         waiting = list(self.waiting_for)
-        return Health(ready=not waiting, waiting_for=waiting)
+        return Health(backend=self.backend, ready=not waiting, waiting_for=waiting)
 
 
 def create_app(services: Services, api_key: str, readiness: Readiness | None = None) -> FastAPI:
@@ -83,6 +84,7 @@ def create_app(services: Services, api_key: str, readiness: Readiness | None = N
     app.state.services = services
     app.state.api_key = api_key
     readiness = readiness or Readiness()
+    readiness.backend = services.settings.backend
 
     async def known_error(request: Request, exc: Exception):
         message = getattr(exc, "message", None) or str(exc)

@@ -215,8 +215,17 @@ class SageMakerTab:
         return rows, choices
 
     def default_instance_type(self) -> str:
-        """`local` for a middleware on this machine (`sd-aws up`'s local backend), else the smallest GPU type."""
-        return "local" if is_loopback(self.store.api_url()) else INSTANCE_TYPES[0]
+        """`local` on a local backend (the middleware's /healthz says which; if it cannot be asked, a
+        middleware on this machine is taken as local), else the smallest GPU type."""
+        try:
+            client = make_client(self.store)
+            client.timeout_s = 3
+            backend = client.healthz().get("backend")
+        except ApiError:
+            backend = None
+        if backend is None:  # not reachable now, or a middleware that does not say
+            backend = "local" if is_loopback(self.store.api_url()) else "aws"
+        return "local" if backend == "local" else INSTANCE_TYPES[0]
 
     def deploy_endpoint(self, instance_type: str, instance_count: float, autoscaling: bool,
                         min_instances: float, max_instances: float, endpoint_name: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
-from modules import images, paths, processing, sd_models, sd_vae, shared
+from modules import hashes, images, paths, processing, sd_models, sd_vae, shared
 
 from aws_extension.client import ApiError
 from aws_extension.settings import ClientSettings, load
@@ -102,7 +102,14 @@ def selected_checkpoint(override_settings: dict) -> ModelRef:
     info = sd_models.get_closet_checkpoint_match(title) if title else None
     if info is None:
         raise ValueError("No checkpoint is selected in the WebUI: choose one in the checkpoint dropdown.")
-    return ModelRef(CheckpointType.STABLE_DIFFUSION, Path(info.filename).name, getattr(info, "sha256", None) or None)
+    if not info.sha256:  # the cloud catalogue is found by content: A1111 hashes it (once, into its cache)
+        info.calculate_shorthash()
+    return ModelRef(CheckpointType.STABLE_DIFFUSION, Path(info.filename).name, info.sha256 or None)
+
+
+def embedding_sha256(path: Path) -> str | None:
+    """An embedding file's sha256 as A1111 keeps it (computed when it loads embeddings; `--no-hashing`: None)."""
+    return hashes.sha256(str(path), f"textual_inversion/{path.stem}")
 
 
 def selected_vae(override_settings: dict) -> ModelRef | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -68,12 +69,13 @@ def controlnet_units(p: Any) -> list[dict]:
 
 
 def wanted_models(p: Any, prompts: list[str], checkpoint: ModelRef, vae: ModelRef | None,
-                  embedding_folders: list[Path]) -> list[ModelRef]:
+                  embedding_folders: list[Path], embedding_sha256: Callable[[Path], str | None]) -> list[ModelRef]:
     """Every model the job needs: the checkpoint, the VAE, LoRA in `prompts` (all of p's prompts, the styles
-    applied), embeddings, ControlNet models."""
+    applied), embeddings (with their sha256, so a renamed copy is found), ControlNet models. (LoRAs are named
+    only: A1111 keeps a LoRA's hash of its tensors, not of its file.)"""
     wanted = [checkpoint, *([vae] if vae else [])]
     wanted += [ModelRef(CheckpointType.LORA, name) for name in lora_names(prompts)]
-    wanted += [ModelRef(CheckpointType.EMBEDDINGS, path.name)
+    wanted += [ModelRef(CheckpointType.EMBEDDINGS, path.name, embedding_sha256(path))
                for path in embeddings_in_prompts(prompts, list_model_files(embedding_folders))]
     # ControlNet models are named as A1111 titles them: "control_v11p_sd15_canny [d14c016b]"
     wanted += [ModelRef(CheckpointType.CONTROLNET, without_hash_suffix(unit["model"])) for unit in controlnet_units(p)

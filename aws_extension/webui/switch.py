@@ -98,7 +98,7 @@ def _generate(p: Any, endpoint: str | None) -> Any:
         checkpoint = host.selected_checkpoint(override_settings)
         host.set_model_fields(p, checkpoint)
         wanted = wanted_models(p, all_prompts(p), checkpoint, host.selected_vae(override_settings),
-                               host.model_folders()[CheckpointType.EMBEDDINGS])
+                               host.model_folders()[CheckpointType.EMBEDDINGS], host.embedding_sha256)
         models, missing = resolve_models(wanted, client.list_checkpoints(status=[CheckpointStatus.ACTIVE]))
         if missing:
             raise CloudGenerationError(missing_models_message(missing))

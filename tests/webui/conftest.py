@@ -13,6 +13,8 @@ HOST_DOUBLE = Path(__file__).resolve().parent / "host"
 REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT_BYTES = b"tiny checkpoint bytes"
 CHECKPOINT_SHA256 = hashlib.sha256(CHECKPOINT_BYTES).hexdigest()
+EMBEDDING_BYTES = b"embedding"
+EMBEDDING_SHA256 = hashlib.sha256(EMBEDDING_BYTES).hexdigest()
 
 
 def _purge_modules() -> None:
@@ -36,7 +38,7 @@ def webui(tmp_path, monkeypatch):
     (models / "Stable-diffusion" / "tiny.safetensors").write_bytes(CHECKPOINT_BYTES)
     (models / "Lora" / "style.safetensors").write_bytes(b"lora")
     (models / "VAE" / "vae-ft.safetensors").write_bytes(b"vae")
-    (data / "embeddings" / "badhands.pt").write_bytes(b"embedding")
+    (data / "embeddings" / "badhands.pt").write_bytes(EMBEDDING_BYTES)
     monkeypatch.setattr(paths, "data_path", str(data))
     monkeypatch.setattr(paths, "models_path", str(models))
     shared.config_filename = str(data / "config.json")

@@ -20,14 +20,22 @@ import requests
 from PIL import Image
 
 from tests.helpers import free_port
-from tests.webui.conftest import CHECKPOINT_SHA256, HOST_DOUBLE, REPO, make_p, switch_runner, user_sees
+from tests.webui.conftest import (
+    CHECKPOINT_SHA256,
+    EMBEDDING_SHA256,
+    HOST_DOUBLE,
+    REPO,
+    make_p,
+    switch_runner,
+    user_sees,
+)
 from tests.webui.fake_middleware import FakeMiddleware, color_of
 
 CATALOGUE = [
     {"id": "c1", "type": "Stable-diffusion", "status": "Active", "name": ["tiny.safetensors"], "sha256": CHECKPOINT_SHA256,
      "size": 21, "created": 1700000000},
     {"id": "c2", "type": "Lora", "status": "Active", "name": ["style.safetensors"], "sha256": "ab" * 32},
-    {"id": "c3", "type": "embeddings", "status": "Active", "name": ["badhands.pt"], "sha256": "cd" * 32},
+    {"id": "c3", "type": "embeddings", "status": "Active", "name": ["badhands.pt"], "sha256": EMBEDDING_SHA256},
     {"id": "c4", "type": "VAE", "status": "Active", "name": ["vae-ft.safetensors"], "sha256": "ef" * 32},
     {"id": "c5", "type": "ControlNet", "status": "Active", "name": ["control_canny.safetensors"], "sha256": "01" * 32},
 ]
@@ -164,7 +172,8 @@ def test_switch_on_sends_the_request_and_returns_a_processed(webui, middleware_f
     assert body["task_type"] == "txt2img" and body["sagemaker_endpoint_name"] == "ep-ready"
     assert body["models"] == {
         "Stable-diffusion": [{"name": "tiny.safetensors", "sha256": CHECKPOINT_SHA256}],
-        "VAE": ["vae-ft.safetensors"], "Lora": ["style.safetensors"], "embeddings": ["badhands.pt"]}
+        "VAE": ["vae-ft.safetensors"], "Lora": ["style.safetensors"],
+        "embeddings": [{"name": "badhands.pt", "sha256": EMBEDDING_SHA256}]}
     assert body["prompt"] == "a red fox <lora:style:0.8>" and body["negative_prompt"] == "badhands, blurry"
     assert (body["seed"], body["steps"], body["width"], body["batch_size"], body["n_iter"]) == (42, 4, 64, 2, 1)
     assert body["sampler_name"] == "Euler a" and body["enable_hr"] is False
@@ -243,6 +252,26 @@ def test_missing_model_stops_before_sending(webui, middleware_for, capsys):
     assert server.inference_bodies() == []
     webui.shared.opts.data["sd_model_checkpoint"] = None
     assert "No checkpoint is selected" in user_sees(webui, make_p(webui, switch_runner(webui), on=True), capsys)
+
+
+def test_a_renamed_copy_is_found_by_content_once_a1111_has_hashed_it(webui, middleware_for):
+    """The WebUI has not hashed this checkpoint yet: the switch has A1111 hash it (into its own cache) and
+    finds the catalogue's checkpoint of the same content under its other name; embeddings likewise."""
+    from modules import hashes, sd_models
+
+    server = middleware_for()
+    copy = webui.models / "Stable-diffusion" / "my-copy.safetensors"
+    copy.write_bytes((webui.models / "Stable-diffusion" / "tiny.safetensors").read_bytes())
+    (webui.data / "embeddings" / "badhands.pt").rename(webui.data / "embeddings" / "hands.pt")
+    info = sd_models.CheckpointInfo(str(copy))  # no sha256 yet, as for a checkpoint A1111 never loaded
+    info.register()
+    webui.shared.opts.data["sd_model_checkpoint"] = info.title
+    p = make_p(webui, switch_runner(webui), on=True, negative_prompt="hands, blurry")
+    webui.processing.process_images(p)
+    models = server.inference_bodies()[0]["models"]
+    assert models["Stable-diffusion"] == [{"name": "tiny.safetensors", "sha256": CHECKPOINT_SHA256}]
+    assert models["embeddings"] == [{"name": "badhands.pt", "sha256": EMBEDDING_SHA256}]
+    assert "checkpoint/my-copy.safetensors" in hashes.computed and info.sha256 == CHECKPOINT_SHA256
 
 
 def test_checkpoint_with_another_sha256_is_missing(webui, middleware_for, capsys):

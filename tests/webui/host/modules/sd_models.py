@@ -16,6 +16,15 @@ class CheckpointInfo:
     def register(self):
         checkpoints_list[self.title] = self
 
+    def calculate_shorthash(self):
+        from modules import hashes
+
+        self.sha256 = hashes.sha256(self.filename, f"checkpoint/{self.name}")
+        if self.sha256 is None:
+            return None
+        self.shorthash = self.sha256[0:10]
+        return self.shorthash
+
 
 def get_closet_checkpoint_match(search_string):
     if search_string in checkpoints_list:
