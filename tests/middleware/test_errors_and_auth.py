@@ -119,3 +119,15 @@ def test_signed_url_expiry_is_enforced(tmp_path):
     async def body():
         yield b"data"
     assert asyncio.run(store.receive_object("uploads/a", body(), 100)).startswith('"')
+
+
+def test_openapi_documents_every_answer(middleware):
+    """Every route declares the model of its success answer, so /openapi.json documents each answer of API.md."""
+    spec = requests.get(f"{middleware.url}/openapi.json", timeout=10).json()
+    undocumented = [(method, path) for path, operations in spec["paths"].items() for method, operation in operations.items()
+                    if not operation["responses"].get("200", {}).get("content", {}).get("application/json", {}).get("schema")]
+    assert not undocumented, undocumented
+    job = spec["paths"]["/inference/get-inference-job"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert job == {"$ref": "#/components/schemas/JobAnswer"}
+    fields = spec["components"]["schemas"]["JobAnswer"]["properties"]
+    assert {"InferenceJobId", "status", "queue_position", "progress", "image_names"} <= set(fields)

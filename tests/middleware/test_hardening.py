@@ -285,3 +285,25 @@ def test_an_unexpected_error_answers_500_and_keeps_the_connection():
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_full_disk_under_the_records_is_507_and_nothing_is_half_written(tmp_path):
+    """The whole data dir (store and blobs) on a small filesystem that fills: a write is 507 with a sentence,
+    and once space is freed the same request succeeds."""
+    from tests.middleware.test_blob_hardening import disk_filled, small_tmpfs
+
+    with small_tmpfs(tmp_path / "fs", size="8m") as fs:
+        server = start_middleware(fs / "data", API_KEY)
+        try:
+            body = {"dataset_name": "full", "content": [{"filename": f"{i}.png"} for i in range(200)],
+                    "params": {"note": "x" * 20000}}
+            with disk_filled(fs):
+                refused = requests.post(f"{server.url}/dataset", json=body, headers={"x-api-key": API_KEY}, timeout=30)
+                assert refused.status_code == 507, refused.text
+                assert "storage is full" in refused.json()["error"]
+                listed = requests.get(f"{server.url}/datasets", headers={"x-api-key": API_KEY}, timeout=10)
+                assert listed.status_code == 200 and listed.json()["datasets"] == []
+            created = requests.post(f"{server.url}/dataset", json=body, headers={"x-api-key": API_KEY}, timeout=30)
+            assert created.status_code == 200, created.text
+        finally:
+            server.stop()

@@ -13,9 +13,12 @@ import json
 import re
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from aws_extension.middleware.blobs.base import StorageFull
 from aws_extension.middleware.store.base import DuplicateRecord, Item, Page, Table
 
 # Each table's indexed fields → the index column holding them.
@@ -136,10 +139,25 @@ class SQLiteStore:
                 self._connections.append(conn)
         return conn
 
-    def _migrate(self) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under SQLite's write lock; rolled back on any error. A full disk is
+        StorageFull (the API's 507), as for the blob store of the same data dir."""
         conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and (
+                    getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)):
+                raise StorageFull() from exc
+            raise
+
+    def _migrate(self) -> None:
+        with self._transaction() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
                 raise RuntimeError(f"{self.path} has schema version {version}, newer than this program "
@@ -148,10 +166,6 @@ class SQLiteStore:
                 for statement in filter(str.strip, script.split(";")):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     @property
     def schema_version(self) -> int:
@@ -177,24 +191,19 @@ class SQLiteStore:
         return [by_column.get(column) for column in INDEX_COLUMNS]
 
     def create(self, table: Table, item: Item) -> None:
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            unique = table.unique and item.get(table.unique)
-            if unique and conn.execute(f"SELECT 1 FROM records WHERE tbl = ? AND {self._column(table, table.unique)} = ?",  # noqa: S608 - fixed columns
-                                       (table.name, unique)).fetchone():
-                raise DuplicateRecord(f"{table.name} with {table.unique} {unique!r} exists")
-            conn.execute(
-                "INSERT INTO records (tbl, id, status, kind, name, queue_state, created, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (table.name, item["id"], *self._index_values(table, item), item["created"], json.dumps(item)))
-            conn.execute("COMMIT")
+            with self._transaction() as conn:
+                unique = table.unique and item.get(table.unique)
+                if unique and conn.execute(
+                        f"SELECT 1 FROM records WHERE tbl = ? AND {self._column(table, table.unique)} = ?",  # noqa: S608 - fixed columns
+                        (table.name, unique)).fetchone():
+                    raise DuplicateRecord(f"{table.name} with {table.unique} {unique!r} exists")
+                conn.execute(
+                    "INSERT INTO records (tbl, id, status, kind, name, queue_state, created, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (table.name, item["id"], *self._index_values(table, item), item["created"], json.dumps(item)))
         except sqlite3.IntegrityError as exc:
-            conn.execute("ROLLBACK")
             raise DuplicateRecord(f"{table.name} item {item['id']} exists") from exc
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def get(self, table: Table, item_id: str) -> Item | None:
         row = self._connect().execute(
@@ -208,23 +217,16 @@ class SQLiteStore:
         return _load(row[0]) if row else None
 
     def update(self, table: Table, item_id: str, changes: Item, expect: Item | None = None) -> Item | None:
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             row = conn.execute("SELECT data FROM records WHERE tbl = ? AND id = ?", (table.name, item_id)).fetchone()
             if row is None or (expect and not _matches(_load(row[0]), expect)):
-                conn.execute("ROLLBACK")
                 return None
             item = {**_load(row[0]), **changes}
             conn.execute(
                 "UPDATE records SET status = ?, kind = ?, name = ?, queue_state = ?, created = ?, data = ? "
                 "WHERE tbl = ? AND id = ?",
                 (*self._index_values(table, item), item["created"], json.dumps(item), table.name, item_id))
-            conn.execute("COMMIT")
             return item
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _where(self, table: Table, where: dict[str, list[Any]] | None) -> tuple[list[str], list[Any]]:
         clauses, args = ["tbl = ?"], [table.name]
@@ -264,4 +266,5 @@ class SQLiteStore:
         return _encode_key(item["created"], item["id"])
 
     def delete(self, table: Table, item_id: str) -> None:
-        self._connect().execute("DELETE FROM records WHERE tbl = ? AND id = ?", (table.name, item_id))
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM records WHERE tbl = ? AND id = ?", (table.name, item_id))
