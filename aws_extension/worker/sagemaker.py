@@ -26,6 +26,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from aws_extension.child_processes import die_with_parent
 from aws_extension.settings import WorkerSettings, load
 from aws_extension.vocabulary import MODEL_SUFFIXES, MODEL_TYPES, CheckpointType
 
@@ -78,7 +79,7 @@ class _WebUIProcess:
     shuts the server down), so the container ends."""
 
     def __init__(self, command: str):
-        self.process = subprocess.Popen(shlex.split(command))  # noqa: S603 - the image's own command
+        self.process = subprocess.Popen(shlex.split(command), preexec_fn=die_with_parent)  # noqa: S603, PLW1509 - the image's own command; prctl only
         self.stopping = threading.Event()
         self.died = threading.Event()
         threading.Thread(target=self._watch, name="webui-watch", daemon=True).start()

@@ -76,19 +76,21 @@ def free_port() -> int:
 
 
 class WorkerProcess:
-    """A real `sd-aws worker` process on 127.0.0.1; its log goes to a file (read it when a test fails)."""
+    """A real `sd-aws worker` process on 127.0.0.1; its log goes to a file (read it when a test fails).
 
-    def __init__(self, models_dir: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None,
-                 port: int | None = None):
+    `command` runs another sd-aws command that serves the worker's API instead (`sagemaker serve ...`)."""
+
+    def __init__(self, models_dir: Path | None, log_path: Path, *extra_args: str, env: dict[str, str] | None = None,
+                 port: int | None = None, command: tuple[str, ...] = ("worker",)):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "SD_AWS_HOME": str(log_path.parent / "home"),
                     **(env or {})}
         self._log = log_path.open("wb")
+        models = ["--models-dir", str(models_dir)] if models_dir else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aws_extension", "worker", "--port", str(self.port),
-             "--models-dir", str(models_dir), *extra_args],
+            [sys.executable, "-m", "aws_extension", *command, "--port", str(self.port), *models, *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 
     def first_ping_status(self) -> int:

@@ -6,41 +6,18 @@ import io
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import requests
 from PIL import Image
 
-from aws_extension.worker.sagemaker import largest_volume, models_dir_for
+from aws_extension.worker.sagemaker import DEFAULT_PORT, largest_volume, models_dir_for, serve_port
 from tests.conftest import TINY_CHECKPOINT_NAME
 from tests.helpers import process_pids
-from tests.worker.helpers import WORKER_START_TIMEOUT_S, free_port
+from tests.worker.helpers import WorkerProcess, free_port
 
-
-def _start(root: Path, log: Path, **env: str) -> subprocess.Popen:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "SD_AWS_SAGEMAKER_ROOT": str(root), **env}
-    return subprocess.Popen([sys.executable, "-m", "aws_extension", "sagemaker", "serve", "--host", "127.0.0.1"],
-                            env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def _pings_until_healthy(url: str, process: subprocess.Popen, log: Path) -> list[int]:
-    statuses: list[int] = []
-    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"serve exited with {process.returncode}: {log.read_text()[-3000:]}")
-        try:
-            statuses.append(requests.get(url + "/ping", timeout=2).status_code)
-        except requests.ConnectionError:
-            time.sleep(0.05)
-            continue
-        if statuses[-1] == 200:
-            return statuses
-        time.sleep(0.05)
-    raise AssertionError(f"serve never became healthy: {log.read_text()[-3000:]}")
+SERVE = ("sagemaker", "serve", "--host", "127.0.0.1")
 
 
 def test_serve_runs_the_model_sagemaker_unpacked_and_answers_async_request_objects(tmp_path, tiny_models_dir,
@@ -48,12 +25,11 @@ def test_serve_runs_the_model_sagemaker_unpacked_and_answers_async_request_objec
     root = tmp_path / "opt-ml"
     (root / "model").mkdir(parents=True)
     shutil.copy(tiny_models_dir / "Stable-diffusion" / TINY_CHECKPOINT_NAME, root / "model" / "model.safetensors")
-    port = free_port()
-    process = _start(root, tmp_path / "serve.log", SAGEMAKER_BIND_TO_PORT=str(port),
-                     SD_AWS_MODEL_CACHE_DIR=str(tmp_path / "volume"))
-    url = f"http://127.0.0.1:{port}"
+    worker = WorkerProcess(None, tmp_path / "serve.log", command=SERVE, env={
+        "SD_AWS_SAGEMAKER_ROOT": str(root), "SD_AWS_MODEL_CACHE_DIR": str(tmp_path / "volume")})
+    url = worker.url
     try:
-        statuses = _pings_until_healthy(url, process, tmp_path / "serve.log")
+        statuses = worker.ping_statuses_until_healthy()
         assert statuses[0] == 503 and statuses[-1] == 200  # answers at once, healthy only when it can work
         # The request object the AWS backend writes for an asynchronous endpoint: everything inline, no
         # model named (the endpoint's own model), images PUT to presigned URLs.
@@ -74,8 +50,14 @@ def test_serve_runs_the_model_sagemaker_unpacked_and_answers_async_request_objec
         assert bad.status_code == 400 and bad.json()["status"] == "failed" and "steps" in bad.json()["error"]
         assert len(bad.content) < 1024
     finally:
-        process.terminate()
-        process.wait(30)
+        worker.stop()
+
+
+def test_the_port_sagemaker_asks_for(monkeypatch):
+    monkeypatch.delenv("SAGEMAKER_BIND_TO_PORT", raising=False)
+    assert serve_port(None) == DEFAULT_PORT == 8080 and serve_port(9000) == 9000
+    monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", "9123")
+    assert serve_port(None) == 9123 and serve_port(9000) == 9000  # --port (tests) over SageMaker's variable
 
 
 def test_the_model_folder_and_the_cache_volume(tmp_path):
@@ -100,18 +82,16 @@ def test_the_webui_flavour_runs_both_processes_and_ping_follows_both(tmp_path, t
     (webui_models / "Stable-diffusion").mkdir(parents=True)
     (tmp_path / "opt-ml" / "model").mkdir(parents=True)
     shutil.copy(tiny_models_dir / "Stable-diffusion" / TINY_CHECKPOINT_NAME, tmp_path / "opt-ml" / "model")
-    webui_port, port = free_port(), free_port()
+    webui_port = free_port()
     webui_command = f"{sys.executable} -m aws_extension worker --port {webui_port} --models-dir {webui_models}"
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "SD_AWS_SAGEMAKER_ROOT": str(tmp_path / "opt-ml"),
-                "SD_AWS_MODEL_CACHE_DIR": str(tmp_path / "volume")}
-    log = tmp_path / "serve.log"
-    process = subprocess.Popen([sys.executable, "-m", "aws_extension", "sagemaker", "serve", "--host", "127.0.0.1",
-                                "--port", str(port), "--engine", "webui", "--webui-url", f"http://127.0.0.1:{webui_port}",
-                                "--webui-models-dir", str(webui_models), "--webui-command", webui_command],
-                               env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    worker = WorkerProcess(None, tmp_path / "serve.log", "--engine", "webui", "--webui-url",
+                           f"http://127.0.0.1:{webui_port}", "--webui-models-dir", str(webui_models),
+                           "--webui-command", webui_command, command=SERVE,
+                           env={"SD_AWS_SAGEMAKER_ROOT": str(tmp_path / "opt-ml"),
+                                "SD_AWS_MODEL_CACHE_DIR": str(tmp_path / "volume")})
+    url, process = worker.url, worker.process
     try:
-        assert _pings_until_healthy(url, process, log)[-1] == 200
+        assert worker.ping_statuses_until_healthy()[-1] == 200
         assert requests.get(f"http://127.0.0.1:{webui_port}/ping", timeout=5).status_code == 200
         made = requests.post(url + "/sdapi/v1/txt2img", timeout=120,
                              json={"prompt": "a house", "width": 64, "height": 64, "steps": 2, "seed": 3})
@@ -125,7 +105,30 @@ def test_the_webui_flavour_runs_both_processes_and_ping_follows_both(tmp_path, t
         except requests.ConnectionError:
             pass
     finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(30)
+        worker.stop()
     assert [p for p in process_pids(str(webui_models)) if p != process.pid] == []
+
+
+def test_the_webui_dies_with_a_killed_worker(tmp_path):
+    marker = str(tmp_path / "stand-in-webui")
+    worker = WorkerProcess(None, tmp_path / "serve.log", "--engine", "webui", "--webui-url", "http://127.0.0.1:9",
+                           "--webui-command", f"{sys.executable} -c 'import time; time.sleep(300)' {marker}",
+                           command=SERVE, env={"SD_AWS_SAGEMAKER_ROOT": str(tmp_path / "opt-ml"),
+                                               "SD_AWS_MODEL_CACHE_DIR": str(tmp_path / "volume")})
+
+    def webuis() -> list[int]:  # the child, not the worker (whose command line names it too)
+        return [pid for pid in process_pids(marker, word="sleep") if pid != worker.process.pid]
+
+    try:
+        deadline = time.monotonic() + 60
+        while not webuis() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert webuis(), worker.log()
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(10)
+        deadline = time.monotonic() + 10
+        while webuis() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not webuis()  # no WebUI left behind
+    finally:
+        worker.stop()

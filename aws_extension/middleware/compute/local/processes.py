@@ -9,10 +9,8 @@ environment carries none of the middleware's secrets.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,18 +23,13 @@ from pathlib import Path
 
 import requests
 
+from aws_extension.child_processes import die_with_parent
 from aws_extension.settings import MiddlewareSettings, WorkerSettings
 
-_PR_SET_PDEATHSIG = 1
 # The middleware's settings that are not the worker's (its keys and secrets among them) stay out of the
 # workers' environment.
 _MIDDLEWARE_ONLY_ENV = ({f.metadata["env"] for f in dataclasses.fields(MiddlewareSettings)}
                         - {f.metadata["env"] for f in dataclasses.fields(WorkerSettings)})
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # no one is left to take its results
 
 
 def _free_port() -> int:
@@ -126,7 +119,7 @@ class WorkerProcesses:
         with open(instance.folder / "worker.log", "ab") as log_file:
             instance.process = self._spawner.submit(
                 subprocess.Popen, command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent).result()  # noqa: PLW1509 - prctl only, no locks taken
+                preexec_fn=die_with_parent).result()  # noqa: PLW1509 - prctl only, no locks taken
         if self._wait_healthy(instance):
             return True
         self.kill(instance)
