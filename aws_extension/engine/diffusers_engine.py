@@ -223,7 +223,8 @@ class DiffusersEngine:
     @staticmethod
     def _total_steps(params: GenerationParams) -> int:
         if params.img2img is not None:
-            per_batch = img2img_steps_run(params.steps, params.denoising_strength or 0.0)
+            per_batch = img2img_steps_run(params.steps, params.denoising_strength or 0.0,
+                                          params.sampler_spec.k_function is not None)
         else:
             per_batch = params.steps
         if params.hires is not None:

@@ -87,7 +87,10 @@ def test_prompt_editing_and_alternation(engine, models) -> None:
     cat, dog = "a photo of a cat", "a photo of a dog"
 
     def pixels(prompt: str, negative_prompt: str = BASE["negative_prompt"]) -> bytes:
-        return _pixels(_run(engine, models, prompt=prompt, negative_prompt=negative_prompt).images[0]).tobytes()
+        # LMS: its last step mixes in the first step's derivative, so the first step's prompt shows (the
+        # tiny model's prompts barely move the latents, and most samplers end on the last denoised latents)
+        return _pixels(_run(engine, models, prompt=prompt, negative_prompt=negative_prompt,
+                            sampler_name="LMS").images[0]).tobytes()
 
     plain_cat, plain_dog = pixels(cat), pixels(dog)
     assert pixels(f"[{cat}:{dog}:2]") == plain_cat  # switches after the last step
