@@ -520,7 +520,9 @@ class JobRunner:
                 "needs more precision than that; run the worker with SD_AWS_DTYPE=float32", field="sd_model_checkpoint")
         scaled = latents / self._scaling_factor
         decoded = self._with_vae(lambda vae: vae.decode(scaled.to(vae.dtype), return_dict=False)[0])
-        return self.pipe.image_processor.postprocess(decoded, output_type="pil")
+        # A1111's conversion: [-1, 1] → [0, 1], then 255 × value truncated (diffusers rounds, 0.5/255 brighter)
+        pixels = 255.0 * ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(image.astype(np.uint8)) for image in pixels]
 
     def _with_vae(self, run: Callable[[Any], torch.Tensor]) -> torch.Tensor:
         """`run(vae)`; if the VAE overflowed half precision (inf, NaN), again with the VAE in float32 (A1111's
