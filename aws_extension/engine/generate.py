@@ -321,6 +321,7 @@ class JobRunner:
 
     def _call_kwargs(self, conditioning: ScheduledConditioning, sampler: SamplerSpec, seeds: list[int],
                      steps: int, pass_steps: int, blend: StepHook | None = None) -> dict[str, Any]:
+        conditioning = conditioning.padded()  # diffusers batches cond and uncond
         positive, negative = conditioning.at_step(1)
         on_step = blend
         if conditioning.changes_during_sampling:

@@ -76,11 +76,14 @@ class CFGDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         positive, negative = self.conditioning.at_step(self.step + 1)
         batch = x.shape[0]
-        context = torch.cat([positive.repeat(batch, 1, 1), negative.repeat(batch, 1, 1)])
         x_in = torch.cat([x, x])
         c_in = 1 / (sigma ** 2 + 1) ** 0.5
-        t = self.sigmas.sigma_to_t(sigma.reshape(1)).expand(2 * batch)
-        output = self._unet(x_in * c_in, t, context).float()
+        t = self.sigmas.sigma_to_t(sigma.reshape(1)).expand(batch)
+        if positive.shape[1] == negative.shape[1]:
+            context = torch.cat([positive.repeat(batch, 1, 1), negative.repeat(batch, 1, 1)])
+            output = self._unet(x_in * c_in, t.repeat(2), context).float()
+        else:  # as A1111 without pad_cond_uncond: cond and uncond of different lengths run apart
+            output = torch.cat([self._unet(x * c_in, t, z.repeat(batch, 1, 1)).float() for z in (positive, negative)])
         if self.v_prediction:
             denoised = output * (-sigma / (sigma ** 2 + 1) ** 0.5) + x_in / (sigma ** 2 + 1)
         else:

@@ -413,6 +413,7 @@ class ScheduledConditioning:
 
     positive: list[tuple[int, torch.Tensor]]
     negative: list[tuple[int, torch.Tensor]]
+    empty: torch.Tensor | None = None  # the encoded empty prompt (one chunk), for `padded`
 
     @property
     def changes_during_sampling(self) -> bool:
@@ -421,6 +422,17 @@ class ScheduledConditioning:
     def at_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The embeddings for (1-based) step `step`; past the last step, the last ones."""
         return _entry_at(self.positive, step), _entry_at(self.negative, step)
+
+    def padded(self) -> ScheduledConditioning:
+        """Every tensor as long as the longest, with empty chunks appended (A1111's "pad_cond_uncond"): for
+        diffusers' pipelines, which batch cond and uncond. A1111 by default does not pad: it runs a cond and
+        an uncond of different lengths through the UNet separately (engine.k_pass does the same)."""
+        everything = [z for _, z in self.positive + self.negative]
+        if len({z.shape[1] for z in everything}) == 1 or self.empty is None:
+            return self
+        padded = iter(_pad_to_same_length(everything, self.empty))
+        return ScheduledConditioning([(step, next(padded)) for step, _ in self.positive],
+                                     [(step, next(padded)) for step, _ in self.negative], self.empty)
 
 
 def _entry_at(schedule: list[tuple[int, torch.Tensor]], step: int) -> torch.Tensor:
@@ -434,7 +446,7 @@ def encode_prompt_schedules(
 ) -> ScheduledConditioning:
     """Embeddings of both prompts for each step, with prompt editing and alternation (`prompt_schedule`).
 
-    Every tensor has the same length. `encoded` caches encodings by text across calls of one job.
+    The tensors keep their lengths (`ScheduledConditioning.padded` evens them). `encoded` caches encodings by text across calls of one job.
     """
     encoded = {} if encoded is None else encoded
 
@@ -445,9 +457,5 @@ def encode_prompt_schedules(
 
     positive = [(step, encode(text)) for step, text in prompt_schedule(prompt, steps, hires_base_steps)]
     negative = [(step, encode(text)) for step, text in prompt_schedule(negative_prompt, steps, hires_base_steps)]
-    everything = [z for _, z in positive + negative]
-    if len({z.shape[1] for z in everything}) > 1:
-        padded = iter(_pad_to_same_length(everything, encode("")))
-        positive = [(step, next(padded)) for step, _ in positive]
-        negative = [(step, next(padded)) for step, _ in negative]
-    return ScheduledConditioning(positive, negative)
+    lengths = {z.shape[1] for _, z in positive + negative}
+    return ScheduledConditioning(positive, negative, encode("") if len(lengths) > 1 else None)
