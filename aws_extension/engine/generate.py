@@ -427,7 +427,8 @@ class JobRunner:
             v_prediction=self.pipe.scheduler.config.get("prediction_type") == "v_prediction",
         )
         run = k_pass.KPass(
-            spec.k_function, self.params.sampling.options(self.params.eta, spec.options.get("solver_type", "midpoint")),
+            spec.k_function,
+            self.params.sampling.options(spec.k_function, self.params.eta, spec.options.get("solver_type", "midpoint")),
             spec.brownian, rng, seeds, self.reporter.k_callback(steps),
         )
         return k_pass.sample(denoiser, run, x.float(), sigmas.to(x.device)).to(self.pipe.unet.dtype)

@@ -28,6 +28,16 @@ SAMPLER_FUNCTIONS: dict[str, Callable[[Run, torch.Tensor, torch.Tensor], torch.T
     "dpmpp_3m_sde": k_samplers.dpmpp_3m_sde, "restart": k_samplers.restart,
 }
 
+# A1111's `sampler_extra_params`: the settings each sampler is given (others keep k-diffusion's defaults).
+_CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+EXTRA_PARAMS: dict[str, tuple[str, ...]] = {
+    "euler": _CHURN, "heun": _CHURN, "dpm_2": _CHURN, "dpm_2_ancestral": ("s_noise",),
+    "dpmpp_2s_ancestral": ("s_noise",), "dpmpp_sde": ("s_noise",), "dpmpp_2m_sde": ("s_noise",),
+    "dpmpp_3m_sde": ("s_noise",),
+}
+# The samplers with an eta argument (A1111 passes p.eta or eta_ancestral to them).
+ETA_FUNCTIONS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde")
+
 
 def model_sigmas(pipe: Any) -> DiscreteSigmas:
     """The model's discrete sigmas. For the (scaled_)linear betas of SD, alphas_cumprod in float64 as

@@ -20,7 +20,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from aws_extension.engine.base import EngineError
-from aws_extension.engine.k_pass import ScheduleSettings
+from aws_extension.engine.k_pass import ETA_FUNCTIONS, EXTRA_PARAMS, ScheduleSettings
 from aws_extension.engine.k_samplers import Options
 from aws_extension.engine.preprocessors import ALIASES as PREPROCESSOR_ALIASES
 from aws_extension.engine.preprocessors import PREPROCESSORS, Preprocessor
@@ -125,10 +125,21 @@ class SamplingSettings:
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     sgm_noise_multiplier: bool = False
 
-    def options(self, eta: float | None, solver_type: str) -> Options:
-        """k_samplers.Options: the payload's eta, else eta_ancestral (A1111: p.eta or the option)."""
-        return Options(eta=self.eta_ancestral if eta is None else eta, s_churn=self.s_churn, s_tmin=self.s_tmin,
-                       s_tmax=self.s_tmax or float("inf"), s_noise=self.s_noise, solver_type=solver_type)
+    def sampler_settings(self, function: str, eta: float | None) -> dict[str, float]:
+        """What A1111 gives k-diffusion sampler `function` that is not its default: eta (the payload's, else
+        eta_ancestral) and the `EXTRA_PARAMS` it takes (with the names of `Options`)."""
+        given: dict[str, float] = {}
+        if function in ETA_FUNCTIONS:
+            given["eta"] = self.eta_ancestral if eta is None else eta
+        defaults = Options()
+        for name in EXTRA_PARAMS.get(function, ()):
+            value = getattr(self, name) or (float("inf") if name == "s_tmax" else 0.0)
+            if value != getattr(defaults, name):
+                given[name] = value
+        return given
+
+    def options(self, function: str, eta: float | None, solver_type: str) -> Options:
+        return Options(solver_type=solver_type, **self.sampler_settings(function, eta))
 
 
 def _sampling_settings(overrides: dict[str, Any], payload: dict[str, Any]) -> SamplingSettings:

@@ -107,3 +107,11 @@ def make_scheduler(spec: SamplerSpec, base_config: Any) -> Any:
     """A new diffusers scheduler of `spec` from the pipeline's scheduler config (the model's betas kept)."""
     assert spec.scheduler_class is not None, "k-diffusion samplers run in engine.k_pass"
     return getattr(diffusers, spec.scheduler_class).from_config(base_config, **spec.options)
+
+
+def infotext_names(name: str, spec: SamplerSpec) -> tuple[str, str]:
+    """A1111 1.10's "Sampler" and "Schedule type" of a job: the sampler without a " Karras" suffix, and the
+    label of the schedule it runs ("Automatic" for a sampler without a schedule function: uniform, DDIM, ...)."""
+    base = name.removesuffix(" Karras")
+    labels = {value: label for label, value in SCHEDULES.items() if value is not None}
+    return base, labels.get(spec.sigmas, "Automatic") if spec.k_function is not None else "Automatic"
