@@ -57,7 +57,7 @@ SAMPLER_NAMES: tuple[str, ...] = (
     "Euler a", "Euler", "LMS", "LMS Karras", "Heun", "DPM2", "DPM2 Karras", "DPM2 a", "DPM2 a Karras",
     "DPM++ 2S a", "DPM++ 2S a Karras", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras",
     "DPM++ 2M SDE Heun", "DPM++ 2M SDE Heun Karras", "DPM++ 3M SDE", "DPM++ 3M SDE Karras", "DPM++ SDE",
-    "DPM++ SDE Karras", "Restart", "DDIM", "PLMS", "UniPC", "LCM",
+    "DPM++ SDE Karras", "DPM fast", "DPM adaptive", "Restart", "DDIM", "PLMS", "UniPC", "LCM",
 )
 # Samplers whose sigma schedule cannot be chosen (A1111's timestep samplers): only "Automatic".
 FIXED_SCHEDULE_SAMPLERS: tuple[str, ...] = ("DDIM", "PLMS", "UniPC", "LCM")
@@ -65,7 +65,7 @@ FIXED_SCHEDULE_SAMPLERS: tuple[str, ...] = ("DDIM", "PLMS", "UniPC", "LCM")
 ETA_SAMPLERS: tuple[str, ...] = (
     "Euler a", "DPM2 a", "DPM2 a Karras", "DPM++ 2S a", "DPM++ 2S a Karras", "DPM++ SDE", "DPM++ SDE Karras",
     "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ 2M SDE Heun", "DPM++ 2M SDE Heun Karras", "DPM++ 3M SDE",
-    "DPM++ 3M SDE Karras", "DDIM",
+    "DPM++ 3M SDE Karras", "DPM fast", "DPM adaptive", "DDIM",
 )
 # A1111 1.9+'s `scheduler` field (matched case-insensitively); "Automatic" keeps the sampler's own schedule.
 SCHEDULER_NAMES: tuple[str, ...] = (

@@ -25,7 +25,8 @@ SAMPLER_FUNCTIONS: dict[str, Callable[[Run, torch.Tensor, torch.Tensor], torch.T
     "lms": k_samplers.lms, "dpm_2": k_samplers.dpm_2, "dpm_2_ancestral": k_samplers.dpm_2_ancestral,
     "dpmpp_2s_ancestral": k_samplers.dpmpp_2s_ancestral, "dpmpp_sde": k_samplers.dpmpp_sde,
     "dpmpp_2m": k_samplers.dpmpp_2m, "dpmpp_2m_sde": k_samplers.dpmpp_2m_sde,
-    "dpmpp_3m_sde": k_samplers.dpmpp_3m_sde, "restart": k_samplers.restart,
+    "dpmpp_3m_sde": k_samplers.dpmpp_3m_sde, "dpm_fast": k_samplers.dpm_fast,
+    "dpm_adaptive": k_samplers.dpm_adaptive, "restart": k_samplers.restart,
 }
 
 # A1111's `sampler_extra_params`: the settings each sampler is given (others keep k-diffusion's defaults).
@@ -33,10 +34,11 @@ _CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 EXTRA_PARAMS: dict[str, tuple[str, ...]] = {
     "euler": _CHURN, "heun": _CHURN, "dpm_2": _CHURN, "dpm_2_ancestral": ("s_noise",),
     "dpmpp_2s_ancestral": ("s_noise",), "dpmpp_sde": ("s_noise",), "dpmpp_2m_sde": ("s_noise",),
-    "dpmpp_3m_sde": ("s_noise",),
+    "dpmpp_3m_sde": ("s_noise",), "dpm_fast": ("s_noise",),
 }
 # The samplers with an eta argument (A1111 passes p.eta or eta_ancestral to them).
-ETA_FUNCTIONS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde")
+ETA_FUNCTIONS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde",
+                 "dpm_fast", "dpm_adaptive")
 
 
 def model_sigmas(pipe: Any) -> DiscreteSigmas:

@@ -406,3 +406,114 @@ def restart(run: Run, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
             x = x + (d + _to_d(x_2, new_sigma, run.model(x_2, new_sigma))) / 2 * dt
         last_sigma = new_sigma
     return x
+
+
+# -- DPM-Solver (Lu et al. 2022), in k-diffusion's form: t = -log sigma, eps = (x - denoised) / sigma ------
+
+class _DPMSolver:
+    """One step's model evaluations are cached by name (the 2nd and 3rd order steps share the first)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.cache: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def sigma(t: torch.Tensor) -> torch.Tensor:
+        return t.neg().exp()
+
+    def eps(self, key: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if key not in self.cache:
+            self.cache[key] = (x - self.run.model(x, self.sigma(t))) / self.sigma(t)
+        return self.cache[key]
+
+    def step(self, order: int, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, r1: float = 0.5) -> torch.Tensor:
+        h = t_next - t
+        eps = self.eps("eps", x, t)
+        x_1 = x - self.sigma(t_next) * h.expm1() * eps
+        if order == 1:
+            return x_1
+        r1 = 1 / 3 if order == 3 else r1
+        s1 = t + r1 * h
+        eps_r1 = self.eps("eps_r1", x - self.sigma(s1) * (r1 * h).expm1() * eps, s1)
+        if order == 2:
+            return x_1 - self.sigma(t_next) / (2 * r1) * h.expm1() * (eps_r1 - eps)
+        r2 = 2 / 3
+        s2 = t + r2 * h
+        u2 = (x - self.sigma(s2) * (r2 * h).expm1() * eps
+              - self.sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps))
+        eps_r2 = self.eps("eps_r2", u2, s2)
+        return x_1 - self.sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
+
+    def ancestral(self, t: torch.Tensor, t_next: torch.Tensor, t_end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target t of the step and the noise to add (eta > 0), clipped at t_end."""
+        eta = self.run.options.eta
+        if not eta:
+            return t_next, torch.zeros(())
+        sigma_down, _ = ancestral_step(self.sigma(t), self.sigma(t_next), eta)
+        target = torch.minimum(t_end, sigma_down.log().neg())
+        return target, (self.sigma(t_next) ** 2 - self.sigma(target) ** 2) ** 0.5
+
+
+def dpm_fast(run: Run, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver-fast: len(sigmas) - 1 model evaluations in steps of order 3 (then 2, 1), from sigmas[0]
+    down to sigmas[-2] (A1111 passes the schedule's ends)."""
+    solver = _DPMSolver(run)
+    nfe = len(sigmas) - 1
+    t_start, t_end = sigmas[0].log().neg(), sigmas[-2].log().neg()
+    m = nfe // 3 + 1
+    ts = torch.linspace(float(t_start), float(t_end), m + 1)
+    orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
+    for i, order in enumerate(orders):
+        solver.cache = {}
+        t, t_next = ts[i], ts[i + 1]
+        target, noise_scale = solver.ancestral(t, t_next, t_end)
+        solver.eps("eps", x, t)
+        run.callback(i)
+        x = solver.step(order, x, t, target)
+        x = x + noise_scale * run.options.s_noise * run.noise(solver.sigma(t), solver.sigma(t_next))
+    return x
+
+
+@dataclass
+class _StepSizeController:
+    """k-diffusion's PID step size control (with its defaults: integral only)."""
+
+    h: float
+    order: float
+    errors: list[float] | None = None
+
+    def accept(self, error: float) -> bool:
+        inverse = 1 / (float(error) + 1e-8)
+        if self.errors is None:
+            self.errors = [inverse, inverse, inverse]
+        self.errors[0] = inverse
+        factor = 1 + math.atan(self.errors[0] ** (1 / self.order) - 1)
+        accepted = factor >= 0.81
+        if accepted:
+            self.errors[2], self.errors[1] = self.errors[1], self.errors[0]
+        self.h *= factor
+        return accepted
+
+
+def dpm_adaptive(run: Run, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver-23 with adaptive steps (rtol 0.05, atol 0.0078, h_init 0.05), sigmas[0] → sigmas[-2]."""
+    solver = _DPMSolver(run)
+    t, t_end = sigmas[0].log().neg(), sigmas[-2].log().neg()
+    atol, rtol = torch.tensor(0.0078), torch.tensor(0.05)
+    pid = _StepSizeController(0.05, 1.5 if run.options.eta else 3)
+    x_prev, steps = x, 0
+    while t < t_end - 1e-5:
+        solver.cache = {}
+        t_next = torch.minimum(t_end, t + pid.h)
+        target, noise_scale = solver.ancestral(t, t_next, t_end)
+        x_low = solver.step(2, x, t, target, r1=1 / 3)
+        x_high = solver.step(3, x, t, target)
+        delta = torch.maximum(atol, rtol * torch.maximum(x_low.abs(), x_prev.abs()))
+        error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
+        if pid.accept(error):
+            x_prev = x_low
+            x = x_high + noise_scale * run.options.s_noise * run.noise(solver.sigma(t), solver.sigma(t_next))
+            t = t_next
+        run.callback(steps)
+        steps += 1
+    return x

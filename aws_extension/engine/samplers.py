@@ -63,6 +63,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "DPM++ 3M SDE Karras": _k("dpmpp_3m_sde", KARRAS, discard_penultimate=True, **_SDE),
     "DPM++ SDE": _k("dpmpp_sde", KARRAS, **_SDE),
     "DPM++ SDE Karras": _k("dpmpp_sde", KARRAS, **_SDE),
+    "DPM fast": _k("dpm_fast", **_ANCESTRAL),
+    "DPM adaptive": _k("dpm_adaptive", **_ANCESTRAL),
     "Restart": _k("restart", KARRAS),
     "DDIM": SamplerSpec("DDIMScheduler"),
     "PLMS": SamplerSpec("PNDMScheduler"),
