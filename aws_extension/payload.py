@@ -439,6 +439,9 @@ OVERRIDE_SETTINGS_RULES: dict[str, tuple[Rule, ...]] = {
     "always_discard_next_to_last_sigma": (Flag(nullable=True),),
     "sgm_noise_multiplier": (Flag(nullable=True),),
     "k_sched_type": (Text(), Known(SCHEDULER_NAMES, "{value!r} is not one of {names}")),
+    "emphasis": (Text(), Known(("Original", "No norm", "Ignore", "None"), "{value!r} is not one of {names}")),
+    "comma_padding_backtrack": (Number(whole=True, low=0, high=74, nullable=True),),
+    "enable_emphasis": (Flag(nullable=True),),
     "sd_model_checkpoint": (Text(),),
     "samples_format": (Text(),),
     "save_images_add_number": (Flag(nullable=True),),
@@ -446,20 +449,16 @@ OVERRIDE_SETTINGS_RULES: dict[str, tuple[Rule, ...]] = {
     "uni_pc_skip_type": (Text(), _unsupported("time_uniform")),
     "uni_pc_order": (Number(whole=True, nullable=True), _unsupported(3)),
     "uni_pc_lower_order_final": (Flag(nullable=True), _unsupported(True)),
-    "emphasis": (Text(), _unsupported("Original")),
-    "comma_padding_backtrack": (Number(whole=True, nullable=True), _unsupported(20)),
-    "enable_emphasis": (Flag(nullable=True), _unsupported(True)),
 }
 OVERRIDE_SETTINGS_HONOURED = (
     "CLIP_stop_at_last_layers", "sd_vae", "randn_source", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim",
     "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min", "sigma_max", "rho", "always_discard_next_to_last_sigma",
-    "sgm_noise_multiplier", "k_sched_type",
+    "sgm_noise_multiplier", "k_sched_type", "emphasis", "comma_padding_backtrack", "enable_emphasis",
 )
 OVERRIDE_SETTINGS_NO_OP = ("sd_model_checkpoint", "samples_format", "save_images_add_number")
 # Refused unless they hold A1111's default (the rules above say so, naming the setting).
 OVERRIDE_SETTINGS_DEFAULT_ONLY = (
-    "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final", "emphasis",
-    "comma_padding_backtrack", "enable_emphasis",
+    "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
 )
 
 

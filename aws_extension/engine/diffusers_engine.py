@@ -111,7 +111,8 @@ class DiffusersEngine:
         ):
             encoded: dict[str, Any] = {}  # each distinct prompt text is encoded once per job
             conditioning = encode_prompt_schedules(
-                prompt_text, params.negative_prompt, pipe, params.steps, params.clip_skip, encoded=encoded
+                prompt_text, params.negative_prompt, pipe, params.steps, params.clip_skip, encoded=encoded,
+                emphasis=params.emphasis,
             )
             hires_conditioning = None
             if params.hires is not None:
@@ -119,7 +120,7 @@ class DiffusersEngine:
                 hires_prompt = extract_extra_networks(hires.prompt, "hr_prompt")[0] if hires.prompt else prompt_text
                 hires_conditioning = encode_prompt_schedules(
                     hires_prompt, hires.negative_prompt or params.negative_prompt, pipe, hires.steps or params.steps,
-                    params.clip_skip, hires_base_steps=params.steps, encoded=encoded,
+                    params.clip_skip, hires_base_steps=params.steps, encoded=encoded, emphasis=params.emphasis,
                 )
             controlnets = []
             if controlnet_files:
@@ -307,6 +308,8 @@ class DiffusersEngine:
             "Denoising strength": params.denoising_strength,
             "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
             **_noise_infotext(params),
+            "Emphasis": params.emphasis.mode if params.emphasis.mode != "Original"
+            and any(c in text for text in (params.prompt, params.negative_prompt) for c in "([") else None,
             "Tiling": "True" if params.tiling else None,
             **_sampler_settings_infotext(params),
         }

@@ -24,6 +24,7 @@ from aws_extension.engine.k_pass import ETA_FUNCTIONS, EXTRA_PARAMS, ScheduleSet
 from aws_extension.engine.k_samplers import Options
 from aws_extension.engine.preprocessors import ALIASES as PREPROCESSOR_ALIASES
 from aws_extension.engine.preprocessors import PREPROCESSORS, Preprocessor
+from aws_extension.engine.prompt import Emphasis
 from aws_extension.engine.samplers import SamplerSpec, resolve_sampler
 from aws_extension.payload import (
     CONTROLNET_RESIZE_MODES,
@@ -196,6 +197,7 @@ class GenerationParams:
     img2img: Img2ImgInputs | None = None
     controlnet: list[ControlNetUnit] = field(default_factory=list)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    emphasis: Emphasis = field(default_factory=Emphasis)
     parameters: dict[str, Any] = field(default_factory=dict)  # the request with defaults, as A1111 echoes
 
     @property
@@ -349,6 +351,13 @@ def _override_settings(overrides: dict[str, Any] | None) -> tuple[int, str | Non
     return 1 if clip_skip is None else int(clip_skip), None if vae in ("Automatic", "None", "") else vae
 
 
+def _emphasis(overrides: dict[str, Any]) -> Emphasis:
+    """`emphasis` (or the older `enable_emphasis`: false is "None") and `comma_padding_backtrack`."""
+    mode = overrides.get("emphasis") or ("None" if overrides.get("enable_emphasis") is False else "Original")
+    backtrack = overrides.get("comma_padding_backtrack")
+    return Emphasis(mode, Emphasis.comma_padding_backtrack if backtrack is None else int(backtrack))
+
+
 def _validated(task: str, payload: dict[str, Any], settings: WorkerSettings) -> dict[str, Any]:
     """`payload` with the task's defaults, once aws_extension.payload finds nothing wrong with it."""
     try:
@@ -394,6 +403,7 @@ def normalise_payload(task: str, payload: dict[str, Any], settings: WorkerSettin
         disable_extra_networks=bool(merged["disable_extra_networks"]),
         controlnet=_controlnet_units(merged),
         sampling=_sampling_settings(merged["override_settings"] or {}, merged),
+        emphasis=_emphasis(merged["override_settings"] or {}),
     )
     if task == "txt2img" and merged["enable_hr"]:
         params.hires = _hires(merged, params.width, params.height, sampler, schedule)

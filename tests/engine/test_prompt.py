@@ -10,6 +10,7 @@ import torch
 from aws_extension.engine.base import EngineError
 from aws_extension.engine.prompt import (
     CHUNK_LENGTH,
+    Emphasis,
     check_supported_syntax,
     encode_chunks,
     encode_prompt_pair,
@@ -226,3 +227,25 @@ def test_break_makes_a_longer_cond_than_uncond_and_the_denoiser_runs_them_apart(
         assert (denoiser(x, sigma) - expected).abs().max() < 1e-4  # float32 rounding of the other order
         padded = CFGDenoiser(pipe.unet, sigmas, conditioning.padded(), cfg_scale=7.0, steps=4)
         assert (padded(x, sigma) - expected).abs().max() > 1e-2
+
+
+def test_emphasis_settings_as_a1111(pipe) -> None:
+    """A1111 1.10's sd_emphasis: "Original" restores each chunk's mean, "No norm" does not, "Ignore" parses
+    the weights but drops them, "None" does not parse (brackets and BREAK are text); comma_padding_backtrack
+    0 never moves text after a comma to the next chunk."""
+    def encode(text: str, **settings) -> torch.Tensor:
+        emphasis = Emphasis(**settings)
+        return encode_chunks(tokenize_into_chunks(text, pipe.tokenizer, emphasis=emphasis), pipe.text_encoder,
+                             emphasis=emphasis)
+
+    plain = encode("a cat")
+    assert torch.equal(encode("a (cat:1.5)", mode="Ignore"), plain)
+    no_norm = encode("a (cat:1.5)", mode="No norm")
+    chunk = tokenize_into_chunks("a (cat:1.5)", pipe.tokenizer)[0]
+    assert torch.allclose(no_norm, plain * torch.tensor(chunk.multipliers)[None, :, None])
+    assert tokenize_into_chunks("a (cat:1.5)", pipe.tokenizer, emphasis=Emphasis("None"))[0].tokens != chunk.tokens
+    assert len(tokenize_into_chunks("a BREAK b", pipe.tokenizer, emphasis=Emphasis("None"))) == 1
+    long_text = "cat, " * 35 + "a big red cat " * 3  # the last comma is token 70, the chunk is full at 75
+    cut = tokenize_into_chunks(long_text, pipe.tokenizer)[0].tokens
+    kept = tokenize_into_chunks(long_text, pipe.tokenizer, emphasis=Emphasis(comma_padding_backtrack=0))[0].tokens
+    assert cut.count(EOS) > 1 and kept.count(EOS) == 1
