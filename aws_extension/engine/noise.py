@@ -15,14 +15,12 @@ Noise sources (A1111's `randn_source` setting):
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
-
-RANDN_SOURCES = ("GPU", "CPU", "NV")
 
 # Philox 4x32 constants (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", 2011).
 _PHILOX_M = (np.uint64(0xD2511F53), np.uint64(0xCD9E8D57))
@@ -206,6 +204,3 @@ class BrownianNoise:
         with _torchsde_draws(self.source):
             w = torch.stack([tree(low, high) for tree in self.trees]) * sign  # the trees run low → high
         return (w / (t1 - t0).abs().sqrt()).to(self.device, self.dtype)
-
-
-NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

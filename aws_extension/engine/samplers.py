@@ -29,7 +29,6 @@ class SamplerSpec:
     brownian: bool = False  # its noise comes from a Brownian tree per image (A1111's SDE samplers)
     discard_penultimate: bool = False  # A1111 drops the next-to-last sigma
     uses_ensd: bool = False  # eta_noise_seed_delta changes its noise (the infotext says "ENSD")
-    uses_eta: bool = False  # eta (eta_ancestral) applies
 
 
 def _k(function: str, sigmas: str | None = None, **flags: Any) -> SamplerSpec:
@@ -38,8 +37,8 @@ def _k(function: str, sigmas: str | None = None, **flags: Any) -> SamplerSpec:
     return SamplerSpec(None, options, sigmas=sigmas, schedule_choice=True, k_function=function, **flags)
 
 
-_ANCESTRAL = {"uses_ensd": True, "uses_eta": True}
-_SDE = {"brownian": True, "uses_eta": True}
+_ANCESTRAL = {"uses_ensd": True}
+_SDE = {"brownian": True}
 # Names of A1111 1.10 (plain names, each with its "Automatic" schedule) and of A1111 < 1.9 (" Karras").
 SAMPLERS: dict[str, SamplerSpec] = {
     "Euler a": _k("euler_ancestral", **_ANCESTRAL),
