@@ -57,14 +57,22 @@ SAMPLER_NAMES: tuple[str, ...] = (
     "Euler a", "Euler", "LMS", "LMS Karras", "Heun", "DPM2", "DPM2 Karras", "DPM2 a", "DPM2 a Karras",
     "DPM++ 2S a", "DPM++ 2S a Karras", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras",
     "DPM++ 2M SDE Heun", "DPM++ 2M SDE Heun Karras", "DPM++ 3M SDE", "DPM++ 3M SDE Karras", "DPM++ SDE",
-    "DPM++ SDE Karras", "DDIM", "PLMS", "UniPC", "LCM",
+    "DPM++ SDE Karras", "DPM fast", "DPM adaptive", "Restart", "DDIM", "PLMS", "UniPC", "LCM",
 )
-# Samplers whose sigma schedule cannot be chosen: only the "Automatic" schedule.
-FIXED_SCHEDULE_SAMPLERS: tuple[str, ...] = ("Euler a", "DDIM", "PLMS", "UniPC", "LCM")
-# The only sampler that takes an eta other than A1111's default (1).
-ETA_SAMPLERS: tuple[str, ...] = ("DDIM",)
+# Samplers whose sigma schedule cannot be chosen (A1111's timestep samplers): only "Automatic".
+FIXED_SCHEDULE_SAMPLERS: tuple[str, ...] = ("DDIM", "PLMS", "UniPC", "LCM")
+# Samplers that take an eta (the payload's, else the eta_ancestral / eta_ddim setting).
+ETA_SAMPLERS: tuple[str, ...] = (
+    "Euler a", "DPM2 a", "DPM2 a Karras", "DPM++ 2S a", "DPM++ 2S a Karras", "DPM++ SDE", "DPM++ SDE Karras",
+    "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ 2M SDE Heun", "DPM++ 2M SDE Heun Karras", "DPM++ 3M SDE",
+    "DPM++ 3M SDE Karras", "DPM fast", "DPM adaptive", "DDIM",
+)
 # A1111 1.9+'s `scheduler` field (matched case-insensitively); "Automatic" keeps the sampler's own schedule.
-SCHEDULER_NAMES: tuple[str, ...] = ("Automatic", "Karras", "Exponential")
+SCHEDULER_NAMES: tuple[str, ...] = (
+    "Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal", "Simple",
+    "Normal", "DDIM",
+)
+RANDN_SOURCES: tuple[str, ...] = ("GPU", "CPU", "NV")
 # hires fix upscalers: A1111's latent upscale modes (an empty or null hr_upscaler is "Latent").
 HIRES_UPSCALERS: tuple[str, ...] = (
     "Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)", "Latent (nearest)",
@@ -170,6 +178,7 @@ HONOURED_FIELDS = (
     "prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w",
     "sampler_name", "sampler_index", "scheduler", "batch_size", "n_iter", "steps", "cfg_scale", "width", "height",
     "tiling", "eta", "denoising_strength", "override_settings", "disable_extra_networks", "alwayson_scripts",
+    "s_churn", "s_noise", "s_tmin", "s_tmax",
     "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name",
     "hr_scheduler", "hr_prompt", "hr_negative_prompt",
     "init_images", "resize_mode", "mask", "mask_blur", "mask_blur_x", "mask_blur_y", "mask_round", "inpainting_fill",
@@ -190,16 +199,14 @@ NEUTRAL_ONLY_FIELDS: dict[str, tuple[Any, ...]] = {
     "script_name": (None, ""),
     "script_args": ([], None),
     "s_min_uncond": (0, 0.0, None),
-    "s_churn": (0, 0.0, None),
-    "s_noise": (1, 1.0, None),
     "refiner_checkpoint": (None, "", "None"),
     "hr_checkpoint_name": (None, "", "Use same checkpoint"),
     "firstpass_image": (None, ""),
     "infotext": (None, ""),
     "latent_mask": (None, ""),
 }
-# s_tmin/s_tmax/refiner_switch_at only act together with s_churn > 0 / a refiner checkpoint.
-DEPENDENT_NO_OP_FIELDS = ("s_tmin", "s_tmax", "refiner_switch_at")
+# refiner_switch_at only acts together with a refiner checkpoint.
+DEPENDENT_NO_OP_FIELDS = ("refiner_switch_at",)
 
 
 # -- errors and limits ---------------------------------------------------------------------------------------
@@ -408,16 +415,51 @@ def _apply(rules: tuple[Rule, ...], field: str, value: Any, ctx: _Context) -> No
 
 # -- override_settings ---------------------------------------------------------------------------------------
 
-# Keys the engine honours, then keys without effect on it.
+def _unsupported(default: Any) -> Known:
+    return Known((default,), f"is not supported by the engine yet (only A1111's default, {default!r})")
+
+
+_SETTING_FACTOR = (Number(low=0, nullable=True),)
+# Keys the engine honours (A1111's options of the same names), then keys without effect on it, then keys
+# it refuses unless they hold A1111's default.
 OVERRIDE_SETTINGS_RULES: dict[str, tuple[Rule, ...]] = {
     "CLIP_stop_at_last_layers": (Number(whole=True, low=1, high=12, nullable=True),),
     "sd_vae": (Text(what="a VAE file name (a string)"),),
+    "randn_source": (Text(), Known(RANDN_SOURCES, "{value!r} is not one of {names}")),
+    "eta_noise_seed_delta": (Number(whole=True, low=0, high=2**32 - 1, nullable=True),),
+    "eta_ancestral": (Number(low=0, high=1, nullable=True),),
+    "eta_ddim": (Number(low=0, high=1, nullable=True),),
+    "s_churn": _SETTING_FACTOR,
+    "s_tmin": _SETTING_FACTOR,
+    "s_tmax": (Number(low=0, nullable=True, infinite=True, note=" (0: infinity)"),),
+    "s_noise": _SETTING_FACTOR,
+    "sigma_min": (Number(low=0, nullable=True, note=" (0: the model's)"),),
+    "sigma_max": (Number(low=0, nullable=True, note=" (0: the model's)"),),
+    "rho": (Number(low=0, nullable=True, note=" (0: the schedule's own)"),),
+    "always_discard_next_to_last_sigma": (Flag(nullable=True),),
+    "sgm_noise_multiplier": (Flag(nullable=True),),
+    "k_sched_type": (Text(), Known(SCHEDULER_NAMES, "{value!r} is not one of {names}")),
+    "emphasis": (Text(), Known(("Original", "No norm", "Ignore", "None"), "{value!r} is not one of {names}")),
+    "comma_padding_backtrack": (Number(whole=True, low=0, high=74, nullable=True),),
+    "enable_emphasis": (Flag(nullable=True),),
     "sd_model_checkpoint": (Text(),),
     "samples_format": (Text(),),
     "save_images_add_number": (Flag(nullable=True),),
+    "uni_pc_variant": (Text(), _unsupported("bh1")),
+    "uni_pc_skip_type": (Text(), _unsupported("time_uniform")),
+    "uni_pc_order": (Number(whole=True, nullable=True), _unsupported(3)),
+    "uni_pc_lower_order_final": (Flag(nullable=True), _unsupported(True)),
 }
-OVERRIDE_SETTINGS_HONOURED = ("CLIP_stop_at_last_layers", "sd_vae")
+OVERRIDE_SETTINGS_HONOURED = (
+    "CLIP_stop_at_last_layers", "sd_vae", "randn_source", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim",
+    "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min", "sigma_max", "rho", "always_discard_next_to_last_sigma",
+    "sgm_noise_multiplier", "k_sched_type", "emphasis", "comma_padding_backtrack", "enable_emphasis",
+)
 OVERRIDE_SETTINGS_NO_OP = ("sd_model_checkpoint", "samples_format", "save_images_add_number")
+# Refused unless they hold A1111's default (the rules above say so, naming the setting).
+OVERRIDE_SETTINGS_DEFAULT_ONLY = (
+    "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
+)
 
 
 @dataclass(frozen=True)
@@ -690,7 +732,7 @@ def _check_sampler(payload: dict[str, Any], ctx: _Context) -> None:
     _check_schedule("scheduler", sampler, payload["scheduler"] or "Automatic")
     eta = payload["eta"]
     if eta is not None and sampler not in ETA_SAMPLERS and eta != 1.0:
-        raise PayloadError("eta", f"only the DDIM sampler takes eta; {sampler!r} uses A1111's default (1)")
+        raise PayloadError("eta", f"sampler {sampler!r} takes no eta; samplers with an eta: {', '.join(ETA_SAMPLERS)}")
 
 
 def _check_hires(payload: dict[str, Any], ctx: _Context) -> None:

@@ -15,6 +15,7 @@ from aws_extension.payload import (
     CONTROLNET_UNIT_RULES,
     FIELD_RULES,
     IMG2IMG_DEFAULTS,
+    OVERRIDE_SETTINGS_DEFAULT_ONLY,
     OVERRIDE_SETTINGS_HONOURED,
     OVERRIDE_SETTINGS_NO_OP,
     OVERRIDE_SETTINGS_RULES,
@@ -140,24 +141,27 @@ MALFORMED = [
 # What the diffusers engine cannot do, refused only strictly. (task, payload, field, words)
 NOT_FOR_THIS_ENGINE = [
     ("txt2img", {"sampler_name": "Nope"}, "sampler_name", "valid samplers: Euler a, Euler, LMS"),
-    ("txt2img", {"sampler_index": "Restart"}, "sampler_index", "unknown sampler 'Restart'"),
-    ("txt2img", {"scheduler": "SGM Uniform"}, "scheduler", "valid: Automatic, Karras, Exponential"),
+    ("txt2img", {"sampler_index": "DDIM CFG++"}, "sampler_index", "unknown sampler 'DDIM CFG++'"),
+    ("txt2img", {"scheduler": "Beta"}, "scheduler", "valid: Automatic, Uniform, Karras, Exponential"),
     ("txt2img", {"sampler_name": "DDIM", "scheduler": "Karras"}, "scheduler", "has no Karras schedule"),
-    ("txt2img", {"scheduler": "Exponential"}, "scheduler", "'Euler a' has no Exponential schedule"),
-    ("txt2img", {"eta": 0.3}, "eta", "only the DDIM sampler takes eta"),
+    ("txt2img", {"sampler_name": "UniPC", "scheduler": "Exponential"}, "scheduler", "'UniPC' has no Exponential"),
+    ("txt2img", {"sampler_name": "Euler", "eta": 0.3}, "eta", "sampler 'Euler' takes no eta; samplers with an eta: Euler a"),
     ("txt2img", {"unknown_field": 1}, "unknown_field", "unknown field for txt2img"),
     ("txt2img", {"init_images": [IMAGE]}, "init_images", "unknown field for txt2img"),
     ("img2img", _img2img(enable_hr=True), "enable_hr", "unknown field for img2img"),
     ("txt2img", {"restore_faces": True}, "restore_faces", "not supported by this engine (only False)"),
     ("txt2img", {"styles": ["my style"]}, "styles", "(only [])"),
     ("txt2img", {"script_name": "x/y/z plot"}, "script_name", "(only None)"),
-    ("txt2img", {"s_churn": 0.5}, "s_churn", "not supported by this engine"),
+    ("txt2img", {"s_min_uncond": 0.5}, "s_min_uncond", "not supported by this engine"),
+    ("txt2img", {"override_settings": {"uni_pc_order": 2}}, "override_settings.uni_pc_order", "not supported by the engine"),
+    ("txt2img", {"override_settings": {"emphasis": "Loud"}}, "override_settings.emphasis", "'Loud' is not one of"),
+    ("txt2img", {"override_settings": {"randn_source": "TPU"}}, "override_settings.randn_source", "'TPU' is not one of"),
     ("txt2img", {"hr_checkpoint_name": "other.safetensors"}, "hr_checkpoint_name", "not supported"),
     ("txt2img", _hires(hr_upscaler="R-ESRGAN 4x+"), "hr_upscaler", "the latent upscalers are: Latent, "),
     ("txt2img", _hires(hr_sampler_name="Nope"), "hr_sampler_name", "valid samplers"),
-    ("txt2img", _hires(hr_scheduler="Karras"), "hr_scheduler", "'Euler a' has no Karras schedule"),
+    ("txt2img", _hires(hr_sampler_name="DDIM", hr_scheduler="Karras"), "hr_scheduler", "'DDIM' has no Karras schedule"),
     ("txt2img", {"override_settings": {"sd_hypernetwork": "x"}}, "override_settings.sd_hypernetwork",
-     "supported: CLIP_stop_at_last_layers, sd_vae"),
+     "supported: CLIP_stop_at_last_layers, sd_vae, randn_source"),
     ("txt2img", {"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts.adetailer",
      "not available on the engine (only controlnet"),
     ("txt2img", _unit(guidance_start=0.9, guidance_end=0.5), "alwayson_scripts.controlnet.args[0].guidance_start",
@@ -291,7 +295,8 @@ def test_the_first_problem_is_reported() -> None:
 def test_every_field_has_its_rules() -> None:
     fields = set(TXT2IMG_DEFAULTS) | set(IMG2IMG_DEFAULTS)
     assert set(FIELD_RULES) | set(ROUTING_FIELDS) == fields and not set(FIELD_RULES) & set(ROUTING_FIELDS)
-    assert tuple(OVERRIDE_SETTINGS_RULES) == OVERRIDE_SETTINGS_HONOURED + OVERRIDE_SETTINGS_NO_OP
+    assert tuple(OVERRIDE_SETTINGS_RULES) == (OVERRIDE_SETTINGS_HONOURED + OVERRIDE_SETTINGS_NO_OP
+                                              + OVERRIDE_SETTINGS_DEFAULT_ONLY)
     assert set(CONTROLNET_NO_OP_KEYS) < set(CONTROLNET_UNIT_RULES)
 
 

@@ -43,7 +43,7 @@ from aws_extension.engine.prompt import (
     encode_prompt_schedules,
     extract_extra_networks,
 )
-from aws_extension.engine.samplers import sampler_names
+from aws_extension.engine.samplers import infotext_names, sampler_names
 from aws_extension.settings import WorkerSettings
 from aws_extension.vocabulary import (
     CheckpointType,
@@ -111,7 +111,8 @@ class DiffusersEngine:
         ):
             encoded: dict[str, Any] = {}  # each distinct prompt text is encoded once per job
             conditioning = encode_prompt_schedules(
-                prompt_text, params.negative_prompt, pipe, params.steps, params.clip_skip, encoded=encoded
+                prompt_text, params.negative_prompt, pipe, params.steps, params.clip_skip, encoded=encoded,
+                emphasis=params.emphasis,
             )
             hires_conditioning = None
             if params.hires is not None:
@@ -119,7 +120,7 @@ class DiffusersEngine:
                 hires_prompt = extract_extra_networks(hires.prompt, "hr_prompt")[0] if hires.prompt else prompt_text
                 hires_conditioning = encode_prompt_schedules(
                     hires_prompt, hires.negative_prompt or params.negative_prompt, pipe, hires.steps or params.steps,
-                    params.clip_skip, hires_base_steps=params.steps, encoded=encoded,
+                    params.clip_skip, hires_base_steps=params.steps, encoded=encoded, emphasis=params.emphasis,
                 )
             controlnets = []
             if controlnet_files:
@@ -223,7 +224,8 @@ class DiffusersEngine:
     @staticmethod
     def _total_steps(params: GenerationParams) -> int:
         if params.img2img is not None:
-            per_batch = img2img_steps_run(params.steps, params.denoising_strength or 0.0)
+            per_batch = img2img_steps_run(params.steps, params.denoising_strength or 0.0,
+                                          params.sampler_spec.k_function is not None)
         else:
             per_batch = params.steps
         if params.hires is not None:
@@ -293,12 +295,8 @@ class DiffusersEngine:
                              loras: list[tuple[Path, LoraCall]], embeddings: list[Path],
                              controlnets: list[tuple[Any, Path]]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The infotext's keys before the seed and after it, in A1111's order (None = left out)."""
-        before = {
-            "Steps": params.steps,
-            "Sampler": params.sampler,
-            "Schedule type": params.schedule if params.schedule != "Automatic" else None,
-            "CFG scale": params.cfg_scale,
-        }
+        sampler, schedule = infotext_names(params.sampler, params.sampler_spec)
+        before = {"Steps": params.steps, "Sampler": sampler, "Schedule type": schedule, "CFG scale": params.cfg_scale}
         after: dict[str, Any] = {
             "Size": f"{params.width}x{params.height}",
             "Model hash": short_hash(checkpoint),
@@ -309,8 +307,11 @@ class DiffusersEngine:
             if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None,
             "Denoising strength": params.denoising_strength,
             "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
+            **_noise_infotext(params),
+            "Emphasis": params.emphasis.mode if params.emphasis.mode != "Original"
+            and any(c in text for text in (params.prompt, params.negative_prompt) for c in "([") else None,
             "Tiling": "True" if params.tiling else None,
-            "Eta": params.eta,
+            **_sampler_settings_infotext(params),
         }
         after |= _img2img_infotext(params.img2img)
         after |= _hires_infotext(params.hires, params.sampler)
@@ -321,6 +322,39 @@ class DiffusersEngine:
             after["TI hashes"] = ", ".join(f"{path.stem}: {short_hash(path)}" for path in embeddings)
         after["Version"] = VERSION_TEXT
         return before, after
+
+
+def _noise_infotext(params: GenerationParams) -> dict[str, Any]:
+    """A1111's "ENSD" (for the samplers it changes, with an eta other than 0) and "RNG" (unless GPU)."""
+    spec, sampling = params.sampler_spec, params.sampling
+    eta = sampling.eta_ancestral if params.eta is None else params.eta
+    uses_ensd = spec.uses_ensd and eta != 0
+    return {"ENSD": sampling.eta_noise_seed_delta if sampling.eta_noise_seed_delta and uses_ensd else None,
+            "RNG": sampling.randn_source if sampling.randn_source != "GPU" else None}
+
+
+_SETTING_LABELS = {"eta": "Eta", "s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax",
+                   "s_noise": "Sigma noise"}
+
+
+def _sampler_settings_infotext(params: GenerationParams) -> dict[str, Any]:
+    """A1111's extra generation parameters of the sampler and its schedule, where not their defaults."""
+    spec, sampling = params.sampler_spec, params.sampling
+    if spec.k_function is None:
+        eta = sampling.eta_ddim if params.eta is None else params.eta
+        return {"Eta DDIM": eta if spec.scheduler_class == "DDIMScheduler" and eta != 0 else None}
+    given = sampling.sampler_settings(spec.k_function, params.eta)
+    found = {_SETTING_LABELS[name]: value for name, value in given.items() if name != "eta" or value != 1.0}
+    schedule = sampling.schedule
+    chosen = spec.sigmas not in (None, "uniform", "simple", "ddim")  # the schedules A1111 gives min/max/rho
+    return {
+        **found,
+        "Discard penultimate sigma": True if schedule.always_discard and not spec.discard_penultimate else None,
+        "Schedule min sigma": schedule.sigma_min if chosen and schedule.sigma_min else None,
+        "Schedule max sigma": schedule.sigma_max if chosen and schedule.sigma_max else None,
+        "Schedule rho": schedule.rho if spec.sigmas in ("karras", "polyexponential") and schedule.rho else None,
+        "SGM noise multiplier": True if sampling.sgm_noise_multiplier else None,
+    }
 
 
 def _img2img_infotext(img2img: Img2ImgInputs | None) -> dict[str, Any]:

@@ -5,8 +5,11 @@ The cached pipeline is shared between jobs, so it is never modified here: each p
 pipeline of the pass's class built from the cached one's modules) with its own scheduler; tiling is
 undone when the job ends. Prompt editing swaps the embeddings between steps; inpainting resets the
 unmasked latents after each step.
-Noise is always made by `params.initial_noise` (A1111's seeded CPU noise), so every sampler, task and
-pass is reproducible from the seeds.
+The k-diffusion samplers (Euler a, DPM++ ..., the most used) run in `engine.k_pass`, A1111's sampling loop
+over the pipeline's UNet, with A1111's noise (`engine.noise.ImageNoise`: the initial noise and every later
+sample from one generator per image, so ancestral samplers continue the seed's stream; Brownian trees seeded
+per image for the SDE samplers). DDIM, PLMS, UniPC and LCM run in diffusers' pipelines from the same
+initial noise.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
 )
+from diffusers.image_processor import VaeImageProcessor
 from PIL import Image, ImageFilter, ImageOps
 
+from aws_extension.engine import k_pass
 from aws_extension.engine.base import EngineError, Interrupted, Progress, ProgressCallback
-from aws_extension.engine.params import ControlNetUnit, GenerationParams, Img2ImgInputs, initial_noise
+from aws_extension.engine.noise import ImageNoise, NoiseSource
+from aws_extension.engine.params import ControlNetUnit, GenerationParams, Img2ImgInputs
 from aws_extension.engine.prompt import ScheduledConditioning
 from aws_extension.engine.samplers import SamplerSpec, make_scheduler
 
@@ -97,9 +103,26 @@ class StepReporter:
 
         return on_step_end
 
+    def k_callback(self, pass_steps: int) -> Callable[[int], None]:
+        """The callback of a k-diffusion pass of `pass_steps` steps: after step i (0-based)."""
+        start = self.done
 
-def img2img_steps_run(steps: int, strength: float) -> int:
-    """Steps diffusers' img2img runs for `steps` and `strength` (as A1111 without "img2img_fix_steps")."""
+        def on_step(index: int) -> None:
+            self.check_cancel()
+            self.done = start + min(index + 1, pass_steps)  # Restart runs more steps than it is asked for
+            if self.progress is not None:
+                self.progress(Progress(self.done, self.total_steps, self.job_no, self.job_count))
+
+        return on_step
+
+
+def img2img_steps_run(steps: int, strength: float, k_diffusion: bool = True) -> int:
+    """Steps an img2img pass runs for `steps` and `strength` (as A1111 without "img2img_fix_steps"): A1111's
+    k-diffusion samplers run int(strength × steps) + 1 of the schedule's steps, diffusers' int(strength × steps)."""
+    if strength <= 0:
+        return 0
+    if k_diffusion:
+        return int(min(strength, 0.999) * steps) + 1
     return min(int(steps * strength), steps)
 
 
@@ -275,27 +298,30 @@ class JobRunner:
                 images += self._run_batch(params.all_seeds[start:end], params.all_subseeds[start:end])
         return images
 
-    def _noise(self, seeds: list[int], subseeds: list[int], width: int, height: int, resized: bool) -> torch.Tensor:
+    @property
+    def _noise_source(self) -> NoiseSource:
+        return NoiseSource(self.params.sampling.randn_source, self.pipe.unet.device)
+
+    def _rng(self, seeds: list[int], subseeds: list[int], width: int, height: int) -> ImageNoise:
+        """A1111's ImageRNG of a pass: its first draw is the initial noise (float32)."""
         params = self.params
         shape = (self.pipe.unet.config.in_channels, height // LATENT_SCALE, width // LATENT_SCALE)
-        noise = initial_noise(
-            shape, seeds, subseeds, params.subseed_strength,
-            params.seed_resize_from_w if resized else 0, params.seed_resize_from_h if resized else 0,
-        )
-        return noise.to(self.pipe.unet.device, self.pipe.unet.dtype)  # drawn on the CPU in float32, as any seed
+        return ImageNoise(shape, seeds, subseeds, params.subseed_strength, params.seed_resize_from_w,
+                          params.seed_resize_from_h, self._noise_source, params.sampling.eta_noise_seed_delta)
 
     def _run_batch(self, seeds: list[int], subseeds: list[int]) -> list[Image.Image]:
         params = self.params
-        noise = self._noise(seeds, subseeds, params.width, params.height, resized=True)
+        rng = self._rng(seeds, subseeds, params.width, params.height)
         if params.img2img is None:
-            latents = self._txt2img(noise, seeds)
+            latents = self._txt2img(rng, seeds)
             if params.hires is not None:
                 latents = self._hires(latents, seeds, subseeds)
             return self._decode(latents)
-        return self._img2img(params.img2img, noise, seeds)
+        return self._img2img(params.img2img, rng, seeds)
 
     def _call_kwargs(self, conditioning: ScheduledConditioning, sampler: SamplerSpec, seeds: list[int],
                      steps: int, pass_steps: int, blend: StepHook | None = None) -> dict[str, Any]:
+        conditioning = conditioning.padded()  # diffusers batches cond and uncond
         positive, negative = conditioning.at_step(1)
         on_step = blend
         if conditioning.changes_during_sampling:
@@ -310,8 +336,8 @@ class JobRunner:
             "output_type": "latent",
             "callback_on_step_end": self.reporter.pass_callback(pass_steps, on_step),
         }
-        if self.params.eta is not None and sampler.scheduler_class == "DDIMScheduler":
-            kwargs["eta"] = self.params.eta
+        if sampler.scheduler_class == "DDIMScheduler":  # A1111: the payload's eta, else the eta_ddim setting
+            kwargs["eta"] = self.params.sampling.eta_ddim if self.params.eta is None else self.params.eta
         return kwargs
 
     @staticmethod
@@ -356,7 +382,7 @@ class JobRunner:
 
     def _view(self, pipeline_class: type, sampler: SamplerSpec, seeds: list[int]) -> Any:
         """A pipeline of `pipeline_class` sharing the cached pipeline's modules, with a fresh scheduler."""
-        scheduler = make_scheduler(sampler, self.pipe.scheduler.config, seeds[0])
+        scheduler = make_scheduler(sampler, self.pipe.scheduler.config)
         extra: dict[str, Any] = {"scheduler": scheduler}
         if self.controlnets:
             models = [model for _, model in self.controlnets]
@@ -368,33 +394,83 @@ class JobRunner:
         view.set_progress_bar_config(disable=True)
         return view
 
-    def _txt2img(self, noise: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    def _txt2img(self, rng: ImageNoise, seeds: list[int]) -> torch.Tensor:
         params = self.params
+        spec = params.sampler_spec
+        noise = rng.first()
+        if spec.k_function is not None:
+            sigmas = self._sigmas(spec, params.steps)
+            scale = (1 + sigmas[0] ** 2) ** 0.5 if params.sampling.sgm_noise_multiplier else sigmas[0]
+            x = noise.to(self.pipe.unet.device) * scale
+            return self._k_sample(x, sigmas, rng, self.conditioning, spec, seeds, params.width, params.height)
         pipeline_class = StableDiffusionControlNetPipeline if self.controlnets else StableDiffusionPipeline
-        view = self._view(pipeline_class, params.sampler_spec, seeds)
+        view = self._view(pipeline_class, spec, seeds)
         return view(
-            latents=noise, width=params.width, height=params.height,
-            **self._call_kwargs(self.conditioning, params.sampler_spec, seeds, params.steps, params.steps),
+            latents=noise.to(self.pipe.unet.device, self.pipe.unet.dtype), width=params.width, height=params.height,
+            **self._call_kwargs(self.conditioning, spec, seeds, params.steps, params.steps),
             **self._controlnet_kwargs(params.width, params.height, "image"),
         ).images
 
-    def _denoise_latents(self, init_latents: torch.Tensor, noise: torch.Tensor, conditioning: ScheduledConditioning,
+    def _sigmas(self, spec: SamplerSpec, steps: int) -> torch.Tensor:
+        return k_pass.pass_sigmas(spec.sigmas, spec.discard_penultimate, steps, k_pass.model_sigmas(self.pipe),
+                                  self.params.sampling.schedule)
+
+    def _k_sample(self, x: torch.Tensor, sigmas: torch.Tensor, rng: ImageNoise, conditioning: ScheduledConditioning,
+                  spec: SamplerSpec, seeds: list[int], width: int, height: int,
+                  blend: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """A k-diffusion pass from `x` (at sigmas[0]) on the UNet; float32 in, the UNet's dtype out."""
+        assert spec.k_function is not None
+        steps = len(sigmas) - 1
+        denoiser = k_pass.CFGDenoiser(
+            self.pipe.unet, k_pass.model_sigmas(self.pipe), conditioning, self.params.cfg_scale, steps,
+            self._control_inputs(width, height, len(seeds)), blend,
+            v_prediction=self.pipe.scheduler.config.get("prediction_type") == "v_prediction",
+        )
+        run = k_pass.KPass(
+            spec.k_function,
+            self.params.sampling.options(spec.k_function, self.params.eta, spec.options.get("solver_type", "midpoint")),
+            spec.brownian, rng, seeds, self.reporter.k_callback(steps),
+        )
+        return k_pass.sample(denoiser, run, x.float(), sigmas.to(x.device)).to(self.pipe.unet.dtype)
+
+    def _control_inputs(self, width: int, height: int, batch: int) -> list[k_pass.ControlInput]:
+        """Each ControlNet unit's image as the UNet pass takes it: [0, 1] RGB, repeated for cond and uncond."""
+        if not self.controlnets:
+            return []
+        processor = VaeImageProcessor(vae_scale_factor=LATENT_SCALE, do_convert_rgb=True, do_normalize=False)
+        inputs = []
+        for (unit, model), image in zip(self.controlnets, self._control_images(width, height)):
+            pixels = processor.preprocess(image, height=height, width=width).float().repeat(2 * batch, 1, 1, 1)
+            inputs.append(k_pass.ControlInput(model, pixels, unit.weight, unit.guidance_start, unit.guidance_end))
+        return inputs
+
+    def _denoise_latents(self, init_latents: torch.Tensor, rng: ImageNoise, conditioning: ScheduledConditioning,
                          sampler: SamplerSpec, seeds: list[int], steps: int, pass_steps: int, strength: float,
-                         width: int, height: int, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Img2img from latents: noise to `strength`, then denoise; with `mask`, keep the unmasked latents."""
-        if img2img_steps_run(steps, strength) == 0:
+                         width: int, height: int, mask: torch.Tensor | None = None,
+                         noise_multiplier: float = 1.0) -> torch.Tensor:
+        """Img2img from latents: noise to `strength`, then denoise; with `mask`, keep the unmasked latents.
+        `steps` is the length of the schedule, `pass_steps` how many of its last steps run."""
+        k_diffusion = sampler.k_function is not None
+        if img2img_steps_run(steps, strength, k_diffusion) == 0:
             return init_latents
+        noise = rng.first() * noise_multiplier
+        if k_diffusion:
+            sigmas = self._sigmas(sampler, steps)[-(pass_steps + 1):]
+            x = init_latents.float() + noise.to(init_latents.device) * sigmas[0]
+            blend = None if mask is None else (init_latents.float(), mask.float())
+            return self._k_sample(x, sigmas, rng, conditioning, sampler, seeds, width, height, blend)
+        noise = noise.to(self.pipe.unet.device, self.pipe.unet.dtype)
         pipeline_class = _ControlNetImg2ImgPipeline if self.controlnets else _Img2ImgPipeline
         view = self._view(pipeline_class, sampler, seeds)
         view.given_noise = noise
-        blend = None
+        blend_hook = None
         if mask is not None:
-            blend = self._inpaint_blend(init_latents, noise, mask)
+            blend_hook = self._inpaint_blend(init_latents, noise, mask)
         # The size follows from the latents; only the ControlNet pipeline takes it (for its control image).
         size = {"width": width, "height": height} if self.controlnets else {}
         return view(
             image=init_latents, strength=strength, **size,
-            **self._call_kwargs(conditioning, sampler, seeds, steps, pass_steps, blend),
+            **self._call_kwargs(conditioning, sampler, seeds, steps, pass_steps, blend_hook),
             **self._controlnet_kwargs(width, height, "control_image"),
         ).images
 
@@ -425,10 +501,10 @@ class JobRunner:
         if hires.truncate_x or hires.truncate_y:
             latents = latents[:, :, hires.truncate_y // 2:latents.shape[2] - (hires.truncate_y + 1) // 2,
                               hires.truncate_x // 2:latents.shape[3] - (hires.truncate_x + 1) // 2]
-        noise = self._noise(seeds, subseeds, hires.width, hires.height, resized=False)
+        rng = self._rng(seeds, subseeds, hires.width, hires.height)  # A1111 1.10: a new ImageRNG for the pass
         steps = hires.steps or self.params.steps
         return self._denoise_latents(
-            latents, noise, self.hires_conditioning or self.conditioning, hires.sampler_spec, seeds,
+            latents, rng, self.hires_conditioning or self.conditioning, hires.sampler_spec, seeds,
             hires_total_steps(steps, hires.denoising_strength), steps, hires.denoising_strength,
             hires.width, hires.height,
         )
@@ -446,7 +522,9 @@ class JobRunner:
                 "needs more precision than that; run the worker with SD_AWS_DTYPE=float32", field="sd_model_checkpoint")
         scaled = latents / self._scaling_factor
         decoded = self._with_vae(lambda vae: vae.decode(scaled.to(vae.dtype), return_dict=False)[0])
-        return self.pipe.image_processor.postprocess(decoded, output_type="pil")
+        # A1111's conversion: [-1, 1] → [0, 1], then 255 × value truncated (diffusers rounds, 0.5/255 brighter)
+        pixels = 255.0 * ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(image.astype(np.uint8)) for image in pixels]
 
     def _with_vae(self, run: Callable[[Any], torch.Tensor]) -> torch.Tensor:
         """`run(vae)`; if the VAE overflowed half precision (inf, NaN), again with the VAE in float32 (A1111's
@@ -463,7 +541,7 @@ class JobRunner:
         finally:
             torch.nn.Module.to(vae, dtype=half)
 
-    def _img2img(self, inputs: Img2ImgInputs, noise: torch.Tensor, seeds: list[int]) -> list[Image.Image]:
+    def _img2img(self, inputs: Img2ImgInputs, rng: ImageNoise, seeds: list[int]) -> list[Image.Image]:
         params = self.params
         width, height = params.width, params.height
         images, mask_image, overlay, crop_region = prepare_img2img(inputs, width, height)
@@ -473,14 +551,18 @@ class JobRunner:
         if mask_image is not None:
             mask = latent_mask(mask_image, init_latents.shape[2], init_latents.shape[3], inputs.mask_round).to(init_latents)
             if inputs.inpainting_fill == 2:  # latent noise
-                fill_noise = initial_noise(tuple(init_latents.shape[1:]), seeds, seeds, 0.0).to(init_latents)
+                # A1111's create_random_tensors: a fresh ImageRNG of the seeds
+                fill_noise = ImageNoise(tuple(init_latents.shape[1:]), seeds, source=self._noise_source).first()
+                fill_noise = fill_noise.to(init_latents)
                 init_latents = init_latents * (1 - mask) + fill_noise * mask
             elif inputs.inpainting_fill == 3:  # latent nothing
                 init_latents = init_latents * (1 - mask)
         strength = params.denoising_strength or 0.0
+        spec = params.sampler_spec
         latents = self._denoise_latents(
-            init_latents, noise * inputs.initial_noise_multiplier, self.conditioning, params.sampler_spec, seeds,
-            params.steps, img2img_steps_run(params.steps, strength), strength, width, height, mask,
+            init_latents, rng, self.conditioning, spec, seeds, params.steps,
+            img2img_steps_run(params.steps, strength, spec.k_function is not None), strength, width, height, mask,
+            inputs.initial_noise_multiplier,
         )
         results = self._decode(latents)
         if overlay is None:

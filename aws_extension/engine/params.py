@@ -17,12 +17,14 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from aws_extension.engine.base import EngineError
+from aws_extension.engine.k_pass import ETA_FUNCTIONS, EXTRA_PARAMS, ScheduleSettings
+from aws_extension.engine.k_samplers import Options
 from aws_extension.engine.preprocessors import ALIASES as PREPROCESSOR_ALIASES
 from aws_extension.engine.preprocessors import PREPROCESSORS, Preprocessor
+from aws_extension.engine.prompt import Emphasis
 from aws_extension.engine.samplers import SamplerSpec, resolve_sampler
 from aws_extension.payload import (
     CONTROLNET_RESIZE_MODES,
@@ -109,6 +111,63 @@ class Img2ImgInputs:
     initial_noise_multiplier: float
 
 
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The override settings that change sampling (A1111's options of the same names)."""
+
+    randn_source: str = "CPU"  # the engine's default; A1111's is "GPU" (engine.noise.NoiseSource)
+    eta_noise_seed_delta: int = 0
+    eta_ancestral: float = 1.0
+    eta_ddim: float = 0.0
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0  # 0: infinity
+    s_noise: float = 1.0
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    sgm_noise_multiplier: bool = False
+
+    def sampler_settings(self, function: str, eta: float | None) -> dict[str, float]:
+        """What A1111 gives k-diffusion sampler `function` that is not its default: eta (the payload's, else
+        eta_ancestral) and the `EXTRA_PARAMS` it takes (with the names of `Options`)."""
+        given: dict[str, float] = {}
+        if function in ETA_FUNCTIONS:
+            given["eta"] = self.eta_ancestral if eta is None else eta
+        defaults = Options()
+        for name in EXTRA_PARAMS.get(function, ()):
+            value = getattr(self, name) or (float("inf") if name == "s_tmax" else 0.0)
+            if value != getattr(defaults, name):
+                given[name] = value
+        return given
+
+    def options(self, function: str, eta: float | None, solver_type: str) -> Options:
+        return Options(solver_type=solver_type, **self.sampler_settings(function, eta))
+
+
+def _sampling_settings(overrides: dict[str, Any], payload: dict[str, Any]) -> SamplingSettings:
+    """The override settings, with the payload's s_churn/s_tmin/s_tmax/s_noise where A1111 reads them
+    (an override setting of the same name wins, as in A1111's `Sampler.initialize`)."""
+    def pick(key: str, default: Any) -> Any:
+        value = overrides.get(key)
+        return default if value is None else value
+
+    def from_payload(key: str, default: float) -> float:
+        value = payload.get(key)
+        return float(pick(key, default if value is None else value))
+
+    return SamplingSettings(
+        randn_source=pick("randn_source", "CPU"),
+        eta_noise_seed_delta=int(pick("eta_noise_seed_delta", 0)),
+        eta_ancestral=float(pick("eta_ancestral", 1.0)),
+        eta_ddim=float(pick("eta_ddim", 0.0)),
+        s_churn=from_payload("s_churn", 0.0), s_tmin=from_payload("s_tmin", 0.0),
+        s_tmax=from_payload("s_tmax", 0.0) if from_payload("s_tmax", 0.0) != float("inf") else 0.0,
+        s_noise=from_payload("s_noise", 1.0),
+        schedule=ScheduleSettings(float(pick("sigma_min", 0.0)), float(pick("sigma_max", 0.0)), float(pick("rho", 0.0)),
+                                  bool(pick("always_discard_next_to_last_sigma", False))),
+        sgm_noise_multiplier=bool(pick("sgm_noise_multiplier", False)),
+    )
+
+
 @dataclass
 class GenerationParams:
     task: str
@@ -137,6 +196,8 @@ class GenerationParams:
     hires: HiresFix | None = None
     img2img: Img2ImgInputs | None = None
     controlnet: list[ControlNetUnit] = field(default_factory=list)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    emphasis: Emphasis = field(default_factory=Emphasis)
     parameters: dict[str, Any] = field(default_factory=dict)  # the request with defaults, as A1111 echoes
 
     @property
@@ -290,6 +351,13 @@ def _override_settings(overrides: dict[str, Any] | None) -> tuple[int, str | Non
     return 1 if clip_skip is None else int(clip_skip), None if vae in ("Automatic", "None", "") else vae
 
 
+def _emphasis(overrides: dict[str, Any]) -> Emphasis:
+    """`emphasis` (or the older `enable_emphasis`: false is "None") and `comma_padding_backtrack`."""
+    mode = overrides.get("emphasis") or ("None" if overrides.get("enable_emphasis") is False else "Original")
+    backtrack = overrides.get("comma_padding_backtrack")
+    return Emphasis(mode, Emphasis.comma_padding_backtrack if backtrack is None else int(backtrack))
+
+
 def _validated(task: str, payload: dict[str, Any], settings: WorkerSettings) -> dict[str, Any]:
     """`payload` with the task's defaults, once aws_extension.payload finds nothing wrong with it."""
     try:
@@ -307,7 +375,7 @@ def normalise_payload(task: str, payload: dict[str, Any], settings: WorkerSettin
     """
     merged = _validated(task, payload, settings)
     sampler, sampler_field = effective_sampler(merged)
-    schedule = merged["scheduler"] or "Automatic"
+    schedule = merged["scheduler"] or (merged["override_settings"] or {}).get("k_sched_type") or "Automatic"
     clip_skip, sd_vae = _override_settings(merged["override_settings"])
     params = GenerationParams(
         task=task,
@@ -334,6 +402,8 @@ def normalise_payload(task: str, payload: dict[str, Any], settings: WorkerSettin
         denoising_strength=None,
         disable_extra_networks=bool(merged["disable_extra_networks"]),
         controlnet=_controlnet_units(merged),
+        sampling=_sampling_settings(merged["override_settings"] or {}, merged),
+        emphasis=_emphasis(merged["override_settings"] or {}),
     )
     if task == "txt2img" and merged["enable_hr"]:
         params.hires = _hires(merged, params.width, params.height, sampler, schedule)
@@ -362,54 +432,3 @@ def _add_img2img(params: GenerationParams, merged: dict[str, Any]) -> None:
     if merged["denoising_strength"] is None:
         merged["denoising_strength"] = IMG2IMG_DEFAULTS["denoising_strength"]
     params.denoising_strength = float(merged["denoising_strength"])
-
-
-def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """A1111's spherical interpolation of noise (rows = dim 1 after flattening), kept bug-for-bug."""
-    low_norm = low / torch.norm(low, dim=1, keepdim=True)
-    high_norm = high / torch.norm(high, dim=1, keepdim=True)
-    dot = (low_norm * high_norm).sum(1)
-    if dot.mean() > 0.9995:
-        return low * val + high * (1 - val)
-    omega = torch.acos(dot)
-    so = torch.sin(omega)
-    return (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low + (torch.sin(val * omega) / so).unsqueeze(1) * high
-
-
-def _randn(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
-
-
-def initial_noise(
-    shape: tuple[int, int, int],
-    seeds: list[int],
-    subseeds: list[int],
-    subseed_strength: float,
-    seed_resize_from_w: int = 0,
-    seed_resize_from_h: int = 0,
-) -> torch.Tensor:
-    """A1111's `create_random_tensors` on the CPU: one seeded noise per image, variation seeds, seed resize.
-
-    `shape` is (channels, latent height, latent width); returns [len(seeds), *shape].
-    """
-    channels, height, width = shape
-    resized = seed_resize_from_w > 0 and seed_resize_from_h > 0
-    noise_shape = (channels, seed_resize_from_h // 8, seed_resize_from_w // 8) if resized else shape
-    noises = []
-    for seed, subseed in zip(seeds, subseeds):
-        noise = _randn(seed, noise_shape)
-        if subseed_strength != 0:
-            noise = slerp(subseed_strength, noise, _randn(subseed, noise_shape))
-        if noise_shape != shape:
-            # The noise of the other size is pasted centred into the noise of this size.
-            full = _randn(seed, shape)
-            dx = (width - noise_shape[2]) // 2
-            dy = (height - noise_shape[1]) // 2
-            w = noise_shape[2] if dx >= 0 else noise_shape[2] + 2 * dx
-            h = noise_shape[1] if dy >= 0 else noise_shape[1] + 2 * dy
-            tx, ty = max(dx, 0), max(dy, 0)
-            sx, sy = max(-dx, 0), max(-dy, 0)
-            full[:, ty:ty + h, tx:tx + w] = noise[:, sy:sy + h, sx:sx + w]
-            noise = full
-        noises.append(noise)
-    return torch.stack(noises)

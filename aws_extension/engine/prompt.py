@@ -24,6 +24,17 @@ CHUNK_LENGTH = 75  # tokens per chunk, without BOS and EOS
 # cut at the comma, and the rest moves to the next chunk.
 COMMA_PADDING_BACKTRACK = 20
 _MIN_MEAN_FOR_RESTORE = 1e-4  # relative to the mean magnitude of the embeddings
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")  # A1111 1.10's sd_emphasis options
+
+
+@dataclass(frozen=True)
+class Emphasis:
+    """A1111's `emphasis` and `comma_padding_backtrack` settings. "Original": weights multiplied into the
+    embeddings, then each chunk's mean restored; "No norm": without the restoration; "Ignore": weights
+    parsed but not applied; "None": no parsing at all (brackets and BREAK are plain text)."""
+
+    mode: str = "Original"
+    comma_padding_backtrack: int = COMMA_PADDING_BACKTRACK
 
 _RE_ATTENTION = re.compile(
     r"""
@@ -279,13 +290,14 @@ class PromptChunk:
     multipliers: list[float] = field(default_factory=list)
 
 
-def tokenize_into_chunks(text: str, tokenizer: Any, textual_inversion: Any | None = None) -> list[PromptChunk]:
+def tokenize_into_chunks(text: str, tokenizer: Any, textual_inversion: Any | None = None,
+                         emphasis: Emphasis = Emphasis()) -> list[PromptChunk]:
     """A1111's `tokenize_line`: chunks of 75 tokens; BREAK and commas near a chunk's end start a new one.
 
     `textual_inversion` is the pipeline (a `TextualInversionLoaderMixin`): multi-vector embedding tokens are
     expanded with its `maybe_convert_prompt`, as diffusers does.
     """
-    runs = parse_prompt_attention(text)
+    runs = parse_prompt_attention(text) if emphasis.mode != "None" else [(text, 1.0)]
     texts = [run_text for run_text, _ in runs]
     if textual_inversion is not None:
         texts = [textual_inversion.maybe_convert_prompt(t, tokenizer) for t in texts]
@@ -318,9 +330,10 @@ def tokenize_into_chunks(text: str, tokenizer: Any, textual_inversion: Any | Non
             if token == comma:
                 last_comma = len(chunk.tokens)
             elif (
-                len(chunk.tokens) == CHUNK_LENGTH
+                emphasis.comma_padding_backtrack != 0
+                and len(chunk.tokens) == CHUNK_LENGTH
                 and last_comma != -1
-                and len(chunk.tokens) - last_comma <= COMMA_PADDING_BACKTRACK
+                and len(chunk.tokens) - last_comma <= emphasis.comma_padding_backtrack
             ):
                 cut = last_comma + 1
                 moved_tokens, moved_multipliers = chunk.tokens[cut:], chunk.multipliers[cut:]
@@ -354,7 +367,8 @@ def _multi_vector_embedding_lengths(tokenizer: Any) -> dict[int, int]:
     return lengths
 
 
-def encode_chunks(chunks: list[PromptChunk], text_encoder: Any, clip_skip: int = 1) -> torch.Tensor:
+def encode_chunks(chunks: list[PromptChunk], text_encoder: Any, clip_skip: int = 1,
+                  emphasis: Emphasis = Emphasis()) -> torch.Tensor:
     """Encode each chunk, apply emphasis with A1111's mean restoration, concatenate: [1, 77·n, dim]."""
     layers = text_encoder.config.num_hidden_layers
     if clip_skip > layers:
@@ -372,11 +386,14 @@ def encode_chunks(chunks: list[PromptChunk], text_encoder: Any, clip_skip: int =
             z = final_layer_norm(hidden_states[-clip_skip])
         else:
             z = text_encoder(input_ids).last_hidden_state
-        if any(multiplier != 1.0 for multiplier in chunk.multipliers):
+        if emphasis.mode in ("Original", "No norm") and any(multiplier != 1.0 for multiplier in chunk.multipliers):
             multipliers = torch.tensor([chunk.multipliers], device=device, dtype=z.dtype)
             original_mean = z.mean()
             z = z * multipliers.unsqueeze(-1)
             new_mean = z.mean()
+            if emphasis.mode == "No norm":
+                encoded.append(z)
+                continue
             # A1111 divides unconditionally; a mean of ~0 (an untrained final layer norm, as in the tiny
             # test model) would turn the ratio into noise or NaN, so it is skipped there.
             if new_mean.abs() > _MIN_MEAN_FOR_RESTORE * z.abs().mean():
@@ -413,6 +430,7 @@ class ScheduledConditioning:
 
     positive: list[tuple[int, torch.Tensor]]
     negative: list[tuple[int, torch.Tensor]]
+    empty: torch.Tensor | None = None  # the encoded empty prompt (one chunk), for `padded`
 
     @property
     def changes_during_sampling(self) -> bool:
@@ -421,6 +439,17 @@ class ScheduledConditioning:
     def at_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The embeddings for (1-based) step `step`; past the last step, the last ones."""
         return _entry_at(self.positive, step), _entry_at(self.negative, step)
+
+    def padded(self) -> ScheduledConditioning:
+        """Every tensor as long as the longest, with empty chunks appended (A1111's "pad_cond_uncond"): for
+        diffusers' pipelines, which batch cond and uncond. A1111 by default does not pad: it runs a cond and
+        an uncond of different lengths through the UNet separately (engine.k_pass does the same)."""
+        everything = [z for _, z in self.positive + self.negative]
+        if len({z.shape[1] for z in everything}) == 1 or self.empty is None:
+            return self
+        padded = iter(_pad_to_same_length(everything, self.empty))
+        return ScheduledConditioning([(step, next(padded)) for step, _ in self.positive],
+                                     [(step, next(padded)) for step, _ in self.negative], self.empty)
 
 
 def _entry_at(schedule: list[tuple[int, torch.Tensor]], step: int) -> torch.Tensor:
@@ -431,23 +460,21 @@ def _entry_at(schedule: list[tuple[int, torch.Tensor]], step: int) -> torch.Tens
 def encode_prompt_schedules(
     prompt: str, negative_prompt: str, pipe: Any, steps: int, clip_skip: int = 1,
     hires_base_steps: int | None = None, encoded: dict[str, torch.Tensor] | None = None,
+    emphasis: Emphasis = Emphasis(),
 ) -> ScheduledConditioning:
     """Embeddings of both prompts for each step, with prompt editing and alternation (`prompt_schedule`).
 
-    Every tensor has the same length. `encoded` caches encodings by text across calls of one job.
+    The tensors keep their lengths (`ScheduledConditioning.padded` evens them). `encoded` caches encodings by text across calls of one job.
     """
     encoded = {} if encoded is None else encoded
 
     def encode(text: str) -> torch.Tensor:
         if text not in encoded:
-            encoded[text] = encode_chunks(tokenize_into_chunks(text, pipe.tokenizer, pipe), pipe.text_encoder, clip_skip)
+            chunks = tokenize_into_chunks(text, pipe.tokenizer, pipe, emphasis)
+            encoded[text] = encode_chunks(chunks, pipe.text_encoder, clip_skip, emphasis)
         return encoded[text]
 
     positive = [(step, encode(text)) for step, text in prompt_schedule(prompt, steps, hires_base_steps)]
     negative = [(step, encode(text)) for step, text in prompt_schedule(negative_prompt, steps, hires_base_steps)]
-    everything = [z for _, z in positive + negative]
-    if len({z.shape[1] for z in everything}) > 1:
-        padded = iter(_pad_to_same_length(everything, encode("")))
-        positive = [(step, next(padded)) for step, _ in positive]
-        negative = [(step, next(padded)) for step, _ in negative]
-    return ScheduledConditioning(positive, negative)
+    lengths = {z.shape[1] for _, z in positive + negative}
+    return ScheduledConditioning(positive, negative, encode("") if len(lengths) > 1 else None)

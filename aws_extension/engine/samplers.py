@@ -1,4 +1,4 @@
-"""A1111 sampler names → diffusers schedulers.
+"""A1111 sampler names → the engine's k-diffusion samplers (engine.k_samplers) or diffusers schedulers.
 
 A1111 before 1.9 named the Karras variants as samplers ("DPM++ 2M Karras"); 1.9+ has a separate
 `scheduler` field ("Automatic", "Karras", ...). Both spellings are accepted here. The names (torch-free, for
@@ -16,56 +16,67 @@ import diffusers
 from aws_extension.engine.base import EngineError
 from aws_extension.payload import SAMPLER_NAMES, SCHEDULER_NAMES, canonical_schedule
 
-KARRAS, EXPONENTIAL = "karras", "exponential"
+KARRAS, EXPONENTIAL = "karras", "exponential"  # SCHEDULES' values name k_samplers' schedule functions
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    scheduler_class: str  # a class of the `diffusers` package
+    scheduler_class: str | None = None  # a class of the `diffusers` package; None: a k-diffusion sampler
     options: dict[str, Any] = field(default_factory=dict)
-    sigmas: str | None = None  # KARRAS or EXPONENTIAL sigma schedule; None: the scheduler's own
-    schedule_choice: bool = False  # the `scheduler` field may pick Karras or Exponential sigmas
-    seeded_noise: bool = False  # the scheduler draws its own noise from `noise_sampler_seed`
+    sigmas: str | None = None  # the k-diffusion schedule (SCHEDULES' values); None: "Automatic" (uniform)
+    schedule_choice: bool = False  # the `scheduler` field may pick the schedule
+    k_function: str | None = None  # a function of engine.k_samplers (engine.k_pass.SAMPLER_FUNCTIONS)
+    brownian: bool = False  # its noise comes from a Brownian tree per image (A1111's SDE samplers)
+    discard_penultimate: bool = False  # A1111 drops the next-to-last sigma
+    uses_ensd: bool = False  # eta_noise_seed_delta changes its noise (the infotext says "ENSD")
 
 
-def _k(cls: str, sigmas: str | None = None, seeded_noise: bool = False, **options: Any) -> SamplerSpec:
-    """A k-diffusion sampler of A1111 (its sigma schedule can be chosen)."""
-    return SamplerSpec(cls, options, sigmas=sigmas, schedule_choice=True, seeded_noise=seeded_noise)
+def _k(function: str, sigmas: str | None = None, **flags: Any) -> SamplerSpec:
+    """A k-diffusion sampler of A1111 1.10 (`samplers_k_diffusion`), run by engine.k_pass."""
+    options = {key: flags.pop(key) for key in ("solver_type",) if key in flags}
+    return SamplerSpec(None, options, sigmas=sigmas, schedule_choice=True, k_function=function, **flags)
 
 
-_SDE = {"algorithm_type": "sde-dpmsolver++"}
-# Names of A1111 1.10 (plain names) and of A1111 < 1.9 (" Karras" names). The plain names' sigmas are
-# the defaults of A1111 1.10's "Automatic" schedule: Karras for DPM++ 2M/SDE, Exponential for the 2M/3M SDEs.
+_ANCESTRAL = {"uses_ensd": True}
+_SDE = {"brownian": True}
+# Names of A1111 1.10 (plain names, each with its "Automatic" schedule) and of A1111 < 1.9 (" Karras").
 SAMPLERS: dict[str, SamplerSpec] = {
-    "Euler a": SamplerSpec("EulerAncestralDiscreteScheduler"),
-    "Euler": _k("EulerDiscreteScheduler"),
-    "LMS": _k("LMSDiscreteScheduler"),
-    "LMS Karras": _k("LMSDiscreteScheduler", KARRAS),
-    "Heun": _k("HeunDiscreteScheduler"),
-    "DPM2": _k("KDPM2DiscreteScheduler"),
-    "DPM2 Karras": _k("KDPM2DiscreteScheduler", KARRAS),
-    "DPM2 a": _k("KDPM2AncestralDiscreteScheduler"),
-    "DPM2 a Karras": _k("KDPM2AncestralDiscreteScheduler", KARRAS),
-    "DPM++ 2S a": _k("DPMSolverSinglestepScheduler"),
-    "DPM++ 2S a Karras": _k("DPMSolverSinglestepScheduler", KARRAS),
-    "DPM++ 2M": _k("DPMSolverMultistepScheduler", KARRAS),
-    "DPM++ 2M Karras": _k("DPMSolverMultistepScheduler", KARRAS),
-    "DPM++ 2M SDE": _k("DPMSolverMultistepScheduler", EXPONENTIAL, **_SDE),
-    "DPM++ 2M SDE Karras": _k("DPMSolverMultistepScheduler", KARRAS, **_SDE),
-    "DPM++ 2M SDE Heun": _k("DPMSolverMultistepScheduler", EXPONENTIAL, solver_type="heun", **_SDE),
-    "DPM++ 2M SDE Heun Karras": _k("DPMSolverMultistepScheduler", KARRAS, solver_type="heun", **_SDE),
-    "DPM++ 3M SDE": _k("DPMSolverMultistepScheduler", EXPONENTIAL, solver_order=3, **_SDE),
-    "DPM++ 3M SDE Karras": _k("DPMSolverMultistepScheduler", KARRAS, solver_order=3, **_SDE),
-    "DPM++ SDE": _k("DPMSolverSDEScheduler", KARRAS, seeded_noise=True),
-    "DPM++ SDE Karras": _k("DPMSolverSDEScheduler", KARRAS, seeded_noise=True),
+    "Euler a": _k("euler_ancestral", **_ANCESTRAL),
+    "Euler": _k("euler"),
+    "LMS": _k("lms"),
+    "LMS Karras": _k("lms", KARRAS),
+    "Heun": _k("heun"),
+    "DPM2": _k("dpm_2", KARRAS, discard_penultimate=True),
+    "DPM2 Karras": _k("dpm_2", KARRAS, discard_penultimate=True),
+    "DPM2 a": _k("dpm_2_ancestral", KARRAS, discard_penultimate=True, **_ANCESTRAL),
+    "DPM2 a Karras": _k("dpm_2_ancestral", KARRAS, discard_penultimate=True, **_ANCESTRAL),
+    "DPM++ 2S a": _k("dpmpp_2s_ancestral", KARRAS, **_ANCESTRAL),
+    "DPM++ 2S a Karras": _k("dpmpp_2s_ancestral", KARRAS, **_ANCESTRAL),
+    "DPM++ 2M": _k("dpmpp_2m", KARRAS),
+    "DPM++ 2M Karras": _k("dpmpp_2m", KARRAS),
+    "DPM++ 2M SDE": _k("dpmpp_2m_sde", EXPONENTIAL, **_SDE),
+    "DPM++ 2M SDE Karras": _k("dpmpp_2m_sde", KARRAS, **_SDE),
+    "DPM++ 2M SDE Heun": _k("dpmpp_2m_sde", EXPONENTIAL, solver_type="heun", **_SDE),
+    "DPM++ 2M SDE Heun Karras": _k("dpmpp_2m_sde", KARRAS, solver_type="heun", **_SDE),
+    "DPM++ 3M SDE": _k("dpmpp_3m_sde", EXPONENTIAL, discard_penultimate=True, **_SDE),
+    "DPM++ 3M SDE Karras": _k("dpmpp_3m_sde", KARRAS, discard_penultimate=True, **_SDE),
+    "DPM++ SDE": _k("dpmpp_sde", KARRAS, **_SDE),
+    "DPM++ SDE Karras": _k("dpmpp_sde", KARRAS, **_SDE),
+    "DPM fast": _k("dpm_fast", **_ANCESTRAL),
+    "DPM adaptive": _k("dpm_adaptive", **_ANCESTRAL),
+    "Restart": _k("restart", KARRAS),
     "DDIM": SamplerSpec("DDIMScheduler"),
     "PLMS": SamplerSpec("PNDMScheduler"),
     "UniPC": SamplerSpec("UniPCMultistepScheduler"),
     "LCM": SamplerSpec("LCMScheduler"),
 }
 
-# The 1.9+ `scheduler` field: "Automatic" keeps the sampler's own schedule.
-SCHEDULES: dict[str, str | None] = {"Automatic": None, "Karras": KARRAS, "Exponential": EXPONENTIAL}
+# The 1.9+ `scheduler` field (A1111's sd_schedulers): "Automatic" keeps the sampler's own schedule.
+SCHEDULES: dict[str, str | None] = {
+    "Automatic": None, "Uniform": "uniform", "Karras": KARRAS, "Exponential": EXPONENTIAL,
+    "Polyexponential": "polyexponential", "SGM Uniform": "sgm_uniform", "KL Optimal": "kl_optimal",
+    "Simple": "simple", "Normal": "normal", "DDIM": "ddim",
+}
 
 
 def sampler_names() -> list[str]:
@@ -93,12 +104,15 @@ def resolve_sampler(name: str, schedule: str = "Automatic", field_name: str = "s
     return spec
 
 
-def make_scheduler(spec: SamplerSpec, base_config: Any, seed: int) -> Any:
-    """A new scheduler of `spec` from the pipeline's scheduler config (so the model's betas are kept)."""
-    cls = getattr(diffusers, spec.scheduler_class)
-    options = dict(spec.options)
-    if spec.sigmas is not None:
-        options[f"use_{spec.sigmas}_sigmas"] = True
-    if spec.seeded_noise:
-        options["noise_sampler_seed"] = seed  # without it the SDE sampler is not reproducible
-    return cls.from_config(base_config, **options)
+def make_scheduler(spec: SamplerSpec, base_config: Any) -> Any:
+    """A new diffusers scheduler of `spec` from the pipeline's scheduler config (the model's betas kept)."""
+    assert spec.scheduler_class is not None, "k-diffusion samplers run in engine.k_pass"
+    return getattr(diffusers, spec.scheduler_class).from_config(base_config, **spec.options)
+
+
+def infotext_names(name: str, spec: SamplerSpec) -> tuple[str, str]:
+    """A1111 1.10's "Sampler" and "Schedule type" of a job: the sampler without a " Karras" suffix, and the
+    label of the schedule it runs ("Automatic" for a sampler without a schedule function: uniform, DDIM, ...)."""
+    base = name.removesuffix(" Karras")
+    labels = {value: label for label, value in SCHEDULES.items() if value is not None}
+    return base, labels.get(spec.sigmas, "Automatic") if spec.k_function is not None else "Automatic"

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from aws_extension.engine.base import EngineError
-from aws_extension.engine.params import initial_noise, normalise_payload, slerp
+from aws_extension.engine.k_pass import SAMPLER_FUNCTIONS
+from aws_extension.engine.noise import ImageNoise, slerp
+from aws_extension.engine.params import normalise_payload
 from aws_extension.engine.preprocessors import Preprocessor
 from aws_extension.engine.samplers import SAMPLERS, make_scheduler, resolve_sampler, sampler_names
 from aws_extension.settings import WorkerSettings
@@ -62,9 +64,9 @@ def test_width_and_height_round_down_to_multiples_of_8() -> None:
         ("txt2img", {"script_name": "x/y/z plot"}, "script_name"),
         ("txt2img", {"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
         ("txt2img", {"enable_hr": True, "hr_scale": 100}, "hr_scale"),
-        ("txt2img", {"s_churn": 0.5}, "s_churn"),
-        ("txt2img", {"eta": 0.3}, "eta"),
-        ("txt2img", {"scheduler": "Exponential"}, "scheduler"),
+        ("txt2img", {"s_min_uncond": 0.5}, "s_min_uncond"),
+        ("txt2img", {"sampler_name": "Euler", "eta": 0.3}, "eta"),
+        ("txt2img", {"sampler_name": "DDIM", "scheduler": "Exponential"}, "scheduler"),
         ("txt2img", {"unknown_field": 1}, "unknown_field"),
         ("txt2img", {"init_images": [_png(8, 8)]}, "init_images"),
         ("txt2img", {"override_settings": {"sd_hypernetwork": "x"}}, "override_settings.sd_hypernetwork"),
@@ -147,6 +149,11 @@ def test_controlnet_preprocessor_settings_and_defaults() -> None:
         preprocessor(module="openpose")
 
 
+def initial_noise(shape: tuple[int, int, int], seeds: list[int], subseeds: list[int], strength: float,
+                  **resize: int) -> torch.Tensor:
+    return ImageNoise(shape, seeds, subseeds, strength, **resize).first()
+
+
 def test_noise_is_seeded_and_variation_seeds_interpolate() -> None:
     shape = (4, 8, 8)
     first = initial_noise(shape, [1, 2], [0, 0], 0.0)
@@ -174,10 +181,14 @@ def test_every_sampler_builds_and_unknown_names_list_the_valid_ones() -> None:
 
     config = PNDMScheduler.load_config(architecture_config_dir("sd1-tiny") / "scheduler")
     for name in sampler_names():
-        scheduler = make_scheduler(resolve_sampler(name), config, seed=1)
-        assert type(scheduler).__name__ == SAMPLERS[name].scheduler_class
-    assert make_scheduler(resolve_sampler("Euler", "Karras"), config, 1).config.use_karras_sigmas
-    assert make_scheduler(resolve_sampler("DPM++ 2M SDE"), config, 1).config.use_exponential_sigmas
+        spec = resolve_sampler(name)
+        if spec.k_function is None:
+            assert type(make_scheduler(spec, config)).__name__ == SAMPLERS[name].scheduler_class
+        else:
+            assert spec.k_function in SAMPLER_FUNCTIONS
+    assert resolve_sampler("Euler", "Karras").sigmas == "karras"
+    assert resolve_sampler("DPM++ 2M SDE").sigmas == "exponential"
+    assert resolve_sampler("Euler a").sigmas is None  # Automatic: uniform timesteps
     with pytest.raises(EngineError, match="valid samplers: Euler a, Euler, LMS"):
         resolve_sampler("Euler b")
 

@@ -10,6 +10,7 @@ import torch
 from aws_extension.engine.base import EngineError
 from aws_extension.engine.prompt import (
     CHUNK_LENGTH,
+    Emphasis,
     check_supported_syntax,
     encode_chunks,
     encode_prompt_pair,
@@ -157,8 +158,10 @@ def test_prompt_pair_is_padded_to_the_same_length(pipe) -> None:
     assert torch.equal(negative[:, 77:], empty)
 
 
-def test_scheduled_conditioning_has_one_length(pipe) -> None:
-    conditioning = encode_prompt_schedules("[cat:" + "dog " * 80 + ":2]", "[ugly|bad]", pipe, steps=4)
+def test_scheduled_conditioning_keeps_its_lengths_and_pads_for_diffusers(pipe) -> None:
+    raw = encode_prompt_schedules("[cat:" + "dog " * 80 + ":2]", "[ugly|bad]", pipe, steps=4)
+    assert [z.shape[1] for _, z in raw.positive] == [77, 154] and {z.shape[1] for _, z in raw.negative} == {77}
+    conditioning = raw.padded()
     assert [step for step, _ in conditioning.positive] == [2, 4] and len(conditioning.negative) == 4
     assert {z.shape[1] for _, z in conditioning.positive + conditioning.negative} == {154}
     assert conditioning.changes_during_sampling
@@ -202,3 +205,47 @@ def test_multi_vector_embedding_is_not_split_across_chunks(pipe, tiny_models_dir
         chunks = tokenize_into_chunks(" ".join(["cat"] * 74) + " tiny-emb", pipe.tokenizer, pipe)
         assert len(chunks) == 2 and chunks[0].tokens[75] == EOS
         assert chunks[1].tokens[1:3] == [first_id, first_id + 1]
+
+
+def test_break_makes_a_longer_cond_than_uncond_and_the_denoiser_runs_them_apart(pipe) -> None:
+    """A1111 (pad_cond_uncond off, its default) runs a cond and an uncond of different lengths through the
+    UNet separately; padding the uncond with an empty chunk (as diffusers needs) changes its prediction,
+    which made prompts with BREAK ~3/255 off A1111."""
+    from aws_extension.engine.k_pass import CFGDenoiser, model_sigmas
+
+    conditioning = encode_prompt_schedules("a cat BREAK a dog", "blurry", pipe, steps=4)
+    positive, negative = conditioning.at_step(1)
+    assert (positive.shape[1], negative.shape[1]) == (154, 77)
+    sigmas = model_sigmas(pipe)
+    denoiser = CFGDenoiser(pipe.unet, sigmas, conditioning, cfg_scale=7.0, steps=4)
+    x, sigma = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1)), torch.tensor(3.0)
+    t = sigmas.sigma_to_t(sigma.reshape(1))
+    with torch.no_grad():
+        eps_cond, eps_uncond = (pipe.unet(x / (sigma ** 2 + 1) ** 0.5, t, encoder_hidden_states=z).sample
+                                for z in (positive, negative))
+        expected = x - sigma * (eps_uncond + (eps_cond - eps_uncond) * 7.0)
+        assert (denoiser(x, sigma) - expected).abs().max() < 1e-4  # float32 rounding of the other order
+        padded = CFGDenoiser(pipe.unet, sigmas, conditioning.padded(), cfg_scale=7.0, steps=4)
+        assert (padded(x, sigma) - expected).abs().max() > 1e-2
+
+
+def test_emphasis_settings_as_a1111(pipe) -> None:
+    """A1111 1.10's sd_emphasis: "Original" restores each chunk's mean, "No norm" does not, "Ignore" parses
+    the weights but drops them, "None" does not parse (brackets and BREAK are text); comma_padding_backtrack
+    0 never moves text after a comma to the next chunk."""
+    def encode(text: str, **settings) -> torch.Tensor:
+        emphasis = Emphasis(**settings)
+        return encode_chunks(tokenize_into_chunks(text, pipe.tokenizer, emphasis=emphasis), pipe.text_encoder,
+                             emphasis=emphasis)
+
+    plain = encode("a cat")
+    assert torch.equal(encode("a (cat:1.5)", mode="Ignore"), plain)
+    no_norm = encode("a (cat:1.5)", mode="No norm")
+    chunk = tokenize_into_chunks("a (cat:1.5)", pipe.tokenizer)[0]
+    assert torch.allclose(no_norm, plain * torch.tensor(chunk.multipliers)[None, :, None])
+    assert tokenize_into_chunks("a (cat:1.5)", pipe.tokenizer, emphasis=Emphasis("None"))[0].tokens != chunk.tokens
+    assert len(tokenize_into_chunks("a BREAK b", pipe.tokenizer, emphasis=Emphasis("None"))) == 1
+    long_text = "cat, " * 35 + "a big red cat " * 3  # the last comma is token 70, the chunk is full at 75
+    cut = tokenize_into_chunks(long_text, pipe.tokenizer)[0].tokens
+    kept = tokenize_into_chunks(long_text, pipe.tokenizer, emphasis=Emphasis(comma_padding_backtrack=0))[0].tokens
+    assert cut.count(EOS) > 1 and kept.count(EOS) == 1

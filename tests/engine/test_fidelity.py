@@ -1,0 +1,307 @@
+"""The engine's ancestral and SDE samplers make A1111's images (no A1111 here: the references are A1111's
+algorithm, written out again).
+
+How each reference is derived, independently of the engine's code (it shares only the model's modules):
+- text: A1111's chunk for a prompt without emphasis: the CLIP tokens, BOS first, padded to 77 with EOS
+  (`FrozenCLIPEmbedderWithCustomWordsBase`), through the text encoder (clip skip 1); all weights are 1,
+  so the emphasis multiplication and the mean restoration change nothing.
+- denoiser: k-diffusion's `CompVisDenoiser` as A1111 builds it (`quantize=False`): sigmas from the
+  ldm alphas_cumprod (scaled-linear betas in float64), the UNet called at the timestep interpolated
+  linearly in log sigma, on x / sqrt(sigma² + 1), denoised = x - sigma · eps; A1111's `CFGDenoiser`
+  batches [cond, uncond] and combines uncond + (cond - uncond) · cfg_scale.
+- schedules: A1111's `get_sigmas` with the sampler's "Automatic" schedule (`samplers_k_diffusion`):
+  uniform timesteps for Euler a, Karras for DPM2 a / DPM++ 2S a / DPM++ SDE (DPM2 a with one extra step
+  and the next-to-last sigma dropped), Exponential for DPM++ 2M/3M SDE (3M with the extra step dropped).
+- noise: `modules/rng.py` `ImageRNG` with randn_source "CPU": one `torch.Generator` per image seeded with
+  its seed; the initial noise is its first draw, every later `randn_like` (k-diffusion's default noise
+  sampler, replaced by `TorchHijack`) the next draw; with ENSD the generators are reseeded with
+  seed + ENSD after the initial noise. The SDE samplers get a `BrownianTreeNoiseSampler` over
+  [min sigma > 0, max sigma] with one torchsde `BrownianTree` per image, entropy = the image's seed.
+- samplers: k-diffusion's `sample_*` update rules (commit ab527a9, the one A1111 1.10 pins), each as its
+  own short loop below.
+- pixels: A1111's decode: VAE, (x + 1) / 2 clamped, 255 · x truncated to uint8.
+- DPM fast: k-diffusion's `DPMSolver.dpm_solver_fast` with A1111's eta (eta_ancestral = 1), between the
+  uniform schedule's ends.
+Measured on the tiny model (64×64, 8 steps, batch of 2): mean pixel difference 0.000/255 for Euler a, DPM2 a,
+DPM++ 2S a, DPM++ 3M SDE, DPM fast; 0.006 DPM++ SDE; 0.002 DPM++ 2M SDE (another seed: ~37/255).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchsde
+from PIL import Image
+
+from aws_extension.engine.base import ModelSet
+from aws_extension.engine.diffusers_engine import DiffusersEngine
+
+PROMPT, NEGATIVE, SEEDS, STEPS, CFG = "a photo of a cat", "blurry", [42, 43], 8, 7.0
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@pytest.fixture(scope="module")
+def engine() -> DiffusersEngine:
+    return DiffusersEngine()
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models_dir: Path) -> ModelSet:
+    return ModelSet(checkpoint=tiny_models_dir / "Stable-diffusion" / "tiny-sd.safetensors", files={})
+
+
+@pytest.fixture(scope="module")
+def pipe(engine: DiffusersEngine, models: ModelSet):
+    return engine.pipelines.get(models.checkpoint)  # the engine's cached pipeline: the same modules
+
+
+class Reference:
+    """A1111's CompVisDenoiser + CFGDenoiser + ImageRNG on the pipeline's modules."""
+
+    def __init__(self, pipe, seeds: list[int], ensd: int = 0):
+        self.pipe = pipe
+        config = pipe.scheduler.config
+        betas = np.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, config["num_train_timesteps"],
+                            dtype=np.float64) ** 2
+        alphas_cumprod = torch.tensor(np.cumprod(1 - betas), dtype=torch.float32)
+        self.log_sigmas = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).log().double().numpy()
+        self.seeds, self.ensd = seeds, ensd
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.draws = 0
+        self.context = torch.cat([self._embed(PROMPT).repeat(len(seeds), 1, 1), self._embed(NEGATIVE).repeat(len(seeds), 1, 1)])
+
+    def _embed(self, text: str) -> torch.Tensor:
+        ids = self.pipe.tokenizer(text, add_special_tokens=True).input_ids[:76]
+        ids = ids + [49407] * (77 - len(ids))
+        return self.pipe.text_encoder(torch.tensor([ids]))[0]
+
+    def randn(self) -> torch.Tensor:
+        noise = torch.stack([torch.randn((4, 8, 8), generator=g) for g in self.generators])
+        self.draws += 1
+        if self.draws == 1 and self.ensd:
+            self.generators = [torch.Generator().manual_seed(seed + self.ensd) for seed in self.seeds]
+        return noise
+
+    def sigma(self, t: float) -> float:
+        return math.exp(np.interp(t, np.arange(len(self.log_sigmas)), self.log_sigmas))
+
+    def uniform(self, n: int) -> torch.Tensor:
+        return torch.tensor([self.sigma(t) for t in np.linspace(len(self.log_sigmas) - 1, 0, n)] + [0.0])
+
+    def karras(self, n: int) -> torch.Tensor:
+        low, high = math.exp(self.log_sigmas[0]) ** (1 / 7), math.exp(self.log_sigmas[-1]) ** (1 / 7)
+        return torch.tensor([(high + i / (n - 1) * (low - high)) ** 7 for i in range(n)] + [0.0])
+
+    def exponential(self, n: int) -> torch.Tensor:
+        return torch.tensor(list(np.exp(np.linspace(self.log_sigmas[-1], self.log_sigmas[0], n))) + [0.0])
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        t = float(np.interp(math.log(float(sigma)), self.log_sigmas, np.arange(len(self.log_sigmas))))
+        x_in = torch.cat([x, x])
+        eps = self.pipe.unet(x_in / (float(sigma) ** 2 + 1) ** 0.5, torch.tensor([t] * len(x_in)),
+                             encoder_hidden_states=self.context).sample
+        cond, uncond = (x_in - float(sigma) * eps).chunk(2)
+        return uncond + (cond - uncond) * CFG
+
+    def brownian(self, sigmas: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        low, high = sigmas[sigmas > 0].min(), sigmas.max()
+        trees = [torchsde.BrownianTree(low, torch.zeros(4, 8, 8), high, entropy=seed) for seed in self.seeds]
+
+        def sample(sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+            a, b = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+            w = torch.stack([tree(min(a, b), max(a, b)) for tree in trees]) * (1 if a < b else -1)
+            return w / (b - a).abs().sqrt()
+        return sample
+
+    def image(self, latents: torch.Tensor) -> np.ndarray:
+        decoded = self.pipe.vae.decode(latents / self.pipe.vae.config.scaling_factor).sample
+        return (255.0 * ((decoded + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()).astype(np.uint8)
+
+
+def _ancestral(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    up = min(sigma_next, eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5)
+    return (sigma_next ** 2 - up ** 2) ** 0.5, up
+
+
+def ref_euler_a(ref: Reference, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    for i in range(len(sigmas) - 1):
+        denoised = ref.denoise(x, sigmas[i])
+        down, up = _ancestral(sigmas[i], sigmas[i + 1])
+        x = x + (x - denoised) / sigmas[i] * (down - sigmas[i])
+        if sigmas[i + 1] > 0:
+            x = x + ref.randn() * up
+    return x
+
+
+def ref_dpm2_a(ref: Reference, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    for i in range(len(sigmas) - 1):
+        denoised = ref.denoise(x, sigmas[i])
+        down, up = _ancestral(sigmas[i], sigmas[i + 1])
+        d = (x - denoised) / sigmas[i]
+        if down == 0:
+            x = x + d * (down - sigmas[i])
+            continue
+        mid = torch.exp((torch.log(sigmas[i]) + torch.log(down)) / 2)
+        x_2 = x + d * (mid - sigmas[i])
+        x = x + (x_2 - ref.denoise(x_2, mid)) / mid * (down - sigmas[i]) + ref.randn() * up
+    return x
+
+
+def ref_dpmpp_2s_a(ref: Reference, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    for i in range(len(sigmas) - 1):
+        denoised = ref.denoise(x, sigmas[i])
+        down, up = _ancestral(sigmas[i], sigmas[i + 1])
+        if down == 0:
+            x = denoised
+        else:
+            s = torch.sqrt(sigmas[i] * down)  # the midpoint in log sigma
+            x_2 = (s / sigmas[i]) * x - torch.expm1(torch.log(s / sigmas[i])) * denoised
+            x = (down / sigmas[i]) * x - torch.expm1(torch.log(down / sigmas[i])) * ref.denoise(x_2, s)
+        if sigmas[i + 1] > 0:
+            x = x + ref.randn() * up
+    return x
+
+
+def ref_dpmpp_sde(ref: Reference, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    noise = ref.brownian(sigmas)
+    for i in range(len(sigmas) - 1):
+        denoised = ref.denoise(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised
+            continue
+        s = torch.sqrt(sigmas[i] * sigmas[i + 1])
+        down, up = _ancestral(sigmas[i], s)
+        x_2 = (down / sigmas[i]) * x - torch.expm1(torch.log(down / sigmas[i])) * denoised + noise(sigmas[i], s) * up
+        denoised_2 = ref.denoise(x_2, s)
+        down, up = _ancestral(sigmas[i], sigmas[i + 1])
+        x = (down / sigmas[i]) * x - torch.expm1(torch.log(down / sigmas[i])) * denoised_2
+        x = x + noise(sigmas[i], sigmas[i + 1]) * up
+    return x
+
+
+def ref_dpmpp_2m_sde(ref: Reference, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    noise, previous, h_previous = ref.brownian(sigmas), None, None
+    for i in range(len(sigmas) - 1):
+        denoised = ref.denoise(x, sigmas[i])
+        h = None
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            h = torch.log(sigmas[i] / sigmas[i + 1])
+            x = sigmas[i + 1] / sigmas[i] * torch.exp(-h) * x - torch.expm1(-2 * h) * denoised
+            if previous is not None:
+                x = x - 0.5 * torch.expm1(-2 * h) * (h / h_previous) * (denoised - previous)
+            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * torch.sqrt(-torch.expm1(-2 * h))
+        previous, h_previous = denoised, h
+    return x
+
+
+def ref_dpmpp_3m_sde(ref: Reference, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    noise, d_1, d_2, h_1, h_2 = ref.brownian(sigmas), None, None, None, None
+    for i in range(len(sigmas) - 1):
+        denoised = ref.denoise(x, sigmas[i])
+        h = h_1
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            h = torch.log(sigmas[i] / sigmas[i + 1])
+            x = torch.exp(-2 * h) * x - torch.expm1(-2 * h) * denoised
+            phi_2 = torch.expm1(-2 * h) / (2 * h) + 1
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0, d1_1 = (denoised - d_1) / r0, (d_1 - d_2) / r1
+                x = x + phi_2 * (d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)) - (phi_2 / (2 * h) - 0.5) * (d1_0 - d1_1) / (r0 + r1)
+            elif h_1 is not None:
+                x = x + phi_2 * (denoised - d_1) / (h_1 / h)
+            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * torch.sqrt(-torch.expm1(-2 * h))
+        d_1, d_2, h_1, h_2 = denoised, d_1, h, h_1
+    return x
+
+
+def ref_dpm_fast(ref: Reference, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver-fast with A1111's eta (eta_ancestral, 1) and its default noise sampler."""
+    def eps_at(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (x - ref.denoise(x, torch.exp(-t))) / torch.exp(-t)
+
+    nfe, t_end = len(sigmas) - 1, -torch.log(sigmas[-2])
+    m = nfe // 3 + 1
+    ts = torch.linspace(float(-torch.log(sigmas[0])), float(t_end), m + 1)
+    orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
+    for i, order in enumerate(orders):
+        t, t_next = ts[i], ts[i + 1]
+        down, _ = _ancestral(torch.exp(-t), torch.exp(-t_next))
+        target = torch.minimum(t_end, -torch.log(down))
+        up = (torch.exp(-t_next) ** 2 - torch.exp(-target) ** 2) ** 0.5
+        h, e, sigma_target = target - t, eps_at(x, t), torch.exp(-target)
+        x_1 = x - sigma_target * torch.expm1(h) * e
+        if order == 1:
+            x = x_1
+        elif order == 2:
+            e_1 = eps_at(x - torch.exp(-(t + h / 2)) * torch.expm1(h / 2) * e, t + h / 2)
+            x = x_1 - sigma_target * torch.expm1(h) * (e_1 - e)
+        else:
+            s1, s2 = t + h / 3, t + 2 * h / 3
+            e_1 = eps_at(x - torch.exp(-s1) * torch.expm1(h / 3) * e, s1)
+            u2 = x - torch.exp(-s2) * torch.expm1(2 * h / 3) * e \
+                - torch.exp(-s2) * 2 * (torch.expm1(2 * h / 3) / (2 * h / 3) - 1) * (e_1 - e)
+            x = x_1 - sigma_target * 1.5 * (torch.expm1(h) / h - 1) * (eps_at(u2, s2) - e)
+        x = x + up * ref.randn()
+    return x
+
+
+def _drop_penultimate(sigmas: torch.Tensor) -> torch.Tensor:
+    return torch.cat([sigmas[:-2], sigmas[-1:]])
+
+
+# sampler → (reference loop, its A1111 "Automatic" sigmas)
+CASES: dict[str, tuple[Callable, Callable[[Reference], torch.Tensor]]] = {
+    "Euler a": (ref_euler_a, lambda ref: ref.uniform(STEPS)),
+    "DPM2 a": (ref_dpm2_a, lambda ref: _drop_penultimate(ref.karras(STEPS + 1))),
+    "DPM++ 2S a": (ref_dpmpp_2s_a, lambda ref: ref.karras(STEPS)),
+    "DPM++ SDE": (ref_dpmpp_sde, lambda ref: ref.karras(STEPS)),
+    "DPM++ 2M SDE": (ref_dpmpp_2m_sde, lambda ref: ref.exponential(STEPS)),
+    "DPM++ 3M SDE": (ref_dpmpp_3m_sde, lambda ref: _drop_penultimate(ref.exponential(STEPS + 1))),
+    "DPM fast": (ref_dpm_fast, lambda ref: ref.uniform(STEPS)),
+}
+
+
+def _engine_images(engine: DiffusersEngine, models: ModelSet, sampler: str, **overrides) -> np.ndarray:
+    result = engine.generate("txt2img", {
+        "prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": SEEDS[0], "batch_size": len(SEEDS), "steps": STEPS,
+        "cfg_scale": CFG, "width": 64, "height": 64, "sampler_name": sampler, "override_settings": overrides,
+    }, models)
+    return np.stack([np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in result.images])
+
+
+def _reference_images(pipe, sampler: str, ensd: int = 0) -> np.ndarray:
+    loop, schedule = CASES[sampler]
+    ref = Reference(pipe, SEEDS, ensd)
+    with torch.no_grad():
+        sigmas = schedule(ref).float()
+        x = ref.randn() * sigmas[0]
+        return ref.image(loop(ref, x, sigmas))
+
+
+def _mean_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+
+
+@pytest.mark.parametrize("sampler", list(CASES))
+def test_ancestral_and_sde_samplers_make_a1111s_images(engine, models, pipe, sampler: str) -> None:
+    engine_images = _engine_images(engine, models, sampler, randn_source="CPU")
+    reference = _reference_images(pipe, sampler)
+    assert _mean_difference(engine_images, reference) < 0.5
+    # a different seed is far away, so the comparison can tell
+    assert _mean_difference(engine_images[0], reference[1]) > 2
+
+
+def test_eta_noise_seed_delta_reseeds_the_ancestral_noise(engine, models, pipe) -> None:
+    engine_images = _engine_images(engine, models, "Euler a", randn_source="CPU", eta_noise_seed_delta=31337)
+    assert _mean_difference(engine_images, _reference_images(pipe, "Euler a", ensd=31337)) < 0.5
+    assert _mean_difference(engine_images, _reference_images(pipe, "Euler a")) > 0.5
