@@ -146,17 +146,22 @@ class SageMakerTab:
                           f"{', '.join(MODEL_SUFFIXES)}).")
         try:
             client = make_client(self.store)
-            done_names = []
+            done_names, known = [], []
             for path in paths:  # one checkpoint per file, so each gets its own catalogue entry
                 progress(0.0, desc=f"Uploading {path.name}")
-                client.upload_checkpoint_files(
+                record = client.upload_checkpoint_files(
                     model_type, [path], {"message": "uploaded from the Amazon SageMaker tab"},
                     progress=lambda done, total, name=path.name: progress(done / max(total, 1),
                                                                           desc=f"Uploading {name}"))
-                done_names.append(path.name)
+                if path.name in record["name"]:
+                    done_names.append(path.name)
+                else:  # the catalogue is content-addressed: the same file under another name is not sent again
+                    known.append(f"{path.name} is already there as {', '.join(record['name'])} (the same file)")
         except HANDLED_ERRORS as exc:
             return failed(exc)
-        return ok(f"Uploaded {', '.join(done_names)} as {model_type}; it is Active in the cloud catalogue.")
+        uploaded = [f"Uploaded {', '.join(done_names)} as {model_type}; it is Active in the cloud catalogue."] \
+            if done_names else []
+        return ok(" ".join([*uploaded, *(f"{line}." for line in known)]))
 
     def upload_local(self, model_type: str, selected: list[str] | None,
                      progress: Progress = gr.Progress()) -> str:  # gradio injects its tracker

@@ -6,9 +6,10 @@ Screenshots go to $SD_AWS_UI_SCREENSHOTS (default <repo>/artifacts/ui-browser), 
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import shutil
+import struct
 import time
 from pathlib import Path
 
@@ -82,9 +83,19 @@ def set_number(page, elem_id: str, value: int) -> None:
     field.press("Enter")
 
 
+def _with_metadata(source: Path, target: Path, metadata: dict[str, str]) -> None:
+    """A copy of a safetensors file with metadata added to its header (stdlib: this venv may have no torch)."""
+    data = source.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    header["__metadata__"] = {**header.get("__metadata__", {}), **metadata}
+    raw = json.dumps(header).encode()
+    target.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length:])
+
+
 def test_click_through_the_standalone_ui(stack, standalone_ui, screenshots, tmp_path):
-    checkpoint = tmp_path / UPLOADED_CHECKPOINT
-    shutil.copy(stack.models / "Stable-diffusion" / TINY_CHECKPOINT, checkpoint)
+    checkpoint = tmp_path / UPLOADED_CHECKPOINT  # the tiny model with its own metadata: content of its own
+    _with_metadata(stack.models / "Stable-diffusion" / TINY_CHECKPOINT, checkpoint, {"uploaded_by": "the browser test"})
     failed_loopback: list[str] = []  # the UI's own requests that failed: each one is a bug
 
     def record_failure(request) -> None:
