@@ -417,7 +417,7 @@ def test_cli_endpoint_txt2img_and_jobs(stack, tmp_path):
 def test_killed_worker_job_is_retried_and_endpoint_heals(stack):
     """Last in this module: it kills a worker of the shared endpoint."""
     assert worker_gpus(stack.data_dir, SEED_ENDPOINT) == list(STACK_GPUS)  # one GPU each
-    job = stack.client.create_inference({**LONG_JOB, "steps": 60, "seed": 5})
+    job = stack.client.create_inference({**LONG_JOB, "width": 256, "height": 256, "steps": 60, "seed": 5})
     wait_until_running(stack.client, job["inference_id"])
     os.kill(worker_running(stack.data_dir, SEED_ENDPOINT, job["inference_id"]), signal.SIGKILL)
     final = stack.client.wait_for_job(job["inference_id"], timeout_s=600)

@@ -28,7 +28,8 @@ QUICK_JOB = {"task_type": "txt2img", "models": {"Stable-diffusion": [SEED_MODEL]
 def _busy_endpoint(stack, name: str, waiting: int) -> tuple[dict, list[dict]]:
     """Deploy `name`, start a long job on it and queue `waiting` quick ones behind it."""
     deploy(stack.client, name)
-    running = stack.client.create_inference({**LONG_JOB, "steps": 40, "sagemaker_endpoint_name": name})
+    running = stack.client.create_inference({**LONG_JOB, "width": 256, "height": 256, "steps": 40,
+                                             "sagemaker_endpoint_name": name})
     wait_until_running(stack.client, running["inference_id"])
     return running, [stack.client.create_inference({**QUICK_JOB, "seed": s, "sagemaker_endpoint_name": name})
                      for s in range(waiting)]
@@ -53,7 +54,7 @@ def _wait_for(predicate, timeout_s: float = 120, poll_s: float = 0.3):
 
 
 def test_delete_endpoint_with_jobs_queued_and_invocation_timeout(tmp_path, tiny_models_dir):
-    stack = start_stack(tmp_path, tiny_models_dir, env={"SD_AWS_INVOCATION_TIMEOUT_S": "20"})
+    stack = start_stack(tmp_path, tiny_models_dir, env={"SD_AWS_INVOCATION_TIMEOUT_S": "12"})
     try:
         deploy(stack.client, "doomed")
         running = stack.client.create_inference({**LONG_JOB, "sagemaker_endpoint_name": "doomed"})
@@ -84,9 +85,9 @@ def test_delete_endpoint_with_jobs_queued_and_invocation_timeout(tmp_path, tiny_
         assert picked.status_code == 200 and picked.json()["endpoint_name"] == "doomed"  # the one InService
         assert stack.client.wait_for_job(picked.json()["inference_id"], 300)["status"] == "succeed"
         # A job running past the invocation timeout is failed, and the worker takes the next job.
-        too_long = stack.client.create_inference({**LONG_JOB, "width": 1024, "height": 1024})
+        too_long = stack.client.create_inference(LONG_JOB)
         failed = stack.client.wait_for_job(too_long["inference_id"], timeout_s=300)
-        assert failed["status"] == "failed" and "invocation timeout (20 s)" in failed["error"]
+        assert failed["status"] == "failed" and "invocation timeout (12 s)" in failed["error"]
         assert stack.client.wait_for_job(stack.client.create_inference(QUICK_JOB)["inference_id"], 300)["status"] == "succeed"
     finally:
         stack.server.stop()
