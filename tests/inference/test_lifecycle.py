@@ -25,10 +25,10 @@ QUICK_JOB = {"task_type": "txt2img", "models": {"Stable-diffusion": [SEED_MODEL]
              "steps": 2, "prompt": "quick"}
 
 
-def _busy_endpoint(stack, name: str, waiting: int) -> tuple[dict, list[dict]]:
-    """Deploy `name`, start a long job on it and queue `waiting` quick ones behind it."""
+def _busy_endpoint(stack, name: str, waiting: int, size: int = 512) -> tuple[dict, list[dict]]:
+    """Deploy `name`, start a long job on it (`size` pixels square, 40 steps) and queue `waiting` quick ones."""
     deploy(stack.client, name)
-    running = stack.client.create_inference({**LONG_JOB, "width": 256, "height": 256, "steps": 40,
+    running = stack.client.create_inference({**LONG_JOB, "width": size, "height": size, "steps": 40,
                                              "sagemaker_endpoint_name": name})
     wait_until_running(stack.client, running["inference_id"])
     return running, [stack.client.create_inference({**QUICK_JOB, "seed": s, "sagemaker_endpoint_name": name})
@@ -128,7 +128,7 @@ def test_autoscaling_from_zero_to_one_and_back(tmp_path, tiny_models_dir):
 def test_middleware_killed_with_jobs_queued_loses_none(tmp_path, tiny_models_dir):
     stack = start_stack(tmp_path, tiny_models_dir)
     try:
-        first, rest = _busy_endpoint(stack, "durable", waiting=4)
+        first, rest = _busy_endpoint(stack, "durable", waiting=4, size=256)  # it only has to be running
         stack.server.stop(signal.SIGKILL)
         _wait_for(lambda: worker_pids(stack.data_dir, "durable") == {}, 30)  # workers die with the middleware
 
