@@ -71,6 +71,10 @@ class MiddlewareSettings:
     webhook_secret: str | None = _env("SD_AWS_WEBHOOK_SECRET", None, "HMAC key of webhook signatures; generated into the data dir when unset")
     webhook_attempts: int = _env("SD_AWS_WEBHOOK_ATTEMPTS", 4, "deliveries of one webhook before giving up")
     webhook_timeout_s: float = _env("SD_AWS_WEBHOOK_TIMEOUT_S", 10.0, "timeout of one webhook delivery")
+    # The AWS backend (SD_AWS_BACKEND=aws). Credentials, region and emulator endpoints come from boto3's own
+    # configuration (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL): nothing here names an emulator.
+    stack_name: str = _env("SD_AWS_STACK_NAME", "sd-aws", "the stack whose resources the AWS backend uses (names derive from it)")
+    worker_image: str | None = _env("SD_AWS_WORKER_IMAGE", None, "ECR URI of the worker image SageMaker endpoints run")
 
 
 @dataclass(frozen=True)
