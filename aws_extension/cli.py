@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--webui-models-dir", type=Path, help="the WebUI's models/ folder (with --engine webui)")
     p.add_argument("--webui-command", help="start the WebUI with this command first, and stop with it (with --engine webui)")
 
+    from aws_extension.aws_cli import add_parser as add_aws_parser
+
+    add_aws_parser(sub)
+
     p = sub.add_parser("make-tiny-model", help="write a tiny random-weight SD 1.x checkpoint for tests and demos")
     p.add_argument("out", type=Path, help="output .safetensors file")
     p.add_argument("--extras", type=Path, help="also write a matching LoRA, embedding, VAE and ControlNet here")
@@ -156,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_sagemaker(args.host, args.port, args.engine, args.webui_url, args.webui_models_dir,
                                args.webui_command)
+    if args.command == "aws":
+        from aws_extension.aws_cli import run as run_aws
+
+        return run_aws(args)
     if args.command == "make-tiny-model":
         from aws_extension.engine.tiny import write_tiny_model
 
