@@ -75,6 +75,9 @@ class MiddlewareSettings:
     # configuration (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL): nothing here names an emulator.
     stack_name: str = _env("SD_AWS_STACK_NAME", "sd-aws", "the stack whose resources the AWS backend uses (names derive from it)")
     worker_image: str | None = _env("SD_AWS_WORKER_IMAGE", None, "ECR URI of the worker image SageMaker endpoints run")
+    # URL imports under AWS Lambda (services/model_import.py LambdaRunner).
+    import_part_bytes: int = _env("SD_AWS_IMPORT_PART_BYTES", 64 * MiB,
+                                  "part size of resumable imports under Lambda (held in memory while it uploads)")
 
 
 @dataclass(frozen=True)
