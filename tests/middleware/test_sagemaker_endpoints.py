@@ -86,11 +86,13 @@ def _event(sagemaker_name: str, status: str, tags: dict | None = None, **detail)
 
 
 def _fail_call(client, operation: str, code: str, message: str) -> list[dict]:
-    """Make one operation of this client answer an AWS error (moto cannot produce it); the others go on to
-    moto. Returns the parameters of each failed call."""
+    """Make one operation of this client answer an AWS error (moto cannot produce it) until the returned
+    list is given a None; the others go on to moto. The list holds the parameters of each failed call."""
     calls: list[dict] = []
 
     def refuse(params, **_):
+        if None in calls:
+            return
         calls.append(params)
         raise ClientError({"Error": {"Code": code, "Message": message}}, operation)
 
@@ -359,3 +361,18 @@ def test_state_change_events(aws):
     training = _event("sd-test-lambda", "IN_SERVICE")
     training["detail-type"] = "SageMaker Training Job State Change"
     assert endpoints.state_change(training) is None
+
+
+def test_autoscaling_that_could_not_be_set_up_is_tried_again(aws):
+    endpoints = _endpoints(aws)
+    endpoints.deploy(_record("nu", count=1, autoscaling=True, minimum=1, maximum=4))
+    refused = _fail_call(endpoints.autoscaling, "RegisterScalableTarget", "ValidationException",
+                         "Endpoint sd-test-nu is being updated.")
+    change = endpoints.state_change(_event("sd-test-nu", "IN_SERVICE"))[1]
+    assert change.status == EndpointStatus.IN_SERVICE and len(refused) == 1  # reported in service all the same
+    scaling = aws.client("application-autoscaling")
+    assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
+    refused.append(None)
+    assert endpoints.reconcile("nu").status == EndpointStatus.IN_SERVICE
+    [target] = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    assert target["MaxCapacity"] == 4

@@ -231,6 +231,12 @@ class SageMakerEndpoints:
     # --- autoscaling -------------------------------------------------------------------------------------
 
     def _ensure_autoscaling(self, sagemaker_name: str, tags: dict[str, str]) -> None:
+        try:
+            self._set_up_autoscaling(sagemaker_name, tags)
+        except ClientError as error:  # the endpoint serves anyway; the next event or reconcile tries again
+            log.error("could not set up the autoscaling of endpoint %s: %s", sagemaker_name, error)
+
+    def _set_up_autoscaling(self, sagemaker_name: str, tags: dict[str, str]) -> None:
         """Once in service: register the scalable target and its policies and alarm (if the endpoint asked
         for autoscaling and they are not there yet), then go to 0 instances if it asked to start at 0."""
         if TAG_MIN not in tags or TAG_MAX not in tags:
