@@ -30,7 +30,7 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 STACK = "sd-test"
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/sd-test-worker:1"
-RESOURCE_ID = "endpoint/sd-test-{}/variant/AllTraffic"
+RESOURCE_ID = "endpoint/sd-test--{}/variant/AllTraffic"
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 QUOTA_MESSAGE = ("The account-level service limit 'ml.g5.xlarge for endpoint usage' is 0 Instances, with current "
                  "utilization of 0 Instances and a request delta of 1 Instances. Please use AWS Service Quotas to "
@@ -80,7 +80,7 @@ def _event(sagemaker_name: str, status: str, tags: dict | None = None, **detail)
         "detail": {"EndpointName": sagemaker_name, "EndpointArn": arn, "EndpointConfigName": sagemaker_name,
                    "ProductionVariants": [{"DesiredWeight": 1.0, "DesiredInstanceCount": 1.0}],
                    "EndpointStatus": status, "CreationTime": 1592411992203.0, "LastModifiedTime": 1592411994287.0,
-                   "Tags": {"sd-aws:stack": STACK, "sd-aws:endpoint": sagemaker_name.removeprefix(f"{STACK}-")}
+                   "Tags": {"sd-aws:stack": STACK, "sd-aws:endpoint": sagemaker_name.removeprefix(f"{STACK}--")}
                    if tags is None else tags, **detail},
     }
 
@@ -125,7 +125,7 @@ def test_deploy_creates_the_model_the_async_config_and_the_endpoint(aws):
     endpoints.deploy(_record("alpha", count=2))
     sm = aws.client("sagemaker")
 
-    model = sm.describe_model(ModelName="sd-test-alpha")
+    model = sm.describe_model(ModelName="sd-test--alpha")
     assert model["PrimaryContainer"]["Image"] == IMAGE
     assert model["ExecutionRoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/sd-test-sagemaker"
     environment = model["PrimaryContainer"]["Environment"]
@@ -134,10 +134,10 @@ def test_deploy_creates_the_model_the_async_config_and_the_endpoint(aws):
     assert not middleware_only & set(environment), "no middleware setting (keys, secrets) reaches the worker"
     assert "SD_AWS_MODEL_CACHE_DIR" not in environment and "SD_AWS_SAGEMAKER_ROOT" not in environment
 
-    config = sm.describe_endpoint_config(EndpointConfigName="sd-test-alpha")
+    config = sm.describe_endpoint_config(EndpointConfigName="sd-test--alpha")
     [variant] = config["ProductionVariants"]
     assert (variant["VariantName"], variant["ModelName"], variant["InstanceType"], variant["InitialInstanceCount"]) == (
-        "AllTraffic", "sd-test-alpha", "ml.g5.xlarge", 2)
+        "AllTraffic", "sd-test--alpha", "ml.g5.xlarge", 2)
     async_config = config["AsyncInferenceConfig"]
     assert async_config["ClientConfig"] == {"MaxConcurrentInvocationsPerInstance": 1}
     output = async_config["OutputConfig"]
@@ -146,14 +146,14 @@ def test_deploy_creates_the_model_the_async_config_and_the_endpoint(aws):
     assert output["NotificationConfig"] == {"SuccessTopic": f"arn:aws:sns:{REGION}:{ACCOUNT}:sd-test-inference-success",
                                             "ErrorTopic": f"arn:aws:sns:{REGION}:{ACCOUNT}:sd-test-inference-error"}
 
-    endpoint = sm.describe_endpoint(EndpointName="sd-test-alpha")
-    assert endpoint["EndpointConfigName"] == "sd-test-alpha"
+    endpoint = sm.describe_endpoint(EndpointName="sd-test--alpha")
+    assert endpoint["EndpointConfigName"] == "sd-test--alpha"
     for arn in (model["ModelArn"], config["EndpointConfigArn"], endpoint["EndpointArn"]):
         tags = _tags(sm, arn)
         assert tags["sd-aws:stack"] == STACK and tags["sd-aws:endpoint"] == "alpha"
     assert "sd-aws:min-instances" not in _tags(sm, endpoint["EndpointArn"])  # no autoscaling asked
     # without autoscaling nothing is registered, even once in service
-    assert endpoints.state_change(_event("sd-test-alpha", "IN_SERVICE"))[1].status == EndpointStatus.IN_SERVICE
+    assert endpoints.state_change(_event("sd-test--alpha", "IN_SERVICE"))[1].status == EndpointStatus.IN_SERVICE
     assert aws.client("application-autoscaling").describe_scalable_targets(
         ServiceNamespace="sagemaker")["ScalableTargets"] == []
 
@@ -162,13 +162,13 @@ def test_an_endpoint_asked_to_start_at_zero_is_created_with_one_and_scaled_to_ze
     endpoints = _endpoints(aws, scale_in_idle_s=900, sagemaker_backlog_per_instance=3.0)
     endpoints.deploy(_record("zero", count=0, autoscaling=True, minimum=0, maximum=3))
     sm, scaling, cloudwatch = aws.client("sagemaker"), aws.client("application-autoscaling"), aws.client("cloudwatch")
-    config = sm.describe_endpoint_config(EndpointConfigName="sd-test-zero")
+    config = sm.describe_endpoint_config(EndpointConfigName="sd-test--zero")
     assert config["ProductionVariants"][0]["InitialInstanceCount"] == 1
     # Application Auto Scaling takes endpoints in service only: nothing yet
     assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
     registrations = _record_calls(endpoints.autoscaling, "RegisterScalableTarget")
 
-    name, change = endpoints.state_change(_event("sd-test-zero", "IN_SERVICE"))
+    name, change = endpoints.state_change(_event("sd-test--zero", "IN_SERVICE"))
     assert name == "zero"
     assert change.status == EndpointStatus.IN_SERVICE and change.instance_count == 0
 
@@ -178,29 +178,29 @@ def test_an_endpoint_asked_to_start_at_zero_is_created_with_one_and_scaled_to_ze
     assert registrations[0]["Tags"] == {"sd-aws:stack": STACK, "sd-aws:endpoint": "zero"}
     policies = {p["PolicyName"]: p for p in scaling.describe_scaling_policies(
         ServiceNamespace="sagemaker", ResourceId=RESOURCE_ID.format("zero"))["ScalingPolicies"]}
-    tracking = policies["sd-test-zero-backlog-per-instance"]
+    tracking = policies["sd-test--zero-backlog-per-instance"]
     assert tracking["PolicyType"] == "TargetTrackingScaling"
     tracking_config = tracking["TargetTrackingScalingPolicyConfiguration"]
     assert tracking_config["TargetValue"] == 3.0 and tracking_config["ScaleInCooldown"] == 900
     assert tracking_config["CustomizedMetricSpecification"] == {
         "MetricName": "ApproximateBacklogSizePerInstance", "Namespace": "AWS/SageMaker", "Statistic": "Average",
-        "Dimensions": [{"Name": "EndpointName", "Value": "sd-test-zero"}]}
-    wake = policies["sd-test-zero-wake-from-zero"]
+        "Dimensions": [{"Name": "EndpointName", "Value": "sd-test--zero"}]}
+    wake = policies["sd-test--zero-wake-from-zero"]
     assert wake["PolicyType"] == "StepScaling"
     assert wake["StepScalingPolicyConfiguration"]["StepAdjustments"] == [
         {"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}]
-    [alarm] = cloudwatch.describe_alarms(AlarmNames=["sd-test-zero-backlog-without-capacity"])["MetricAlarms"]
+    [alarm] = cloudwatch.describe_alarms(AlarmNames=["sd-test--zero-backlog-without-capacity"])["MetricAlarms"]
     assert (alarm["Namespace"], alarm["MetricName"], alarm["ComparisonOperator"], alarm["Threshold"]) == (
         "AWS/SageMaker", "HasBacklogWithoutCapacity", "GreaterThanOrEqualToThreshold", 1.0)
-    assert alarm["Dimensions"] == [{"Name": "EndpointName", "Value": "sd-test-zero"}]
+    assert alarm["Dimensions"] == [{"Name": "EndpointName", "Value": "sd-test--zero"}]
     assert alarm["AlarmActions"] == [wake["PolicyARN"]]
     alarm_tags = cloudwatch.list_tags_for_resource(ResourceARN=alarm["AlarmArn"])["Tags"]
     assert {t["Key"]: t["Value"] for t in alarm_tags} == {"sd-aws:stack": STACK, "sd-aws:endpoint": "zero"}
-    assert sm.describe_endpoint(EndpointName="sd-test-zero")["ProductionVariants"][0]["DesiredInstanceCount"] == 0
+    assert sm.describe_endpoint(EndpointName="sd-test--zero")["ProductionVariants"][0]["DesiredInstanceCount"] == 0
 
     # the next events (the scale-in's Updating, then InService) set nothing up again
-    assert endpoints.state_change(_event("sd-test-zero", "UPDATING")) == ("zero", type(change)())
-    assert endpoints.state_change(_event("sd-test-zero", "IN_SERVICE"))[1].instance_count == 0
+    assert endpoints.state_change(_event("sd-test--zero", "UPDATING")) == ("zero", type(change)())
+    assert endpoints.state_change(_event("sd-test--zero", "IN_SERVICE"))[1].instance_count == 0
     assert len(registrations) == 1
 
 
@@ -214,7 +214,7 @@ def test_reconcile_follows_describe_endpoint_and_finishes_the_autoscaling_set_up
         ServiceNamespace="sagemaker")["ScalableTargets"]
     assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 2)
 
-    fake = sagemaker_backends[ACCOUNT][REGION].endpoints["sd-test-beta"]
+    fake = sagemaker_backends[ACCOUNT][REGION].endpoints["sd-test--beta"]
     fake.endpoint_status = "Creating"
     assert endpoints.reconcile("beta").status is None
     fake.endpoint_status, fake.failure_reason = "Failed", "The primary container for production variant AllTraffic did not pass the ping health check."
@@ -231,18 +231,18 @@ def test_delete_removes_every_part_and_may_be_repeated(aws):
     endpoints = _endpoints(aws)
     endpoints.deploy(_record("gamma", count=1, autoscaling=True, minimum=0, maximum=2))
     endpoints.deploy(_record("other", count=1))
-    endpoints.state_change(_event("sd-test-gamma", "IN_SERVICE"))
+    endpoints.state_change(_event("sd-test--gamma", "IN_SERVICE"))
     sm, scaling, cloudwatch = aws.client("sagemaker"), aws.client("application-autoscaling"), aws.client("cloudwatch")
     assert scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
 
     endpoints.delete("gamma")
-    assert _missing(sm.describe_endpoint, EndpointName="sd-test-gamma")
-    assert _missing(sm.describe_endpoint_config, EndpointConfigName="sd-test-gamma")
-    assert _missing(sm.describe_model, ModelName="sd-test-gamma")
+    assert _missing(sm.describe_endpoint, EndpointName="sd-test--gamma")
+    assert _missing(sm.describe_endpoint_config, EndpointConfigName="sd-test--gamma")
+    assert _missing(sm.describe_model, ModelName="sd-test--gamma")
     assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
     assert scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"] == []
     assert cloudwatch.describe_alarms()["MetricAlarms"] == []
-    assert sm.describe_endpoint(EndpointName="sd-test-other")["EndpointStatus"] == "InService"  # only its own
+    assert sm.describe_endpoint(EndpointName="sd-test--other")["EndpointStatus"] == "InService"  # only its own
 
     endpoints.delete("gamma")  # again: nothing left, no error
     endpoints.delete("never-deployed")
@@ -257,8 +257,8 @@ def test_a_quota_error_is_refused_with_the_quota_and_where_to_raise_it_and_nothi
     message = caught.value.message
     assert "'ml.g5.xlarge for endpoint usage'" in message and "Service Quotas" in message and REGION in message
     sm = aws.client("sagemaker")
-    assert _missing(sm.describe_endpoint_config, EndpointConfigName="sd-test-delta")
-    assert _missing(sm.describe_model, ModelName="sd-test-delta")
+    assert _missing(sm.describe_endpoint_config, EndpointConfigName="sd-test--delta")
+    assert _missing(sm.describe_model, ModelName="sd-test--delta")
 
 
 def test_what_sagemaker_refuses_is_said_so(aws):
@@ -335,30 +335,30 @@ def test_state_change_events(aws):
     endpoints.deploy(_record("lambda"))
 
     name, failed = endpoints.state_change(_event(
-        "sd-test-lambda", "FAILED", FailureReason="Image size 12 GB is greater than supported size 10 GB"))
+        "sd-test--lambda", "FAILED", FailureReason="Image size 12 GB is greater than supported size 10 GB"))
     assert name == "lambda" and failed.status == EndpointStatus.FAILED and failed.instance_count == 0
     assert failed.error == "SageMaker: Image size 12 GB is greater than supported size 10 GB"
     # without the reason in the event, DescribeEndpoint's
-    fake = sagemaker_backends[ACCOUNT][REGION].endpoints["sd-test-lambda"]
+    fake = sagemaker_backends[ACCOUNT][REGION].endpoints["sd-test--lambda"]
     fake.endpoint_status, fake.failure_reason = "Failed", "the container did not start"
-    assert endpoints.state_change(_event("sd-test-lambda", "FAILED"))[1].error == "SageMaker: the container did not start"
+    assert endpoints.state_change(_event("sd-test--lambda", "FAILED"))[1].error == "SageMaker: the container did not start"
 
-    deleting = endpoints.state_change(_event("sd-test-lambda", "DELETING"))[1]
+    deleting = endpoints.state_change(_event("sd-test--lambda", "DELETING"))[1]
     assert deleting.status == EndpointStatus.FAILED and "deleted outside sd-aws" in deleting.error
-    assert endpoints.state_change(_event("sd-test-lambda", "CREATING")) == ("lambda", type(deleting)())
+    assert endpoints.state_change(_event("sd-test--lambda", "CREATING")) == ("lambda", type(deleting)())
 
     # an event whose Tags are empty: the endpoint's own tags are read
     fake.endpoint_status = "InService"
-    name, in_service = endpoints.state_change(_event("sd-test-lambda", "IN_SERVICE", tags={}))
+    name, in_service = endpoints.state_change(_event("sd-test--lambda", "IN_SERVICE", tags={}))
     assert name == "lambda" and in_service.status == EndpointStatus.IN_SERVICE and in_service.instance_count == 1
 
     # not this stack's: another stack's endpoint, a name that does not match its tags, another event
     assert endpoints.state_change(_event("sd-other-lambda", "IN_SERVICE", tags={
         "sd-aws:stack": "sd-other", "sd-aws:endpoint": "lambda"})) is None
-    assert endpoints.state_change(_event("sd-test-lambda", "IN_SERVICE", tags={
+    assert endpoints.state_change(_event("sd-test--lambda", "IN_SERVICE", tags={
         "sd-aws:stack": STACK, "sd-aws:endpoint": "mu"})) is None
     assert endpoints.state_change(_event("someone-elses", "IN_SERVICE", tags={})) is None
-    training = _event("sd-test-lambda", "IN_SERVICE")
+    training = _event("sd-test--lambda", "IN_SERVICE")
     training["detail-type"] = "SageMaker Training Job State Change"
     assert endpoints.state_change(training) is None
 
@@ -367,8 +367,8 @@ def test_autoscaling_that_could_not_be_set_up_is_tried_again(aws):
     endpoints = _endpoints(aws)
     endpoints.deploy(_record("nu", count=1, autoscaling=True, minimum=1, maximum=4))
     refused = _fail_call(endpoints.autoscaling, "RegisterScalableTarget", "ValidationException",
-                         "Endpoint sd-test-nu is being updated.")
-    change = endpoints.state_change(_event("sd-test-nu", "IN_SERVICE"))[1]
+                         "Endpoint sd-test--nu is being updated.")
+    change = endpoints.state_change(_event("sd-test--nu", "IN_SERVICE"))[1]
     assert change.status == EndpointStatus.IN_SERVICE and len(refused) == 1  # reported in service all the same
     scaling = aws.client("application-autoscaling")
     assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []

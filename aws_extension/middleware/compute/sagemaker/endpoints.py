@@ -1,6 +1,6 @@
 """SageMaker's control plane for the AWS backend's endpoints: create, follow, and remove them.
 
-One API endpoint `E` of stack `S` is, in SageMaker (all named `resources.sagemaker_name(E)`, `S-E`):
+One API endpoint `E` of stack `S` is, in SageMaker (all named `resources.sagemaker_name(E)`, `S--E`):
 - a model: the worker image (`worker_image`), run as the stack's SageMaker execution role, with the worker's
   settings as its environment (never a middleware secret);
 - an endpoint config: one production variant (`VARIANT`) of the instance type, and `AsyncInferenceConfig`:
@@ -332,7 +332,7 @@ class SageMakerEndpoints:
         sagemaker_name = str(detail.get("EndpointName", ""))
         arn = str(detail.get("EndpointArn") or self._arn("sagemaker", f"endpoint/{sagemaker_name}"))
         tags = _tag_map(detail.get("Tags"))
-        if not tags and sagemaker_name.startswith(f"{self.resources.stack_name}-"):
+        if not tags and sagemaker_name.startswith(f"{self.resources.stack_name}--"):
             tags = self._endpoint_tags(arn)
         api_name = self._api_name(sagemaker_name, tags)
         if api_name is None:
