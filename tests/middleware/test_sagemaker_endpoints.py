@@ -273,7 +273,7 @@ def test_what_sagemaker_refuses_is_said_so(aws):
                "The instance type ml.p5.48xlarge is not supported in this region.")
     with pytest.raises(DeploymentRefused, match="does not offer ml.p5.48xlarge for endpoints in us-east-1"):
         endpoints.deploy(_record("zeta", instance_type="ml.p5.48xlarge"))
-    assert _missing(aws.client("sagemaker").describe_model, ModelName="sd-test-zeta")
+    assert _missing(aws.client("sagemaker").describe_model, ModelName="sd-test--zeta")
 
     # an earlier endpoint's leftovers under the same name are removed, and the user told to try again
     leftover = _endpoints(aws)
@@ -283,13 +283,13 @@ def test_what_sagemaker_refuses_is_said_so(aws):
                'Cannot create already existing model "arn:aws:sagemaker:us-east-1:123456789012:model/sd-test-eta".')
     with pytest.raises(DeploymentRefused, match="deploy again in a few minutes"):
         endpoints.deploy(_record("eta"))
-    assert _missing(aws.client("sagemaker").describe_endpoint, EndpointName="sd-test-eta")
+    assert _missing(aws.client("sagemaker").describe_endpoint, EndpointName="sd-test--eta")
 
     other_error = _endpoints(aws)
     _fail_call(other_error.sagemaker, "CreateEndpoint", "ThrottlingException", "Rate exceeded")
     with pytest.raises(ClientError):
         other_error.deploy(_record("theta"))
-    assert _missing(aws.client("sagemaker").describe_model, ModelName="sd-test-theta")
+    assert _missing(aws.client("sagemaker").describe_model, ModelName="sd-test--theta")
 
 
 def test_deploy_refuses_before_calling_sagemaker(aws):
