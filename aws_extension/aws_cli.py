@@ -82,10 +82,15 @@ def template_resource_count(template: str) -> int:
     return len(re.findall(r"^  [A-Za-z0-9]+:\n    Type: AWS::", template, re.M))
 
 
+def sagemaker_prefix(resources: StackResources) -> str:
+    """How every SageMaker name of the stack starts (`<stack>--`; the template's IAM and rules use it)."""
+    return resources.sagemaker_name("x").removesuffix("x")
+
+
 def state_change_pattern(resources: StackResources, rule: str) -> dict[str, Any]:
     detail_type, field = STATE_CHANGES[rule]
     return {"source": ["aws.sagemaker"], "detail-type": [detail_type],
-            "detail": {field: [{"prefix": f"{resources.stack_name}-"}]}}
+            "detail": {field: [{"prefix": sagemaker_prefix(resources)}]}}
 
 
 def queue_policy(queue_arn: str, topic_arns: list[str], rule_arns: list[str]) -> dict[str, Any]:
@@ -521,6 +526,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: Any) -> int:
     try:
+        check_stack_name(args.stack_name)  # before any AWS call
         if args.action == "init":
             init(args.stack_name, args.region)
         elif args.action == "deploy":

@@ -136,8 +136,10 @@ def _container_from_environment() -> Container:
     settings = load(MiddlewareSettings)
     if settings.backend != "aws":
         raise RuntimeError(f"the Lambda function runs the aws backend, not SD_AWS_BACKEND={settings.backend!r}")
+    from aws_extension.aws_cli import stack_resources
+
     services = build_services(settings)
-    api_key = settings.api_key or stack_secret(services.resources.api_key_secret)
+    api_key = settings.api_key or stack_secret(stack_resources(settings.stack_name).api_key_secret)
     return build_container(services, api_key)
 
 

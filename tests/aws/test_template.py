@@ -169,11 +169,22 @@ def test_sagemaker_calls_are_on_this_stacks_names_and_pass_role_only_its_role(te
         scoped = [a for a in actions if a.startswith("sagemaker:") and a not in NO_RESOURCE_ARN_ACTIONS]
         if scoped:
             arns = [substitute(r, STACK) for r in resources]
-            assert all(arn.rsplit(":", 1)[1].split("/", 1)[1] == f"{STACK}-*" for arn in arns), arns
+            assert all(arn.rsplit(":", 1)[1].split("/", 1)[1] == aws_cli.sagemaker_prefix(RESOURCES) + "*"
+                       for arn in arns), arns
         if "iam:PassRole" in actions:
             assert actions == ["iam:PassRole"]
             assert resources == [{"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]}]
             assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+
+
+def test_alarms_are_those_of_this_stacks_endpoints(template):
+    from aws_extension.middleware.compute.sagemaker.endpoints import SageMakerEndpoints
+
+    alarm = SageMakerEndpoints.alarm_name(RESOURCES.sagemaker_name("ep"))
+    for _, _, actions, resources in _statements(template):
+        if "cloudwatch:PutMetricAlarm" in actions:
+            (arn,) = [substitute(r, STACK) for r in resources]
+            assert alarm.startswith(arn.rsplit(":", 1)[1].removesuffix("*"))
 
 
 def test_the_sagemaker_role_is_its_own_and_reads_only_this_bucket(template):
