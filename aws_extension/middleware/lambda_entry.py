@@ -23,9 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from aws_extension.middleware.services.model_import import IMPORT_TASK
+
 log = logging.getLogger(__name__)
 
-IMPORT_TASK = "import"
+# A step lives at most Lambda's 15 minutes and launches the next before it ends: an import whose progress
+# has not moved for two of those lost its chain of steps.
+STALLED_IMPORT_S = 2 * 900.0
 
 
 class CompletionEvents(Protocol):
@@ -95,7 +99,7 @@ class Container:
         if kind == "schedule":
             # Both run even when the first fails; the failure is raised after (Lambda records it).
             failed: list[BaseException] = []
-            for step in (self.compute.reap, self.services.sweep):
+            for step in (self.compute.reap, self.services.sweep, self._resume_stalled_imports):
                 try:
                     step()
                 except Exception as exc:
@@ -107,6 +111,10 @@ class Container:
         remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
         self.services.importer.run_step(event, remaining_s=(remaining_ms() / 1000.0) if remaining_ms else None)
         return None
+
+
+    def _resume_stalled_imports(self) -> None:
+        self.services.importer.resume_stalled(STALLED_IMPORT_S)
 
 
 def build_container(services: Any, api_key: str) -> Container:

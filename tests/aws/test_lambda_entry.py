@@ -166,8 +166,11 @@ def test_the_schedule_reaps_and_sweeps(container, monkeypatch):
     swept = []
     monkeypatch.setattr(container.services.blobs, "sweep_incomplete_uploads", lambda ttl: swept.append(ttl) or [])
     assert lambda_entry.event_kind(SCHEDULED_EVENT) == "schedule"
+    resumed = []
+    monkeypatch.setattr(container.services.importer, "resume_stalled", lambda after: resumed.append(after) or [])
     assert container.handle(SCHEDULED_EVENT, LambdaContext()) is None
     assert recorder.reaps == 1 and swept == [container.services.settings.multipart_ttl_s]
+    assert resumed == [lambda_entry.STALLED_IMPORT_S]
 
 
 def test_the_schedule_sweeps_even_when_reaping_fails(container, monkeypatch):

@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -184,3 +185,20 @@ def test_the_runner_is_lambda_only_under_lambda_on_the_aws_backend(monkeypatch, 
     assert isinstance(default_runner(load(MiddlewareSettings, data_dir=tmp_path, backend="local")), ThreadRunner)
     runner = default_runner(load(MiddlewareSettings, data_dir=tmp_path, backend="aws"))
     assert isinstance(runner, LambdaRunner) and runner.function_name == "sd-aws-api"
+
+
+def test_the_reaper_relaunches_imports_that_stopped_moving(importer, tmp_path):
+    body = fake_lora(tmp_path / "lora.safetensors", padding_bytes=2 * PART).read_bytes()
+    server = RangeServer(body)
+    try:
+        stalled = importer.start("Lora", [server.url], {})
+        moving = importer.start("Lora", [server.url + "?b"], {})
+        importer.runner.tasks.clear()  # both chains of steps were lost
+        for record_id, age in ((stalled.id, 3600), (moving.id, 10)):
+            importer.checkpoints.records.update(record_id, {"created": time.time() - age})
+        assert importer.resume_stalled(1800) == [stalled.id]
+        assert _run_steps(importer, remaining_s=600) == 1
+    finally:
+        server.stop()
+    assert importer.checkpoints.get(stalled.id).status == "Active"
+    assert importer.checkpoints.get(moving.id).status == "Initialed"

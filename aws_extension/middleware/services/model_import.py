@@ -188,6 +188,19 @@ class ModelImporter:
                 log.info("resuming the import of checkpoint %s", record.id)
                 self.runner.launch(self, record.id, {})
 
+    def resume_stalled(self, older_than_s: float) -> list[str]:
+        """Launch again the imports whose progress has not moved for `older_than_s` (a Lambda step that died
+        without invoking the next: throttled, or out of memory); the reaper calls it under Lambda. Tokens
+        are not kept, so such an import goes on without them. Returns the ids launched."""
+        now, launched = time.time(), []
+        for record in self.checkpoints.list([INITIALED], []):
+            updated = (record.progress or {}).get("updated") or record.created
+            if record.source == "url" and now - updated > older_than_s:
+                log.info("import %s made no progress for %.0f s; launching it again", record.id, now - updated)
+                self.runner.launch(self, record.id, {})
+                launched.append(record.id)
+        return launched
+
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping.set()
         self.runner.stop(timeout_s)
@@ -389,4 +402,4 @@ class ModelImporter:
     def _report(self, record: Checkpoint, files_done: int, received: int, total: int | None) -> None:
         self.checkpoints.records.update(record.id, {"progress": {
             "files_done": files_done, "files_total": len(record.urls), "bytes_received": received,
-            "bytes_total": total}}, expect={"status": INITIALED})
+            "bytes_total": total, "updated": time.time()}}, expect={"status": INITIALED})
