@@ -317,6 +317,8 @@ def deploy(stack_name: str, region: str | None = None, worker_image: str | None 
 
     session = _session(region)
     resources = stack_resources(stack_name, session)
+    if not TEMPLATE.is_file():
+        raise AwsCommandError(f"{TEMPLATE} is missing: run `sd-aws aws deploy` from a checkout of the repository.")
     settings = load(MiddlewareSettings)
     ttl_days = max(1, min(7, round(settings.multipart_ttl_s / 86400)))
     template = TEMPLATE.read_text()
