@@ -40,6 +40,7 @@ LAMBDA_PLATFORM = "manylinux2014_x86_64"
 # What the Lambda package leaves out: the worker's and UI's code needs torch/gradio, which it does not get.
 LAMBDA_EXCLUDED_EXTRAS = ("worker", "ui", "test", "all")
 POLL_S = 2.0
+MAX_TEMPLATE_TTL_DAYS = 7  # the template's MultipartUploadTtlDays
 FLAVOURS = ("worker", "webui")
 STATE_CHANGES = {  # EventBridge detail-type → the detail field naming the resource (template: *StateRule)
     "endpoint-state": ("SageMaker Endpoint State Change", "EndpointName"),
@@ -229,19 +230,6 @@ def bootstrap_bucket(resources: StackResources) -> str:
     return f"sd-aws-bootstrap-{resources.account_id}-{resources.region}"
 
 
-def _ensure_bootstrap_bucket(s3: Any, bucket: str, region: str) -> None:
-    try:
-        s3.head_bucket(Bucket=bucket)
-        return
-    except Exception as exc:
-        if _error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
-            raise
-    extra = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-    s3.create_bucket(Bucket=bucket, **extra)
-    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
-        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
-
-
 # -- following a stack --------------------------------------------------------------------------------------
 TERMINAL = re.compile(r"_(COMPLETE|FAILED)$")
 IN_PROGRESS = "_IN_PROGRESS"
@@ -313,6 +301,7 @@ def key_command(resources: StackResources) -> str:
 def deploy(stack_name: str, region: str | None = None, worker_image: str | None = None,
            source_repository: str | None = None, package: Path | None = None, show_key: bool = False,
            poll_s: float = POLL_S, echo: Callable[[str], None] = print) -> Deployment:
+    from aws_extension.middleware.blobs.s3 import ensure_bucket, multipart_expiry_days
     from aws_extension.settings import MiddlewareSettings, load
 
     session = _session(region)
@@ -320,7 +309,10 @@ def deploy(stack_name: str, region: str | None = None, worker_image: str | None 
     if not TEMPLATE.is_file():
         raise AwsCommandError(f"{TEMPLATE} is missing: run `sd-aws aws deploy` from a checkout of the repository.")
     settings = load(MiddlewareSettings)
-    ttl_days = max(1, min(7, round(settings.multipart_ttl_s / 86400)))
+    ttl_days = multipart_expiry_days(settings.multipart_ttl_s)
+    if ttl_days > MAX_TEMPLATE_TTL_DAYS:
+        raise AwsCommandError(f"SD_AWS_MULTIPART_TTL_S={settings.multipart_ttl_s} is {ttl_days} days; the "
+                              f"stack aborts incomplete uploads after 1 to {MAX_TEMPLATE_TTL_DAYS} days.")
     template = TEMPLATE.read_text()
     with tempfile.TemporaryDirectory(prefix="sd-aws-deploy-") as tmp:
         if package is None:
@@ -330,7 +322,7 @@ def deploy(stack_name: str, region: str | None = None, worker_image: str | None 
     key = f"{resources.stack_name}/lambda-{hashlib.sha256(code).hexdigest()[:20]}.zip"
     s3 = session.client("s3")
     bucket = bootstrap_bucket(resources)
-    _ensure_bootstrap_bucket(s3, bucket, resources.region)
+    ensure_bucket(s3, bucket, settings.multipart_ttl_s)
     s3.put_object(Bucket=bucket, Key=key, Body=code)
     echo(f"uploaded the Lambda code ({len(code) / 2**20:.1f} MiB) to s3://{bucket}/{key}")
     parameters = {"LambdaCodeBucket": bucket, "LambdaCodeKey": key, "WorkerImage": worker_image or "",

@@ -18,7 +18,6 @@ import boto3
 import pytest
 import requests
 import tomllib
-from moto.server import ThreadedMotoServer
 
 from aws_extension import aws_cli
 from aws_extension.cli import main
@@ -27,15 +26,6 @@ from aws_extension.middleware.aws_resources import StackResources
 STACK = "sd-cli"
 REGION = "us-east-1"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def moto_server():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
@@ -118,7 +108,6 @@ def test_destroy_empties_the_bucket_and_deletes_the_stack(aws, resources, packag
 
 
 def test_init_twice_is_idempotent(aws, resources):
-    pytest.importorskip("aws_extension.middleware.blobs.s3", reason="ensure_bucket lands with S3BlobStore")
     first = aws_cli.init(STACK, REGION, echo=lambda _: None)
     secrets = aws.client("secretsmanager")
     key = secrets.get_secret_value(SecretId=resources.api_key_secret)["SecretString"]

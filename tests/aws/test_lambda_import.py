@@ -3,17 +3,19 @@ its time is up; the next step resumes from the uploaded parts with a Range reque
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import boto3
 import pytest
 
 from aws_extension.middleware.blobs.local import LocalBlobStore
+from aws_extension.middleware.blobs.s3 import S3BlobStore, ensure_bucket
 from aws_extension.middleware.services.checkpoints import CheckpointService
 from aws_extension.middleware.services.model_import import (
     STEP_MARGIN_S,
@@ -27,22 +29,6 @@ from aws_extension.settings import MiddlewareSettings, load
 from tests.middleware.conftest import fake_lora
 
 PART = 256 * 1024
-
-
-class PartsBlobStore(LocalBlobStore):
-    """The local store with the two calls the resumable import needs from the S3 store (`upload_part`,
-    `list_parts`), over the local store's own multipart folders, until `S3BlobStore` is in main."""
-
-    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
-        async def body():
-            yield data
-        return asyncio.run(self.receive_part(key, upload_id, part_number, body(), len(data)))
-
-    def list_parts(self, key: str, upload_id: str) -> list[tuple[int, str, int]]:
-        directory = self._upload_meta(key, upload_id)
-        numbers = sorted(int(p.stem) for p in directory.glob("*.md5"))
-        return [(n, f'"{(directory / f"{n}.md5").read_text()}"', (directory / f"{n}.part").stat().st_size)
-                for n in numbers]
 
 
 class RangeServer:
@@ -92,12 +78,24 @@ class InvocationQueue:
         pass
 
 
-@pytest.fixture
-def importer(tmp_path):
+@pytest.fixture(params=["local", "s3"])
+def importer(request, tmp_path):
+    """An importer on the local store, or on S3BlobStore against moto's server (S3 keeps its 5 MiB part
+    minimum, so the parts are bigger there)."""
+    part = PART if request.param == "local" else 5 * 2**20
     settings = load(MiddlewareSettings, data_dir=tmp_path, import_allow_private_addresses=True,
-                    multipart_min_part_bytes=PART, import_part_bytes=PART, import_max_bytes=64 * 2**20)
-    blobs = PartsBlobStore(tmp_path / "blobs", b"secret", public_url="http://127.0.0.1:1", signed_url_ttl_s=60,
-                           min_part_bytes=PART, max_parts=10_000, max_part_bytes=2**30, max_put_bytes=2**30)
+                    multipart_min_part_bytes=part, import_part_bytes=part, import_max_bytes=64 * 2**20)
+    limits = {"signed_url_ttl_s": 60, "min_part_bytes": part, "max_parts": 10_000, "max_part_bytes": 2**30,
+              "max_put_bytes": 2**30}
+    if request.param == "local":
+        blobs = LocalBlobStore(tmp_path / "blobs", b"secret", public_url="http://127.0.0.1:1", **limits)
+    else:
+        moto_server = request.getfixturevalue("moto_server")
+        client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        bucket = f"imports-{uuid.uuid4().hex[:12]}"
+        ensure_bucket(client, bucket, 86400)
+        blobs = S3BlobStore(bucket, client=client, **limits)
     checkpoints = CheckpointService(SQLiteStore(tmp_path / "store.sqlite3"), blobs, max_parts=10_000,
                                     max_files=4, completion_wait_s=5)
     return ModelImporter(checkpoints, settings, runner=InvocationQueue())
@@ -113,7 +111,8 @@ def _run_steps(importer, remaining_s):
 
 @pytest.mark.parametrize("honour_range", [True, False], ids=["resumes-with-range", "server-without-range"])
 def test_an_import_completes_over_several_steps(importer, tmp_path, honour_range):
-    body = fake_lora(tmp_path / "lora.safetensors", padding_bytes=4 * PART).read_bytes()
+    part = importer.settings.import_part_bytes
+    body = fake_lora(tmp_path / "lora.safetensors", padding_bytes=3 * part).read_bytes()
     server = RangeServer(body, honour_range=honour_range)
     try:
         record = importer.start("Lora", [server.url], {"sha256": hashlib.sha256(body).hexdigest()})
@@ -121,12 +120,12 @@ def test_an_import_completes_over_several_steps(importer, tmp_path, honour_range
         # Every step's deadline is now: each uploads one part, then hands over to the next invocation.
         if honour_range:
             steps = _run_steps(importer, remaining_s=STEP_MARGIN_S)
-            assert steps == -(-len(body) // PART)
-            assert server.ranges[0] is None and server.ranges[1:] == [f"bytes={n * PART}-" for n in range(1, steps)]
+            assert steps == -(-len(body) // part)
+            assert server.ranges[0] is None and server.ranges[1:] == [f"bytes={n * part}-" for n in range(1, steps)]
         else:  # a server that answers 200 to a Range: the step starts the file over, so give it the time
             importer.run_step(importer.runner.tasks.pop(0), remaining_s=STEP_MARGIN_S)  # one part, then out of time
             assert _run_steps(importer, remaining_s=600) == 1
-            assert server.ranges == [None, f"bytes={PART}-"]
+            assert server.ranges == [None, f"bytes={part}-"]
     finally:
         server.stop()
     final = importer.checkpoints.get(record.id)
@@ -151,7 +150,7 @@ def test_a_step_on_a_finished_import_does_nothing(importer, tmp_path):
 
 
 def test_a_wrong_declared_sha256_fails_with_the_reason(importer, tmp_path):
-    body = fake_lora(tmp_path / "lora.safetensors", padding_bytes=2 * PART).read_bytes()
+    body = fake_lora(tmp_path / "lora.safetensors", padding_bytes=2 * importer.settings.import_part_bytes).read_bytes()
     server = RangeServer(body)
     try:
         record = importer.start("Lora", [server.url], {"sha256": "0" * 64})
@@ -188,7 +187,7 @@ def test_the_runner_is_lambda_only_under_lambda_on_the_aws_backend(monkeypatch, 
 
 
 def test_the_reaper_relaunches_imports_that_stopped_moving(importer, tmp_path):
-    body = fake_lora(tmp_path / "lora.safetensors", padding_bytes=2 * PART).read_bytes()
+    body = fake_lora(tmp_path / "lora.safetensors", padding_bytes=2 * importer.settings.import_part_bytes).read_bytes()
     server = RangeServer(body)
     try:
         stalled = importer.start("Lora", [server.url], {})

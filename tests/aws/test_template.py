@@ -15,6 +15,7 @@ from moto import mock_aws
 
 from aws_extension import aws_cli
 from aws_extension.middleware.aws_resources import StackResources
+from aws_extension.middleware.blobs.s3 import LIFECYCLE_RULE_ID
 from aws_extension.middleware.store.dynamodb import ALL_TABLES, DynamoDBStore
 from tests.aws.cfn import TEMPLATE, load_template, substitute
 
@@ -133,10 +134,12 @@ def test_the_bucket_is_private_encrypted_and_aborts_stale_uploads(template):
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     (rule,) = bucket["LifecycleConfiguration"]["Rules"]
     assert rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == {"Ref": "MultipartUploadTtlDays"}
+    assert rule["Id"] == LIFECYCLE_RULE_ID  # the rule ensure_bucket writes (init, serve --backend aws)
     # The middleware's TTL (seconds) is the same number of days.
     days = template["Mappings"]["MultipartTtl"]
     assert all(int(v["Seconds"]) == int(k) * 86400 for k, v in days.items())
     assert sorted(days) == sorted(template["Parameters"]["MultipartUploadTtlDays"]["AllowedValues"])
+    assert max(int(d) for d in days) == aws_cli.MAX_TEMPLATE_TTL_DAYS
 
 
 def test_secrets_are_generated_never_parameters(template):
