@@ -235,5 +235,8 @@ def _with_request(event, method, path, body):
         event["requestContext"].update(httpMethod=method, path=f"/prod{path}")
         event["headers"]["Content-Type"] = "application/json"
         event["multiValueHeaders"]["Content-Type"] = ["application/json"]
+        # The template's REST API has BinaryMediaTypes */*: API Gateway hands every body over base64-encoded.
+        event["body"], event["isBase64Encoded"] = base64.b64encode(body.encode()).decode(), True
+        return event
     event["body"] = body
     return event
