@@ -519,6 +519,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: Any) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         check_stack_name(args.stack_name)  # before any AWS call
         if args.action == "init":
@@ -533,4 +535,7 @@ def run(args: Any) -> int:
     except (AwsCommandError, ValueError) as exc:
         print(f"sd-aws aws {args.action}: {exc}", file=sys.stderr)
         return 2
+    except (BotoCoreError, ClientError) as exc:  # no credentials, access denied, a stack busy updating...
+        print(f"sd-aws aws {args.action}: AWS answered: {exc}", file=sys.stderr)
+        return 1
     return 0

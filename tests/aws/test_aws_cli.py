@@ -193,3 +193,10 @@ def test_the_same_code_gives_the_same_package(tmp_path, package):
 
 def test_stack_resources_come_from_the_session(aws):
     assert aws_cli.stack_resources(STACK, aws) == StackResources(STACK, "123456789012", REGION)
+
+
+def test_aws_refusals_are_said_without_a_traceback(aws, monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    assert main(["aws", "destroy", "--stack-name", STACK, "--region", REGION]) == 1
+    assert "AWS answered" in capsys.readouterr().err
