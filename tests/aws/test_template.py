@@ -200,6 +200,20 @@ def test_the_sagemaker_role_is_its_own_and_reads_only_this_bucket(template):
             assert all(json.dumps(r).count("Bucket") for r in resources), statement
 
 
+def test_the_sagemaker_role_may_write_the_async_output_and_failure_paths(template, tmp_path):
+    from aws_extension.middleware.compute.sagemaker.endpoints import SageMakerEndpoints
+    from aws_extension.settings import MiddlewareSettings, load
+
+    session = boto3.session.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    endpoints = SageMakerEndpoints(RESOURCES, load(MiddlewareSettings, data_dir=tmp_path), session)
+    statements = template["Resources"]["SageMakerExecutionRole"]["Properties"]["Policies"][0]["PolicyDocument"]
+    (writes,) = [st for st in statements["Statement"] if st["Sid"] == "WriteResults"]
+    prefixes = [substitute(r, STACK).split("}/", 1)[1].removesuffix("*") for r in writes["Resource"]]
+    for path in (endpoints.output_path("ep"), endpoints.failure_path("ep")):
+        key = path.removeprefix(f"s3://{RESOURCES.bucket}/")
+        assert any(key.startswith(prefix) for prefix in prefixes), (key, prefixes)
+
+
 def test_outputs_say_where_the_url_and_the_key_are(template):
     outputs = template["Outputs"]
     assert substitute(outputs["ApiUrl"]["Value"], STACK).endswith("/prod")
