@@ -34,7 +34,6 @@ from aws_extension.webui.image_settings import override_settings_for_cloud
 from aws_extension.webui.request import (
     all_prompts,
     inference_request,
-    refuse_what_the_engine_cannot_do,
     script_args_of,
     wanted_models,
 )
@@ -90,7 +89,6 @@ def generate_on_cloud(p: Any, endpoint: str | None) -> Any:
 
 def _generate(p: Any, endpoint: str | None) -> Any:
     try:
-        refuse_what_the_engine_cannot_do(p)
         set_up_like_the_host(p)
         client = make_client(host.WebUIConnectionStore())
         override_settings = dict(getattr(p, "override_settings", None) or {})

@@ -129,12 +129,23 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         super().__init__(denoising_strength=denoising_strength, **kwargs)
         self.init_images, self.resize_mode, self.image_cfg_scale = init_images, resize_mode, image_cfg_scale
         self.image_mask = mask
-        self.mask_blur_x = self.mask_blur_y = 4 if mask_blur is None else mask_blur
+        self.mask_blur_x = self.mask_blur_y = 4
+        self.mask_blur = mask_blur
+        self.mask_round = True
         self.inpainting_fill, self.inpaint_full_res = inpainting_fill, inpaint_full_res
         self.inpaint_full_res_padding, self.inpainting_mask_invert = inpaint_full_res_padding, inpainting_mask_invert
         self.initial_noise_multiplier = (opts.initial_noise_multiplier if initial_noise_multiplier is None
                                          else initial_noise_multiplier)
         self.color_corrections = self.latent_mask = None
+
+    @property
+    def mask_blur(self):
+        return self.mask_blur_x if self.mask_blur_x == self.mask_blur_y else None
+
+    @mask_blur.setter
+    def mask_blur(self, value):  # both directions; only an int (None, the default, leaves them)
+        if isinstance(value, int):
+            self.mask_blur_x = self.mask_blur_y = value
 
     def init(self, all_prompts, all_seeds, all_subseeds):
         self.extra_generation_params["Denoising strength"] = self.denoising_strength
