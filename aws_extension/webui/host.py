@@ -16,7 +16,7 @@ from aws_extension.settings import ClientSettings, load
 from aws_extension.ui.connection import normalise_api_url
 from aws_extension.ui.models import ModelRef
 from aws_extension.vocabulary import CheckpointType
-from aws_extension.webui.infotext import host_infotext
+from aws_extension.webui.infotext import grid_infotext, host_infotext
 
 SETTINGS_CATEGORY = ("sd_aws", "Amazon SageMaker")  # the heading in the Settings page's list (v1.7+ categories)
 SETTINGS_SECTION = ("sd_aws", "Amazon SageMaker")  # the page under it
@@ -180,7 +180,7 @@ def _add_grid(p: Any, output_images: list, infotexts: list[str]) -> int:
     if not output_images or not _wants_grid(p, len(output_images)):
         return 0
     grid = images.image_grid(output_images, p.batch_size)
-    text = infotexts[0]
+    text = grid_infotext(infotexts[0], p)
     if getattr(opts, "grid_save", True):
         images.save_image(grid, p.outpath_grids, "grid", p.all_seeds[0], p.all_prompts[0],
                           getattr(opts, "grid_format", "png"), info=text, p=p, grid=True)

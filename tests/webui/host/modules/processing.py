@@ -310,7 +310,7 @@ def _sampled(p):
     """The batch as decode_latent_batch and the clamp leave it ([B, 3, H, W] in 0..1): each image its prompt's
     colour (values whose 255 * x truncates to that colour)."""
     colours = torch.tensor([colour_of(prompt) for prompt in p.prompts], dtype=torch.float32)
-    return ((colours + 0.5) / 255)[:, :, None, None].repeat(1, 1, p.height, p.width)
+    return ((colours + 0.5) / 255).clamp(max=1.0)[:, :, None, None].repeat(1, 1, p.height, p.width)
 
 
 def _run_batch(p, n, output_images, infotexts):
