@@ -163,6 +163,7 @@ def _generate(p: Any, endpoint: str | None, hooks: ScriptHooks) -> Any:
         checkpoint = host.selected_checkpoint(dict(getattr(p, "override_settings", None) or {}))
         host.set_model_fields(p, checkpoint)
         hooks.call("process")  # after the prompts and seeds, as the host: dynamic prompts sets p.all_prompts here
+        hooks.refuse_model_hook_scripts()
         job = CloudJob(p, client, endpoint, checkpoint, per_batch=hooks.has_pre_batch_hooks())
         output_images: list = []
         infotexts: list[str] = []

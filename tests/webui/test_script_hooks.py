@@ -12,7 +12,7 @@ import re
 import gradio as gr
 import pytest
 
-from tests.webui.conftest import make_p, switch_runner
+from tests.webui.conftest import make_p, switch_runner, user_sees
 from tests.webui.test_extension import middleware_for  # noqa: F401 - the fixture
 from tests.webui.test_stock_scripts import summary
 
@@ -216,8 +216,7 @@ def test_batch_list_hook_changes_the_images_on_both(hosted, capsys):
 
 
 def test_without_batch_hooks_consecutive_batches_stay_one_request(hosted, capsys):
-    hosted.scripts.scripts_data[:] = [data for data in hosted.scripts.scripts_data
-                                      if data.script_class.__name__ in ("CloudSwitchScript", "Watermark")]
+    _only(hosted, "Watermark")
     local, remote, _, _, _ = _both(hosted, capsys, prompt="a cat", batch_size=2, n_iter=3, styles=[])
     assert remote == local and len(local["images"]) == 7
     assert [(b["batch_size"], b["n_iter"]) for b in hosted.server.inference_bodies()] == [(2, 3)]
@@ -237,9 +236,7 @@ def test_a_prompt_changed_in_before_process_batch_is_what_is_sent(hosted, capsys
         def before_process_batch(self, p, **kwargs):
             kwargs["prompts"][:] = [f"{prompt}, batch {kwargs['batch_number']}" for prompt in kwargs["prompts"]]
 
-    hosted.scripts.scripts_data[:] = [data for data in hosted.scripts.scripts_data
-                                      if data.script_class.__name__ == "CloudSwitchScript"]
-    hosted.scripts.scripts_data.append(hosted.scripts.ScriptClassData(Suffix, "doubles/Suffix.py", "doubles", None))
+    _only(hosted, extra=(Suffix,))
     local, remote, _, _, _ = _both(hosted, capsys, prompt="a dog", batch_size=2, n_iter=2, styles=[])
     assert remote == local
     assert [(b["prompt"], b["seed"], b["batch_size"]) for b in hosted.server.inference_bodies()] == [
@@ -254,3 +251,74 @@ def test_no_hooks_after_a_user_error(hosted, capsys):
     processed = hosted.processing.process_images(p)
     assert processed.images == [] and "checkpoint" in processed.info
     assert [c[1] for c in CALLS if c[0] == "recorder"] == ["before_process"]  # as a host job that raised
+
+
+def _only(webui, *names: str, extra: tuple = ()) -> None:
+    """Keep the switch and the named doubles (and `extra` classes) as the loaded scripts."""
+    kept = [data for data in webui.scripts.scripts_data
+            if data.script_class.__name__ in ("CloudSwitchScript", *names)]
+    kept += [webui.scripts.ScriptClassData(cls, f"doubles/{cls.__name__}.py", "doubles", None) for cls in extra]
+    webui.scripts.scripts_data[:] = kept
+
+
+def _soft_inpainting_double(enabled: bool) -> type:
+    """As A1111's built-in soft inpainting: on, its process() writes its infotext parameters; its work is in
+    on_mask_blend and post_sample, inside the local sampling."""
+    Script = always_on_script()
+
+    class SoftInpainting(Script):
+        def title(self):
+            return "Soft Inpainting"
+
+        def ui(self, is_img2img):
+            return [gr.Checkbox(value=enabled, label="Soft inpainting")]
+
+        def process(self, p, on):
+            if on:
+                p.mask_round = False
+                p.extra_generation_params["Soft inpainting enabled"] = True
+
+        def on_mask_blend(self, p, mba, on):
+            CALLS.append(("soft", "on_mask_blend"))
+
+        def post_sample(self, p, ps, on):
+            CALLS.append(("soft", "post_sample"))
+
+    return SoftInpainting
+
+
+def test_a_script_on_that_works_inside_sampling_is_refused_before_sending(hosted, capsys):
+    _only(hosted, extra=(_soft_inpainting_double(True),))
+    p = make_p(hosted, switch_runner(hosted), on=True, prompt="a cat", styles=[])
+    assert user_sees(hosted, p, capsys) == (
+        "The cloud cannot run what these scripts do during sampling: Soft Inpainting (post_sample, on_mask_blend): "
+        "turn them off or turn cloud off for this image.")
+    assert hosted.server.inference_bodies() == [] and CALLS == []
+
+
+def test_a_script_off_that_works_inside_sampling_does_not_stop_the_job(hosted, capsys):
+    _only(hosted, extra=(_soft_inpainting_double(False),))
+    local, remote, _, _, _ = _both(hosted, capsys, prompt="a cat", styles=[])
+    assert remote == local and len(hosted.server.inference_bodies()) == 1
+
+
+def test_hypertile_is_not_run_on_the_cloud_and_its_settings_are_refused(hosted, capsys):
+    """A1111's Hypertile reads shared.sd_model in process() (loading the local checkpoint): not called."""
+    Script = always_on_script()
+
+    class Hypertile(Script):
+        def title(self):
+            return "Hypertile"
+
+        def ui(self, is_img2img):
+            return []
+
+        def process(self, p):
+            CALLS.append(("hypertile", "process"))
+
+    _only(hosted, extra=(Hypertile,))
+    local, remote, local_calls, cloud_calls, _ = _both(hosted, capsys, prompt="a cat", styles=[])
+    assert remote == local and local_calls == [("hypertile", "process")] and cloud_calls == []
+    hosted.shared.opts.data["hypertile_enable_unet"] = True
+    p = make_p(hosted, switch_runner(hosted), on=True, prompt="a cat", styles=[])
+    assert user_sees(hosted, p, capsys).startswith("The cloud engine cannot apply the setting hypertile_enable_unet")
