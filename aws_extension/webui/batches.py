@@ -8,6 +8,8 @@ A1111 v1.10 (`modules/processing.py`): `p.setup_prompts()` fills `p.all_prompts`
 own prompt and seed. The API takes one prompt and one first seed per request, so consecutive batches with the
 same prompts and seeds that follow on stay one request (`n_iter`), and a batch that mixes prompts or seeds is
 sent one image per request (A1111 draws each image's noise from its own seed, so that gives the same images).
+When the always-on scripts have batch hooks (which may change a batch's prompts), each batch is planned alone
+after its hooks, from p's per-batch fields (`plan_batch_requests`).
 """
 
 from __future__ import annotations
@@ -100,9 +102,9 @@ class ImageTable:
     @classmethod
     def _of(cls, p: Any, prompts: list, negatives: list, hr_prompts: list | None, hr_negatives: list | None,
             seeds: list, subseeds: list) -> ImageTable:
-        hires = bool(getattr(p, "enable_hr", False) and hr_prompts)
-        texts = [Texts(prompts[i], negatives[i], hr_prompts[i] if hires and hr_prompts else None,
-                       hr_negatives[i] if hires and hr_negatives else None) for i in range(len(prompts))]
+        hires = bool(getattr(p, "enable_hr", False) and hr_prompts and hr_negatives)
+        texts = [Texts(prompts[i], negatives[i], *((hr_prompts[i], hr_negatives[i]) if hires else (None, None)))
+                 for i in range(len(prompts))]
         return cls(texts, list(seeds), list(subseeds), p.subseed_strength != 0)
 
     @classmethod
