@@ -168,7 +168,14 @@ def _outpainting_on_both(webui, monkeypatch, run, **fields) -> tuple[dict, dict,
 
 
 def _sent_as_seen(sent: list[dict], seen: list[dict]) -> None:
-    """Each request carries the masks, init image, size and inpaint settings its process_images call had."""
+    """Each request carries the masks, init image, size and inpaint settings its process_images call had, and
+    passes the middleware's strict payload check."""
+    from aws_extension.payload import PayloadLimits, validate_payload
+    from aws_extension.settings import WorkerSettings, load
+
+    limits = PayloadLimits.from_settings(load(WorkerSettings))
+    for body in sent:
+        validate_payload(body["task_type"], body, limits)
     requests = iter(sent)
     for call in seen:
         for init_image in call["init_images"]:  # several init images: one request each, in order
@@ -181,7 +188,19 @@ def _sent_as_seen(sent: list[dict], seen: list[dict]) -> None:
     assert next(requests, None) is None
 
 
-def test_poor_mans_outpainting(cloud, monkeypatch):
+def _engine_runs(body: dict, tiny_models_dir) -> None:
+    """The real engine (tiny model) makes the image of a sent request, at its size."""
+    import io
+
+    from aws_extension.engine.base import ModelSet
+    from aws_extension.engine.diffusers_engine import DiffusersEngine
+
+    models = ModelSet(checkpoint=tiny_models_dir / "Stable-diffusion" / "tiny-sd.safetensors", files={})
+    result = DiffusersEngine().generate(body["task_type"], body, models)
+    assert Image.open(io.BytesIO(result.images[0])).size == (body["width"], body["height"])
+
+
+def test_poor_mans_outpainting(cloud, monkeypatch, tiny_models_dir):
     init = Image.new("RGB", (64, 64), "blue")
 
     def run(p):
@@ -195,9 +214,10 @@ def test_poor_mans_outpainting(cloud, monkeypatch):
     assert all(call["mask"] != call["latent_mask"] for call in seen)  # blurred 8 in, latent 2 in
     _sent_as_seen(sent, seen)
     assert [b["seed"] for b in sent] == list(range(42, 50)) and seen[0]["mask_blur"] == (8, 8)
+    _engine_runs(sent[0], tiny_models_dir)
 
 
-def test_outpainting_mk2(cloud, monkeypatch):
+def test_outpainting_mk2(cloud, monkeypatch, tiny_models_dir):
     init = Image.new("RGB", (64, 64), "blue")
 
     def run(p):
@@ -212,6 +232,7 @@ def test_outpainting_mk2(cloud, monkeypatch):
     assert all(call["mask"] != call["latent_mask"] for call in seen)  # the latent mask stops 2x the blur short
     _sent_as_seen(sent, seen)
     assert [(b["seed"], b["batch_size"]) for b in sent] == [(42, 1), (43, 1), (42, 1), (43, 1)]
+    _engine_runs(sent[0], tiny_models_dir)
 
 
 def test_a_latent_mask_without_a_mask_is_not_sent(cloud):
