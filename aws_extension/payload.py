@@ -183,6 +183,7 @@ HONOURED_FIELDS = (
     "hr_scheduler", "hr_prompt", "hr_negative_prompt",
     "init_images", "resize_mode", "mask", "mask_blur", "mask_blur_x", "mask_blur_y", "mask_round", "inpainting_fill",
     "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "initial_noise_multiplier",
+    "latent_mask",
 )
 # Fields with no effect on the images the engine makes, as in A1111 for an API call (saving, UI state,
 # GPU memory modes, the routing fields) or only for model kinds the engine does not load (Flux's
@@ -203,7 +204,6 @@ NEUTRAL_ONLY_FIELDS: dict[str, tuple[Any, ...]] = {
     "hr_checkpoint_name": (None, "", "Use same checkpoint"),
     "firstpass_image": (None, ""),
     "infotext": (None, ""),
-    "latent_mask": (None, ""),
 }
 # refiner_switch_at only acts together with a refiner checkpoint.
 DEPENDENT_NO_OP_FIELDS = ("refiner_switch_at",)
@@ -651,9 +651,10 @@ FIELD_RULES: dict[str, tuple[Rule, ...]] = {
     ),
     "image_cfg_scale": (_CFG,),
     "mask": (Text(what="a base64-encoded image (a string)"),),
-    "mask_blur": (Number(whole=True, low=0, high=64, nullable=True),),
-    "mask_blur_x": (Number(whole=True, low=0, high=64),),
-    "mask_blur_y": (Number(whole=True, low=0, high=64),),
+    # The UI's slider stops at 64; the outpainting scripts set up to 4x that (outpainting_mk_2: mask_blur * 4).
+    "mask_blur": (Number(whole=True, low=0, high=256, nullable=True),),
+    "mask_blur_x": (Number(whole=True, low=0, high=256),),
+    "mask_blur_y": (Number(whole=True, low=0, high=256),),
     "mask_round": _FLAG,
     "inpainting_fill": (Number(whole=True, low=0, high=3, note=" (0 fill, 1 original, 2 latent noise, "
                                "3 latent nothing)"),),
@@ -661,7 +662,9 @@ FIELD_RULES: dict[str, tuple[Rule, ...]] = {
     "inpaint_full_res_padding": (Number(whole=True, low=0, high=1024),),
     "inpainting_mask_invert": _FLAG,
     "initial_noise_multiplier": (Number(low=0, high=2, nullable=True),),
-    "latent_mask": _TEXT,
+    # The mask of the latents (and of inpainting_fill "fill") where it differs from the image mask's: the
+    # outpainting scripts' p.latent_mask. Its size is checked by the engine (it decodes it).
+    "latent_mask": (Text(what="a base64-encoded image (a string)"),),
     "include_init_images": _FLAG,
 }
 
@@ -764,6 +767,8 @@ def _check_img2img(payload: dict[str, Any], ctx: _Context) -> None:
         # A1111: several init images make one batch of that many images.
         raise PayloadError("init_images", f"{len(images)} images but batch_size is {payload['batch_size']} "
                            "(at most batch_size images)")
+    if ctx.strict and payload["latent_mask"] and not payload["mask"]:  # A1111 ignores it then, silently
+        raise PayloadError("latent_mask", "applies only together with a mask (send the mask too, or no latent_mask)")
 
 
 _CROSS_CHECKS: tuple[Callable[[dict[str, Any], _Context], None], ...] = (_check_sampler, _check_hires, _check_img2img)

@@ -126,8 +126,9 @@ MALFORMED = [
     ("img2img", _img2img(init_images=[IMAGE, IMAGE]), "init_images", "batch_size is 1"),
     ("img2img", _img2img(denoising_strength=2), "denoising_strength", "from 0 to 1"),
     ("img2img", _img2img(mask=5), "mask", "a base64-encoded image"),
-    ("img2img", _img2img(mask_blur=65), "mask_blur", "from 0 to 64"),
-    ("img2img", _img2img(mask_blur_x=-1), "mask_blur_x", "from 0 to 64"),
+    ("img2img", _img2img(mask_blur=257), "mask_blur", "from 0 to 256"),
+    ("img2img", _img2img(mask_blur_x=-1), "mask_blur_x", "from 0 to 256"),
+    ("img2img", _img2img(mask=IMAGE, latent_mask=5), "latent_mask", "a base64-encoded image"),
     ("img2img", _img2img(inpainting_fill=7), "inpainting_fill", "from 0 to 3 (0 fill, 1 original"),
     ("img2img", _img2img(inpainting_mask_invert=2), "inpainting_mask_invert", "true or false"),
     ("img2img", _img2img(resize_mode=5), "resize_mode", "from 0 to 3"),
@@ -140,6 +141,7 @@ MALFORMED = [
 
 # What the diffusers engine cannot do, refused only strictly. (task, payload, field, words)
 NOT_FOR_THIS_ENGINE = [
+    ("img2img", _img2img(latent_mask=IMAGE), "latent_mask", "only together with a mask"),
     ("txt2img", {"sampler_name": "Nope"}, "sampler_name", "valid samplers: Euler a, Euler, LMS"),
     ("txt2img", {"sampler_index": "DDIM CFG++"}, "sampler_index", "unknown sampler 'DDIM CFG++'"),
     ("txt2img", {"scheduler": "Beta"}, "scheduler", "valid: Automatic, Uniform, Karras, Exponential"),

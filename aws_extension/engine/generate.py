@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -205,10 +206,19 @@ def _grow_span(low: int, high: int, desired: float, limit: int) -> tuple[int, in
     return max(low, 0), min(high, limit)
 
 
-def prepare_img2img(
-    inputs: Img2ImgInputs, width: int, height: int
-) -> tuple[list[Image.Image], Image.Image | None, Image.Image | None, tuple[int, int, int, int] | None]:
-    """Init images at width×height (filled where masked), the mask at that size, the overlay mask and crop."""
+@dataclass
+class PreparedImg2Img:
+    """An img2img job's images as A1111's `StableDiffusionProcessingImg2Img.init` leaves them."""
+
+    images: list[Image.Image]  # the init images at width x height, filled where `latent_mask` repaints
+    mask: Image.Image | None  # the image mask made from the request's (binary, inverted, blurred, resized)
+    latent_mask: Image.Image | None  # what is repainted in the latents: the request's latent_mask, else `mask`
+    overlay: Image.Image | None  # where the result is pasted over the original
+    crop_region: tuple[int, int, int, int] | None  # "only masked": the region cut out and generated
+
+
+def prepare_img2img(inputs: Img2ImgInputs, width: int, height: int) -> PreparedImg2Img:
+    """The init images, masks, overlay and crop of an img2img job (A1111's order of steps)."""
     mask = inputs.mask
     overlay = None
     crop_region = None
@@ -228,6 +238,8 @@ def prepare_img2img(
         else:
             mask = resize_image(inputs.resize_mode, mask, width, height)
             overlay = mask.point(lambda value: min(255, value * 2))
+    # A1111 takes p.latent_mask as it is (no rounding, blur, inversion or resizing here) and only with a mask
+    repaint = (inputs.latent_mask if inputs.latent_mask is not None else mask) if mask is not None else None
     images = []
     for image in inputs.init_images:
         image = ImageOps.exif_transpose(image).convert("RGB")
@@ -235,10 +247,10 @@ def prepare_img2img(
             image = resize_image(2, image.crop(crop_region), width, height)
         else:
             image = resize_image(inputs.resize_mode, image, width, height)
-        if mask is not None and inputs.inpainting_fill != 1:
-            image = fill_masked_area(image, mask)
+        if repaint is not None and inputs.inpainting_fill != 1:
+            image = fill_masked_area(image, repaint)
         images.append(image)
-    return images, mask, overlay, crop_region
+    return PreparedImg2Img(images, mask, repaint, overlay, crop_region)
 
 
 def latent_mask(mask: Image.Image, latent_height: int, latent_width: int, round_mask: bool) -> torch.Tensor:
@@ -544,12 +556,13 @@ class JobRunner:
     def _img2img(self, inputs: Img2ImgInputs, rng: ImageNoise, seeds: list[int]) -> list[Image.Image]:
         params = self.params
         width, height = params.width, params.height
-        images, mask_image, overlay, crop_region = prepare_img2img(inputs, width, height)
-        batch_images = [images[i % len(images)] for i in range(len(seeds))]
+        prepared = prepare_img2img(inputs, width, height)
+        batch_images = [prepared.images[i % len(prepared.images)] for i in range(len(seeds))]
         init_latents = self._encode(batch_images)
         mask = None
-        if mask_image is not None:
-            mask = latent_mask(mask_image, init_latents.shape[2], init_latents.shape[3], inputs.mask_round).to(init_latents)
+        if prepared.latent_mask is not None:
+            mask = latent_mask(prepared.latent_mask, init_latents.shape[2], init_latents.shape[3],
+                               inputs.mask_round).to(init_latents)
             if inputs.inpainting_fill == 2:  # latent noise
                 # A1111's create_random_tensors: a fresh ImageRNG of the seeds
                 fill_noise = ImageNoise(tuple(init_latents.shape[1:]), seeds, source=self._noise_source).first()
@@ -564,13 +577,15 @@ class JobRunner:
             img2img_steps_run(params.steps, strength, spec.k_function is not None), strength, width, height, mask,
             inputs.initial_noise_multiplier,
         )
+        if mask is not None:  # A1111's last blend after sampling: the unmasked latents are the init ones exactly
+            latents = (latents * mask + init_latents * (1 - mask)).to(latents.dtype)
         results = self._decode(latents)
-        if overlay is None:
+        if prepared.overlay is None:
             return results
         originals = [ImageOps.exif_transpose(inputs.init_images[i % len(inputs.init_images)]).convert("RGB")
                      for i in range(len(seeds))]
-        return [self._paste_back(result, original, overlay, crop_region, inputs.resize_mode, width, height)
-                for result, original in zip(results, originals)]
+        return [self._paste_back(result, original, prepared.overlay, prepared.crop_region, inputs.resize_mode,
+                                 width, height) for result, original in zip(results, originals)]
 
     @staticmethod
     def _paste_back(result: Image.Image, original: Image.Image, overlay: Image.Image,

@@ -109,6 +109,9 @@ class Img2ImgInputs:
     inpaint_full_res_padding: int
     inpainting_mask_invert: bool
     initial_noise_multiplier: float
+    # A1111's p.latent_mask (the outpainting scripts): used as it is, instead of the mask made from `mask`,
+    # for inpainting_fill "fill" and for the latents; the overlay still comes from `mask`.
+    latent_mask: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -273,7 +276,19 @@ def _mask(payload: dict[str, Any], init_image: Image.Image) -> Image.Image | Non
     return mask
 
 
-def _img2img(payload: dict[str, Any]) -> Img2ImgInputs:
+def _latent_mask(payload: dict[str, Any], width: int, height: int) -> Image.Image | None:
+    """The latent mask, when there is a mask (without one, A1111 ignores it; the payload check refuses that).
+    With inpainting_fill "fill" A1111 fills the image (width x height by then) through it: the same size."""
+    if not payload["latent_mask"] or not payload["mask"]:
+        return None
+    latent_mask = decode_image(payload["latent_mask"], "latent_mask")
+    if int(payload["inpainting_fill"]) == 0 and latent_mask.size != (width, height):
+        raise _fail("latent_mask", f"is {latent_mask.width}x{latent_mask.height} but the image is {width}x{height}; "
+                    "with inpainting_fill 0 (fill) they must be the same size")
+    return latent_mask
+
+
+def _img2img(payload: dict[str, Any], width: int, height: int) -> Img2ImgInputs:
     images = [decode_image(value, f"init_images[{i}]") for i, value in enumerate(payload["init_images"])]
     blur = payload["mask_blur"]  # sets both mask_blur_x and mask_blur_y
     multiplier = payload["initial_noise_multiplier"]
@@ -281,6 +296,7 @@ def _img2img(payload: dict[str, Any]) -> Img2ImgInputs:
         init_images=images,
         resize_mode=int(payload["resize_mode"]),
         mask=_mask(payload, images[0]),
+        latent_mask=_latent_mask(payload, width, height),
         mask_blur_x=int(payload["mask_blur_x"] if blur is None else blur),
         mask_blur_y=int(payload["mask_blur_y"] if blur is None else blur),
         mask_round=bool(payload["mask_round"]),
@@ -412,7 +428,7 @@ def normalise_payload(task: str, payload: dict[str, Any], settings: WorkerSettin
         _add_img2img(params, merged)
     params.parameters = {**merged, "seed": params.seed, "subseed": params.subseed, "sampler_name": sampler}
     if task == "img2img":
-        params.parameters.update(init_images=None, mask=None)
+        params.parameters.update(init_images=None, mask=None, latent_mask=None)
     return params
 
 
@@ -425,7 +441,7 @@ def _optional_float(value: float | None) -> float | None:
 
 
 def _add_img2img(params: GenerationParams, merged: dict[str, Any]) -> None:
-    params.img2img = _img2img(merged)
+    params.img2img = _img2img(merged, params.width, params.height)
     # A1111: several init images make one batch of that many images (never more than batch_size).
     if len(params.img2img.init_images) > 1:
         params.batch_size = len(params.img2img.init_images)
