@@ -173,6 +173,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {Task.TXT2IMG: TXT2IMG_DEFAULTS, Task
 # other three reach the worker with the payload).
 ROUTING_FIELDS = ("task_type", "models", "sagemaker_endpoint_name")
 
+# Fields this API adds to A1111's: a real WebUI's /sdapi/v1 cannot take them (the outpainting scripts' latent
+# mask is `p.latent_mask` inside the WebUI, not an API field).
+NOT_IN_A1111_API = ("latent_mask",)
 # What the diffusers engine does with each field. Fields that change what the engine makes:
 HONOURED_FIELDS = (
     "prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w",

@@ -42,6 +42,7 @@ from aws_extension.engine.base import (
     Progress,
     ProgressCallback,
 )
+from aws_extension.payload import NOT_IN_A1111_API
 from aws_extension.vocabulary import GENERATION_TASKS, CheckpointType
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,10 @@ class WebUIEngine:
                  cancel: threading.Event | None = None) -> GenerationResult:
         if task not in GENERATION_TASKS:
             raise EngineError(f"The WebUI engine cannot run task {task!r}", field="task")
+        for name in NOT_IN_A1111_API:
+            if payload.get(name) is not None:
+                raise EngineError(f"The WebUI engine cannot take {name}: the WebUI's API has no such field "
+                                  "(use an endpoint with the built-in engine for this job)", field=name)
         cancel = cancel or threading.Event()
         placed = self._place_models(models)
         checkpoint = self._checkpoint_name(models)
