@@ -163,6 +163,11 @@ def sample(denoiser: CFGDenoiser, run: KPass, x: torch.Tensor, sigmas: torch.Ten
         denoiser.step = i + 1
 
     denoiser.step, denoiser.calls = 0, 0
+    if run.function in ("dpm_fast", "dpm_adaptive") and not run.from_image:
+        # A1111's txt2img runs them over the model's sigma range whatever the schedule (they read only the
+        # ends and the count of `sigmas`); img2img over its part of the schedule
+        ends = sigmas.new_tensor([denoiser.sigmas.sigma_max, denoiser.sigmas.sigma_min])
+        sigmas = torch.cat([ends[:1], sigmas[1:-2], ends[1:], sigmas[-1:]])
     if run.function in timestep_samplers.SAMPLER_FUNCTIONS:
         x = timestep_samplers.sample(denoiser, run.function, run.options, next_noise, callback, x, sigmas,
                                      run.from_image)
