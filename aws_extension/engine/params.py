@@ -26,6 +26,7 @@ from aws_extension.engine.preprocessors import ALIASES as PREPROCESSOR_ALIASES
 from aws_extension.engine.preprocessors import PREPROCESSORS, Preprocessor
 from aws_extension.engine.prompt import Emphasis
 from aws_extension.engine.samplers import SamplerSpec, resolve_sampler
+from aws_extension.engine.timestep_samplers import check_unipc_order, unipc_pass_steps
 from aws_extension.payload import (
     CONTROLNET_RESIZE_MODES,
     IMG2IMG_DEFAULTS,
@@ -421,7 +422,23 @@ def normalise_payload(task: str, payload: dict[str, Any], settings: WorkerSettin
     params.parameters = {**merged, "seed": params.seed, "subseed": params.subseed, "sampler_name": sampler}
     if task == "img2img":
         params.parameters.update(init_images=None, mask=None)
+    _check_unipc_order(params)
     return params
+
+
+def _check_unipc_order(params: GenerationParams) -> None:
+    """A UniPC pass needs at least uni_pc_order steps (A1111 fails it); refused before any work."""
+    order = int(params.sampling.uni_pc.get("uni_pc_order", 3))
+    discard = params.sampling.schedule.always_discard
+    if params.sampler_spec.k_function == "unipc":
+        strength = params.denoising_strength if params.img2img is not None else None
+        if strength is None or strength > 0:
+            check_unipc_order(order, unipc_pass_steps(params.steps, discard, strength))
+    hires = params.hires
+    if hires is not None and hires.sampler_spec.k_function == "unipc" and hires.denoising_strength > 0:
+        steps = hires.steps or params.steps
+        total = int(steps / min(hires.denoising_strength, 0.999))  # A1111's setup_img2img_steps
+        check_unipc_order(order, unipc_pass_steps(total, discard, hires_steps=steps))
 
 
 def _text(value: str | None) -> str:

@@ -49,6 +49,25 @@ def timestep_sigmas(steps: int, model: DiscreteSigmas) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros([1])])
 
 
+def unipc_pass_steps(steps: int, discard: bool, strength: float | None = None, hires_steps: int | None = None) -> int:
+    """How many steps A1111's UniPC runs in a pass: every timestep in txt2img, int(strength × steps) of them in
+    img2img, the hires steps - 1 in the hires pass (`sample_img2img` with `setup_img2img_steps`)."""
+    count = len(a1111_timesteps(steps + (1 if discard else 0)))
+    if hires_steps is not None:
+        return min(hires_steps - 1, count)
+    if strength is not None:
+        return min(int(min(strength, 0.999) * steps), count)
+    return count
+
+
+def check_unipc_order(order: int, steps: int) -> None:
+    """A1111 stops a UniPC pass of fewer steps than its order (an assertion); here, before any work."""
+    if steps < order:
+        raise EngineError(f"override_settings.uni_pc_order: UniPC order ({order}) must be < sampling steps "
+                          f"({steps} in this pass), as in A1111: use more steps (or more denoising strength) or "
+                          "a lower uni_pc_order", "override_settings")
+
+
 @dataclass
 class TimestepDenoiser:
     """A1111's `CFGDenoiserTimesteps`: (x, timestep) → the guided eps of the batch."""
@@ -275,9 +294,7 @@ class _UniPC:
     def sample(self, x: torch.Tensor) -> torch.Tensor:
         o, run = self.run.options, self.run
         steps, order = len(run.timesteps), o.uni_pc_order
-        if steps < order:
-            raise EngineError(f"override_settings.uni_pc_order: UniPC order ({order}) must be < sampling steps "
-                              f"({steps} in this pass), as in A1111", "override_settings")
+        check_unipc_order(order, steps)
         t_start = float(run.timesteps[-1]) / 1000 + 1 / 1000 if run.from_image else 1.0
         times = self.schedule.times(o.uni_pc_skip_type, t_start, 1.0 / self.schedule.total, steps)
         models, previous = [self.data_prediction(x, times[0])], [times[0]]
