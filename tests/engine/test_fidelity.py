@@ -28,6 +28,7 @@ DPM++ 2S a, DPM++ 3M SDE, DPM fast; 0.006 DPM++ SDE; 0.002 DPM++ 2M SDE (another
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 from collections.abc import Callable
@@ -339,9 +340,11 @@ def ref_plms(ref: Reference, x: torch.Tensor, timesteps: list[int]) -> torch.Ten
 
 
 def ref_unipc(ref: Reference, x: torch.Tensor, timesteps: list[int], variant: str = "bh1",
-              skip_type: str = "time_uniform", order: int = 3, lower_order_final: bool = True) -> torch.Tensor:
-    """UniPC (multistep, data prediction) as A1111 runs it: t in [1/1000, 1], log alpha = ½ log alphas_cumprod
-    interpolated linearly at t_n = (n + 1) / 1000, the UNet at timestep 1000 t - 1."""
+              skip_type: str = "time_uniform", order: int = 3, lower_order_final: bool = True,
+              from_image: bool = False) -> torch.Tensor:
+    """UniPC (multistep, data prediction) as A1111 runs it: t from 1 (img2img: (last timestep + 1) / 1000) to
+    1/1000, log alpha = ½ log alphas_cumprod interpolated linearly at t_n = (n + 1) / 1000, the UNet at
+    timestep 1000 t - 1."""
     grid = np.arange(1, 1001) / 1000
     log_alpha_grid = 0.5 * np.log(ref.alphas_cumprod)
 
@@ -355,15 +358,15 @@ def ref_unipc(ref: Reference, x: torch.Tensor, timesteps: list[int], variant: st
         alpha = math.exp(log_alpha(t))
         return (x - math.sqrt(1 - alpha ** 2) * ref.eps(x, 1000 * t - 1)[0]) / alpha
 
-    steps = len(timesteps)
+    steps, start = len(timesteps), (timesteps[-1] + 1) / 1000 if from_image else 1.0
     if skip_type == "logSNR":
-        lambdas = np.linspace(lam(1.0), lam(0.001), steps + 1)
+        lambdas = np.linspace(lam(start), lam(0.001), steps + 1)
         log_alphas = -0.5 * np.logaddexp(0, -2 * lambdas)
         times = [float(np.interp(v, log_alpha_grid[::-1], grid[::-1])) for v in log_alphas]
     elif skip_type == "time_quadratic":
-        times = list(np.linspace(1.0, 0.001 ** 0.5, steps + 1) ** 2)
+        times = list(np.linspace(start ** 0.5, 0.001 ** 0.5, steps + 1) ** 2)
     else:
-        times = list(np.linspace(1.0, 0.001, steps + 1))
+        times = list(np.linspace(start, 0.001, steps + 1))
 
     def step(x: torch.Tensor, past: list[tuple[float, torch.Tensor]], t: float, k: int, correct: bool):
         (t_0, m_0) = past[-1]
@@ -506,3 +509,88 @@ def test_ddim_eta_draws_from_the_seeds_stream(engine, models, pipe) -> None:
         reference = ref.image(ref_ddim(ref, ref.randn(), _timesteps(STEPS), eta=1.0))
     assert _mean_difference(engine_images, reference) < 0.5
     assert _mean_difference(engine_images, _engine_images(engine, models, "DDIM", randn_source="CPU")) > 0.5
+
+
+def _gradient_png() -> tuple[np.ndarray, str]:
+    x = np.linspace(0, 255, 64, dtype=np.uint8)
+    pixels = np.stack([np.tile(x, (64, 1)), np.tile(x[:, None], (1, 64)), np.full((64, 64), 128, np.uint8)], axis=-1)
+    return pixels, _png_b64(Image.fromarray(pixels))
+
+
+def _png_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _img2img_reference(pipe, pixels: np.ndarray, strength: float, loop: Callable, ref: Reference) -> torch.Tensor:
+    image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
+    init = pipe.vae.encode(image).latent_dist.mean.repeat(len(SEEDS), 1, 1, 1) * pipe.vae.config.scaling_factor
+    timesteps, t_enc = _timesteps(STEPS), int(strength * STEPS)
+    a = ref.alphas_cumprod[timesteps[t_enc]]
+    x = math.sqrt(a) * init + math.sqrt(1 - a) * ref.randn()
+    return init, loop(ref, x, timesteps[:t_enc])
+
+
+class InpaintReference(Reference):
+    """A1111's CFGDenoiserTimesteps with a mask: the model's input is blended with the init latents
+    ("mask before denoising"), the result once more after sampling."""
+
+    def __init__(self, pipe, seeds: list[int], init: torch.Tensor, repaint: torch.Tensor):
+        super().__init__(pipe, seeds)
+        self.init, self.repaint = init, repaint
+
+    def eps(self, x: torch.Tensor, timestep: float, scale: float = CFG) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().eps(x * self.repaint + self.init * (1 - self.repaint), timestep, scale)
+
+
+def test_ddim_inpainting_blends_before_denoising_as_a1111(engine, models, pipe) -> None:
+    pixels, png = _gradient_png()
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, :32] = 255  # repaint the left half
+    result = engine.generate("img2img", {
+        "prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": SEEDS[0], "batch_size": len(SEEDS), "steps": STEPS,
+        "cfg_scale": CFG, "width": 64, "height": 64, "sampler_name": "DDIM", "init_images": [png],
+        "mask": _png_b64(Image.fromarray(mask)), "mask_blur": 0, "inpainting_fill": 1, "inpaint_full_res": False,
+        "denoising_strength": 0.75, "override_settings": {"randn_source": "CPU"},
+    }, models)
+    engine_images = np.stack([np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in result.images])
+    repaint = torch.zeros((1, 1, 8, 8))
+    repaint[..., :4] = 1
+    with torch.no_grad():
+        image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
+        init = pipe.vae.encode(image).latent_dist.mean.repeat(len(SEEDS), 1, 1, 1) * pipe.vae.config.scaling_factor
+        ref = InpaintReference(pipe, SEEDS, init, repaint)
+        latents = _img2img_reference(pipe, pixels, 0.75, ref_ddim, ref)[1]
+        decoded = ref.image(latents * repaint + init * (1 - repaint))
+    reference = np.where(mask[None, :, :, None] > 0, decoded, pixels[None])  # A1111 pastes the original back
+    assert _mean_difference(engine_images, reference) < 0.05
+    assert _mean_difference(engine_images[0, :, :32], reference[1, :, :32]) > 2
+    # blending after denoising instead (the k samplers' way) gives another image
+    ref = Reference(pipe, SEEDS)
+    with torch.no_grad():
+        unblended = ref.image(_img2img_reference(pipe, pixels, 0.75, ref_ddim, ref)[1] * repaint + init * (1 - repaint))
+    assert _mean_difference(engine_images[:, :, :32], unblended[:, :, :32]) > 0.05
+
+
+@pytest.mark.parametrize(("sampler", "loop"), [
+    ("DDIM", ref_ddim),
+    ("PLMS", ref_plms),
+    ("UniPC", lambda ref, x, ts: ref_unipc(ref, x, ts, from_image=True)),
+])
+def test_timestep_samplers_img2img_as_a1111(engine, models, pipe, sampler: str, loop: Callable) -> None:
+    """A1111's `sample_img2img`: t_enc = int(strength × steps); the image noised to timesteps[t_enc] (variance
+    preserving, the seed's first draw), then sampled over timesteps[:t_enc] (UniPC from t = (the last + 1) / 1000)."""
+    pixels, png = _gradient_png()
+    strength = 0.6
+    result = engine.generate("img2img", {
+        "prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": SEEDS[0], "batch_size": len(SEEDS), "steps": STEPS,
+        "cfg_scale": CFG, "width": 64, "height": 64, "sampler_name": sampler, "init_images": [png],
+        "denoising_strength": strength, "override_settings": {"randn_source": "CPU"},
+    }, models)
+    engine_images = np.stack([np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in result.images])
+    ref = Reference(pipe, SEEDS)
+    with torch.no_grad():
+        reference = ref.image(_img2img_reference(pipe, pixels, strength, loop, ref)[1])
+    assert _mean_difference(engine_images, reference) < 0.05
+    assert _mean_difference(engine_images[0], reference[1]) > 2
