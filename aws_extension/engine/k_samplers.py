@@ -5,7 +5,8 @@ on a `CompVisDenoiser` (sigmas from the model's alphas_cumprod); the algorithms 
 update rules as k-diffusion writes them, so that with A1111's noise (`engine.noise`) they make A1111's
 latents. `model(x, sigma)` is the CFG denoiser (the denoised latents); `noise(sigma, sigma_next)` a unit
 noise sample (the seed's continued stream, or a Brownian tree for the SDE samplers); `callback(i)` runs
-after the first model call of step i (progress, interrupt, the next step's prompt).
+after the first model call of step i (progress, interrupt, ControlNet's step; the prompt follows the model's
+own count of calls, as A1111's).
 """
 
 from __future__ import annotations

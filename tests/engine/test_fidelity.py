@@ -1,4 +1,4 @@
-"""The engine's ancestral and SDE samplers make A1111's images (no A1111 here: the references are A1111's
+"""The engine's samplers (ancestral, SDE, DPM fast/adaptive, A1111's timestep samplers) make A1111's images (no A1111 here: the references are A1111's
 algorithm, written out again).
 
 How each reference is derived, independently of the engine's code (it shares only the model's modules):
@@ -20,10 +20,20 @@ How each reference is derived, independently of the engine's code (it shares onl
 - samplers: k-diffusion's `sample_*` update rules (commit ab527a9, the one A1111 1.10 pins), each as its
   own short loop below.
 - pixels: A1111's decode: VAE, (x + 1) / 2 clamped, 255 · x truncated to uint8.
-- DPM fast: k-diffusion's `DPMSolver.dpm_solver_fast` with A1111's eta (eta_ancestral = 1), between the
-  uniform schedule's ends.
-Measured on the tiny model (64×64, 8 steps, batch of 2): mean pixel difference 0.000/255 for Euler a, DPM2 a,
-DPM++ 2S a, DPM++ 3M SDE, DPM fast; 0.006 DPM++ SDE; 0.002 DPM++ 2M SDE (another seed: ~37/255).
+- DPM fast / DPM adaptive: k-diffusion's `DPMSolver.dpm_solver_fast` / `dpm_solver_adaptive` (order 3, rtol 0.05,
+  atol 0.0078, h_init 0.05, integral-only PID control) with A1111's eta (eta_ancestral = 1), between the model's
+  sigma range (A1111's txt2img passes it whatever the schedule).
+- timestep samplers (`sd_samplers_timesteps_impl`, written again): A1111's timesteps 1, 1 + 1000 // steps, ...;
+  the variance-preserving scale (x = noise in txt2img; img2img: the image noised to timesteps[t_enc], then
+  timesteps[:t_enc]); guidance on the UNet's eps at the integer timestep; DDIM with eta's noise from the seed's
+  stream, DDIM CFG++ (scale / 12.5, the uncond eps as direction), PLMS, and UniPC's multistep predictor-corrector
+  (bh1, bh2, vary_coeff; time_uniform, time_quadratic, logSNR; order; lower order final) over t in [1/1000, 1]
+  with log alpha interpolated by `np.interp`, its linear systems solved by numpy in float64; inpainting blends
+  the model's input (A1111's `mask_before_denoising`).
+k-diffusion's own `sampling.py` is not imported: its package imports torchvision (`k_diffusion.utils`).
+Measured on the tiny model (64×64, 8 steps, batch of 2): mean pixel difference 0.0000–0.0001/255 for Euler a,
+DPM2 a, DPM++ 2S a, DPM++ 3M SDE, DPM fast, DPM adaptive and every timestep case; 0.006 DPM++ SDE; 0.003 DPM++
+2M SDE (another seed: 36–39/255). benchmarks/engine_fidelity.py prints them.
 """
 
 from __future__ import annotations
@@ -594,3 +604,16 @@ def test_timestep_samplers_img2img_as_a1111(engine, models, pipe, sampler: str, 
         reference = ref.image(_img2img_reference(pipe, pixels, strength, loop, ref)[1])
     assert _mean_difference(engine_images, reference) < 0.05
     assert _mean_difference(engine_images[0], reference[1]) > 2
+
+
+@pytest.mark.parametrize("sampler", ["DPM fast", "DPM adaptive"])
+def test_dpm_fast_and_adaptive_txt2img_run_over_the_models_sigma_range(engine, models, pipe, sampler: str) -> None:
+    """A1111's txt2img gives them the model's sigma_min/sigma_max whatever the schedule; only the initial noise
+    is scaled by the schedule's first sigma (here Karras with sigma_max 10)."""
+    engine_images = _engine_images(engine, models, sampler, randn_source="CPU", k_sched_type="Karras", sigma_max=10.0)
+    loop, model_range = CASES[sampler]
+    ref = Reference(pipe, SEEDS)
+    with torch.no_grad():
+        reference = ref.image(loop(ref, ref.randn() * 10.0, model_range(ref).float()))
+    assert _mean_difference(engine_images, reference) < 0.5
+    assert _mean_difference(engine_images, _engine_images(engine, models, sampler, randn_source="CPU")) > 0.5
