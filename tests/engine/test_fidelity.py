@@ -1,5 +1,5 @@
-"""The engine's samplers (ancestral, SDE, DPM fast/adaptive, A1111's timestep samplers) make A1111's images (no A1111 here: the references are A1111's
-algorithm, written out again).
+"""The engine's samplers (ancestral, SDE, DPM fast/adaptive, A1111's timestep samplers) make A1111's images
+(no A1111 here: the references are A1111's algorithm, written out again).
 
 How each reference is derived, independently of the engine's code (it shares only the model's modules):
 - text: A1111's chunk for a prompt without emphasis: the CLIP tokens, BOS first, padded to 77 with EOS
