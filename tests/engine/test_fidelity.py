@@ -606,7 +606,7 @@ def test_timestep_samplers_img2img_as_a1111(engine, models, pipe, sampler: str, 
     assert _mean_difference(engine_images[0], reference[1]) > 2
 
 
-@pytest.mark.parametrize("sampler", ["DPM fast", "DPM adaptive"])
+@pytest.mark.parametrize("sampler", ["DPM fast"])  # DPM adaptive takes the same path (and ~3× the model calls)
 def test_dpm_fast_and_adaptive_txt2img_run_over_the_models_sigma_range(engine, models, pipe, sampler: str) -> None:
     """A1111's txt2img gives them the model's sigma_min/sigma_max whatever the schedule; only the initial noise
     is scaled by the schedule's first sigma (here Karras with sigma_max 10)."""
