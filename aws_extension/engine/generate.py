@@ -319,14 +319,15 @@ class JobRunner:
             return self._decode(latents)
         return self._img2img(params.img2img, rng, seeds)
 
-    def _call_kwargs(self, conditioning: ScheduledConditioning, sampler: SamplerSpec, seeds: list[int],
-                     steps: int, pass_steps: int, blend: StepHook | None = None) -> dict[str, Any]:
+    def _call_kwargs(self, conditioning: ScheduledConditioning, seeds: list[int], steps: int, pass_steps: int,
+                     blend: StepHook | None = None) -> dict[str, Any]:
+        """The diffusers pipeline's arguments (LCM only)."""
         conditioning = conditioning.padded()  # diffusers batches cond and uncond
         positive, negative = conditioning.at_step(0)
         on_step = blend
         if conditioning.changes_during_sampling:
             on_step = self._switch_prompts(conditioning, len(seeds), blend)
-        kwargs: dict[str, Any] = {
+        return {
             "prompt_embeds": positive,
             "negative_prompt_embeds": negative,
             "num_images_per_prompt": len(seeds),
@@ -336,7 +337,6 @@ class JobRunner:
             "output_type": "latent",
             "callback_on_step_end": self.reporter.pass_callback(pass_steps, on_step),
         }
-        return kwargs
 
     @staticmethod
     def _switch_prompts(conditioning: ScheduledConditioning, batch_size: int, then: StepHook | None) -> StepHook:
@@ -407,7 +407,7 @@ class JobRunner:
         view = self._view(pipeline_class, spec, seeds)
         return view(
             latents=noise.to(self.pipe.unet.device, self.pipe.unet.dtype), width=params.width, height=params.height,
-            **self._call_kwargs(self.conditioning, spec, seeds, params.steps, params.steps),
+            **self._call_kwargs(self.conditioning, seeds, params.steps, params.steps),
             **self._controlnet_kwargs(params.width, params.height, "image"),
         ).images
 
@@ -471,7 +471,7 @@ class JobRunner:
         size = {"width": width, "height": height} if self.controlnets else {}
         return view(
             image=init_latents, strength=strength, **size,
-            **self._call_kwargs(conditioning, sampler, seeds, steps, pass_steps, blend_hook),
+            **self._call_kwargs(conditioning, seeds, steps, pass_steps, blend_hook),
             **self._controlnet_kwargs(width, height, "control_image"),
         ).images
 
