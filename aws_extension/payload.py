@@ -57,15 +57,15 @@ SAMPLER_NAMES: tuple[str, ...] = (
     "Euler a", "Euler", "LMS", "LMS Karras", "Heun", "DPM2", "DPM2 Karras", "DPM2 a", "DPM2 a Karras",
     "DPM++ 2S a", "DPM++ 2S a Karras", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras",
     "DPM++ 2M SDE Heun", "DPM++ 2M SDE Heun Karras", "DPM++ 3M SDE", "DPM++ 3M SDE Karras", "DPM++ SDE",
-    "DPM++ SDE Karras", "DPM fast", "DPM adaptive", "Restart", "DDIM", "PLMS", "UniPC", "LCM",
+    "DPM++ SDE Karras", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++", "PLMS", "UniPC", "LCM",
 )
 # Samplers whose sigma schedule cannot be chosen (A1111's timestep samplers): only "Automatic".
-FIXED_SCHEDULE_SAMPLERS: tuple[str, ...] = ("DDIM", "PLMS", "UniPC", "LCM")
+FIXED_SCHEDULE_SAMPLERS: tuple[str, ...] = ("DDIM", "DDIM CFG++", "PLMS", "UniPC", "LCM")
 # Samplers that take an eta (the payload's, else the eta_ancestral / eta_ddim setting).
 ETA_SAMPLERS: tuple[str, ...] = (
     "Euler a", "DPM2 a", "DPM2 a Karras", "DPM++ 2S a", "DPM++ 2S a Karras", "DPM++ SDE", "DPM++ SDE Karras",
     "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ 2M SDE Heun", "DPM++ 2M SDE Heun Karras", "DPM++ 3M SDE",
-    "DPM++ 3M SDE Karras", "DPM fast", "DPM adaptive", "DDIM",
+    "DPM++ 3M SDE Karras", "DPM fast", "DPM adaptive", "DDIM", "DDIM CFG++",
 )
 # A1111 1.9+'s `scheduler` field (matched case-insensitively); "Automatic" keeps the sampler's own schedule.
 SCHEDULER_NAMES: tuple[str, ...] = (
@@ -418,10 +418,6 @@ def _apply(rules: tuple[Rule, ...], field: str, value: Any, ctx: _Context) -> No
 
 # -- override_settings ---------------------------------------------------------------------------------------
 
-def _unsupported(default: Any) -> Known:
-    return Known((default,), f"is not supported by the engine yet (only A1111's default, {default!r})")
-
-
 _SETTING_FACTOR = (Number(low=0, nullable=True),)
 # Keys the engine honours (A1111's options of the same names), then keys without effect on it, then keys
 # it refuses unless they hold A1111's default.
@@ -445,24 +441,25 @@ OVERRIDE_SETTINGS_RULES: dict[str, tuple[Rule, ...]] = {
     "emphasis": (Text(), Known(("Original", "No norm", "Ignore", "None"), "{value!r} is not one of {names}")),
     "comma_padding_backtrack": (Number(whole=True, low=0, high=74, nullable=True),),
     "enable_emphasis": (Flag(nullable=True),),
+    "uni_pc_variant": (Text(), Known(("bh1", "bh2", "vary_coeff"), "{value!r} is not one of {names}")),
+    "uni_pc_skip_type": (Text(), Known(("time_uniform", "time_quadratic", "logSNR"), "{value!r} is not one of {names}")),
+    "uni_pc_order": (Number(whole=True, low=1, high=50, nullable=True),),
+    "uni_pc_lower_order_final": (Flag(nullable=True),),
+    "ddim_discretize": (Text(), Known(("uniform", "quad"), "{value!r} is not one of {names}")),
     "sd_model_checkpoint": (Text(),),
     "samples_format": (Text(),),
     "save_images_add_number": (Flag(nullable=True),),
-    "uni_pc_variant": (Text(), _unsupported("bh1")),
-    "uni_pc_skip_type": (Text(), _unsupported("time_uniform")),
-    "uni_pc_order": (Number(whole=True, nullable=True), _unsupported(3)),
-    "uni_pc_lower_order_final": (Flag(nullable=True), _unsupported(True)),
 }
 OVERRIDE_SETTINGS_HONOURED = (
     "CLIP_stop_at_last_layers", "sd_vae", "randn_source", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim",
     "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min", "sigma_max", "rho", "always_discard_next_to_last_sigma",
     "sgm_noise_multiplier", "k_sched_type", "emphasis", "comma_padding_backtrack", "enable_emphasis",
+    "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
+    "ddim_discretize",  # honoured as A1111 1.10 honours it: its timestep samplers never read it
 )
 OVERRIDE_SETTINGS_NO_OP = ("sd_model_checkpoint", "samples_format", "save_images_add_number")
 # Refused unless they hold A1111's default (the rules above say so, naming the setting).
-OVERRIDE_SETTINGS_DEFAULT_ONLY = (
-    "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
-)
+OVERRIDE_SETTINGS_DEFAULT_ONLY: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ unmasked latents after each step.
 The k-diffusion samplers (Euler a, DPM++ ..., the most used) run in `engine.k_pass`, A1111's sampling loop
 over the pipeline's UNet, with A1111's noise (`engine.noise.ImageNoise`: the initial noise and every later
 sample from one generator per image, so ancestral samplers continue the seed's stream; Brownian trees seeded
-per image for the SDE samplers). DDIM, PLMS, UniPC and LCM run in diffusers' pipelines from the same
-initial noise.
+per image for the SDE samplers); A1111's timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC) run in the same pass
+(`engine.timestep_samplers`). LCM runs in diffusers' pipeline from the same initial noise.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from diffusers import (
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image, ImageFilter, ImageOps
 
-from aws_extension.engine import k_pass
+from aws_extension.engine import k_pass, timestep_samplers
 from aws_extension.engine.base import EngineError, Interrupted, Progress, ProgressCallback
 from aws_extension.engine.noise import ImageNoise, NoiseSource
 from aws_extension.engine.params import ControlNetUnit, GenerationParams, Img2ImgInputs
@@ -331,14 +331,15 @@ class JobRunner:
             return self._decode(latents)
         return self._img2img(params.img2img, rng, seeds)
 
-    def _call_kwargs(self, conditioning: ScheduledConditioning, sampler: SamplerSpec, seeds: list[int],
-                     steps: int, pass_steps: int, blend: StepHook | None = None) -> dict[str, Any]:
+    def _call_kwargs(self, conditioning: ScheduledConditioning, seeds: list[int], steps: int, pass_steps: int,
+                     blend: StepHook | None = None) -> dict[str, Any]:
+        """The diffusers pipeline's arguments (LCM only)."""
         conditioning = conditioning.padded()  # diffusers batches cond and uncond
-        positive, negative = conditioning.at_step(1)
+        positive, negative = conditioning.at_step(0)
         on_step = blend
         if conditioning.changes_during_sampling:
             on_step = self._switch_prompts(conditioning, len(seeds), blend)
-        kwargs: dict[str, Any] = {
+        return {
             "prompt_embeds": positive,
             "negative_prompt_embeds": negative,
             "num_images_per_prompt": len(seeds),
@@ -348,19 +349,16 @@ class JobRunner:
             "output_type": "latent",
             "callback_on_step_end": self.reporter.pass_callback(pass_steps, on_step),
         }
-        if sampler.scheduler_class == "DDIMScheduler":  # A1111: the payload's eta, else the eta_ddim setting
-            kwargs["eta"] = self.params.sampling.eta_ddim if self.params.eta is None else self.params.eta
-        return kwargs
 
     @staticmethod
     def _switch_prompts(conditioning: ScheduledConditioning, batch_size: int, then: StepHook | None) -> StepHook:
-        """Prompt editing: before each step, the embeddings of that step (the pipeline holds them as
-        [negative × batch, positive × batch] with CFG)."""
-        current = conditioning.at_step(1)
+        """Prompt editing: before each step, the embeddings of that step (A1111's count of model calls before
+        it; the pipeline holds them as [negative × batch, positive × batch] with CFG)."""
+        current = conditioning.at_step(0)
 
         def switch(pipe: Any, index: int, steps_done: int, tensors: dict[str, Any]) -> dict[str, Any]:
             nonlocal current
-            upcoming = conditioning.at_step(steps_done + 1)
+            upcoming = conditioning.at_step(steps_done)
             if upcoming[0] is not current[0] or upcoming[1] is not current[1]:
                 current = upcoming
                 positive, negative = (z.repeat(batch_size, 1, 1) for z in upcoming)
@@ -412,14 +410,16 @@ class JobRunner:
         noise = rng.first()
         if spec.k_function is not None:
             sigmas = self._sigmas(spec, params.steps)
-            scale = (1 + sigmas[0] ** 2) ** 0.5 if params.sampling.sgm_noise_multiplier else sigmas[0]
+            # the timestep samplers start from the noise itself (x / sqrt(sigma² + 1) in their scale)
+            timesteps = spec.sigmas == timestep_samplers.TIMESTEPS
+            scale = (1 + sigmas[0] ** 2) ** 0.5 if params.sampling.sgm_noise_multiplier or timesteps else sigmas[0]
             x = noise.to(self.pipe.unet.device) * scale
             return self._k_sample(x, sigmas, rng, self.conditioning, spec, seeds, params.width, params.height)
         pipeline_class = StableDiffusionControlNetPipeline if self.controlnets else StableDiffusionPipeline
         view = self._view(pipeline_class, spec, seeds)
         return view(
             latents=noise.to(self.pipe.unet.device, self.pipe.unet.dtype), width=params.width, height=params.height,
-            **self._call_kwargs(self.conditioning, spec, seeds, params.steps, params.steps),
+            **self._call_kwargs(self.conditioning, seeds, params.steps, params.steps),
             **self._controlnet_kwargs(params.width, params.height, "image"),
         ).images
 
@@ -429,8 +429,9 @@ class JobRunner:
 
     def _k_sample(self, x: torch.Tensor, sigmas: torch.Tensor, rng: ImageNoise, conditioning: ScheduledConditioning,
                   spec: SamplerSpec, seeds: list[int], width: int, height: int,
-                  blend: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """A k-diffusion pass from `x` (at sigmas[0]) on the UNet; float32 in, the UNet's dtype out."""
+                  blend: tuple[torch.Tensor, torch.Tensor] | None = None, from_image: bool = False) -> torch.Tensor:
+        """A k-diffusion pass from `x` (at sigmas[0]) on the UNet; float32 in, the UNet's dtype out.
+        `from_image`: x is an image noised to sigmas[0] (img2img, hires), not noise."""
         assert spec.k_function is not None
         steps = len(sigmas) - 1
         denoiser = k_pass.CFGDenoiser(
@@ -441,7 +442,7 @@ class JobRunner:
         run = k_pass.KPass(
             spec.k_function,
             self.params.sampling.options(spec.k_function, self.params.eta, spec.options.get("solver_type", "midpoint")),
-            spec.brownian, rng, seeds, self.reporter.k_callback(steps),
+            spec.brownian, rng, seeds, self.reporter.k_callback(steps), from_image,
         )
         return k_pass.sample(denoiser, run, x.float(), sigmas.to(x.device)).to(self.pipe.unet.dtype)
 
@@ -470,7 +471,7 @@ class JobRunner:
             sigmas = self._sigmas(sampler, steps)[-(pass_steps + 1):]
             x = init_latents.float() + noise.to(init_latents.device) * sigmas[0]
             blend = None if mask is None else (init_latents.float(), mask.float())
-            return self._k_sample(x, sigmas, rng, conditioning, sampler, seeds, width, height, blend)
+            return self._k_sample(x, sigmas, rng, conditioning, sampler, seeds, width, height, blend, from_image=True)
         noise = noise.to(self.pipe.unet.device, self.pipe.unet.dtype)
         pipeline_class = _ControlNetImg2ImgPipeline if self.controlnets else _Img2ImgPipeline
         view = self._view(pipeline_class, sampler, seeds)
@@ -482,7 +483,7 @@ class JobRunner:
         size = {"width": width, "height": height} if self.controlnets else {}
         return view(
             image=init_latents, strength=strength, **size,
-            **self._call_kwargs(conditioning, sampler, seeds, steps, pass_steps, blend_hook),
+            **self._call_kwargs(conditioning, seeds, steps, pass_steps, blend_hook),
             **self._controlnet_kwargs(width, height, "control_image"),
         ).images
 

@@ -20,12 +20,13 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from aws_extension.engine.base import EngineError
-from aws_extension.engine.k_pass import ETA_FUNCTIONS, EXTRA_PARAMS, ScheduleSettings
+from aws_extension.engine.k_pass import DDIM_ETA_FUNCTIONS, ETA_FUNCTIONS, EXTRA_PARAMS, ScheduleSettings
 from aws_extension.engine.k_samplers import Options
 from aws_extension.engine.preprocessors import ALIASES as PREPROCESSOR_ALIASES
 from aws_extension.engine.preprocessors import PREPROCESSORS, Preprocessor
 from aws_extension.engine.prompt import Emphasis
 from aws_extension.engine.samplers import SamplerSpec, resolve_sampler
+from aws_extension.engine.timestep_samplers import check_unipc_order, unipc_pass_steps
 from aws_extension.payload import (
     CONTROLNET_RESIZE_MODES,
     IMG2IMG_DEFAULTS,
@@ -128,13 +129,18 @@ class SamplingSettings:
     s_noise: float = 1.0
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     sgm_noise_multiplier: bool = False
+    uni_pc: dict[str, Any] = field(default_factory=dict)  # the uni_pc_* settings given (names of `Options`)
 
-    def sampler_settings(self, function: str, eta: float | None) -> dict[str, float]:
-        """What A1111 gives k-diffusion sampler `function` that is not its default: eta (the payload's, else
-        eta_ancestral) and the `EXTRA_PARAMS` it takes (with the names of `Options`)."""
-        given: dict[str, float] = {}
+    def sampler_settings(self, function: str, eta: float | None) -> dict[str, Any]:
+        """What A1111 gives sampler `function` that is not its default: eta (the payload's, else eta_ancestral,
+        or eta_ddim for DDIM), the `EXTRA_PARAMS` it takes (with the names of `Options`), UniPC's settings."""
+        given: dict[str, Any] = {}
         if function in ETA_FUNCTIONS:
             given["eta"] = self.eta_ancestral if eta is None else eta
+        elif function in DDIM_ETA_FUNCTIONS:
+            given["eta"] = self.eta_ddim if eta is None else eta
+        elif function == "unipc":
+            given.update(self.uni_pc)
         defaults = Options()
         for name in EXTRA_PARAMS.get(function, ()):
             value = getattr(self, name) or (float("inf") if name == "s_tmax" else 0.0)
@@ -168,6 +174,9 @@ def _sampling_settings(overrides: dict[str, Any], payload: dict[str, Any]) -> Sa
         schedule=ScheduleSettings(float(pick("sigma_min", 0.0)), float(pick("sigma_max", 0.0)), float(pick("rho", 0.0)),
                                   bool(pick("always_discard_next_to_last_sigma", False))),
         sgm_noise_multiplier=bool(pick("sgm_noise_multiplier", False)),
+        uni_pc={key: kind(overrides[key]) for key, kind in (("uni_pc_variant", str), ("uni_pc_skip_type", str),
+                                                            ("uni_pc_order", int), ("uni_pc_lower_order_final", bool))
+                if overrides.get(key) is not None},
     )
 
 
@@ -429,7 +438,23 @@ def normalise_payload(task: str, payload: dict[str, Any], settings: WorkerSettin
     params.parameters = {**merged, "seed": params.seed, "subseed": params.subseed, "sampler_name": sampler}
     if task == "img2img":
         params.parameters.update(init_images=None, mask=None, latent_mask=None)
+    _check_unipc_order(params)
     return params
+
+
+def _check_unipc_order(params: GenerationParams) -> None:
+    """A UniPC pass needs at least uni_pc_order steps (A1111 fails it); refused before any work."""
+    order = int(params.sampling.uni_pc.get("uni_pc_order", 3))
+    discard = params.sampling.schedule.always_discard
+    if params.sampler_spec.k_function == "unipc":
+        strength = params.denoising_strength if params.img2img is not None else None
+        if strength is None or strength > 0:
+            check_unipc_order(order, unipc_pass_steps(params.steps, discard, strength))
+    hires = params.hires
+    if hires is not None and hires.sampler_spec.k_function == "unipc" and hires.denoising_strength > 0:
+        steps = hires.steps or params.steps
+        total = int(steps / min(hires.denoising_strength, 0.999))  # A1111's setup_img2img_steps
+        check_unipc_order(order, unipc_pass_steps(total, discard, hires_steps=steps))
 
 
 def _text(value: str | None) -> str:
