@@ -45,7 +45,14 @@ def create_app(runtime: WorkerRuntime) -> FastAPI:
         body: dict[str, Any] = {"status": runtime.status}
         if runtime.engine_error:
             body["error"] = runtime.engine_error
+        elif not runtime.ready:
+            body["stage"] = runtime.health()["stage"]
         return JSONResponse(body, status_code=200 if runtime.ready else 503)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Always 200 (liveness); what start-up did and does (`/ping` is SageMaker's readiness)."""
+        return runtime.health()
 
     @app.post("/invocations")
     async def invocations(request: Request) -> JSONResponse:
