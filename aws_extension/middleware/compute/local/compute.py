@@ -55,7 +55,7 @@ class LocalCompute:
 
     def start(self, events: ComputeEvents) -> None:
         self.events = events
-        self._dispatcher = Dispatcher(self.queue, events, self.settings, self.restart, self._wake)
+        self._dispatcher = Dispatcher(self.queue, events, self.settings, self.restart, self._wake, self._stopping)
         self._autoscaler.start()
 
     # -- endpoints ---------------------------------------------------------------------------------------
@@ -142,9 +142,14 @@ class LocalCompute:
                     instance.thread.join(30)
         shutil.rmtree(self.root / endpoint_name, ignore_errors=True)
 
+    def begin_stopping(self) -> None:
+        """The middleware is about to stop taking requests (the workers' image uploads among them): claim no
+        more jobs, and queue again those that fail from now on (see dispatcher.py). `stop` follows."""
+        self._stopping.set()
+
     def stop(self) -> None:
         """Stop every worker; running jobs go back to the queue (they run again after a restart)."""
-        self._stopping.set()
+        self.begin_stopping()
         self._autoscaler.stop()
         with self._lock:
             endpoints = list(self._endpoints.values())
