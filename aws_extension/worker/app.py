@@ -47,7 +47,7 @@ def create_app(runtime: WorkerRuntime) -> FastAPI:
         if runtime.engine_error:
             body["error"] = runtime.engine_error
         elif not runtime.ready:
-            body["stage"] = runtime.health()["stage"]
+            body["stage"] = runtime.stage
         return JSONResponse(body, status_code=200 if runtime.ready else 503)
 
     @app.get("/health")

@@ -131,10 +131,15 @@ class WorkerRuntime:
             return "Healthy"
         return "Failed" if self._engine_error else "Starting"
 
+    @property
+    def stage(self) -> str:
+        """What start-up is doing: starting the engine, loading the checkpoint, ready or failed."""
+        return self._stage
+
     def health(self) -> dict[str, Any]:
         """Start-up as `GET /health` reports it: the status, the stage, the checkpoint the start-up job
         loaded (None: none was), the seconds each start-up step took, and the error of a failed start."""
-        return {"status": self.status, "engine": self.engine_name, "stage": self._stage,
+        return {"status": self.status, "engine": self.engine_name, "stage": self.stage,
                 "checkpoint_loaded": self._warmed_checkpoint, "startup_s": dict(self.startup_s),
                 "error": self._engine_error}
 

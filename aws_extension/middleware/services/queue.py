@@ -90,7 +90,7 @@ class JobQueue:
         """Put a running job back at its place in the queue (its worker was lost or stopped, or it failed while
         the middleware stops); None when it is no longer running (e.g. `cancelling`: its answer ends it)."""
         return self.jobs.update(job.id, {"queue_state": QUEUED, "worker": None, "progress": 0.0, "attempts": attempts},
-                         expect={"queue_state": RUNNING, "status": JobStatus.INPROGRESS})
+                                expect={"queue_state": RUNNING, "status": JobStatus.INPROGRESS})
 
     def report_progress(self, job_id: str, fraction: float) -> None:
         self.jobs.update(job_id, {"progress": round(fraction, 4)},
