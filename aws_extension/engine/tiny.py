@@ -25,6 +25,13 @@ TINY_ARCHITECTURE = "sd1-tiny"
 # (VAE GroupNorms of one group; a 48-wide text encoder, so its tensors tell it from the default tiny model).
 LEARNABLE_ARCHITECTURE = "sd1-tiny-learnable"
 LEARNABLE_CROSS_ATTENTION_GAIN = 8.0  # how much louder the UNet's cross-attention output is than at random init
+# The learnable UNet is pretrained at build time on solid colours captioned by their colour name (or nothing).
+LEARNABLE_COLOURS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
+                     "cyan": (30, 210, 220), "magenta": (210, 30, 200), "white": (240, 240, 240),
+                     "black": (15, 15, 15), "grey": (128, 128, 128)}
+LEARNABLE_PRETRAIN_STEPS = 200
+LEARNABLE_PRETRAIN_BATCH = 8
+LEARNABLE_PRETRAIN_LR = 2e-3
 TINY_SEED = 1234
 LORA_RANK = 4
 LORA_ALPHA = 2.0  # deliberately != rank, so a loader that ignores `.alpha` gives a different result
@@ -53,6 +60,7 @@ def write_tiny_model(out: Path, extras_dir: Path | None = None, learnable: bool 
     unet, vae, text_encoder = build_tiny_models(seed=TINY_SEED, architecture=architecture)
     if learnable:
         _make_learnable(unet, vae)
+        _pretrain_learnable(unet, vae, text_encoder)
     state_dict = diffusers_to_a1111_checkpoint(
         unet.state_dict(), vae.state_dict(), text_encoder.state_dict(), unet.config, vae.config
     )
@@ -237,6 +245,55 @@ def _make_learnable(unet: Any, vae: Any) -> None:
         for name, module in unet.named_modules():
             if name.endswith("attn2.to_out.0"):
                 module.weight.mul_(LEARNABLE_CROSS_ATTENTION_GAIN)
+
+
+def colour_latent(rgb: tuple[int, int, int], scaling_factor: float) -> torch.Tensor:
+    """The learnable VAE's latent (unscaled, per channel) of a solid colour: what its encoder computes."""
+    import math
+
+    import torch
+
+    colour = torch.tensor(rgb, dtype=torch.float32) / 127.5 - 1
+    return _colour_to_latent() @ colour * math.sqrt(3) / scaling_factor
+
+
+def _pretrain_learnable(unet: Any, vae: Any, text_encoder: Any) -> None:
+    """LEARNABLE_PRETRAIN_STEPS steps of the DDPM loss on solid colours near LEARNABLE_COLOURS, captioned with
+    their name (one in five uncaptioned), so the base is a denoiser (its images are colours, not saturated
+    noise), as a real base model is. Deterministic (a generator of its own); latents from `colour_latent`."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from aws_extension.engine.checkpoints import architecture_config_dir, load_tokenizer
+
+    generator = torch.Generator("cpu").manual_seed(TINY_SEED + 40)
+    scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(
+        architecture_config_dir(LEARNABLE_ARCHITECTURE) / "scheduler"))
+    tokenizer = load_tokenizer()
+    names = list(LEARNABLE_COLOURS)
+    with torch.no_grad():
+        ids = tokenizer([*names, ""], padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        hidden = text_encoder(ids)[0]
+    centres = torch.stack([colour_latent(LEARNABLE_COLOURS[n], 1.0) for n in names])  # scaled latents
+    size = unet.config.sample_size
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=LEARNABLE_PRETRAIN_LR)
+    unet.train()
+    for _ in range(LEARNABLE_PRETRAIN_STEPS):
+        which = torch.randint(0, len(names), (LEARNABLE_PRETRAIN_BATCH,), generator=generator)
+        jitter = torch.randn(LEARNABLE_PRETRAIN_BATCH, 4, generator=generator) * 0.1
+        latents = (centres[which] + jitter)[:, :, None, None].expand(-1, -1, size, size)
+        uncaptioned = torch.rand(LEARNABLE_PRETRAIN_BATCH, generator=generator) < 0.2
+        context = hidden[torch.where(uncaptioned, len(names), which)]
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (LEARNABLE_PRETRAIN_BATCH,),
+                                  generator=generator)
+        prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, context).sample
+        loss = torch.nn.functional.mse_loss(prediction, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    unet.eval()
 
 
 def _write_extras(extras_dir: Path, unet: Any, text_encoder: Any) -> None:
