@@ -128,3 +128,21 @@ def test_a_bad_image_is_a_failure_naming_it(tmp_path, learnable_checkpoint, name
     layout = _layout(tmp_path, learnable_checkpoint, _config().to_hyperparameters())
     (layout.channel("instance") / name).write_bytes(content)
     assert says in _failure(tmp_path)
+
+
+def test_the_train_executable_calls_the_entry_point_in_both_images():
+    """`docker run IMAGE train` runs deploy/train: it must call `sd-aws sagemaker train`, be executable, and be
+    copied to /usr/local/bin/train by both Dockerfiles."""
+    import re
+    import shlex
+
+    from aws_extension.cli import build_parser
+
+    script = REPO / "deploy" / "train"
+    command = shlex.split(re.search(r"^exec (sd-aws .*)$", script.read_text(), re.MULTILINE).group(1))
+    assert command[:3] == ["sd-aws", "sagemaker", "train"]
+    args = build_parser().parse_args([a for a in command[1:] if a != "$@"])
+    assert (args.command, args.action) == ("sagemaker", "train")
+    assert script.stat().st_mode & 0o111
+    for dockerfile in ("worker.Dockerfile", "webui.Dockerfile"):
+        assert "COPY deploy/train /usr/local/bin/train" in (REPO / "deploy" / dockerfile).read_text(), dockerfile
