@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -102,7 +103,7 @@ class TrainingConfig:
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
     prior_loss_weight: float = 1.0
-    seed: int = 420420
+    seed: int = 420420  # -1 (db_config.json's "random"): a random seed, fixed when the config is parsed
     save_preview_every: int = 0  # steps; 0: no samples during training
     save_state_every: int = 0  # steps; 0: state only on stop
     stop_text_encoder: float = 0.0  # DreamBooth: the fraction of the steps the text encoder trains (0: never)
@@ -148,6 +149,9 @@ class TrainingConfig:
         for name, raw in hyperparameters.items():
             if not isinstance(raw, str) or types.get(name) == "str":
                 params[name] = raw
+                continue
+            if types.get(name) == "bool" and raw.strip().lower() in ("true", "false"):
+                params[name] = raw.strip().lower() == "true"  # Python's str(True), as SDKs write it
                 continue
             try:
                 params[name] = json.loads(raw)
@@ -236,6 +240,8 @@ def parse_training_config(train_type: Any, config_params: Any) -> TrainingConfig
         if name not in _CONFIG_FIELDS:
             raise TrainingConfigError(f"{name} is not a training field this trainer knows", name)
         values[name] = _typed(value, _CONFIG_FIELDS[name].type, name)
+    if values.get("seed") == -1:
+        values["seed"] = random.randrange(MAX_SEED + 1)
     if values.get("use_lora"):
         train_type = str(CheckpointType.LORA)
     config = TrainingConfig(train_type=str(train_type), concepts_list=concepts, **values)

@@ -94,3 +94,10 @@ def test_a_bad_hyperparameter_string_is_refused_naming_it():
     with pytest.raises(TrainingConfigError) as caught:
         TrainingConfig.from_hyperparameters(hyperparameters)
     assert caught.value.field == "lora_unet_rank"
+
+
+def test_seed_minus_one_is_a_random_seed_fixed_in_the_config_and_python_bools_are_read():
+    config = parse_training_config("Lora", {"concepts_list": [{"instance_prompt": "sks"}], "seed": -1})
+    assert 0 <= config.seed < 2**32
+    assert TrainingConfig.from_hyperparameters(config.to_hyperparameters()).seed == config.seed
+    assert TrainingConfig.from_hyperparameters(config.to_hyperparameters() | {"half_model": "True"}).half_model
