@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 TINY_ARCHITECTURE = "sd1-tiny"
 # `make-tiny-model --learnable`: a model that can show learning (see `_make_learnable`). Its own architecture
-# (VAE GroupNorms of one group; a 48-wide text encoder, so its tensors tell it from the default tiny model).
+# (VAE GroupNorms of one group, UNet GroupNorms of 4 groups: with one channel per group, as in the default tiny
+# model, a norm removes every constant offset, so neither a solid colour nor a prompt's shift of it can pass;
+# a 48-wide text encoder, so its tensors tell it from the default tiny model).
 LEARNABLE_ARCHITECTURE = "sd1-tiny-learnable"
 LEARNABLE_CROSS_ATTENTION_GAIN = 8.0  # how much louder the UNet's cross-attention output is than at random init
 # The learnable UNet is pretrained at build time on solid colours captioned by their colour name (or nothing).
