@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--webui-url", help="URL of the A1111 WebUI to forward to (with --engine webui)")
     p.add_argument("--webui-models-dir", type=Path, help="the WebUI's models/ folder (with --engine webui)")
     p.add_argument("--webui-command", help="start the WebUI with this command first, and stop with it (with --engine webui)")
+    sm.add_parser("train", help="the training container: hyperparameters and channels under SD_AWS_SAGEMAKER_ROOT")
 
     from aws_extension.aws_cli import add_parser as add_aws_parser
 
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-tiny-model", help="write a tiny random-weight SD 1.x checkpoint for tests and demos")
     p.add_argument("out", type=Path, help="output .safetensors file")
     p.add_argument("--extras", type=Path, help="also write a matching LoRA, embedding, VAE and ControlNet here")
+    p.add_argument("--learnable", action="store_true",
+                   help="the tiny model that can show learning (a colour-exact VAE, a prompt that matters)")
 
     p = sub.add_parser("ui", help="serve the gradio tabs standalone (no WebUI needed)")
     p.add_argument("--host", default="127.0.0.1")
@@ -155,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_worker(host=args.host, port=args.port, models_dir=args.models_dir,
                             engine=args.engine, webui_url=args.webui_url, webui_models_dir=args.webui_models_dir)
+    if args.command == "sagemaker" and args.action == "train":
+        from aws_extension.worker.sagemaker_train import train_main
+
+        return train_main()
     if args.command == "sagemaker":
         from aws_extension.worker.sagemaker import serve as serve_sagemaker
 
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "make-tiny-model":
         from aws_extension.engine.tiny import write_tiny_model
 
-        write_tiny_model(args.out, extras_dir=args.extras)
+        write_tiny_model(args.out, extras_dir=args.extras, learnable=args.learnable)
         return 0
     if args.command == "ui":
         from aws_extension.ui.app import serve as serve_ui

@@ -57,15 +57,15 @@ SAMPLER_NAMES: tuple[str, ...] = (
     "Euler a", "Euler", "LMS", "LMS Karras", "Heun", "DPM2", "DPM2 Karras", "DPM2 a", "DPM2 a Karras",
     "DPM++ 2S a", "DPM++ 2S a Karras", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras",
     "DPM++ 2M SDE Heun", "DPM++ 2M SDE Heun Karras", "DPM++ 3M SDE", "DPM++ 3M SDE Karras", "DPM++ SDE",
-    "DPM++ SDE Karras", "DPM fast", "DPM adaptive", "Restart", "DDIM", "PLMS", "UniPC", "LCM",
+    "DPM++ SDE Karras", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++", "PLMS", "UniPC", "LCM",
 )
 # Samplers whose sigma schedule cannot be chosen (A1111's timestep samplers): only "Automatic".
-FIXED_SCHEDULE_SAMPLERS: tuple[str, ...] = ("DDIM", "PLMS", "UniPC", "LCM")
+FIXED_SCHEDULE_SAMPLERS: tuple[str, ...] = ("DDIM", "DDIM CFG++", "PLMS", "UniPC", "LCM")
 # Samplers that take an eta (the payload's, else the eta_ancestral / eta_ddim setting).
 ETA_SAMPLERS: tuple[str, ...] = (
     "Euler a", "DPM2 a", "DPM2 a Karras", "DPM++ 2S a", "DPM++ 2S a Karras", "DPM++ SDE", "DPM++ SDE Karras",
     "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ 2M SDE Heun", "DPM++ 2M SDE Heun Karras", "DPM++ 3M SDE",
-    "DPM++ 3M SDE Karras", "DPM fast", "DPM adaptive", "DDIM",
+    "DPM++ 3M SDE Karras", "DPM fast", "DPM adaptive", "DDIM", "DDIM CFG++",
 )
 # A1111 1.9+'s `scheduler` field (matched case-insensitively); "Automatic" keeps the sampler's own schedule.
 SCHEDULER_NAMES: tuple[str, ...] = (
@@ -173,6 +173,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {Task.TXT2IMG: TXT2IMG_DEFAULTS, Task
 # other three reach the worker with the payload).
 ROUTING_FIELDS = ("task_type", "models", "sagemaker_endpoint_name")
 
+# Fields this API adds to A1111's: a real WebUI's /sdapi/v1 cannot take them (the outpainting scripts' latent
+# mask is `p.latent_mask` inside the WebUI, not an API field).
+NOT_IN_A1111_API = ("latent_mask",)
 # What the diffusers engine does with each field. Fields that change what the engine makes:
 HONOURED_FIELDS = (
     "prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w",
@@ -183,6 +186,7 @@ HONOURED_FIELDS = (
     "hr_scheduler", "hr_prompt", "hr_negative_prompt",
     "init_images", "resize_mode", "mask", "mask_blur", "mask_blur_x", "mask_blur_y", "mask_round", "inpainting_fill",
     "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "initial_noise_multiplier",
+    "latent_mask",
 )
 # Fields with no effect on the images the engine makes, as in A1111 for an API call (saving, UI state,
 # GPU memory modes, the routing fields) or only for model kinds the engine does not load (Flux's
@@ -203,7 +207,6 @@ NEUTRAL_ONLY_FIELDS: dict[str, tuple[Any, ...]] = {
     "hr_checkpoint_name": (None, "", "Use same checkpoint"),
     "firstpass_image": (None, ""),
     "infotext": (None, ""),
-    "latent_mask": (None, ""),
 }
 # refiner_switch_at only acts together with a refiner checkpoint.
 DEPENDENT_NO_OP_FIELDS = ("refiner_switch_at",)
@@ -415,10 +418,6 @@ def _apply(rules: tuple[Rule, ...], field: str, value: Any, ctx: _Context) -> No
 
 # -- override_settings ---------------------------------------------------------------------------------------
 
-def _unsupported(default: Any) -> Known:
-    return Known((default,), f"is not supported by the engine yet (only A1111's default, {default!r})")
-
-
 _SETTING_FACTOR = (Number(low=0, nullable=True),)
 # Keys the engine honours (A1111's options of the same names), then keys without effect on it, then keys
 # it refuses unless they hold A1111's default.
@@ -442,24 +441,25 @@ OVERRIDE_SETTINGS_RULES: dict[str, tuple[Rule, ...]] = {
     "emphasis": (Text(), Known(("Original", "No norm", "Ignore", "None"), "{value!r} is not one of {names}")),
     "comma_padding_backtrack": (Number(whole=True, low=0, high=74, nullable=True),),
     "enable_emphasis": (Flag(nullable=True),),
+    "uni_pc_variant": (Text(), Known(("bh1", "bh2", "vary_coeff"), "{value!r} is not one of {names}")),
+    "uni_pc_skip_type": (Text(), Known(("time_uniform", "time_quadratic", "logSNR"), "{value!r} is not one of {names}")),
+    "uni_pc_order": (Number(whole=True, low=1, high=50, nullable=True),),
+    "uni_pc_lower_order_final": (Flag(nullable=True),),
+    "ddim_discretize": (Text(), Known(("uniform", "quad"), "{value!r} is not one of {names}")),
     "sd_model_checkpoint": (Text(),),
     "samples_format": (Text(),),
     "save_images_add_number": (Flag(nullable=True),),
-    "uni_pc_variant": (Text(), _unsupported("bh1")),
-    "uni_pc_skip_type": (Text(), _unsupported("time_uniform")),
-    "uni_pc_order": (Number(whole=True, nullable=True), _unsupported(3)),
-    "uni_pc_lower_order_final": (Flag(nullable=True), _unsupported(True)),
 }
 OVERRIDE_SETTINGS_HONOURED = (
     "CLIP_stop_at_last_layers", "sd_vae", "randn_source", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim",
     "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min", "sigma_max", "rho", "always_discard_next_to_last_sigma",
     "sgm_noise_multiplier", "k_sched_type", "emphasis", "comma_padding_backtrack", "enable_emphasis",
+    "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
+    "ddim_discretize",  # honoured as A1111 1.10 honours it: its timestep samplers never read it
 )
 OVERRIDE_SETTINGS_NO_OP = ("sd_model_checkpoint", "samples_format", "save_images_add_number")
 # Refused unless they hold A1111's default (the rules above say so, naming the setting).
-OVERRIDE_SETTINGS_DEFAULT_ONLY = (
-    "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final",
-)
+OVERRIDE_SETTINGS_DEFAULT_ONLY: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -651,9 +651,10 @@ FIELD_RULES: dict[str, tuple[Rule, ...]] = {
     ),
     "image_cfg_scale": (_CFG,),
     "mask": (Text(what="a base64-encoded image (a string)"),),
-    "mask_blur": (Number(whole=True, low=0, high=64, nullable=True),),
-    "mask_blur_x": (Number(whole=True, low=0, high=64),),
-    "mask_blur_y": (Number(whole=True, low=0, high=64),),
+    # The UI's slider stops at 64; the outpainting scripts set up to 4x that (outpainting_mk_2: mask_blur * 4).
+    "mask_blur": (Number(whole=True, low=0, high=256, nullable=True),),
+    "mask_blur_x": (Number(whole=True, low=0, high=256),),
+    "mask_blur_y": (Number(whole=True, low=0, high=256),),
     "mask_round": _FLAG,
     "inpainting_fill": (Number(whole=True, low=0, high=3, note=" (0 fill, 1 original, 2 latent noise, "
                                "3 latent nothing)"),),
@@ -661,7 +662,9 @@ FIELD_RULES: dict[str, tuple[Rule, ...]] = {
     "inpaint_full_res_padding": (Number(whole=True, low=0, high=1024),),
     "inpainting_mask_invert": _FLAG,
     "initial_noise_multiplier": (Number(low=0, high=2, nullable=True),),
-    "latent_mask": _TEXT,
+    # The mask of the latents (and of inpainting_fill "fill") where it differs from the image mask's: the
+    # outpainting scripts' p.latent_mask. Its size is checked by the engine (it decodes it).
+    "latent_mask": (Text(what="a base64-encoded image (a string)"),),
     "include_init_images": _FLAG,
 }
 
@@ -764,6 +767,8 @@ def _check_img2img(payload: dict[str, Any], ctx: _Context) -> None:
         # A1111: several init images make one batch of that many images.
         raise PayloadError("init_images", f"{len(images)} images but batch_size is {payload['batch_size']} "
                            "(at most batch_size images)")
+    if ctx.strict and payload["latent_mask"] and not payload["mask"]:  # A1111 ignores it then, silently
+        raise PayloadError("latent_mask", "applies only together with a mask (send the mask too, or no latent_mask)")
 
 
 _CROSS_CHECKS: tuple[Callable[[dict[str, Any], _Context], None], ...] = (_check_sampler, _check_hires, _check_img2img)

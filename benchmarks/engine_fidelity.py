@@ -1,5 +1,6 @@
-"""Mean pixel difference of the engine's ancestral/SDE samplers against A1111's algorithm (the references of
-tests/engine/test_fidelity.py), on the tiny model at 64×64, 8 steps, a batch of 2.
+"""Mean pixel difference of the engine's ancestral/SDE samplers, DPM adaptive and timestep samplers (DDIM, DDIM
+CFG++, PLMS, UniPC and its settings) against A1111's algorithm (the references of tests/engine/test_fidelity.py),
+on the tiny model at 64×64, 8 steps, a batch of 2.
 
 Run from the repository root: `HF_HUB_OFFLINE=1 python benchmarks/engine_fidelity.py`.
 """
@@ -29,11 +30,16 @@ def main() -> None:
     write_tiny_model(checkpoint, extras_dir=root)
     engine, models = DiffusersEngine(), ModelSet(checkpoint=checkpoint, files={})
     pipe = engine.pipelines.get(checkpoint)
-    for sampler in fidelity.CASES:
-        images = fidelity._engine_images(engine, models, sampler, randn_source="CPU")
-        reference = fidelity._reference_images(pipe, sampler)
-        print(f"{sampler}: {fidelity._mean_difference(images, reference):.3f}/255 "
+    def report(name: str, images, reference) -> None:
+        print(f"{name}: {fidelity._mean_difference(images, reference):.4f}/255 "
               f"(another seed: {fidelity._mean_difference(images[0], reference[1]):.1f}/255)")
+
+    for sampler in fidelity.CASES:
+        report(sampler, fidelity._engine_images(engine, models, sampler, randn_source="CPU"),
+               fidelity._reference_images(pipe, sampler))
+    for case, (sampler, overrides, _) in fidelity.TIMESTEP_CASES.items():
+        report(case, fidelity._engine_images(engine, models, sampler, randn_source="CPU", **overrides),
+               fidelity._timestep_reference_images(pipe, case))
 
 
 if __name__ == "__main__":

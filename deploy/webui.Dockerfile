@@ -75,6 +75,7 @@ RUN python3.10 -m venv /opt/sd-aws \
     && chown -R sdaws /webui /opt/ml
 
 COPY deploy/serve-webui /usr/local/bin/serve
+COPY deploy/train /usr/local/bin/train
 ENV PATH=/opt/sd-aws/bin:$PATH HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 SD_AWS_SAGEMAKER_ROOT=/opt/ml
 USER 1000
 EXPOSE 8080

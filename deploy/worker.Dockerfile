@@ -31,6 +31,7 @@ RUN apt-get update \
     && chown -R sdaws /opt/ml
 COPY --from=build /opt/sd-aws /opt/sd-aws
 COPY deploy/serve /usr/local/bin/serve
+COPY deploy/train /usr/local/bin/train
 USER 1000
 EXPOSE 8080
 ENTRYPOINT []

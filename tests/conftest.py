@@ -26,3 +26,16 @@ def tiny_models_dir(tmp_path_factory) -> Path:
     (root / "Stable-diffusion").mkdir()
     write_tiny_model(root / "Stable-diffusion" / TINY_CHECKPOINT_NAME, extras_dir=root)
     return root
+
+
+LEARNABLE_CHECKPOINT_NAME = "tiny-learnable.safetensors"
+
+
+@pytest.fixture(scope="session")
+def learnable_checkpoint(tmp_path_factory) -> Path:
+    """The tiny model that can show learning (`make-tiny-model --learnable`), built once per session."""
+    from aws_extension.engine.tiny import write_tiny_model
+
+    path = tmp_path_factory.mktemp("learnable") / LEARNABLE_CHECKPOINT_NAME
+    write_tiny_model(path, learnable=True)
+    return path

@@ -126,8 +126,9 @@ MALFORMED = [
     ("img2img", _img2img(init_images=[IMAGE, IMAGE]), "init_images", "batch_size is 1"),
     ("img2img", _img2img(denoising_strength=2), "denoising_strength", "from 0 to 1"),
     ("img2img", _img2img(mask=5), "mask", "a base64-encoded image"),
-    ("img2img", _img2img(mask_blur=65), "mask_blur", "from 0 to 64"),
-    ("img2img", _img2img(mask_blur_x=-1), "mask_blur_x", "from 0 to 64"),
+    ("img2img", _img2img(mask_blur=257), "mask_blur", "from 0 to 256"),
+    ("img2img", _img2img(mask_blur_x=-1), "mask_blur_x", "from 0 to 256"),
+    ("img2img", _img2img(mask=IMAGE, latent_mask=5), "latent_mask", "a base64-encoded image"),
     ("img2img", _img2img(inpainting_fill=7), "inpainting_fill", "from 0 to 3 (0 fill, 1 original"),
     ("img2img", _img2img(inpainting_mask_invert=2), "inpainting_mask_invert", "true or false"),
     ("img2img", _img2img(resize_mode=5), "resize_mode", "from 0 to 3"),
@@ -136,12 +137,14 @@ MALFORMED = [
     ("img2img", _img2img(image_cfg_scale="x"), "image_cfg_scale", "from 0 to 30 or null"),
     ("hires", {}, "task", "valid: txt2img, img2img"),
     ("txt2img", ["prompt"], "payload", "must be a JSON object"),
+    ("txt2img", {"override_settings": {"uni_pc_order": 0}}, "override_settings.uni_pc_order", "from 1 to 50"),
 ]
 
 # What the diffusers engine cannot do, refused only strictly. (task, payload, field, words)
 NOT_FOR_THIS_ENGINE = [
+    ("img2img", _img2img(latent_mask=IMAGE), "latent_mask", "only together with a mask"),
     ("txt2img", {"sampler_name": "Nope"}, "sampler_name", "valid samplers: Euler a, Euler, LMS"),
-    ("txt2img", {"sampler_index": "DDIM CFG++"}, "sampler_index", "unknown sampler 'DDIM CFG++'"),
+    ("txt2img", {"sampler_index": "DDIM CFG"}, "sampler_index", "unknown sampler 'DDIM CFG'"),
     ("txt2img", {"scheduler": "Beta"}, "scheduler", "valid: Automatic, Uniform, Karras, Exponential"),
     ("txt2img", {"sampler_name": "DDIM", "scheduler": "Karras"}, "scheduler", "has no Karras schedule"),
     ("txt2img", {"sampler_name": "UniPC", "scheduler": "Exponential"}, "scheduler", "'UniPC' has no Exponential"),
@@ -153,7 +156,7 @@ NOT_FOR_THIS_ENGINE = [
     ("txt2img", {"styles": ["my style"]}, "styles", "(only [])"),
     ("txt2img", {"script_name": "x/y/z plot"}, "script_name", "(only None)"),
     ("txt2img", {"s_min_uncond": 0.5}, "s_min_uncond", "not supported by this engine"),
-    ("txt2img", {"override_settings": {"uni_pc_order": 2}}, "override_settings.uni_pc_order", "not supported by the engine"),
+    ("txt2img", {"override_settings": {"uni_pc_variant": "bh3"}}, "override_settings.uni_pc_variant", "'bh3' is not one of"),
     ("txt2img", {"override_settings": {"emphasis": "Loud"}}, "override_settings.emphasis", "'Loud' is not one of"),
     ("txt2img", {"override_settings": {"randn_source": "TPU"}}, "override_settings.randn_source", "'TPU' is not one of"),
     ("txt2img", {"hr_checkpoint_name": "other.safetensors"}, "hr_checkpoint_name", "not supported"),

@@ -42,11 +42,12 @@ DATA_DIR = Path(__file__).parent / "data"
 TOKENIZER_DIR = DATA_DIR / "clip-tokenizer"
 
 # architecture -> config folder under data/ (diffusers layout: unet/, vae/, text_encoder/, scheduler/)
-_LOADABLE_ARCHITECTURES = {"sd1": "sd15", "sd1-tiny": "sd1-tiny"}
+_LOADABLE_ARCHITECTURES = {"sd1": "sd15", "sd1-tiny": "sd1-tiny", "sd1-tiny-learnable": "sd1-tiny-learnable"}
 _CONTROLNET_CONFIG_DIRS = {"sd1": "sd15-controlnet", "sd1-tiny": "sd1-tiny-controlnet"}
 ARCHITECTURE_NAMES = {
     "sd1": "Stable Diffusion 1.x",
     "sd1-tiny": "the tiny SD 1.x test model",
+    "sd1-tiny-learnable": "the tiny SD 1.x test model that can learn (make-tiny-model --learnable)",
     "sd2": "Stable Diffusion 2.x",
     "sdxl": "Stable Diffusion XL",
 }

@@ -28,6 +28,7 @@ from aws_extension.engine.generate import (
     img2img_steps_run,
 )
 from aws_extension.engine.infotext import format_infotext, png_with_infotext, short_hash
+from aws_extension.engine.k_pass import DDIM_ETA_FUNCTIONS
 from aws_extension.engine.merge import merge_checkpoints
 from aws_extension.engine.params import (
     ControlNetUnit,
@@ -44,6 +45,7 @@ from aws_extension.engine.prompt import (
     extract_extra_networks,
 )
 from aws_extension.engine.samplers import infotext_names, sampler_names
+from aws_extension.engine.timestep_samplers import TIMESTEPS
 from aws_extension.settings import WorkerSettings
 from aws_extension.vocabulary import (
     CheckpointType,
@@ -110,8 +112,10 @@ class DiffusersEngine:
             applied_addons(pipe, lora_weights, embedding_files) if lora_weights or embedding_files else nullcontext()
         ):
             encoded: dict[str, Any] = {}  # each distinct prompt text is encoded once per job
+            # A1111 builds each pass's prompt schedule for steps × the sampler's step multiplier
+            first_pass_steps = params.steps * params.sampler_spec.step_multiplier
             conditioning = encode_prompt_schedules(
-                prompt_text, params.negative_prompt, pipe, params.steps, params.clip_skip, encoded=encoded,
+                prompt_text, params.negative_prompt, pipe, first_pass_steps, params.clip_skip, encoded=encoded,
                 emphasis=params.emphasis,
             )
             hires_conditioning = None
@@ -119,8 +123,9 @@ class DiffusersEngine:
                 hires = params.hires
                 hires_prompt = extract_extra_networks(hires.prompt, "hr_prompt")[0] if hires.prompt else prompt_text
                 hires_conditioning = encode_prompt_schedules(
-                    hires_prompt, hires.negative_prompt or params.negative_prompt, pipe, hires.steps or params.steps,
-                    params.clip_skip, hires_base_steps=params.steps, encoded=encoded, emphasis=params.emphasis,
+                    hires_prompt, hires.negative_prompt or params.negative_prompt, pipe,
+                    (hires.steps or params.steps) * hires.sampler_spec.step_multiplier, params.clip_skip,
+                    hires_base_steps=first_pass_steps, encoded=encoded, emphasis=params.emphasis,
                 )
             controlnets = []
             if controlnet_files:
@@ -341,12 +346,15 @@ def _sampler_settings_infotext(params: GenerationParams) -> dict[str, Any]:
     """A1111's extra generation parameters of the sampler and its schedule, where not their defaults."""
     spec, sampling = params.sampler_spec, params.sampling
     if spec.k_function is None:
-        eta = sampling.eta_ddim if params.eta is None else params.eta
-        return {"Eta DDIM": eta if spec.scheduler_class == "DDIMScheduler" and eta != 0 else None}
+        return {}
     given = sampling.sampler_settings(spec.k_function, params.eta)
-    found = {_SETTING_LABELS[name]: value for name, value in given.items() if name != "eta" or value != 1.0}
+    if spec.k_function in DDIM_ETA_FUNCTIONS:  # A1111's CompVisSampler: "Eta DDIM", its default 0
+        return {"Eta DDIM": given["eta"] if given["eta"] != 0 else None,
+                "Discard penultimate sigma": True if sampling.schedule.always_discard else None}
+    found = {_SETTING_LABELS[name]: value for name, value in given.items()
+             if name in _SETTING_LABELS and (name != "eta" or value != 1.0)}
     schedule = sampling.schedule
-    chosen = spec.sigmas not in (None, "uniform", "simple", "ddim")  # the schedules A1111 gives min/max/rho
+    chosen = spec.sigmas not in (None, "uniform", "simple", "ddim", TIMESTEPS)  # the schedules A1111 gives min/max/rho
     return {
         **found,
         "Discard penultimate sigma": True if schedule.always_discard and not spec.discard_penultimate else None,

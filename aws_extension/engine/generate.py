@@ -8,8 +8,8 @@ unmasked latents after each step.
 The k-diffusion samplers (Euler a, DPM++ ..., the most used) run in `engine.k_pass`, A1111's sampling loop
 over the pipeline's UNet, with A1111's noise (`engine.noise.ImageNoise`: the initial noise and every later
 sample from one generator per image, so ancestral samplers continue the seed's stream; Brownian trees seeded
-per image for the SDE samplers). DDIM, PLMS, UniPC and LCM run in diffusers' pipelines from the same
-initial noise.
+per image for the SDE samplers); A1111's timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC) run in the same pass
+(`engine.timestep_samplers`). LCM runs in diffusers' pipeline from the same initial noise.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ from diffusers import (
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image, ImageFilter, ImageOps
 
-from aws_extension.engine import k_pass
+from aws_extension.engine import k_pass, timestep_samplers
 from aws_extension.engine.base import EngineError, Interrupted, Progress, ProgressCallback
 from aws_extension.engine.noise import ImageNoise, NoiseSource
 from aws_extension.engine.params import ControlNetUnit, GenerationParams, Img2ImgInputs
@@ -205,10 +206,19 @@ def _grow_span(low: int, high: int, desired: float, limit: int) -> tuple[int, in
     return max(low, 0), min(high, limit)
 
 
-def prepare_img2img(
-    inputs: Img2ImgInputs, width: int, height: int
-) -> tuple[list[Image.Image], Image.Image | None, Image.Image | None, tuple[int, int, int, int] | None]:
-    """Init images at width×height (filled where masked), the mask at that size, the overlay mask and crop."""
+@dataclass
+class PreparedImg2Img:
+    """An img2img job's images as A1111's `StableDiffusionProcessingImg2Img.init` leaves them."""
+
+    images: list[Image.Image]  # the init images at width x height, filled where `latent_mask` repaints
+    mask: Image.Image | None  # the image mask made from the request's (binary, inverted, blurred, resized)
+    latent_mask: Image.Image | None  # what is repainted in the latents: the request's latent_mask, else `mask`
+    overlay: Image.Image | None  # where the result is pasted over the original
+    crop_region: tuple[int, int, int, int] | None  # "only masked": the region cut out and generated
+
+
+def prepare_img2img(inputs: Img2ImgInputs, width: int, height: int) -> PreparedImg2Img:
+    """The init images, masks, overlay and crop of an img2img job (A1111's order of steps)."""
     mask = inputs.mask
     overlay = None
     crop_region = None
@@ -228,6 +238,8 @@ def prepare_img2img(
         else:
             mask = resize_image(inputs.resize_mode, mask, width, height)
             overlay = mask.point(lambda value: min(255, value * 2))
+    # A1111 takes p.latent_mask as it is (no rounding, blur, inversion or resizing here) and only with a mask
+    repaint = (inputs.latent_mask if inputs.latent_mask is not None else mask) if mask is not None else None
     images = []
     for image in inputs.init_images:
         image = ImageOps.exif_transpose(image).convert("RGB")
@@ -235,10 +247,10 @@ def prepare_img2img(
             image = resize_image(2, image.crop(crop_region), width, height)
         else:
             image = resize_image(inputs.resize_mode, image, width, height)
-        if mask is not None and inputs.inpainting_fill != 1:
-            image = fill_masked_area(image, mask)
+        if repaint is not None and inputs.inpainting_fill != 1:
+            image = fill_masked_area(image, repaint)
         images.append(image)
-    return images, mask, overlay, crop_region
+    return PreparedImg2Img(images, mask, repaint, overlay, crop_region)
 
 
 def latent_mask(mask: Image.Image, latent_height: int, latent_width: int, round_mask: bool) -> torch.Tensor:
@@ -319,14 +331,15 @@ class JobRunner:
             return self._decode(latents)
         return self._img2img(params.img2img, rng, seeds)
 
-    def _call_kwargs(self, conditioning: ScheduledConditioning, sampler: SamplerSpec, seeds: list[int],
-                     steps: int, pass_steps: int, blend: StepHook | None = None) -> dict[str, Any]:
+    def _call_kwargs(self, conditioning: ScheduledConditioning, seeds: list[int], steps: int, pass_steps: int,
+                     blend: StepHook | None = None) -> dict[str, Any]:
+        """The diffusers pipeline's arguments (LCM only)."""
         conditioning = conditioning.padded()  # diffusers batches cond and uncond
-        positive, negative = conditioning.at_step(1)
+        positive, negative = conditioning.at_step(0)
         on_step = blend
         if conditioning.changes_during_sampling:
             on_step = self._switch_prompts(conditioning, len(seeds), blend)
-        kwargs: dict[str, Any] = {
+        return {
             "prompt_embeds": positive,
             "negative_prompt_embeds": negative,
             "num_images_per_prompt": len(seeds),
@@ -336,19 +349,16 @@ class JobRunner:
             "output_type": "latent",
             "callback_on_step_end": self.reporter.pass_callback(pass_steps, on_step),
         }
-        if sampler.scheduler_class == "DDIMScheduler":  # A1111: the payload's eta, else the eta_ddim setting
-            kwargs["eta"] = self.params.sampling.eta_ddim if self.params.eta is None else self.params.eta
-        return kwargs
 
     @staticmethod
     def _switch_prompts(conditioning: ScheduledConditioning, batch_size: int, then: StepHook | None) -> StepHook:
-        """Prompt editing: before each step, the embeddings of that step (the pipeline holds them as
-        [negative × batch, positive × batch] with CFG)."""
-        current = conditioning.at_step(1)
+        """Prompt editing: before each step, the embeddings of that step (A1111's count of model calls before
+        it; the pipeline holds them as [negative × batch, positive × batch] with CFG)."""
+        current = conditioning.at_step(0)
 
         def switch(pipe: Any, index: int, steps_done: int, tensors: dict[str, Any]) -> dict[str, Any]:
             nonlocal current
-            upcoming = conditioning.at_step(steps_done + 1)
+            upcoming = conditioning.at_step(steps_done)
             if upcoming[0] is not current[0] or upcoming[1] is not current[1]:
                 current = upcoming
                 positive, negative = (z.repeat(batch_size, 1, 1) for z in upcoming)
@@ -400,14 +410,16 @@ class JobRunner:
         noise = rng.first()
         if spec.k_function is not None:
             sigmas = self._sigmas(spec, params.steps)
-            scale = (1 + sigmas[0] ** 2) ** 0.5 if params.sampling.sgm_noise_multiplier else sigmas[0]
+            # the timestep samplers start from the noise itself (x / sqrt(sigma² + 1) in their scale)
+            timesteps = spec.sigmas == timestep_samplers.TIMESTEPS
+            scale = (1 + sigmas[0] ** 2) ** 0.5 if params.sampling.sgm_noise_multiplier or timesteps else sigmas[0]
             x = noise.to(self.pipe.unet.device) * scale
             return self._k_sample(x, sigmas, rng, self.conditioning, spec, seeds, params.width, params.height)
         pipeline_class = StableDiffusionControlNetPipeline if self.controlnets else StableDiffusionPipeline
         view = self._view(pipeline_class, spec, seeds)
         return view(
             latents=noise.to(self.pipe.unet.device, self.pipe.unet.dtype), width=params.width, height=params.height,
-            **self._call_kwargs(self.conditioning, spec, seeds, params.steps, params.steps),
+            **self._call_kwargs(self.conditioning, seeds, params.steps, params.steps),
             **self._controlnet_kwargs(params.width, params.height, "image"),
         ).images
 
@@ -417,8 +429,9 @@ class JobRunner:
 
     def _k_sample(self, x: torch.Tensor, sigmas: torch.Tensor, rng: ImageNoise, conditioning: ScheduledConditioning,
                   spec: SamplerSpec, seeds: list[int], width: int, height: int,
-                  blend: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """A k-diffusion pass from `x` (at sigmas[0]) on the UNet; float32 in, the UNet's dtype out."""
+                  blend: tuple[torch.Tensor, torch.Tensor] | None = None, from_image: bool = False) -> torch.Tensor:
+        """A k-diffusion pass from `x` (at sigmas[0]) on the UNet; float32 in, the UNet's dtype out.
+        `from_image`: x is an image noised to sigmas[0] (img2img, hires), not noise."""
         assert spec.k_function is not None
         steps = len(sigmas) - 1
         denoiser = k_pass.CFGDenoiser(
@@ -429,7 +442,7 @@ class JobRunner:
         run = k_pass.KPass(
             spec.k_function,
             self.params.sampling.options(spec.k_function, self.params.eta, spec.options.get("solver_type", "midpoint")),
-            spec.brownian, rng, seeds, self.reporter.k_callback(steps),
+            spec.brownian, rng, seeds, self.reporter.k_callback(steps), from_image,
         )
         return k_pass.sample(denoiser, run, x.float(), sigmas.to(x.device)).to(self.pipe.unet.dtype)
 
@@ -458,7 +471,7 @@ class JobRunner:
             sigmas = self._sigmas(sampler, steps)[-(pass_steps + 1):]
             x = init_latents.float() + noise.to(init_latents.device) * sigmas[0]
             blend = None if mask is None else (init_latents.float(), mask.float())
-            return self._k_sample(x, sigmas, rng, conditioning, sampler, seeds, width, height, blend)
+            return self._k_sample(x, sigmas, rng, conditioning, sampler, seeds, width, height, blend, from_image=True)
         noise = noise.to(self.pipe.unet.device, self.pipe.unet.dtype)
         pipeline_class = _ControlNetImg2ImgPipeline if self.controlnets else _Img2ImgPipeline
         view = self._view(pipeline_class, sampler, seeds)
@@ -470,7 +483,7 @@ class JobRunner:
         size = {"width": width, "height": height} if self.controlnets else {}
         return view(
             image=init_latents, strength=strength, **size,
-            **self._call_kwargs(conditioning, sampler, seeds, steps, pass_steps, blend_hook),
+            **self._call_kwargs(conditioning, seeds, steps, pass_steps, blend_hook),
             **self._controlnet_kwargs(width, height, "control_image"),
         ).images
 
@@ -544,12 +557,13 @@ class JobRunner:
     def _img2img(self, inputs: Img2ImgInputs, rng: ImageNoise, seeds: list[int]) -> list[Image.Image]:
         params = self.params
         width, height = params.width, params.height
-        images, mask_image, overlay, crop_region = prepare_img2img(inputs, width, height)
-        batch_images = [images[i % len(images)] for i in range(len(seeds))]
+        prepared = prepare_img2img(inputs, width, height)
+        batch_images = [prepared.images[i % len(prepared.images)] for i in range(len(seeds))]
         init_latents = self._encode(batch_images)
         mask = None
-        if mask_image is not None:
-            mask = latent_mask(mask_image, init_latents.shape[2], init_latents.shape[3], inputs.mask_round).to(init_latents)
+        if prepared.latent_mask is not None:
+            mask = latent_mask(prepared.latent_mask, init_latents.shape[2], init_latents.shape[3],
+                               inputs.mask_round).to(init_latents)
             if inputs.inpainting_fill == 2:  # latent noise
                 # A1111's create_random_tensors: a fresh ImageRNG of the seeds
                 fill_noise = ImageNoise(tuple(init_latents.shape[1:]), seeds, source=self._noise_source).first()
@@ -564,13 +578,15 @@ class JobRunner:
             img2img_steps_run(params.steps, strength, spec.k_function is not None), strength, width, height, mask,
             inputs.initial_noise_multiplier,
         )
+        if mask is not None:  # A1111's last blend after sampling: the unmasked latents are the init ones exactly
+            latents = (latents * mask + init_latents * (1 - mask)).to(latents.dtype)
         results = self._decode(latents)
-        if overlay is None:
+        if prepared.overlay is None:
             return results
         originals = [ImageOps.exif_transpose(inputs.init_images[i % len(inputs.init_images)]).convert("RGB")
                      for i in range(len(seeds))]
-        return [self._paste_back(result, original, overlay, crop_region, inputs.resize_mode, width, height)
-                for result, original in zip(results, originals)]
+        return [self._paste_back(result, original, prepared.overlay, prepared.crop_region, inputs.resize_mode,
+                                 width, height) for result, original in zip(results, originals)]
 
     @staticmethod
     def _paste_back(result: Image.Image, original: Image.Image, overlay: Image.Image,

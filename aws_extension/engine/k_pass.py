@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from aws_extension.engine import k_samplers
+from aws_extension.engine import k_samplers, timestep_samplers
 from aws_extension.engine.k_samplers import DiscreteSigmas, Options, Run
 from aws_extension.engine.noise import BrownianNoise, ImageNoise
 from aws_extension.engine.prompt import ScheduledConditioning
@@ -39,6 +39,8 @@ EXTRA_PARAMS: dict[str, tuple[str, ...]] = {
 # The samplers with an eta argument (A1111 passes p.eta or eta_ancestral to them).
 ETA_FUNCTIONS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde",
                  "dpm_fast", "dpm_adaptive")
+# The timestep samplers with an eta (A1111's CompVisSampler: p.eta or eta_ddim, default 0).
+DDIM_ETA_FUNCTIONS = ("ddim", "ddim_cfgpp")
 
 
 def model_sigmas(pipe: Any) -> DiscreteSigmas:
@@ -83,19 +85,14 @@ class CFGDenoiser:
     controls: list[ControlInput] = field(default_factory=list)
     blend: tuple[torch.Tensor, torch.Tensor] | None = None  # (init latents, mask: 1 = repaint)
     v_prediction: bool = False
-    step: int = 0  # the 0-based step the next model call belongs to
+    step: int = 0  # the 0-based sampler step the next model call belongs to (ControlNet's guidance window)
+    calls: int = 0  # model calls so far in the pass: A1111's `CFGDenoiser.step`, which picks the prompt
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        positive, negative = self.conditioning.at_step(self.step + 1)
         batch = x.shape[0]
         x_in = torch.cat([x, x])
-        c_in = 1 / (sigma ** 2 + 1) ** 0.5
         t = self.sigmas.sigma_to_t(sigma.reshape(1)).expand(batch)
-        if positive.shape[1] == negative.shape[1]:
-            context = torch.cat([positive.repeat(batch, 1, 1), negative.repeat(batch, 1, 1)])
-            output = self._unet(x_in * c_in, t.repeat(2), context).float()
-        else:  # as A1111 without pad_cond_uncond: cond and uncond of different lengths run apart
-            output = torch.cat([self._unet(x * c_in, t, z.repeat(batch, 1, 1)).float() for z in (positive, negative)])
+        output = self.outputs(x * (1 / (sigma ** 2 + 1) ** 0.5), t)
         if self.v_prediction:
             denoised = output * (-sigma / (sigma ** 2 + 1) ** 0.5) + x_in / (sigma ** 2 + 1)
         else:
@@ -106,6 +103,20 @@ class CFGDenoiser:
             init_latents, mask = self.blend
             denoised = init_latents * (1 - mask) + denoised * mask
         return denoised
+
+    def outputs(self, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The UNet's outputs (eps or v; float32) for [cond × batch, uncond × batch] on the scaled `sample` at
+        timesteps `t` ([batch]), with the prompt of A1111's step: the number of model calls before this one
+        (A1111 counts every call, so a second-order sampler moves through the prompt schedule twice as fast;
+        its schedule is built for twice the steps, `SamplerSpec.step_multiplier`)."""
+        positive, negative = self.conditioning.at_step(self.calls)
+        self.calls += 1
+        batch = sample.shape[0]
+        if positive.shape[1] == negative.shape[1]:
+            context = torch.cat([positive.repeat(batch, 1, 1), negative.repeat(batch, 1, 1)])
+            return self._unet(torch.cat([sample, sample]), t.repeat(2), context).float()
+        # as A1111 without pad_cond_uncond: cond and uncond of different lengths run apart
+        return torch.cat([self._unet(sample, t, z.repeat(batch, 1, 1)).float() for z in (positive, negative)])
 
     def _unet(self, sample: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         dtype, device = self.unet.dtype, self.unet.device
@@ -132,6 +143,7 @@ class KPass:
     noise: ImageNoise
     seeds: list[int]
     on_step: Callable[[int], None]
+    from_image: bool = False  # img2img / hires: x is an image noised to sigmas[0] (A1111's `sample_img2img`)
 
 
 def sample(denoiser: CFGDenoiser, run: KPass, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
@@ -150,8 +162,18 @@ def sample(denoiser: CFGDenoiser, run: KPass, x: torch.Tensor, sigmas: torch.Ten
         run.on_step(i)
         denoiser.step = i + 1
 
-    denoiser.step = 0
-    return SAMPLER_FUNCTIONS[run.function](Run(denoiser, noise, callback, run.options, next_noise), x, sigmas)
+    denoiser.step, denoiser.calls = 0, 0
+    if run.function in ("dpm_fast", "dpm_adaptive") and not run.from_image:
+        # A1111's txt2img runs them over the model's sigma range whatever the schedule (they read only the
+        # ends and the count of `sigmas`); img2img over its part of the schedule
+        ends = sigmas.new_tensor([denoiser.sigmas.sigma_max, denoiser.sigmas.sigma_min])
+        sigmas = torch.cat([ends[:1], sigmas[1:-2], ends[1:], sigmas[-1:]])
+    if run.function in timestep_samplers.SAMPLER_FUNCTIONS:
+        x = timestep_samplers.sample(denoiser, run.function, run.options, next_noise, callback, x, sigmas,
+                                     run.from_image)
+    else:
+        x = SAMPLER_FUNCTIONS[run.function](Run(denoiser, noise, callback, run.options, next_noise), x, sigmas)
+    return x  # the last blend with the init latents is the caller's (`generate._img2img`), for every sampler
 
 
 @dataclass(frozen=True)
@@ -167,8 +189,11 @@ class ScheduleSettings:
 
 def pass_sigmas(schedule: str | None, discard_penultimate: bool, steps: int, model: DiscreteSigmas,
                 settings: ScheduleSettings) -> torch.Tensor:
-    """A1111's `KDiffusionSampler.get_sigmas`: `steps` sigmas of `schedule` (None: uniform) and a 0."""
+    """A1111's `KDiffusionSampler.get_sigmas`: `steps` sigmas of `schedule` (None: uniform) and a 0; for the
+    timestep samplers, the sigmas of A1111's timesteps (`timestep_samplers.timestep_sigmas`)."""
     discard = discard_penultimate or settings.always_discard
+    if schedule == timestep_samplers.TIMESTEPS:
+        return timestep_samplers.timestep_sigmas(steps + (1 if discard else 0), model)
     n = steps + (1 if discard else 0)
     sigma_min = settings.sigma_min if settings.sigma_min else model.sigma_min
     sigma_max = settings.sigma_max if settings.sigma_max else model.sigma_max

@@ -5,7 +5,8 @@ on a `CompVisDenoiser` (sigmas from the model's alphas_cumprod); the algorithms 
 update rules as k-diffusion writes them, so that with A1111's noise (`engine.noise`) they make A1111's
 latents. `model(x, sigma)` is the CFG denoiser (the denoised latents); `noise(sigma, sigma_next)` a unit
 noise sample (the seed's continued stream, or a Brownian tree for the SDE samplers); `callback(i)` runs
-after the first model call of step i (progress, interrupt, the next step's prompt).
+after the first model call of step i (progress, interrupt, ControlNet's step; the prompt follows the model's
+own count of calls, as A1111's).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Options:
-    """A1111's sampler settings (eta_ancestral, s_churn, s_tmin, s_tmax, s_noise, the 2M SDE solver)."""
+    """A1111's sampler settings (eta_ancestral or eta_ddim, s_churn, s_tmin, s_tmax, s_noise, the 2M SDE
+    solver, the uni_pc_* settings of UniPC)."""
 
     eta: float = 1.0
     s_churn: float = 0.0
@@ -30,6 +32,10 @@ class Options:
     s_tmax: float = math.inf
     s_noise: float = 1.0
     solver_type: str = "midpoint"
+    uni_pc_variant: str = "bh1"
+    uni_pc_skip_type: str = "time_uniform"
+    uni_pc_order: int = 3
+    uni_pc_lower_order_final: bool = True
 
 
 @dataclass
@@ -47,6 +53,7 @@ class DiscreteSigmas:
     """The CompVis model's 1000 sigmas, and k-diffusion's interpolation between sigma and timestep."""
 
     def __init__(self, alphas_cumprod: torch.Tensor):
+        self.alphas_cumprod = alphas_cumprod.float()  # the ldm model's buffer (A1111's timestep samplers use it)
         self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt().float()
         self.log_sigmas = self.sigmas.log()
 

@@ -20,12 +20,13 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from aws_extension.engine.base import EngineError
-from aws_extension.engine.k_pass import ETA_FUNCTIONS, EXTRA_PARAMS, ScheduleSettings
+from aws_extension.engine.k_pass import DDIM_ETA_FUNCTIONS, ETA_FUNCTIONS, EXTRA_PARAMS, ScheduleSettings
 from aws_extension.engine.k_samplers import Options
 from aws_extension.engine.preprocessors import ALIASES as PREPROCESSOR_ALIASES
 from aws_extension.engine.preprocessors import PREPROCESSORS, Preprocessor
 from aws_extension.engine.prompt import Emphasis
 from aws_extension.engine.samplers import SamplerSpec, resolve_sampler
+from aws_extension.engine.timestep_samplers import check_unipc_order, unipc_pass_steps
 from aws_extension.payload import (
     CONTROLNET_RESIZE_MODES,
     IMG2IMG_DEFAULTS,
@@ -109,6 +110,9 @@ class Img2ImgInputs:
     inpaint_full_res_padding: int
     inpainting_mask_invert: bool
     initial_noise_multiplier: float
+    # A1111's p.latent_mask (the outpainting scripts): used as it is, instead of the mask made from `mask`,
+    # for inpainting_fill "fill" and for the latents; the overlay still comes from `mask`.
+    latent_mask: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -125,13 +129,18 @@ class SamplingSettings:
     s_noise: float = 1.0
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     sgm_noise_multiplier: bool = False
+    uni_pc: dict[str, Any] = field(default_factory=dict)  # the uni_pc_* settings given (names of `Options`)
 
-    def sampler_settings(self, function: str, eta: float | None) -> dict[str, float]:
-        """What A1111 gives k-diffusion sampler `function` that is not its default: eta (the payload's, else
-        eta_ancestral) and the `EXTRA_PARAMS` it takes (with the names of `Options`)."""
-        given: dict[str, float] = {}
+    def sampler_settings(self, function: str, eta: float | None) -> dict[str, Any]:
+        """What A1111 gives sampler `function` that is not its default: eta (the payload's, else eta_ancestral,
+        or eta_ddim for DDIM), the `EXTRA_PARAMS` it takes (with the names of `Options`), UniPC's settings."""
+        given: dict[str, Any] = {}
         if function in ETA_FUNCTIONS:
             given["eta"] = self.eta_ancestral if eta is None else eta
+        elif function in DDIM_ETA_FUNCTIONS:
+            given["eta"] = self.eta_ddim if eta is None else eta
+        elif function == "unipc":
+            given.update(self.uni_pc)
         defaults = Options()
         for name in EXTRA_PARAMS.get(function, ()):
             value = getattr(self, name) or (float("inf") if name == "s_tmax" else 0.0)
@@ -165,6 +174,9 @@ def _sampling_settings(overrides: dict[str, Any], payload: dict[str, Any]) -> Sa
         schedule=ScheduleSettings(float(pick("sigma_min", 0.0)), float(pick("sigma_max", 0.0)), float(pick("rho", 0.0)),
                                   bool(pick("always_discard_next_to_last_sigma", False))),
         sgm_noise_multiplier=bool(pick("sgm_noise_multiplier", False)),
+        uni_pc={key: kind(overrides[key]) for key, kind in (("uni_pc_variant", str), ("uni_pc_skip_type", str),
+                                                            ("uni_pc_order", int), ("uni_pc_lower_order_final", bool))
+                if overrides.get(key) is not None},
     )
 
 
@@ -273,7 +285,19 @@ def _mask(payload: dict[str, Any], init_image: Image.Image) -> Image.Image | Non
     return mask
 
 
-def _img2img(payload: dict[str, Any]) -> Img2ImgInputs:
+def _latent_mask(payload: dict[str, Any], width: int, height: int) -> Image.Image | None:
+    """The latent mask, when there is a mask (without one, A1111 ignores it; the payload check refuses that).
+    With inpainting_fill "fill" A1111 fills the image (width x height by then) through it: the same size."""
+    if not payload["latent_mask"] or not payload["mask"]:
+        return None
+    latent_mask = decode_image(payload["latent_mask"], "latent_mask")
+    if int(payload["inpainting_fill"]) == 0 and latent_mask.size != (width, height):
+        raise _fail("latent_mask", f"is {latent_mask.width}x{latent_mask.height} but the image is {width}x{height}; "
+                    "with inpainting_fill 0 (fill) they must be the same size")
+    return latent_mask
+
+
+def _img2img(payload: dict[str, Any], width: int, height: int) -> Img2ImgInputs:
     images = [decode_image(value, f"init_images[{i}]") for i, value in enumerate(payload["init_images"])]
     blur = payload["mask_blur"]  # sets both mask_blur_x and mask_blur_y
     multiplier = payload["initial_noise_multiplier"]
@@ -281,6 +305,7 @@ def _img2img(payload: dict[str, Any]) -> Img2ImgInputs:
         init_images=images,
         resize_mode=int(payload["resize_mode"]),
         mask=_mask(payload, images[0]),
+        latent_mask=_latent_mask(payload, width, height),
         mask_blur_x=int(payload["mask_blur_x"] if blur is None else blur),
         mask_blur_y=int(payload["mask_blur_y"] if blur is None else blur),
         mask_round=bool(payload["mask_round"]),
@@ -412,8 +437,24 @@ def normalise_payload(task: str, payload: dict[str, Any], settings: WorkerSettin
         _add_img2img(params, merged)
     params.parameters = {**merged, "seed": params.seed, "subseed": params.subseed, "sampler_name": sampler}
     if task == "img2img":
-        params.parameters.update(init_images=None, mask=None)
+        params.parameters.update(init_images=None, mask=None, latent_mask=None)
+    _check_unipc_order(params)
     return params
+
+
+def _check_unipc_order(params: GenerationParams) -> None:
+    """A UniPC pass needs at least uni_pc_order steps (A1111 fails it); refused before any work."""
+    order = int(params.sampling.uni_pc.get("uni_pc_order", 3))
+    discard = params.sampling.schedule.always_discard
+    if params.sampler_spec.k_function == "unipc":
+        strength = params.denoising_strength if params.img2img is not None else None
+        if strength is None or strength > 0:
+            check_unipc_order(order, unipc_pass_steps(params.steps, discard, strength))
+    hires = params.hires
+    if hires is not None and hires.sampler_spec.k_function == "unipc" and hires.denoising_strength > 0:
+        steps = hires.steps or params.steps
+        total = int(steps / min(hires.denoising_strength, 0.999))  # A1111's setup_img2img_steps
+        check_unipc_order(order, unipc_pass_steps(total, discard, hires_steps=steps))
 
 
 def _text(value: str | None) -> str:
@@ -425,7 +466,7 @@ def _optional_float(value: float | None) -> float | None:
 
 
 def _add_img2img(params: GenerationParams, merged: dict[str, Any]) -> None:
-    params.img2img = _img2img(merged)
+    params.img2img = _img2img(merged, params.width, params.height)
     # A1111: several init images make one batch of that many images (never more than batch_size).
     if len(params.img2img.init_images) > 1:
         params.batch_size = len(params.img2img.init_images)

@@ -437,7 +437,8 @@ class ScheduledConditioning:
         return len(self.positive) > 1 or len(self.negative) > 1
 
     def at_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The embeddings for (1-based) step `step`; past the last step, the last ones."""
+        """The embeddings at A1111's step `step` (`reconstruct_cond_batch`: the model calls of the pass before
+        this one, so the first call is 0): the first entry whose last step is >= `step`; past them, the last."""
         return _entry_at(self.positive, step), _entry_at(self.negative, step)
 
     def padded(self) -> ScheduledConditioning:

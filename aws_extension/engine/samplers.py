@@ -1,4 +1,5 @@
-"""A1111 sampler names → the engine's k-diffusion samplers (engine.k_samplers) or diffusers schedulers.
+"""A1111 sampler names → the engine's k-diffusion samplers (engine.k_samplers), its timestep samplers
+(engine.timestep_samplers) or a diffusers scheduler (LCM).
 
 A1111 before 1.9 named the Karras variants as samplers ("DPM++ 2M Karras"); 1.9+ has a separate
 `scheduler` field ("Automatic", "Karras", ...). Both spellings are accepted here. The names (torch-free, for
@@ -14,6 +15,7 @@ from typing import Any
 import diffusers
 
 from aws_extension.engine.base import EngineError
+from aws_extension.engine.timestep_samplers import TIMESTEPS
 from aws_extension.payload import SAMPLER_NAMES, SCHEDULER_NAMES, canonical_schedule
 
 KARRAS, EXPONENTIAL = "karras", "exponential"  # SCHEDULES' values name k_samplers' schedule functions
@@ -25,10 +27,16 @@ class SamplerSpec:
     options: dict[str, Any] = field(default_factory=dict)
     sigmas: str | None = None  # the k-diffusion schedule (SCHEDULES' values); None: "Automatic" (uniform)
     schedule_choice: bool = False  # the `scheduler` field may pick the schedule
-    k_function: str | None = None  # a function of engine.k_samplers (engine.k_pass.SAMPLER_FUNCTIONS)
+    k_function: str | None = None  # a function of engine.k_pass.SAMPLER_FUNCTIONS or timestep_samplers'
     brownian: bool = False  # its noise comes from a Brownian tree per image (A1111's SDE samplers)
     discard_penultimate: bool = False  # A1111 drops the next-to-last sigma
     uses_ensd: bool = False  # eta_noise_seed_delta changes its noise (the infotext says "ENSD")
+    second_order: bool = False  # A1111's "second_order": its prompt schedule has twice the steps
+
+    @property
+    def step_multiplier(self) -> int:
+        """A1111's `p.step_multiplier`: the prompt schedule of a pass is built for steps × this."""
+        return 2 if self.second_order else 1
 
 
 def _k(function: str, sigmas: str | None = None, **flags: Any) -> SamplerSpec:
@@ -37,21 +45,27 @@ def _k(function: str, sigmas: str | None = None, **flags: Any) -> SamplerSpec:
     return SamplerSpec(None, options, sigmas=sigmas, schedule_choice=True, k_function=function, **flags)
 
 
+def _timesteps(function: str) -> SamplerSpec:
+    """A timestep sampler of A1111 1.10 (`samplers_timesteps`), on A1111's timesteps only."""
+    return SamplerSpec(None, sigmas=TIMESTEPS, k_function=function)
+
+
 _ANCESTRAL = {"uses_ensd": True}
 _SDE = {"brownian": True}
+_2ND = {"second_order": True}
 # Names of A1111 1.10 (plain names, each with its "Automatic" schedule) and of A1111 < 1.9 (" Karras").
 SAMPLERS: dict[str, SamplerSpec] = {
     "Euler a": _k("euler_ancestral", **_ANCESTRAL),
     "Euler": _k("euler"),
     "LMS": _k("lms"),
     "LMS Karras": _k("lms", KARRAS),
-    "Heun": _k("heun"),
-    "DPM2": _k("dpm_2", KARRAS, discard_penultimate=True),
-    "DPM2 Karras": _k("dpm_2", KARRAS, discard_penultimate=True),
-    "DPM2 a": _k("dpm_2_ancestral", KARRAS, discard_penultimate=True, **_ANCESTRAL),
-    "DPM2 a Karras": _k("dpm_2_ancestral", KARRAS, discard_penultimate=True, **_ANCESTRAL),
-    "DPM++ 2S a": _k("dpmpp_2s_ancestral", KARRAS, **_ANCESTRAL),
-    "DPM++ 2S a Karras": _k("dpmpp_2s_ancestral", KARRAS, **_ANCESTRAL),
+    "Heun": _k("heun", **_2ND),
+    "DPM2": _k("dpm_2", KARRAS, discard_penultimate=True, **_2ND),
+    "DPM2 Karras": _k("dpm_2", KARRAS, discard_penultimate=True, **_2ND),
+    "DPM2 a": _k("dpm_2_ancestral", KARRAS, discard_penultimate=True, **_ANCESTRAL, **_2ND),
+    "DPM2 a Karras": _k("dpm_2_ancestral", KARRAS, discard_penultimate=True, **_ANCESTRAL, **_2ND),
+    "DPM++ 2S a": _k("dpmpp_2s_ancestral", KARRAS, **_ANCESTRAL, **_2ND),
+    "DPM++ 2S a Karras": _k("dpmpp_2s_ancestral", KARRAS, **_ANCESTRAL, **_2ND),
     "DPM++ 2M": _k("dpmpp_2m", KARRAS),
     "DPM++ 2M Karras": _k("dpmpp_2m", KARRAS),
     "DPM++ 2M SDE": _k("dpmpp_2m_sde", EXPONENTIAL, **_SDE),
@@ -60,14 +74,15 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "DPM++ 2M SDE Heun Karras": _k("dpmpp_2m_sde", KARRAS, solver_type="heun", **_SDE),
     "DPM++ 3M SDE": _k("dpmpp_3m_sde", EXPONENTIAL, discard_penultimate=True, **_SDE),
     "DPM++ 3M SDE Karras": _k("dpmpp_3m_sde", KARRAS, discard_penultimate=True, **_SDE),
-    "DPM++ SDE": _k("dpmpp_sde", KARRAS, **_SDE),
-    "DPM++ SDE Karras": _k("dpmpp_sde", KARRAS, **_SDE),
+    "DPM++ SDE": _k("dpmpp_sde", KARRAS, **_SDE, **_2ND),
+    "DPM++ SDE Karras": _k("dpmpp_sde", KARRAS, **_SDE, **_2ND),
     "DPM fast": _k("dpm_fast", **_ANCESTRAL),
     "DPM adaptive": _k("dpm_adaptive", **_ANCESTRAL),
-    "Restart": _k("restart", KARRAS),
-    "DDIM": SamplerSpec("DDIMScheduler"),
-    "PLMS": SamplerSpec("PNDMScheduler"),
-    "UniPC": SamplerSpec("UniPCMultistepScheduler"),
+    "Restart": _k("restart", KARRAS, **_2ND),
+    "DDIM": _timesteps("ddim"),
+    "DDIM CFG++": _timesteps("ddim_cfgpp"),
+    "PLMS": _timesteps("plms"),
+    "UniPC": _timesteps("unipc"),
     "LCM": SamplerSpec("LCMScheduler"),
 }
 

@@ -21,13 +21,26 @@ if TYPE_CHECKING:
     import torch
 
 TINY_ARCHITECTURE = "sd1-tiny"
+# `make-tiny-model --learnable`: a model that can show learning (see `_make_learnable`). Its own architecture
+# (VAE GroupNorms of one group, UNet GroupNorms of 4 groups: with one channel per group, as in the default tiny
+# model, a norm removes every constant offset, so neither a solid colour nor a prompt's shift of it can pass;
+# a 48-wide text encoder, so its tensors tell it from the default tiny model).
+LEARNABLE_ARCHITECTURE = "sd1-tiny-learnable"
+LEARNABLE_CROSS_ATTENTION_GAIN = 8.0  # how much louder the UNet's cross-attention output is than at random init
+# The learnable UNet is pretrained at build time on solid colours captioned by their colour name (or nothing).
+LEARNABLE_COLOURS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
+                     "cyan": (30, 210, 220), "magenta": (210, 30, 200), "white": (240, 240, 240),
+                     "black": (15, 15, 15), "grey": (128, 128, 128)}
+LEARNABLE_PRETRAIN_STEPS = 200
+LEARNABLE_PRETRAIN_BATCH = 8
+LEARNABLE_PRETRAIN_LR = 2e-3
 TINY_SEED = 1234
 LORA_RANK = 4
 LORA_ALPHA = 2.0  # deliberately != rank, so a loader that ignores `.alpha` gives a different result
 EMBEDDING_VECTORS = 2
 
 
-def write_tiny_model(out: Path, extras_dir: Path | None = None) -> None:
+def write_tiny_model(out: Path, extras_dir: Path | None = None, learnable: bool = False) -> None:
     """Write the tiny SD 1.x checkpoint to `out` (A1111 single-file `.safetensors`), and beside it what A1111
     needs to load it (`write_webui_config`).
 
@@ -35,24 +48,33 @@ def write_tiny_model(out: Path, extras_dir: Path | None = None) -> None:
     (kohya keys), `embeddings/tiny-emb.safetensors` (A1111 `emb_params`, 2 vectors, token `tiny-emb`),
     `VAE/tiny-vae.safetensors` (other weights than the checkpoint's VAE) and
     `ControlNet/tiny-controlnet.safetensors` (sd-webui-controlnet `control_model.*` layout). Deterministic.
+
+    With `learnable`, the model that can show learning (`LEARNABLE_ARCHITECTURE`, `_make_learnable`); its
+    extras are not made.
     """
     from safetensors.torch import save_file
 
     from aws_extension.engine.checkpoints import diffusers_to_a1111_checkpoint
 
-    unet, vae, text_encoder = build_tiny_models(seed=TINY_SEED)
+    if learnable and extras_dir is not None:
+        raise ValueError("--extras are made for the default tiny model only, not with --learnable")
+    architecture = LEARNABLE_ARCHITECTURE if learnable else TINY_ARCHITECTURE
+    unet, vae, text_encoder = build_tiny_models(seed=TINY_SEED, architecture=architecture)
+    if learnable:
+        _make_learnable(unet, vae)
+        _pretrain_learnable(unet, vae, text_encoder)
     state_dict = diffusers_to_a1111_checkpoint(
         unet.state_dict(), vae.state_dict(), text_encoder.state_dict(), unet.config, vae.config
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(_contiguous(state_dict), str(out), metadata={ARCHITECTURE_METADATA_KEY: TINY_ARCHITECTURE})
-    write_webui_config(out)
+    save_file(_contiguous(state_dict), str(out), metadata={ARCHITECTURE_METADATA_KEY: architecture})
+    write_webui_config(out, architecture)
     if extras_dir is not None:
         _write_extras(Path(extras_dir), unet, text_encoder)
 
 
-def write_webui_config(checkpoint: Path) -> tuple[Path, Path]:
+def write_webui_config(checkpoint: Path, architecture: str = TINY_ARCHITECTURE) -> tuple[Path, Path]:
     """Write beside `checkpoint` what A1111 needs to load it: `<stem>.yaml`, the ldm config it picks up by
     name (else it assumes SD 1.5's `v1-inference.yaml`, whose shapes do not fit), and `<stem>-text-encoder/`,
     the folder that config names as the text encoder's `version` (its `config.json` and the CLIP tokenizer
@@ -60,7 +82,7 @@ def write_webui_config(checkpoint: Path) -> tuple[Path, Path]:
     The yaml is written as JSON, which YAML readers accept. Returns (yaml, folder)."""
     from aws_extension.engine.checkpoints import TOKENIZER_DIR, architecture_config_dir
 
-    config_dir = architecture_config_dir(TINY_ARCHITECTURE)
+    config_dir = architecture_config_dir(architecture)
     text_encoder_dir = checkpoint.with_name(f"{checkpoint.stem}-text-encoder")
     text_encoder_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config_dir / "text_encoder" / "config.json", text_encoder_dir / "config.json")
@@ -115,7 +137,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def build_tiny_models(seed: int = TINY_SEED) -> tuple[Any, Any, Any]:
+def build_tiny_models(seed: int = TINY_SEED, architecture: str = TINY_ARCHITECTURE) -> tuple[Any, Any, Any]:
     """The tiny (UNet2DConditionModel, AutoencoderKL, CLIPTextModel), random weights from `seed`."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -123,7 +145,7 @@ def build_tiny_models(seed: int = TINY_SEED) -> tuple[Any, Any, Any]:
 
     from aws_extension.engine.checkpoints import architecture_config_dir
 
-    config_dir = architecture_config_dir(TINY_ARCHITECTURE)
+    config_dir = architecture_config_dir(architecture)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir / "unet"))
     torch.manual_seed(seed + 1)
@@ -131,6 +153,149 @@ def build_tiny_models(seed: int = TINY_SEED) -> tuple[Any, Any, Any]:
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(config_dir / "text_encoder"))
     return unet.eval(), vae.eval(), text_encoder.eval()
+
+
+# The learnable model's VAE channels: +colour (0-2), -colour (3-5), then pairs of ±_LEARNABLE_LEVEL constants.
+_COLOUR_CHANNELS = 3
+_LEARNABLE_LEVEL = 100.0
+_LOGVAR = -20.0  # the posterior's log variance: sampling it adds noise of std e^-10
+
+
+def _colour_to_latent() -> torch.Tensor:
+    """A (4, 3) matrix with orthonormal columns: latent = √3 · M · rgb (rgb in -1..1), so a random colour's
+    latent (× scaling factor) has about unit variance, and rgb = Mᵀ · latent / √3 undoes it."""
+    import torch
+
+    hadamard = torch.tensor([[1., 1., 1., 1.], [1., -1., 1., -1.], [1., 1., -1., -1.], [1., -1., -1., 1.]]) / 2
+    return hadamard[:, 1:]
+
+
+def _make_learnable(unet: Any, vae: Any) -> None:
+    """Turn the random tiny model into one that can show learning, deterministically and at once:
+
+    - the VAE is built, not trained: every residual branch and attention output is zeroed (identity blocks),
+      the encoder averages 2×2 at each downsampling and the decoder repeats pixels, and colour passes its two
+      GroupNorms (one group over all channels) as ±pairs beside large ±constants: the norm's mean is 0 and its
+      scale the constants', so it divides colour by a fixed number, and silu(y) − silu(−y) = y exactly. The
+      latent is a fixed orthonormal map of the 8×8-averaged colour, of about unit variance × scaling factor;
+      the decoder reconstructs the averaged image exactly (up to float rounding);
+    - the UNet's cross-attention output is LEARNABLE_CROSS_ATTENTION_GAIN times louder, so the prompt
+      changes the image clearly (at random init its effect is below 1/255).
+    """
+    import math
+
+    import torch
+
+    colour = _colour_to_latent()
+    scaling = vae.config.scaling_factor
+    channels = vae.config.block_out_channels[0]
+    constants = channels - 2 * _COLOUR_CHANNELS
+    norm_scale = _LEARNABLE_LEVEL * math.sqrt(constants / channels)  # what the GroupNorms divide by
+
+    def centre(conv: torch.nn.Conv2d, weights: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        conv.weight.zero_()
+        conv.weight[:, :, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2] = weights
+        conv.bias.copy_(bias if bias is not None else torch.zeros(conv.out_channels))
+
+    def constant_bias() -> torch.Tensor:
+        bias = torch.zeros(channels)
+        bias[2 * _COLOUR_CHANNELS:] = torch.tensor([_LEARNABLE_LEVEL, -_LEARNABLE_LEVEL]).repeat(constants // 2)
+        return bias
+
+    def identity_blocks(module: Any) -> None:
+        for name, sub in module.named_modules():
+            if name.endswith("conv2") or name.endswith("to_out.0"):
+                sub.weight.zero_()
+                sub.bias.zero_()
+        for sub in module.modules():
+            if isinstance(sub, torch.nn.GroupNorm):
+                sub.weight.fill_(1.0)
+                sub.bias.zero_()
+
+    eye = torch.eye(channels)
+    pm = torch.cat([torch.eye(_COLOUR_CHANNELS), -torch.eye(_COLOUR_CHANNELS)])  # (6, 3): +colour, -colour
+    with torch.no_grad():
+        encoder, decoder = vae.encoder, vae.decoder
+        identity_blocks(encoder)
+        identity_blocks(decoder)
+        into = torch.zeros(channels, 3)
+        into[:2 * _COLOUR_CHANNELS] = pm
+        centre(encoder.conv_in, into, constant_bias())
+        for block in encoder.down_blocks:
+            for downsampler in block.downsamplers or []:
+                downsampler.conv.weight.zero_()
+                downsampler.conv.weight[:, :, :2, :2] = eye[:, :, None, None] / 4  # a 2×2 average
+                downsampler.conv.bias.zero_()
+        out = torch.zeros(encoder.conv_out.out_channels, channels)
+        to_latent = colour * math.sqrt(3) / scaling * norm_scale  # (4, 3)
+        out[:4, :_COLOUR_CHANNELS] = to_latent
+        out[:4, _COLOUR_CHANNELS:2 * _COLOUR_CHANNELS] = -to_latent
+        logvar = torch.zeros(encoder.conv_out.out_channels)
+        logvar[4:] = _LOGVAR
+        centre(encoder.conv_out, out, logvar)
+        centre(vae.quant_conv, torch.eye(vae.quant_conv.out_channels))
+        centre(vae.post_quant_conv, torch.eye(vae.post_quant_conv.out_channels))
+        back = torch.zeros(channels, 4)
+        back[:2 * _COLOUR_CHANNELS] = pm @ colour.T * scaling / math.sqrt(3)
+        centre(decoder.conv_in, back, constant_bias())
+        for block in decoder.up_blocks:
+            for upsampler in block.upsamplers or []:
+                centre(upsampler.conv, eye)
+        out = torch.zeros(3, channels)
+        out[:, :2 * _COLOUR_CHANNELS] = pm.T * norm_scale
+        centre(decoder.conv_out, out)
+        for name, module in unet.named_modules():
+            if name.endswith("attn2.to_out.0"):
+                module.weight.mul_(LEARNABLE_CROSS_ATTENTION_GAIN)
+
+
+def colour_latent(rgb: tuple[int, int, int], scaling_factor: float) -> torch.Tensor:
+    """The learnable VAE's latent (unscaled, per channel) of a solid colour: what its encoder computes."""
+    import math
+
+    import torch
+
+    colour = torch.tensor(rgb, dtype=torch.float32) / 127.5 - 1
+    return _colour_to_latent() @ colour * math.sqrt(3) / scaling_factor
+
+
+def _pretrain_learnable(unet: Any, vae: Any, text_encoder: Any) -> None:
+    """LEARNABLE_PRETRAIN_STEPS steps of the DDPM loss on solid colours near LEARNABLE_COLOURS, captioned with
+    their name (one in five uncaptioned), so the base is a denoiser (its images are colours, not saturated
+    noise), as a real base model is. Deterministic (a generator of its own); latents from `colour_latent`."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from aws_extension.engine.checkpoints import architecture_config_dir, load_tokenizer
+
+    generator = torch.Generator("cpu").manual_seed(TINY_SEED + 40)
+    scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(
+        architecture_config_dir(LEARNABLE_ARCHITECTURE) / "scheduler"))
+    tokenizer = load_tokenizer()
+    names = list(LEARNABLE_COLOURS)
+    with torch.no_grad():
+        ids = tokenizer([*names, ""], padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        hidden = text_encoder(ids)[0]
+    centres = torch.stack([colour_latent(LEARNABLE_COLOURS[n], 1.0) for n in names])  # scaled latents
+    size = unet.config.sample_size
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=LEARNABLE_PRETRAIN_LR)
+    unet.train()
+    for _ in range(LEARNABLE_PRETRAIN_STEPS):
+        which = torch.randint(0, len(names), (LEARNABLE_PRETRAIN_BATCH,), generator=generator)
+        jitter = torch.randn(LEARNABLE_PRETRAIN_BATCH, 4, generator=generator) * 0.1
+        latents = (centres[which] + jitter)[:, :, None, None].expand(-1, -1, size, size)
+        uncaptioned = torch.rand(LEARNABLE_PRETRAIN_BATCH, generator=generator) < 0.2
+        context = hidden[torch.where(uncaptioned, len(names), which)]
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (LEARNABLE_PRETRAIN_BATCH,),
+                                  generator=generator)
+        prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, context).sample
+        loss = torch.nn.functional.mse_loss(prediction, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    unet.eval()
 
 
 def _write_extras(extras_dir: Path, unet: Any, text_encoder: Any) -> None:

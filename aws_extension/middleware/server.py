@@ -60,6 +60,21 @@ class HeaderDeadline(H11Protocol):
             self.transport.close()
 
 
+class MiddlewareServer(uvicorn.Server):
+    """uvicorn's server that tells compute first when it is asked to exit (SIGTERM/SIGINT): uvicorn then stops
+    taking requests at once, the image uploads of a job that is finishing among them, and only later (in the
+    lifespan's shutdown) stops compute. Told first, compute claims no more jobs and queues again a job that
+    fails in between, instead of ending it `failed`."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame) -> None:  # type: ignore[override]
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+
 def api_key_for(settings: MiddlewareSettings) -> tuple[str, bool]:
     """The API key (env SD_AWS_API_KEY, else `<data dir>/api_key`); True when it was just generated."""
     if settings.api_key:
@@ -78,7 +93,8 @@ def run_middleware(settings: MiddlewareSettings, announce_key: bool,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     api_key, generated = api_key_for(settings)
-    app = create_app(build_services(settings), api_key, readiness)
+    services = build_services(settings)
+    app = create_app(services, api_key, readiness)
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
     print(f"sd-aws middleware: {url}  (data: {settings.data_dir})", flush=True)
     if generated and announce_key:
@@ -86,8 +102,10 @@ def run_middleware(settings: MiddlewareSettings, announce_key: bool,
     elif not settings.api_key and announce_key:
         print(f"API key: in {settings.data_dir / 'api_key'}", flush=True)
     protocol = type("HeaderDeadlineH11", (HeaderDeadline,), {"header_timeout_s": settings.header_timeout_s})
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                                           timeout_graceful_shutdown=10, http=protocol))
+    # Only a backend that dispatches jobs itself (local compute) has to know; SageMaker keeps its own queue.
+    begin_stopping = getattr(services.compute, "begin_stopping", lambda: None)
+    server = MiddlewareServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                                             timeout_graceful_shutdown=10, http=protocol), on_exit=begin_stopping)
     if on_started:
         threading.Thread(target=on_started, args=(server, api_key), name="on-started", daemon=True).start()
     # uvicorn stops cleanly on SIGTERM/SIGINT (open requests finish, then the lifespan shutdown runs) and

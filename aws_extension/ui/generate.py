@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_extension.client import ApiError
+from aws_extension.payload import SAMPLER_NAMES
 from aws_extension.ui.compat import gr
 from aws_extension.ui.connection import ConnectionStore, make_client
 from aws_extension.ui.follow import follow
@@ -19,8 +20,8 @@ from aws_extension.ui.models import ModelRef, missing_models_message, resolve_mo
 from aws_extension.ui.sagemaker_tab import HANDLED_ERRORS, failed, ok
 from aws_extension.vocabulary import CheckpointStatus, CheckpointType, Task, lora_names
 
-SAMPLERS = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",
-            "DPM++ 2M SDE", "DDIM", "PLMS", "UniPC"]
+# A1111 1.10 offers the names without " Karras" (the schedule is its own choice); the old names still work.
+SAMPLERS = [name for name in SAMPLER_NAMES if not name.endswith(" Karras")]
 
 
 class GenerateTab:

@@ -8,6 +8,8 @@ A1111 v1.10 (`modules/processing.py`): `p.setup_prompts()` fills `p.all_prompts`
 own prompt and seed. The API takes one prompt and one first seed per request, so consecutive batches with the
 same prompts and seeds that follow on stay one request (`n_iter`), and a batch that mixes prompts or seeds is
 sent one image per request (A1111 draws each image's noise from its own seed, so that gives the same images).
+When the always-on scripts have batch hooks (which may change a batch's prompts), each batch is planned alone
+after its hooks, from p's per-batch fields (`plan_batch_requests`).
 """
 
 from __future__ import annotations
@@ -87,44 +89,77 @@ def set_batch(p: Any, n: int) -> None:
         p.hr_prompts, p.hr_negative_prompts = p.all_hr_prompts[window], p.all_hr_negative_prompts[window]
 
 
-def _texts(p: Any, index: int) -> Texts:
-    hires = getattr(p, "enable_hr", False) and getattr(p, "all_hr_prompts", None)
-    return Texts(p.all_prompts[index], p.all_negative_prompts[index],
-                 p.all_hr_prompts[index] if hires else None, p.all_hr_negative_prompts[index] if hires else None)
+@dataclass(frozen=True)
+class ImageTable:
+    """Per image: its texts, seed and subseed; of the whole job (p.all_*) or of one batch (p.prompts, ...,
+    as the scripts' batch hooks left them)."""
+
+    texts: list[Texts]
+    seeds: list[int]
+    subseeds: list[int]
+    variation: bool  # a variation strength: every image has the first seed
+
+    @classmethod
+    def _of(cls, p: Any, prompts: list, negatives: list, hr_prompts: list | None, hr_negatives: list | None,
+            seeds: list, subseeds: list) -> ImageTable:
+        hires = bool(getattr(p, "enable_hr", False) and hr_prompts and hr_negatives)
+        texts = [Texts(prompts[i], negatives[i], *((hr_prompts[i], hr_negatives[i]) if hires else (None, None)))
+                 for i in range(len(prompts))]
+        return cls(texts, list(seeds), list(subseeds), p.subseed_strength != 0)
+
+    @classmethod
+    def of_job(cls, p: Any) -> ImageTable:
+        return cls._of(p, p.all_prompts, p.all_negative_prompts, getattr(p, "all_hr_prompts", None),
+                       getattr(p, "all_hr_negative_prompts", None), p.all_seeds, p.all_subseeds)
+
+    @classmethod
+    def of_batch(cls, p: Any) -> ImageTable:
+        return cls._of(p, p.prompts, p.negative_prompts, getattr(p, "hr_prompts", None),
+                       getattr(p, "hr_negative_prompts", None), p.seeds, p.subseeds)
+
+    def request(self, index: int, batch_size: int, init_image: Any = None, offset: int = 0) -> CloudRequest:
+        return CloudRequest(offset + index, self.texts[index], self.seeds[index], self.subseeds[index], batch_size,
+                            1, init_image)
+
+    def follows(self, first: int, index: int) -> bool:
+        """Whether image `index` is what a request starting at image `first` makes at its place."""
+        step = index - first
+        return (self.texts[index] == self.texts[first]
+                and self.seeds[index] == self.seeds[first] + (0 if self.variation else step)
+                and self.subseeds[index] == self.subseeds[first] + step)
 
 
-def _follows(p: Any, first: int, index: int) -> bool:
-    """Whether image `index` is what a request starting at image `first` makes at its place."""
-    step = index - first
-    return (_texts(p, index) == _texts(p, first)
-            and p.all_seeds[index] == p.all_seeds[first] + (step if p.subseed_strength == 0 else 0)
-            and p.all_subseeds[index] == p.all_subseeds[first] + step)
-
-
-def _batch_requests(p: Any, first: int, last: int) -> list[CloudRequest]:
-    """The requests of the batch of images first..last-1: one if it is uniform, else one per image."""
+def _batch_requests(p: Any, table: ImageTable, first: int, last: int, offset: int = 0) -> list[CloudRequest]:
+    """The requests of the batch of images first..last-1 of `table`: one if it is uniform, else one per image
+    (`offset`: the table's first image in the job)."""
     init_images = list(getattr(p, "init_images", None) or [])
     if len(init_images) > 1:
-        return [CloudRequest(i, _texts(p, i), p.all_seeds[i], p.all_subseeds[i], 1, 1, init_images[i - first])
-                for i in range(first, last)]
-    if all(_follows(p, first, i) for i in range(first, last)):
-        return [CloudRequest(first, _texts(p, first), p.all_seeds[first], p.all_subseeds[first], last - first)]
-    return [CloudRequest(i, _texts(p, i), p.all_seeds[i], p.all_subseeds[i], 1) for i in range(first, last)]
+        return [table.request(i, 1, init_images[i - first], offset) for i in range(first, last)]
+    if all(table.follows(first, i) for i in range(first, last)):
+        return [table.request(first, last - first, offset=offset)]
+    return [table.request(i, 1, offset=offset) for i in range(first, last)]
 
 
 def plan_requests(p: Any) -> list[CloudRequest]:
     """The cloud requests for p's images, in order (call after `set_up_like_the_host`)."""
+    table = ImageTable.of_job(p)
     planned: list[CloudRequest] = []
     for n in range(p.n_iter):
-        first, last = n * p.batch_size, min((n + 1) * p.batch_size, len(p.all_prompts))
+        first, last = n * p.batch_size, min((n + 1) * p.batch_size, len(table.texts))
         if first >= last:
             break
-        for request in _batch_requests(p, first, last):
+        for request in _batch_requests(p, table, first, last):
             previous = planned[-1] if planned else None
             if (previous is not None and previous.batch_size == request.batch_size == p.batch_size > 0
                     and request.init_image is None and previous.init_image is None
-                    and request.first == previous.first + previous.count and _follows(p, previous.first, request.first)):
+                    and request.first == previous.first + previous.count and table.follows(previous.first, request.first)):
                 planned[-1] = replace(previous, n_iter=previous.n_iter + 1)
             else:
                 planned.append(request)
     return planned
+
+
+def plan_batch_requests(p: Any, n: int) -> list[CloudRequest]:
+    """The requests of batch `n` alone, from p's per-batch fields (after the scripts' batch hooks)."""
+    table = ImageTable.of_batch(p)
+    return _batch_requests(p, table, 0, len(table.texts), offset=n * p.batch_size)

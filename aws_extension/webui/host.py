@@ -16,8 +16,7 @@ from aws_extension.settings import ClientSettings, load
 from aws_extension.ui.connection import normalise_api_url
 from aws_extension.ui.models import ModelRef
 from aws_extension.vocabulary import CheckpointType
-from aws_extension.webui.batches import set_batch
-from aws_extension.webui.infotext import host_infotext
+from aws_extension.webui.infotext import grid_infotext, host_infotext
 
 SETTINGS_CATEGORY = ("sd_aws", "Amazon SageMaker")  # the heading in the Settings page's list (v1.7+ categories)
 SETTINGS_SECTION = ("sd_aws", "Amazon SageMaker")  # the page under it
@@ -161,7 +160,7 @@ def user_error(p: Any, message: str) -> Any:
     return processing.Processed(p, [], -1, message)
 
 
-def _save_samples(p: Any) -> bool:
+def save_samples(p: Any) -> bool:
     save = getattr(p, "save_samples", None)  # v1.6+: samples_save, do_not_save_samples, interrupted or not
     return bool(save()) if callable(save) else bool(getattr(shared.opts, "samples_save", True)
                                                      and not p.do_not_save_samples)
@@ -181,7 +180,7 @@ def _add_grid(p: Any, output_images: list, infotexts: list[str]) -> int:
     if not output_images or not _wants_grid(p, len(output_images)):
         return 0
     grid = images.image_grid(output_images, p.batch_size)
-    text = infotexts[0]
+    text = grid_infotext(infotexts[0], p)
     if getattr(opts, "grid_save", True):
         images.save_image(grid, p.outpath_grids, "grid", p.all_seeds[0], p.all_prompts[0],
                           getattr(opts, "grid_format", "png"), info=text, p=p, grid=True)
@@ -194,20 +193,23 @@ def _add_grid(p: Any, output_images: list, infotexts: list[str]) -> int:
     return 1
 
 
-def processed_like_the_host(p: Any, output_images: list, worker_infotexts: list[str]) -> Any:
-    """The Processed process_images_inner returns for these images (in p.all_prompts order): each saved with
-    its host infotext, the grid by the host's rules, p's per-batch fields left on the last batch."""
-    opts, save = shared.opts, _save_samples(p)
-    infotexts = []
-    for index, image in enumerate(output_images):
-        set_batch(p, index // max(p.batch_size, 1))
-        text = host_infotext(worker_infotexts[index] if index < len(worker_infotexts) else "", p, index)
-        if save:
-            images.save_image(image, p.outpath_samples, "", p.all_seeds[index], p.all_prompts[index],
-                              getattr(opts, "samples_format", "png"), info=text, p=p)
-        if getattr(opts, "enable_pnginfo", True):
-            image.info["parameters"] = text
-        infotexts.append(text)
+def finish_image(p: Any, image: Any, worker_infotext: str, index: int, save: bool) -> str:
+    """Image `index` of the job, `p.batch_index` of its batch (p's per-batch fields on it), as
+    process_images_inner ends it: its host infotext, saved with it when `save` (the batch's
+    `p.save_samples()`), the infotext in its PNG info."""
+    text = host_infotext(worker_infotext, p, index)
+    if save:
+        i = p.batch_index
+        images.save_image(image, p.outpath_samples, "", p.seeds[i], p.prompts[i],
+                          getattr(shared.opts, "samples_format", "png"), info=text, p=p)
+    if getattr(shared.opts, "enable_pnginfo", True):
+        image.info["parameters"] = text
+    return text
+
+
+def processed_like_the_host(p: Any, output_images: list, infotexts: list[str]) -> Any:
+    """The Processed process_images_inner returns for these finished images (`finish_image`): the grid by the
+    host's rules."""
     if not infotexts:
         infotexts.append("The cloud job was cancelled." if interrupted() else "")
     first = _add_grid(p, output_images, infotexts)

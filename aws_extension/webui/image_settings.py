@@ -23,6 +23,8 @@ IMAGE_SETTINGS: dict[str, Any] = {
     "comma_padding_backtrack": 20, "use_old_emphasis_implementation": False, "use_old_karras_scheduler_sigmas": False,
     "use_old_scheduling": False, "img2img_fix_steps": False, "sd_vae_decode_method": "Full",
     "sd_vae_encode_method": "Full", "token_merging_ratio": 0.0, "enable_quantization": False, "sd_unet": "Automatic",
+    # the built-in Hypertile extension's (its script is not run on the cloud: hooks.LOCAL_MODEL_SCRIPTS)
+    "hypertile_enable_unet": False, "hypertile_enable_unet_secondpass": False, "hypertile_enable_vae": False,
 }
 
 

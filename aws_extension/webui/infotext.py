@@ -43,8 +43,23 @@ def _extra_params(p: Any, index: int) -> dict[str, Any]:
     return extra
 
 
+def _prompt_lines(prompt: str, negative_prompt: str | None) -> str:
+    """create_infotext's lines above the parameters."""
+    return f"{prompt}\nNegative prompt: {negative_prompt}" if negative_prompt else prompt
+
+
+def _batch_prompts(p: Any) -> tuple[str, str] | None:
+    """The prompts create_infotext writes for image p.batch_index of its batch (p.prompts, as the host resets
+    them after postprocess_batch: a batch hook's edits of the prompts sent are not in the infotext)."""
+    i, prompts, negatives = getattr(p, "batch_index", 0), getattr(p, "prompts", None), getattr(p, "negative_prompts", None)
+    if not prompts or not negatives or i >= min(len(prompts), len(negatives)):
+        return None
+    return str(prompts[i]), str(negatives[i])
+
+
 def host_infotext(text: str, p: Any, index: int) -> str:
-    """The worker's infotext of image `index` with the WebUI's version, the cloud's version and p's extra params."""
+    """The worker's infotext of image `index` (p's per-batch fields on its batch) with the host's prompts, the
+    WebUI's version, the cloud's version and p's extra params."""
     head, pairs = split_infotext(text)
     if not pairs:
         return text
@@ -58,5 +73,18 @@ def host_infotext(text: str, p: Any, index: int) -> str:
         params["Version"] = quote(version)
     if cloud:
         params[CLOUD_KEY] = cloud
+    prompts = _batch_prompts(p)
+    head = _prompt_lines(*prompts) if prompts else head
     line = ", ".join(f"{key}: {value}" for key, value in params.items())
-    return f"{head}\n{line}" if head else line
+    return f"{head}\n{line}".strip()  # as create_infotext: no empty first line without a prompt
+
+
+def grid_infotext(first_image_text: str, p: Any) -> str:
+    """The grid's infotext as create_infotext(use_main_prompt=True) writes it: the first image's parameters under
+    p's main prompt and negative prompt (set before the scripts' `process`, which may change p.all_prompts)."""
+    _, pairs = split_infotext(first_image_text)
+    main_prompt = getattr(p, "main_prompt", None)
+    if not pairs or main_prompt is None:
+        return first_image_text
+    line = first_image_text.strip().rpartition("\n")[2]
+    return f"{_prompt_lines(main_prompt, getattr(p, 'main_negative_prompt', None))}\n{line}".strip()

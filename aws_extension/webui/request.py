@@ -22,7 +22,7 @@ COMMON_FIELDS = ("prompt", "negative_prompt", "seed", "subseed", "subseed_streng
 TXT2IMG_FIELDS = ("enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
                   "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
                   "firstphase_width", "firstphase_height")
-IMG2IMG_FIELDS = ("resize_mode", "image_cfg_scale", "mask_blur_x", "mask_blur_y", "inpainting_fill",
+IMG2IMG_FIELDS = ("resize_mode", "image_cfg_scale", "mask_blur_x", "mask_blur_y", "mask_round", "inpainting_fill",
                   "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "initial_noise_multiplier")
 CONTROLNET_UNIT_FIELDS = ("enabled", "module", "model", "weight", "image", "resize_mode", "guidance_start",
                           "guidance_end", "control_mode", "pixel_perfect", "processor_res", "threshold_a",
@@ -91,13 +91,6 @@ def all_prompts(p: Any) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
-def refuse_what_the_engine_cannot_do(p: Any) -> None:
-    """ValueError naming a field of `p` the cloud engine cannot apply yet (it would change the images)."""
-    if getattr(p, "latent_mask", None) is not None:
-        raise ValueError("The cloud engine cannot apply a latent mask yet (the outpainting scripts set one): "
-                         "run this script with cloud off.")
-
-
 def inference_request(p: Any, endpoint: str | None, models: dict[str, list], fields: dict[str, Any],
                       override_settings: dict[str, Any], init_image: Any = None) -> dict:
     """The /inference/v2 body: routing fields, then every A1111 parameter of `p` at the top level, `fields`
@@ -119,6 +112,9 @@ def inference_request(p: Any, endpoint: str | None, models: dict[str, list], fie
         mask = getattr(p, "image_mask", None)
         if mask is not None:
             body["mask"] = png_base64(mask)
+            latent_mask = getattr(p, "latent_mask", None)  # the outpainting scripts'; A1111 uses it only with a mask
+            if latent_mask is not None:
+                body["latent_mask"] = png_base64(latent_mask)
     units = controlnet_units(p)
     if units:
         body["alwayson_scripts"] = {"controlnet": {"args": units}}

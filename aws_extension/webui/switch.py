@@ -26,15 +26,21 @@ from aws_extension.ui.inference import (
     endpoint_names,
     run_generation,
 )
-from aws_extension.ui.models import missing_models_message, resolve_models
+from aws_extension.ui.models import ModelRef, missing_models_message, resolve_models
 from aws_extension.vocabulary import CheckpointStatus, CheckpointType, Task
 from aws_extension.webui import host
-from aws_extension.webui.batches import plan_requests, set_up_like_the_host
+from aws_extension.webui.batches import (
+    CloudRequest,
+    plan_batch_requests,
+    plan_requests,
+    set_batch,
+    set_up_like_the_host,
+)
+from aws_extension.webui.hooks import ScriptHooks
 from aws_extension.webui.image_settings import override_settings_for_cloud
 from aws_extension.webui.request import (
     all_prompts,
     inference_request,
-    refuse_what_the_engine_cannot_do,
     script_args_of,
     wanted_models,
 )
@@ -80,54 +86,108 @@ def cloud_switch(p: Any) -> tuple[bool, str | None]:
 
 
 def generate_on_cloud(p: Any, endpoint: str | None) -> Any:
-    """Run `p` on the middleware and return the Processed process_images would; a user error comes back as
-    the host shows one (host.user_error)."""
+    """Run `p` on the middleware and return the Processed process_images would, the always-on scripts' hooks
+    called where the host calls them; a user error comes back as the host shows one (host.user_error)."""
+    hooks = ScriptHooks(p, skipped_titles=[SCRIPT_TITLE])
+    hooks.call("before_process")
     try:
-        return _generate(p, endpoint)
+        processed = _generate(p, endpoint, hooks)
     except CloudGenerationError as exc:
         return host.user_error(p, str(exc))
+    hooks.call("postprocess", processed)
+    return processed
 
 
-def _generate(p: Any, endpoint: str | None) -> Any:
-    try:
-        refuse_what_the_engine_cannot_do(p)
-        set_up_like_the_host(p)
-        client = make_client(host.WebUIConnectionStore())
-        override_settings = dict(getattr(p, "override_settings", None) or {})
-        settings = override_settings_for_cloud(p)
-        checkpoint = host.selected_checkpoint(override_settings)
-        host.set_model_fields(p, checkpoint)
-        wanted = wanted_models(p, all_prompts(p), checkpoint, host.selected_vae(override_settings),
+class CloudJob:
+    """One p on the cloud: its models, settings and client; the images of each batch, requested when needed."""
+
+    def __init__(self, p: Any, client: Any, endpoint: str | None, checkpoint: ModelRef, per_batch: bool):
+        self.p, self.client, self.endpoint, self.checkpoint = p, client, endpoint, checkpoint
+        self.settings = override_settings_for_cloud(p)
+        self.vae = host.selected_vae(dict(getattr(p, "override_settings", None) or {}))
+        self.catalogue = client.list_checkpoints(status=[CheckpointStatus.ACTIVE])
+        self.models = self.models_for([])  # every model the job's prompts name, checked before anything runs
+        # Batch hooks may change a batch's prompts: then each batch is planned after its hooks, else the whole
+        # job at once (batches that follow on stay one request).
+        self.per_batch = per_batch
+        self.planned = [] if per_batch else plan_requests(p)
+        self.requests_done = 0
+        self.images: list = []
+        self.infotexts: list[str] = []
+        self.cancelled = False
+
+    def models_for(self, texts: list[str]) -> dict[str, list]:
+        wanted = wanted_models(self.p, list(dict.fromkeys(all_prompts(self.p) + texts)), self.checkpoint, self.vae,
                                host.model_folders()[CheckpointType.EMBEDDINGS], host.embedding_sha256)
-        models, missing = resolve_models(wanted, client.list_checkpoints(status=[CheckpointStatus.ACTIVE]))
+        models, missing = resolve_models(wanted, self.catalogue)
         if missing:
             raise CloudGenerationError(missing_models_message(missing))
-        output_images, infotexts = _run_requests(p, client, endpoint, models, settings)
+        return models
+
+    def batch(self, n: int) -> tuple[list, list[str]]:
+        """Batch n's images and the worker's infotexts (fewer when cancelled or interrupted)."""
+        p = self.p
+        if self.per_batch:
+            texts = [str(t) for t in (*p.prompts, *p.negative_prompts, *(getattr(p, "hr_prompts", None) or []))]
+            start = len(self.images)
+            self._run(plan_batch_requests(p, n), self.models_for(texts), total=p.n_iter, number=n)
+            return self.images[start:], self.infotexts[start:]
+        first, last = n * p.batch_size, (n + 1) * p.batch_size
+        while len(self.images) < last and self.requests_done < len(self.planned) and not self.cancelled:
+            request = self.planned[self.requests_done]
+            self._run([request], self.models, total=len(self.planned), number=self.requests_done)
+        return self.images[first:last], self.infotexts[first:last]
+
+    def _run(self, requests: list[CloudRequest], models: dict[str, list], total: int, number: int) -> None:
+        for request in requests:
+            self.requests_done += 1
+            if self.cancelled or host.interrupted():
+                self.cancelled = True
+                return
+            body = inference_request(self.p, self.endpoint, models, request.fields(), self.settings, request.init_image)
+            try:
+                output = run_generation(self.client, body, should_stop=host.interrupted,
+                                        on_update=functools.partial(host.report_progress, number=number, total=total))
+            except CloudJobCancelled:
+                self.cancelled = True
+                return
+            self.images += output.images
+            self.infotexts += list(output.info.get("infotexts") or [""] * len(output.images))
+
+
+def _generate(p: Any, endpoint: str | None, hooks: ScriptHooks) -> Any:
+    """process_images_inner on the cloud: p set up as the host does, its batches in turn with their hooks."""
+    try:
+        set_up_like_the_host(p)
+        client = make_client(host.WebUIConnectionStore())
+        checkpoint = host.selected_checkpoint(dict(getattr(p, "override_settings", None) or {}))
+        host.set_model_fields(p, checkpoint)
+        hooks.call("process")  # after the prompts and seeds, as the host: dynamic prompts sets p.all_prompts here
+        hooks.refuse_model_hook_scripts()
+        job = CloudJob(p, client, endpoint, checkpoint, per_batch=hooks.has_pre_batch_hooks())
+        output_images: list = []
+        infotexts: list[str] = []
+        for n in range(p.n_iter):
+            if host.interrupted() or job.cancelled:
+                break
+            set_batch(p, n)
+            hooks.before_batch(n)
+            if not p.prompts:
+                break
+            images, worker_infotexts = job.batch(n)
+            if not images:
+                break
+            save = host.save_samples(p)
+            for i, image in enumerate(hooks.after_batch(n, images)):
+                p.batch_index = i
+                text = worker_infotexts[min(i, len(worker_infotexts) - 1)] if worker_infotexts else ""
+                infotexts.append(host.finish_image(p, image, text, n * p.batch_size + i, save))
+                output_images.append(image)
     except ApiError as exc:
         raise CloudGenerationError(error_text(exc)) from None
     except ValueError as exc:
         raise CloudGenerationError(str(exc)) from None
     return host.processed_like_the_host(p, output_images, infotexts)
-
-
-def _run_requests(p: Any, client: Any, endpoint: str | None, models: dict[str, list],
-                  settings: dict[str, Any]) -> tuple[list, list[str]]:
-    """Each planned request in turn, until done or interrupted: the images and the worker's infotexts."""
-    planned = plan_requests(p)
-    output_images: list = []
-    infotexts: list[str] = []
-    for number, request in enumerate(planned):
-        if host.interrupted():
-            break
-        body = inference_request(p, endpoint, models, request.fields(), settings, request.init_image)
-        try:
-            output = run_generation(client, body, should_stop=host.interrupted,
-                                    on_update=functools.partial(host.report_progress, number=number, total=len(planned)))
-        except CloudJobCancelled:
-            break
-        output_images += output.images
-        infotexts += list(output.info.get("infotexts") or [""] * len(output.images))
-    return output_images, infotexts
 
 
 class ProcessImagesPatch:

@@ -20,6 +20,7 @@ from aws_extension.vocabulary import CheckpointType, Task, model_stem
 from aws_extension.worker.errors import error_message, http_status
 from aws_extension.worker.invocations import execute_invocation
 from aws_extension.worker.runtime import WorkerRuntime
+from aws_extension.worker.webui_engine import FOLDER_FLAGS
 
 
 def _sdapi_call(call: Callable[[], Any]) -> Any:
@@ -45,7 +46,14 @@ def create_app(runtime: WorkerRuntime) -> FastAPI:
         body: dict[str, Any] = {"status": runtime.status}
         if runtime.engine_error:
             body["error"] = runtime.engine_error
+        elif not runtime.ready:
+            body["stage"] = runtime.stage
         return JSONResponse(body, status_code=200 if runtime.ready else 503)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Always 200 (liveness); what start-up did and does (`/ping` is SageMaker's readiness)."""
+        return runtime.health()
 
     @app.post("/invocations")
     async def invocations(request: Request) -> JSONResponse:
@@ -105,6 +113,15 @@ def create_app(runtime: WorkerRuntime) -> FastAPI:
     @app.get("/sdapi/v1/sd-vae")
     def sd_vae() -> list[dict[str, Any]]:
         return [{"model_name": name, "filename": str(path)} for name, path in runtime.models.by_type(CheckpointType.VAE).items()]
+
+    @app.get("/sdapi/v1/cmd-flags")
+    def cmd_flags() -> dict[str, Any]:
+        """The folders this worker scans, under A1111's flag names (A1111 answers every flag; these are the
+        ones that locate models), so a webui-engine worker in front of this one places a job's models where
+        this one looks."""
+        root = runtime.models.root.resolve()
+        folders = {flag: str(root / model_type) for model_type, (flag, _) in FOLDER_FLAGS.items()}
+        return {"data_dir": str(root.parent), "models_dir": str(root), **folders, "api": True, "nowebui": True}
 
     @app.get("/sdapi/v1/options")
     def get_options() -> dict[str, Any]:

@@ -1,26 +1,36 @@
 """What one worker process holds: its models folder, its model cache, its engine and its one-job runner.
 
 The engine is built in a background thread (importing torch and diffusers takes seconds); until it is
-ready `/ping` answers 503 and jobs are refused with 503.
+ready `/ping` answers 503 and jobs are refused with 503. Start-up also pays what a first job would: the
+diffusers engine runs one small job on the worker's own checkpoint (the one selected at start, e.g. the
+model SageMaker unpacked), which loads its pipeline and does what diffusers, torch and PIL do once per
+process (the schedulers diffusers imports when a scheduler is built, torch's first run, PIL's plugins).
+A checkpoint that cannot be loaded leaves the worker Failed with the reason, as an engine that cannot start.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from aws_extension.engine.base import Engine, EngineError, GenerationResult, ModelSet
 from aws_extension.settings import WorkerSettings
-from aws_extension.vocabulary import CheckpointType, model_stem, without_hash_suffix
-from aws_extension.worker.errors import EngineNotReady
+from aws_extension.vocabulary import CheckpointType, Task, model_stem, without_hash_suffix
+from aws_extension.worker.errors import EngineNotReady, error_message
 from aws_extension.worker.jobs import JobRunner
 from aws_extension.worker.model_cache import ModelCache
 from aws_extension.worker.models_dir import ModelsIndex
 
 log = logging.getLogger(__name__)
+
+# The job the diffusers engine runs on the worker's own checkpoint before the worker says it is healthy: the
+# smallest one that goes through a whole job (prompt encoding, sampling, VAE decoding, the PNG).
+WARM_UP_PAYLOAD: dict[str, Any] = {"prompt": "", "width": 64, "height": 64, "steps": 1, "sampler_name": "Euler a",
+                                   "seed": 0, "batch_size": 1, "n_iter": 1}
 
 
 def build_engine(engine_name: str, settings: WorkerSettings, webui_url: str | None,
@@ -55,6 +65,9 @@ class WorkerRuntime:
         self._webui_models_dir = webui_models_dir
         self._engine: Engine | None = None
         self._engine_error: str | None = None
+        self._stage = "starting"  # what start-up is doing (the health detail says it)
+        self._warmed_checkpoint: str | None = None  # the checkpoint the start-up job ran on
+        self.startup_s: dict[str, float] = {}  # seconds of each start-up step: engine, warm_up
         self._options_lock = threading.Lock()
         checkpoints = self.models.by_type(CheckpointType.STABLE_DIFFUSION)
         # As the WebUI does: the first checkpoint found is selected at start.
@@ -68,14 +81,41 @@ class WorkerRuntime:
         return thread
 
     def _load_engine(self) -> None:
+        started = time.monotonic()
+        self._stage = f"starting the {self.engine_name} engine"
         try:
             engine = build_engine(self.engine_name, self.settings, self._webui_url, self._webui_models_dir)
         except Exception as exc:  # noqa: BLE001 - any failure keeps /ping at 503 with the reason
             log.exception("The %s engine failed to start", self.engine_name)
-            self._engine_error = f"The {self.engine_name} engine failed to start: {type(exc).__name__}: {exc}"
+            self._fail(f"The {self.engine_name} engine failed to start: {type(exc).__name__}: {exc}")
             return
+        self.startup_s["engine"] = round(time.monotonic() - started, 3)
+        if self.engine_name == "diffusers":  # a WebUI loads its own checkpoint when it starts
+            try:
+                self._warm_up(engine)
+            except Exception as exc:  # noqa: BLE001 - the worker's own model is unusable: Failed, with why
+                checkpoint = self.options().get("sd_model_checkpoint")
+                log.exception("The start-up job on %s failed", checkpoint)
+                self._fail(f"The worker's checkpoint {checkpoint} could not be loaded: {error_message(exc)}")
+                return
+        self._stage = "ready"
         self._engine = engine
-        log.info("The %s engine is ready", self.engine_name)
+        log.info("The %s engine is ready (start-up: %s)", self.engine_name, self.startup_s)
+
+    def _warm_up(self, engine: Engine) -> None:
+        """Run `WARM_UP_PAYLOAD` on the selected checkpoint (none: nothing to load)."""
+        checkpoint = self.options().get("sd_model_checkpoint")
+        if not checkpoint:
+            return
+        started = time.monotonic()
+        self._stage = f"loading {checkpoint}"
+        engine.generate(Task.TXT2IMG, WARM_UP_PAYLOAD, self.local_model_set(checkpoint))
+        self._warmed_checkpoint = checkpoint
+        self.startup_s["warm_up"] = round(time.monotonic() - started, 3)
+
+    def _fail(self, reason: str) -> None:
+        self._stage = "failed"
+        self._engine_error = reason
 
     @property
     def ready(self) -> bool:
@@ -90,6 +130,18 @@ class WorkerRuntime:
         if self._engine is not None:
             return "Healthy"
         return "Failed" if self._engine_error else "Starting"
+
+    @property
+    def stage(self) -> str:
+        """What start-up is doing: starting the engine, loading the checkpoint, ready or failed."""
+        return self._stage
+
+    def health(self) -> dict[str, Any]:
+        """Start-up as `GET /health` reports it: the status, the stage, the checkpoint the start-up job
+        loaded (None: none was), the seconds each start-up step took, and the error of a failed start."""
+        return {"status": self.status, "engine": self.engine_name, "stage": self.stage,
+                "checkpoint_loaded": self._warmed_checkpoint, "startup_s": dict(self.startup_s),
+                "error": self._engine_error}
 
     @property
     def engine(self) -> Engine:

@@ -8,7 +8,7 @@ does not scan, fails the job with the reason instead of running without it), and
 defaults: `<data_dir>/embeddings`, `<models>/Stable-diffusion|Lora|VAE|hypernetworks|ControlNet`, each
 overridden by its flag); they are paths on the WebUI's machine, so the worker must see its file system at the
 same paths. A WebUI that does not answer cmd-flags (an sd-aws worker) gets `webui_models_dir/<type>`, when
-given; else nothing is placed. Progress comes from the
+given; else nothing is placed. (An sd-aws worker answers cmd-flags with its own folders.) Progress comes from the
 WebUI's `/sdapi/v1/progress`, polled while the job runs; cancelling calls `/sdapi/v1/interrupt`.
 The WebUI must run with its API enabled (`--api`, or `--nowebui`).
 
@@ -42,12 +42,14 @@ from aws_extension.engine.base import (
     Progress,
     ProgressCallback,
 )
+from aws_extension.payload import NOT_IN_A1111_API
 from aws_extension.vocabulary import GENERATION_TASKS, CheckpointType
 
 log = logging.getLogger(__name__)
 
-# model type -> (the cmd-flags entry naming its folder, its folder under the models path when the flag is unset)
-_FOLDER_FLAGS = {
+# model type -> (the cmd-flags entry naming its folder, its folder under the models path when the flag is unset);
+# the worker's own cmd-flags answers with these entries too (worker.app)
+FOLDER_FLAGS = {
     CheckpointType.STABLE_DIFFUSION: ("ckpt_dir", "Stable-diffusion"),
     CheckpointType.LORA: ("lora_dir", "Lora"),
     CheckpointType.EMBEDDINGS: ("embeddings_dir", None),  # A1111: <data_dir>/embeddings
@@ -70,7 +72,7 @@ def webui_folders(flags: dict[str, Any]) -> dict[str, Path]:
     data_dir = Path(flags.get("data_dir") or ".")
     models_path = Path(flags.get("models_dir") or data_dir / "models")
     folders = {}
-    for model_type, (flag, default) in _FOLDER_FLAGS.items():
+    for model_type, (flag, default) in FOLDER_FLAGS.items():
         if flags.get(flag):
             folders[model_type] = Path(flags[flag])
         else:
@@ -115,6 +117,10 @@ class WebUIEngine:
                  cancel: threading.Event | None = None) -> GenerationResult:
         if task not in GENERATION_TASKS:
             raise EngineError(f"The WebUI engine cannot run task {task!r}", field="task")
+        for name in NOT_IN_A1111_API:
+            if payload.get(name) is not None:
+                raise EngineError(f"The WebUI engine cannot take {name}: the WebUI's API has no such field "
+                                  "(use an endpoint with the built-in engine for this job)", field=name)
         cancel = cancel or threading.Event()
         placed = self._place_models(models)
         checkpoint = self._checkpoint_name(models)
@@ -189,7 +195,7 @@ class WebUIEngine:
         if isinstance(flags, dict) and flags.get("data_dir"):
             return webui_folders(flags)
         if self.webui_models_dir is not None:
-            return {model_type: self.webui_models_dir / model_type for model_type in _FOLDER_FLAGS}
+            return {model_type: self.webui_models_dir / model_type for model_type in FOLDER_FLAGS}
         return None
 
     def _place_models(self, models: ModelSet) -> dict[str, dict[str, Path]]:

@@ -1,5 +1,5 @@
-"""The engine's ancestral and SDE samplers make A1111's images (no A1111 here: the references are A1111's
-algorithm, written out again).
+"""The engine's samplers (ancestral, SDE, DPM fast/adaptive, A1111's timestep samplers) make A1111's images
+(no A1111 here: the references are A1111's algorithm, written out again).
 
 How each reference is derived, independently of the engine's code (it shares only the model's modules):
 - text: A1111's chunk for a prompt without emphasis: the CLIP tokens, BOS first, padded to 77 with EOS
@@ -20,14 +20,25 @@ How each reference is derived, independently of the engine's code (it shares onl
 - samplers: k-diffusion's `sample_*` update rules (commit ab527a9, the one A1111 1.10 pins), each as its
   own short loop below.
 - pixels: A1111's decode: VAE, (x + 1) / 2 clamped, 255 · x truncated to uint8.
-- DPM fast: k-diffusion's `DPMSolver.dpm_solver_fast` with A1111's eta (eta_ancestral = 1), between the
-  uniform schedule's ends.
-Measured on the tiny model (64×64, 8 steps, batch of 2): mean pixel difference 0.000/255 for Euler a, DPM2 a,
-DPM++ 2S a, DPM++ 3M SDE, DPM fast; 0.006 DPM++ SDE; 0.002 DPM++ 2M SDE (another seed: ~37/255).
+- DPM fast / DPM adaptive: k-diffusion's `DPMSolver.dpm_solver_fast` / `dpm_solver_adaptive` (order 3, rtol 0.05,
+  atol 0.0078, h_init 0.05, integral-only PID control) with A1111's eta (eta_ancestral = 1), between the model's
+  sigma range (A1111's txt2img passes it whatever the schedule).
+- timestep samplers (`sd_samplers_timesteps_impl`, written again): A1111's timesteps 1, 1 + 1000 // steps, ...;
+  the variance-preserving scale (x = noise in txt2img; img2img: the image noised to timesteps[t_enc], then
+  timesteps[:t_enc]); guidance on the UNet's eps at the integer timestep; DDIM with eta's noise from the seed's
+  stream, DDIM CFG++ (scale / 12.5, the uncond eps as direction), PLMS, and UniPC's multistep predictor-corrector
+  (bh1, bh2, vary_coeff; time_uniform, time_quadratic, logSNR; order; lower order final) over t in [1/1000, 1]
+  with log alpha interpolated by `np.interp`, its linear systems solved by numpy in float64; inpainting blends
+  the model's input (A1111's `mask_before_denoising`).
+k-diffusion's own `sampling.py` is not imported: its package imports torchvision (`k_diffusion.utils`).
+Measured on the tiny model (64×64, 8 steps, batch of 2): mean pixel difference 0.0000–0.0001/255 for Euler a,
+DPM2 a, DPM++ 2S a, DPM++ 3M SDE, DPM fast, DPM adaptive and every timestep case; 0.006 DPM++ SDE; 0.003 DPM++
+2M SDE (another seed: 36–39/255). benchmarks/engine_fidelity.py prints them.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 from collections.abc import Callable
@@ -70,6 +81,7 @@ class Reference:
         betas = np.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, config["num_train_timesteps"],
                             dtype=np.float64) ** 2
         alphas_cumprod = torch.tensor(np.cumprod(1 - betas), dtype=torch.float32)
+        self.alphas_cumprod = alphas_cumprod.double().numpy()  # ldm's float32 buffer, read in float64
         self.log_sigmas = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).log().double().numpy()
         self.seeds, self.ensd = seeds, ensd
         self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
@@ -108,6 +120,13 @@ class Reference:
                              encoder_hidden_states=self.context).sample
         cond, uncond = (x_in - float(sigma) * eps).chunk(2)
         return uncond + (cond - uncond) * CFG
+
+    def eps(self, x: torch.Tensor, timestep: float, scale: float = CFG) -> tuple[torch.Tensor, torch.Tensor]:
+        """A1111's CFGDenoiserTimesteps: the guided eps at a (possibly fractional) timestep, and the uncond eps."""
+        eps = self.pipe.unet(torch.cat([x, x]), torch.tensor([float(timestep)] * 2 * len(x)),
+                             encoder_hidden_states=self.context).sample
+        cond, uncond = eps.chunk(2)
+        return uncond + (cond - uncond) * scale, uncond
 
     def brownian(self, sigmas: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         low, high = sigmas[sigmas > 0].min(), sigmas.max()
@@ -255,6 +274,158 @@ def ref_dpm_fast(ref: Reference, x: torch.Tensor, sigmas: torch.Tensor) -> torch
     return x
 
 
+def ref_dpm_adaptive(ref: Reference, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """k-diffusion's `dpm_solver_adaptive` as A1111 calls it: order 3, rtol 0.05, atol 0.0078, h_init 0.05, an
+    integral-only PID controller (order 1.5 with eta), A1111's eta (eta_ancestral = 1), between the model's
+    sigma range (the uniform schedule's ends)."""
+    def eps_at(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (x - ref.denoise(x, torch.exp(-t))) / torch.exp(-t)
+
+    s, t_end = -torch.log(sigmas[0]), -torch.log(sigmas[-2])
+    h, inverse_errors, x_prev = 0.05, None, x
+    while s < t_end - 1e-5:
+        t = torch.minimum(t_end, s + h)
+        down, _ = _ancestral(torch.exp(-s), torch.exp(-t))
+        target = torch.minimum(t_end, -torch.log(down))
+        up = (torch.exp(-t) ** 2 - torch.exp(-target) ** 2) ** 0.5
+        step, e, sigma_target = target - s, eps_at(x, s), torch.exp(-target)
+        s1, s2 = s + step / 3, s + 2 * step / 3
+        e_1 = eps_at(x - torch.exp(-s1) * torch.expm1(step / 3) * e, s1)
+        x_low = x - sigma_target * torch.expm1(step) * e - sigma_target * 1.5 * torch.expm1(step) * (e_1 - e)
+        u2 = x - torch.exp(-s2) * torch.expm1(2 * step / 3) * e \
+            - torch.exp(-s2) * 2 * (torch.expm1(2 * step / 3) / (2 * step / 3) - 1) * (e_1 - e)
+        x_high = x - sigma_target * torch.expm1(step) * e \
+            - sigma_target * 1.5 * (torch.expm1(step) / step - 1) * (eps_at(u2, s2) - e)
+        delta = torch.maximum(torch.tensor(0.0078), 0.05 * torch.maximum(x_low.abs(), x_prev.abs()))
+        inverse = 1 / (float(torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5) + 1e-8)
+        inverse_errors = inverse_errors or [inverse] * 3
+        inverse_errors[0] = inverse
+        factor = 1 + math.atan(inverse_errors[0] ** (1 / 1.5) - 1)
+        if factor >= 0.81:
+            inverse_errors[1:] = inverse_errors[:2]
+            x_prev, x, s = x_low, x_high + up * ref.randn(), t
+        h *= factor
+    return x
+
+
+# -- A1111's timestep samplers (sd_samplers_timesteps_impl), in the variance-preserving scale ---------------
+
+def _timesteps(steps: int) -> list[int]:
+    stride = 1000 // steps
+    return [min(k * stride + 1, 999) for k in range(math.ceil(1000 / stride))]
+
+
+def _alpha_pairs(ref: Reference, timesteps: list[int]) -> list[tuple[int, float, float]]:
+    """(timestep, alpha_cumprod, alpha_cumprod of the timestep below or of 0) from the top down, as DDIM runs them."""
+    below = [0, *timesteps[:-1]]
+    return [(timesteps[i], ref.alphas_cumprod[timesteps[i]], ref.alphas_cumprod[below[i]])
+            for i in reversed(range(1, len(timesteps)))]
+
+
+def ref_ddim(ref: Reference, x: torch.Tensor, timesteps: list[int], eta: float = 0.0, cfgpp: bool = False) -> torch.Tensor:
+    for t, a, a_prev in _alpha_pairs(ref, timesteps):
+        e, uncond = ref.eps(x, t, CFG / 12.5 if cfgpp else CFG)
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+        x0 = (x - math.sqrt(1 - a) * e) / math.sqrt(a)
+        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - sigma ** 2) * (uncond if cfgpp else e) + sigma * ref.randn()
+    return x
+
+
+def ref_plms(ref: Reference, x: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+    history: list[torch.Tensor] = []  # newest first
+    coefficients = {1: [3 / 2, -1 / 2], 2: [23 / 12, -16 / 12, 5 / 12], 3: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
+    def move(x: torch.Tensor, e: torch.Tensor, a: float, a_prev: float) -> torch.Tensor:
+        return math.sqrt(a_prev) * (x - math.sqrt(1 - a) * e) / math.sqrt(a) + math.sqrt(1 - a_prev) * e
+
+    for index, (t, a, a_prev) in zip(reversed(range(1, len(timesteps))), _alpha_pairs(ref, timesteps)):
+        e = ref.eps(x, t)[0]
+        if history:
+            weights = coefficients[min(len(history), 3)]
+            e_prime = sum(w * v for w, v in zip(weights, [e, *history]))
+        else:
+            e_prime = (e + ref.eps(move(x, e, a, a_prev), timesteps[index - 1])[0]) / 2
+        x = move(x, e_prime, a, a_prev)
+        history = [e, *history][:3]
+    return x
+
+
+def ref_unipc(ref: Reference, x: torch.Tensor, timesteps: list[int], variant: str = "bh1",
+              skip_type: str = "time_uniform", order: int = 3, lower_order_final: bool = True,
+              from_image: bool = False) -> torch.Tensor:
+    """UniPC (multistep, data prediction) as A1111 runs it: t from 1 (img2img: (last timestep + 1) / 1000) to
+    1/1000, log alpha = ½ log alphas_cumprod interpolated linearly at t_n = (n + 1) / 1000, the UNet at
+    timestep 1000 t - 1."""
+    grid = np.arange(1, 1001) / 1000
+    log_alpha_grid = 0.5 * np.log(ref.alphas_cumprod)
+
+    def log_alpha(t: float) -> float:
+        return float(np.interp(t, grid, log_alpha_grid))
+
+    def lam(t: float) -> float:
+        return log_alpha(t) - 0.5 * math.log(1 - math.exp(2 * log_alpha(t)))
+
+    def x0(x: torch.Tensor, t: float) -> torch.Tensor:
+        alpha = math.exp(log_alpha(t))
+        return (x - math.sqrt(1 - alpha ** 2) * ref.eps(x, 1000 * t - 1)[0]) / alpha
+
+    steps, start = len(timesteps), (timesteps[-1] + 1) / 1000 if from_image else 1.0
+    if skip_type == "logSNR":
+        lambdas = np.linspace(lam(start), lam(0.001), steps + 1)
+        log_alphas = -0.5 * np.logaddexp(0, -2 * lambdas)
+        times = [float(np.interp(v, log_alpha_grid[::-1], grid[::-1])) for v in log_alphas]
+    elif skip_type == "time_quadratic":
+        times = list(np.linspace(start ** 0.5, 0.001 ** 0.5, steps + 1) ** 2)
+    else:
+        times = list(np.linspace(start, 0.001, steps + 1))
+
+    def step(x: torch.Tensor, past: list[tuple[float, torch.Tensor]], t: float, k: int, correct: bool):
+        (t_0, m_0) = past[-1]
+        h = lam(t) - lam(t_0)
+        rks = [(lam(past[-(i + 1)][0]) - lam(t_0)) / h for i in range(1, k)] + [1.0]
+        d1s = [(past[-(i + 1)][1] - m_0) / rks[i - 1] for i in range(1, k)]
+        alpha_t, hh = math.exp(log_alpha(t)), -h
+        sigma_ratio = math.sqrt(1 - alpha_t ** 2) / math.sqrt(1 - math.exp(2 * log_alpha(t_0)))
+        base = sigma_ratio * x - alpha_t * math.expm1(hh) * m_0
+        # phi_k(hh) · hh^k style terms: phi[k] = hh·φ_k(hh) for k = 1.. (A1111's h_phi_k recursion)
+        phi = [math.expm1(hh)]
+        for n in range(1, k + 2):
+            phi.append(phi[-1] / hh - 1 / math.factorial(n))
+        if variant == "vary_coeff":
+            c = np.array([[r ** j / math.factorial(j + 1) for j in range(k)] for r in rks])
+            x_t = base
+            if d1s:
+                a_p = np.linalg.inv(c[:-1, :-1])
+                for j in range(k - 1):
+                    x_t = x_t - alpha_t * phi[j + 1] * sum(float(w) * d for w, d in zip(a_p[j], d1s))
+            if not correct:
+                return x_t, None
+            a_c, m_t = np.linalg.inv(c), x0(x_t, t)
+            x_t, last = base, 0
+            for last in range(k - 1):
+                x_t = x_t - alpha_t * phi[last + 1] * sum(float(w) * d for w, d in zip(a_c[last][:-1], d1s))
+            return x_t - alpha_t * phi[k] * (m_t - m_0) * float(a_c[last][-1]), m_t
+        b_h = hh if variant == "bh1" else math.expm1(hh)
+        r = np.array([[rk ** i for rk in rks] for i in range(k)])
+        b = np.array([phi[i + 1] * math.factorial(i + 1) / b_h for i in range(k)])
+        x_t = base
+        if d1s:
+            rhos = [0.5] if k == 2 else np.linalg.solve(r[:-1, :-1], b[:-1])
+            x_t = base - alpha_t * b_h * sum(float(w) * d for w, d in zip(rhos, d1s))
+        if not correct:
+            return x_t, None
+        rhos = [0.5] if k == 1 else np.linalg.solve(r, b)
+        m_t = x0(x_t, t)
+        corrected = sum(float(w) * d for w, d in zip(rhos[:-1], d1s)) + float(rhos[-1]) * (m_t - m_0)
+        return base - alpha_t * b_h * corrected, m_t
+
+    past = [(times[0], x0(x, times[0]))]
+    for i in range(1, steps + 1):
+        k = min(order, i, steps + 1 - i) if lower_order_final else min(order, i)
+        x, m = step(x, past, times[i], k, correct=i < steps)
+        past = [*past, (times[i], m)][-order:]
+    return x
+
+
 def _drop_penultimate(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas[:-2], sigmas[-1:]])
 
@@ -268,6 +439,22 @@ CASES: dict[str, tuple[Callable, Callable[[Reference], torch.Tensor]]] = {
     "DPM++ 2M SDE": (ref_dpmpp_2m_sde, lambda ref: ref.exponential(STEPS)),
     "DPM++ 3M SDE": (ref_dpmpp_3m_sde, lambda ref: _drop_penultimate(ref.exponential(STEPS + 1))),
     "DPM fast": (ref_dpm_fast, lambda ref: ref.uniform(STEPS)),
+    "DPM adaptive": (ref_dpm_adaptive, lambda ref: ref.uniform(STEPS)),
+}
+# timestep sampler (with override settings) → its reference loop from the initial noise over A1111's timesteps
+TIMESTEP_CASES: dict[str, tuple[str, dict, Callable]] = {
+    "DDIM": ("DDIM", {}, ref_ddim),
+    "DDIM eta 0.5": ("DDIM", {"eta_ddim": 0.5}, lambda ref, x, ts: ref_ddim(ref, x, ts, eta=0.5)),
+    "DDIM CFG++": ("DDIM CFG++", {}, lambda ref, x, ts: ref_ddim(ref, x, ts, cfgpp=True)),
+    "PLMS": ("PLMS", {}, ref_plms),
+    "UniPC": ("UniPC", {}, ref_unipc),
+    "UniPC bh2": ("UniPC", {"uni_pc_variant": "bh2"}, lambda ref, x, ts: ref_unipc(ref, x, ts, "bh2")),
+    "UniPC vary_coeff": ("UniPC", {"uni_pc_variant": "vary_coeff"}, lambda ref, x, ts: ref_unipc(ref, x, ts, "vary_coeff")),
+    "UniPC logSNR order 2": ("UniPC", {"uni_pc_skip_type": "logSNR", "uni_pc_order": 2},
+                             lambda ref, x, ts: ref_unipc(ref, x, ts, skip_type="logSNR", order=2)),
+    "UniPC quadratic, not lower order final": (
+        "UniPC", {"uni_pc_skip_type": "time_quadratic", "uni_pc_lower_order_final": False},
+        lambda ref, x, ts: ref_unipc(ref, x, ts, skip_type="time_quadratic", lower_order_final=False)),
 }
 
 
@@ -288,6 +475,13 @@ def _reference_images(pipe, sampler: str, ensd: int = 0) -> np.ndarray:
         return ref.image(loop(ref, x, sigmas))
 
 
+def _timestep_reference_images(pipe, case: str) -> np.ndarray:
+    _, _, loop = TIMESTEP_CASES[case]
+    ref = Reference(pipe, SEEDS)
+    with torch.no_grad():
+        return ref.image(loop(ref, ref.randn(), _timesteps(STEPS)))
+
+
 def _mean_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
 
@@ -305,3 +499,121 @@ def test_eta_noise_seed_delta_reseeds_the_ancestral_noise(engine, models, pipe) 
     engine_images = _engine_images(engine, models, "Euler a", randn_source="CPU", eta_noise_seed_delta=31337)
     assert _mean_difference(engine_images, _reference_images(pipe, "Euler a", ensd=31337)) < 0.5
     assert _mean_difference(engine_images, _reference_images(pipe, "Euler a")) > 0.5
+
+
+@pytest.mark.parametrize("case", list(TIMESTEP_CASES))
+def test_timestep_samplers_make_a1111s_images(engine, models, pipe, case: str) -> None:
+    sampler, overrides, _ = TIMESTEP_CASES[case]
+    engine_images = _engine_images(engine, models, sampler, randn_source="CPU", **overrides)
+    reference = _timestep_reference_images(pipe, case)
+    # tighter than the k samplers' bound: UniPC's variants differ from bh1 by only ~0.35/255 on this model
+    assert _mean_difference(engine_images, reference) < 0.05
+    assert _mean_difference(engine_images[0], reference[1]) > 2
+
+
+def test_ddim_eta_draws_from_the_seeds_stream(engine, models, pipe) -> None:
+    """With eta > 0 the noise is the seed's stream continued (another stream gives another image)."""
+    engine_images = _engine_images(engine, models, "DDIM", randn_source="CPU", eta_ddim=1.0)
+    ref = Reference(pipe, SEEDS)
+    with torch.no_grad():
+        reference = ref.image(ref_ddim(ref, ref.randn(), _timesteps(STEPS), eta=1.0))
+    assert _mean_difference(engine_images, reference) < 0.5
+    assert _mean_difference(engine_images, _engine_images(engine, models, "DDIM", randn_source="CPU")) > 0.5
+
+
+def _gradient_png() -> tuple[np.ndarray, str]:
+    x = np.linspace(0, 255, 64, dtype=np.uint8)
+    pixels = np.stack([np.tile(x, (64, 1)), np.tile(x[:, None], (1, 64)), np.full((64, 64), 128, np.uint8)], axis=-1)
+    return pixels, _png_b64(Image.fromarray(pixels))
+
+
+def _png_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _img2img_reference(pipe, pixels: np.ndarray, strength: float, loop: Callable, ref: Reference) -> torch.Tensor:
+    image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
+    init = pipe.vae.encode(image).latent_dist.mean.repeat(len(SEEDS), 1, 1, 1) * pipe.vae.config.scaling_factor
+    timesteps, t_enc = _timesteps(STEPS), int(strength * STEPS)
+    a = ref.alphas_cumprod[timesteps[t_enc]]
+    x = math.sqrt(a) * init + math.sqrt(1 - a) * ref.randn()
+    return init, loop(ref, x, timesteps[:t_enc])
+
+
+class InpaintReference(Reference):
+    """A1111's CFGDenoiserTimesteps with a mask: the model's input is blended with the init latents
+    ("mask before denoising"), the result once more after sampling."""
+
+    def __init__(self, pipe, seeds: list[int], init: torch.Tensor, repaint: torch.Tensor):
+        super().__init__(pipe, seeds)
+        self.init, self.repaint = init, repaint
+
+    def eps(self, x: torch.Tensor, timestep: float, scale: float = CFG) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().eps(x * self.repaint + self.init * (1 - self.repaint), timestep, scale)
+
+
+def test_ddim_inpainting_blends_before_denoising_as_a1111(engine, models, pipe) -> None:
+    pixels, png = _gradient_png()
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, :32] = 255  # repaint the left half
+    result = engine.generate("img2img", {
+        "prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": SEEDS[0], "batch_size": len(SEEDS), "steps": STEPS,
+        "cfg_scale": CFG, "width": 64, "height": 64, "sampler_name": "DDIM", "init_images": [png],
+        "mask": _png_b64(Image.fromarray(mask)), "mask_blur": 0, "inpainting_fill": 1, "inpaint_full_res": False,
+        "denoising_strength": 0.75, "override_settings": {"randn_source": "CPU"},
+    }, models)
+    engine_images = np.stack([np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in result.images])
+    repaint = torch.zeros((1, 1, 8, 8))
+    repaint[..., :4] = 1
+    with torch.no_grad():
+        image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
+        init = pipe.vae.encode(image).latent_dist.mean.repeat(len(SEEDS), 1, 1, 1) * pipe.vae.config.scaling_factor
+        ref = InpaintReference(pipe, SEEDS, init, repaint)
+        latents = _img2img_reference(pipe, pixels, 0.75, ref_ddim, ref)[1]
+        decoded = ref.image(latents * repaint + init * (1 - repaint))
+    reference = np.where(mask[None, :, :, None] > 0, decoded, pixels[None])  # A1111 pastes the original back
+    assert _mean_difference(engine_images, reference) < 0.05
+    assert _mean_difference(engine_images[0, :, :32], reference[1, :, :32]) > 2
+    # blending after denoising instead (the k samplers' way) gives another image
+    ref = Reference(pipe, SEEDS)
+    with torch.no_grad():
+        unblended = ref.image(_img2img_reference(pipe, pixels, 0.75, ref_ddim, ref)[1] * repaint + init * (1 - repaint))
+    assert _mean_difference(engine_images[:, :, :32], unblended[:, :, :32]) > 0.05
+
+
+@pytest.mark.parametrize(("sampler", "loop"), [
+    ("DDIM", ref_ddim),
+    ("PLMS", ref_plms),
+    ("UniPC", lambda ref, x, ts: ref_unipc(ref, x, ts, from_image=True)),
+])
+def test_timestep_samplers_img2img_as_a1111(engine, models, pipe, sampler: str, loop: Callable) -> None:
+    """A1111's `sample_img2img`: t_enc = int(strength × steps); the image noised to timesteps[t_enc] (variance
+    preserving, the seed's first draw), then sampled over timesteps[:t_enc] (UniPC from t = (the last + 1) / 1000)."""
+    pixels, png = _gradient_png()
+    strength = 0.6
+    result = engine.generate("img2img", {
+        "prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": SEEDS[0], "batch_size": len(SEEDS), "steps": STEPS,
+        "cfg_scale": CFG, "width": 64, "height": 64, "sampler_name": sampler, "init_images": [png],
+        "denoising_strength": strength, "override_settings": {"randn_source": "CPU"},
+    }, models)
+    engine_images = np.stack([np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in result.images])
+    ref = Reference(pipe, SEEDS)
+    with torch.no_grad():
+        reference = ref.image(_img2img_reference(pipe, pixels, strength, loop, ref)[1])
+    assert _mean_difference(engine_images, reference) < 0.05
+    assert _mean_difference(engine_images[0], reference[1]) > 2
+
+
+@pytest.mark.parametrize("sampler", ["DPM fast"])  # DPM adaptive takes the same path (and ~3× the model calls)
+def test_dpm_fast_and_adaptive_txt2img_run_over_the_models_sigma_range(engine, models, pipe, sampler: str) -> None:
+    """A1111's txt2img gives them the model's sigma_min/sigma_max whatever the schedule; only the initial noise
+    is scaled by the schedule's first sigma (here Karras with sigma_max 10)."""
+    engine_images = _engine_images(engine, models, sampler, randn_source="CPU", k_sched_type="Karras", sigma_max=10.0)
+    loop, model_range = CASES[sampler]
+    ref = Reference(pipe, SEEDS)
+    with torch.no_grad():
+        reference = ref.image(loop(ref, ref.randn() * 10.0, model_range(ref).float()))
+    assert _mean_difference(engine_images, reference) < 0.5
+    assert _mean_difference(engine_images, _engine_images(engine, models, sampler, randn_source="CPU")) > 0.5

@@ -77,10 +77,20 @@ STOCHASTIC_SAMPLERS = ("Euler a", "DPM2 a", "DPM++ 2M SDE", "DPM++ SDE Karras")
 
 @pytest.mark.parametrize("sampler", sampler_names())
 def test_every_sampler_runs(engine, models, sampler: str) -> None:
-    first = _run(engine, models, sampler_name=sampler, steps=2)
+    steps = 3 if sampler == "UniPC" else 2  # UniPC's default order, 3, needs 3 steps (A1111 fails with fewer)
+    first = _run(engine, models, sampler_name=sampler, steps=steps)
     assert f"Sampler: {sampler.removesuffix(' Karras')}, Schedule type: " in first.info["infotexts"][0]
     if sampler in STOCHASTIC_SAMPLERS:
-        assert first.images[0] == _run(engine, models, sampler_name=sampler, steps=2).images[0]
+        assert first.images[0] == _run(engine, models, sampler_name=sampler, steps=steps).images[0]
+
+
+def test_unipc_with_fewer_steps_than_its_order_is_refused_before_sampling(engine, models) -> None:
+    with pytest.raises(EngineError, match="uni_pc_order: UniPC order \\(3\\) must be < sampling steps \\(2 in"):
+        _run(engine, models, sampler_name="UniPC", steps=2)
+    _run(engine, models, sampler_name="UniPC", steps=2, override_settings={"uni_pc_order": 2})
+    with pytest.raises(EngineError, match="\\(1 in this pass\\)"):  # img2img: int(0.3 × 5) = 1 step
+        _run(engine, models, task="img2img", sampler_name="UniPC", steps=5, denoising_strength=0.3,
+             init_images=[_b64_png(_gradient())])
 
 
 def test_sampling_settings_change_the_image_and_are_in_the_infotext(engine, models) -> None:
@@ -123,14 +133,15 @@ def test_prompt_editing_and_alternation(engine, models) -> None:
         # LMS: its last step mixes in the first step's derivative, so the first step's prompt shows (the
         # tiny model's prompts barely move the latents, and most samplers end on the last denoised latents)
         return _pixels(_run(engine, models, prompt=prompt, negative_prompt=negative_prompt,
-                            sampler_name="LMS").images[0]).tobytes()
+                            sampler_name="LMS", steps=3).images[0]).tobytes()
 
     plain_cat, plain_dog = pixels(cat), pixels(dog)
-    assert pixels(f"[{cat}:{dog}:2]") == plain_cat  # switches after the last step
     assert pixels(f"[{cat}:{dog}:0]") == plain_dog
-    switched = pixels(f"[{cat}:{dog}:1]")  # cat for step 1, dog for step 2
+    # A1111 picks the prompt with its count of model calls (0 first) and `count <= 1`: cat for calls 0 and 1
+    switched = pixels(f"[{cat}:{dog}:1]")
     assert switched not in (plain_cat, plain_dog)
-    assert pixels(f"[{cat}|{dog}]") == switched  # alternation gives the same order here
+    assert pixels(f"[{cat}:{dog}:2]") == plain_cat  # calls 0, 1, 2 are all <= 2: A1111 never switches
+    assert pixels(f"[{cat}|{dog}]") == switched  # [(1, cat), (2, dog), (3, cat)] read at 0, 1, 2: cat, cat, dog
     assert pixels(cat, "[blurry:ugly:1]") not in (plain_cat, pixels(cat, "ugly"))
 
 

@@ -11,6 +11,7 @@ from aws_extension.engine.base import EngineError
 from aws_extension.engine.prompt import (
     CHUNK_LENGTH,
     Emphasis,
+    ScheduledConditioning,
     check_supported_syntax,
     encode_chunks,
     encode_prompt_pair,
@@ -249,3 +250,64 @@ def test_emphasis_settings_as_a1111(pipe) -> None:
     cut = tokenize_into_chunks(long_text, pipe.tokenizer)[0].tokens
     kept = tokenize_into_chunks(long_text, pipe.tokenizer, emphasis=Emphasis(comma_padding_backtrack=0))[0].tokens
     assert cut.count(EOS) > 1 and kept.count(EOS) == 1
+
+
+@pytest.mark.parametrize(("sampler", "calls"), [
+    ("Euler", 4),  # one model call a step
+    ("Heun", 7),  # two a step, one on the last (to sigma 0)
+    ("DPM++ 2S a", 7),
+    ("PLMS", 4),  # a timestep sampler: 4 timesteps, 3 steps, its first step two calls
+])
+def test_prompt_editing_counts_model_calls_as_a1111(pipe, sampler: str, calls: int) -> None:
+    """A1111's CFGDenoiser picks the prompt with `self.step`, its count of model calls in the pass (0 first),
+    from a schedule built for steps × 2 on second-order samplers (`p.step_multiplier`)."""
+    from dataclasses import dataclass, field
+
+    from aws_extension.engine.k_pass import (
+        CFGDenoiser,
+        KPass,
+        ScheduleSettings,
+        model_sigmas,
+        pass_sigmas,
+        sample,
+    )
+    from aws_extension.engine.k_samplers import Options
+    from aws_extension.engine.noise import ImageNoise
+    from aws_extension.engine.prompt import ScheduledConditioning
+    from aws_extension.engine.samplers import SAMPLERS
+
+    @dataclass
+    class Recorded(ScheduledConditioning):
+        asked: list[int] = field(default_factory=list)
+
+        def at_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            self.asked.append(step)
+            return super().at_step(step)
+
+    spec, steps = SAMPLERS[sampler], 4
+    assert spec.step_multiplier == (2 if sampler in ("Heun", "DPM++ 2S a") else 1)
+    schedule_steps = steps * spec.step_multiplier
+    scheduled = encode_prompt_schedules("[a cat:a dog:0.5]", "blurry", pipe, steps=schedule_steps)
+    conditioning = Recorded(scheduled.positive, scheduled.negative)
+    assert [last for last, _ in conditioning.positive] == [schedule_steps // 2, schedule_steps]
+    sigmas_table = model_sigmas(pipe)
+    sigmas = pass_sigmas(spec.sigmas, spec.discard_penultimate, steps, sigmas_table, ScheduleSettings())
+    denoiser = CFGDenoiser(pipe.unet, sigmas_table, conditioning, cfg_scale=7.0, steps=steps)
+    noise = ImageNoise((4, 8, 8), [1])
+    run = KPass(spec.k_function, Options(eta=0.0), False, noise, [1], lambda i: None)
+    with torch.no_grad():
+        sample(denoiser, run, noise.first() * sigmas[0], sigmas)
+    assert conditioning.asked == list(range(calls))
+    cat, dog = (z for _, z in conditioning.positive)
+    # calls 0 .. steps × multiplier / 2 get the first prompt (A1111: step <= its end), the rest the second
+    assert [conditioning.at_step(call)[0] is dog for call in range(calls)] == [call > schedule_steps // 2
+                                                                                for call in range(calls)]
+    assert cat is not dog
+
+
+def test_alternation_follows_a1111s_call_count() -> None:
+    """[a|b] in A1111: the schedule [(1, a), (2, b), ...] read at calls 0, 1, 2, 3 gives a, a, b, a."""
+    schedule = prompt_schedule("[a|b]", 4)
+    conditioning = ScheduledConditioning([(step, torch.tensor([[float(text == "b")]])) for step, text in schedule],
+                                         [(4, torch.zeros((1, 1)))])
+    assert [float(conditioning.at_step(call)[0]) for call in range(4)] == [0.0, 0.0, 1.0, 0.0]

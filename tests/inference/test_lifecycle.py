@@ -165,3 +165,26 @@ def test_an_endpoint_that_cannot_come_back_after_a_restart_fails_with_its_jobs(t
         assert refused.status_code == 404  # its name is released, as for a deployment that failed
     finally:
         restarted.stop()
+
+
+def test_a_job_finishing_while_the_middleware_stops_is_queued_again_and_runs_after_the_restart(tmp_path, tiny_models_dir):
+    # A job of a few seconds, running when SIGTERM comes: its worker (stopped after the HTTP server) finishes
+    # it within its 10 s grace, but the server no longer takes its images, so it answers "failed". That job
+    # must go back to the queue, not end failed.
+    stack = start_stack(tmp_path, tiny_models_dir)
+    try:
+        deploy(stack.client, "finishing")
+        job = stack.client.create_inference({**LONG_JOB, "width": 256, "height": 256, "steps": 16,
+                                             "sagemaker_endpoint_name": "finishing"})
+        wait_until_running(stack.client, job["inference_id"])
+        assert stack.server.stop() == 0
+    finally:
+        stack.server.stop()
+    log = (stack.data_dir.parent / "data-serve.log").read_text()
+    assert f"job {job['inference_id']} failed while the middleware stops" in log, log[-3000:]
+    restarted = _restart(stack.data_dir, tmp_path)
+    try:
+        record = MiddlewareClient(restarted.url, API_KEY).wait_for_job(job["inference_id"], timeout_s=300)
+        assert record["status"] == "succeed", record
+    finally:
+        restarted.stop()

@@ -149,7 +149,8 @@ class FakeMiddleware:
             return 200, {"parameters": request, "info": json.dumps(info), "endpoint_name": "ep",
                          "inference_id": job["InferenceJobId"]}, JSON
         index = int(path.rsplit("/", 1)[1].split(".")[0])
-        return 200, png_with_infotext(color_of(request["prompt"]), self._infotext(request, seeds[index])), "image/png"
+        size = (request.get("width", 64), request.get("height", 64))
+        return 200, png_with_infotext(color_of(request["prompt"]), self._infotext(request, seeds[index]), size), "image/png"
 
     @staticmethod
     def _seeds(job: dict) -> list[int]:

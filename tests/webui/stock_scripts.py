@@ -1,6 +1,7 @@
 """Doubles of A1111 v1.10.1's stock scripts (scripts/xyz_grid.py, prompt_matrix.py, prompts_from_file.py,
-sd_upscale.py, loopback.py): what their run() does with `p` and with the Processed that process_images returns,
-call for call (the UI, labels and drawing left out; tiles cut without an upscaler). Written from reading those
+sd_upscale.py, loopback.py, poor_mans_outpainting.py, outpainting_mk_2.py): what their run() does with `p` and
+with the Processed that process_images returns, call for call (the UI, labels and drawing left out; tiles cut
+without an upscaler; outpainting mk2's FFT-matched noise replaced by the unmasked area's mean colour). Written from reading those
 files; they drive the same call pattern against whichever process_images the host has (local or the switch)."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import random
 from copy import copy
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageDraw, ImageStat
 
 
 def xyz_plot(p: Any, x_field: str, xs: list, y_field: str, ys: list, vary_seeds_x: bool = False) -> Any:
@@ -174,3 +175,166 @@ def loopback(p: Any, loops: int, final_denoising_strength: float) -> Any:
                 history.append(processed.images[0])
     grids = [images.image_grid(history, rows=1)] if len(history) > 1 and opts.return_grid else []
     return processing.Processed(p, grids + history, initial_seed, initial_info)
+
+
+def _outpainting_sides(init: Any, pixels: int, direction: list[str]) -> tuple[int, int, int, int, int, int]:
+    """Both outpainting scripts: the size rounded up to 64, the pixels added on each side (left, right, up,
+    down) shared out so the sides fill it."""
+    left, right, up, down = (pixels if side in direction else 0 for side in ("left", "right", "up", "down"))
+    target_w, target_h = math.ceil((init.width + left + right) / 64) * 64, math.ceil((init.height + up + down) / 64) * 64
+    if left > 0:
+        left = left * (target_w - init.width) // (left + right)
+    if right > 0:
+        right = target_w - init.width - left
+    if up > 0:
+        up = up * (target_h - init.height) // (up + down)
+    if down > 0:
+        down = target_h - init.height - up
+    return target_w, target_h, left, right, up, down
+
+
+def _inset_box(size: tuple[int, int], sides: tuple[int, int, int, int], inset: int) -> Image.Image:
+    """White, black inside the sides, each side moved in by `inset` where it was extended."""
+    left, right, up, down = sides
+    mask = Image.new("L", size, "white")
+    ImageDraw.Draw(mask).rectangle((left + (inset if left > 0 else 0), up + (inset if up > 0 else 0),
+                                    size[0] - right - (inset if right > 0 else 0),
+                                    size[1] - down - (inset if down > 0 else 0)), fill="black")
+    return mask
+
+
+def poor_mans_outpainting(p: Any, pixels: int, mask_blur: int, inpainting_fill: int, direction: list[str]) -> Any:
+    """Poor man's outpainting: the enlarged image cut in p.width x p.height tiles overlapping by `pixels`; each
+    tile that reaches into the new border is inpainted alone, with a latent mask less blurred than its mask."""
+    from modules import images, processing
+    from modules.shared import opts, state
+
+    initial_seed = initial_info = None
+    p.mask_blur = mask_blur * 2
+    p.inpainting_fill, p.inpaint_full_res = inpainting_fill, False
+    init = p.init_images[0]
+    target_w, target_h, left, right, up, down = _outpainting_sides(init, pixels, direction)
+    img = Image.new("RGB", (target_w, target_h))
+    img.paste(init, (left, up))
+    mask = _inset_box(img.size, (left, right, up, down), mask_blur * 2)
+    latent_mask = _inset_box(img.size, (left, right, up, down), mask_blur // 2)
+    grids = [images.split_grid(image, tile_w=p.width, tile_h=p.height, overlap=pixels)
+             for image in (img, mask, latent_mask)]
+    p.n_iter = p.batch_size = 1
+    p.do_not_save_grid = p.do_not_save_samples = True
+
+    def inside(x: int, w: int, y: int, h: int) -> bool:
+        return x >= left and x + w <= img.width - right and y >= up and y + h <= img.height - down
+
+    work = []
+    for rows in zip(*(grid.tiles for grid in grids)):
+        (y, h, row), (_, _, mask_row), (_, _, latent_row) = rows
+        for tile, mask_tile, latent_tile in zip(row, mask_row, latent_row):
+            if not inside(tile[0], tile[1], y, h):
+                work.append((tile[2], mask_tile[2], latent_tile[2]))
+    state.job_count = len(work)
+    results = []
+    for tile, mask_tile, latent_tile in work:
+        p.init_images, p.image_mask, p.latent_mask = [tile], mask_tile, latent_tile
+        processed = processing.process_images(p)
+        if initial_seed is None:
+            initial_seed, initial_info = processed.seed, processed.info
+        p.seed = processed.seed + 1
+        results += processed.images
+    index = 0
+    for y, h, row in grids[0].tiles:
+        for tile in row:
+            if not inside(tile[0], tile[1], y, h):
+                tile[2] = results[index] if index < len(results) else Image.new("RGB", (p.width, p.height))
+                index += 1
+    combined = images.combine_grid(grids[0])
+    if opts.samples_save:
+        images.save_image(combined, p.outpath_samples, "", initial_seed, p.prompt, opts.samples_format,
+                          info=initial_info, p=p)
+    return processing.Processed(p, [combined], initial_seed, initial_info)
+
+
+def _matched_noise(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """The double's stand-in for get_matched_noise: the masked (white) area in the unmasked area's mean colour."""
+    keep = mask.convert("L").point(lambda value: 255 - value)
+    mean = tuple(int(c) for c in ImageStat.Stat(image, keep).mean) if keep.getbbox() else (0, 0, 0)
+    return Image.composite(Image.new("RGB", image.size, mean), image, mask.convert("L"))
+
+
+def outpainting_mk_2(p: Any, pixels: int, mask_blur: int, direction: list[str], noise_q: float = 1.0,
+                     color_variation: float = 0.05) -> Any:
+    """Outpainting mk2: one side at a time, each an img2img of the batch's images grown by that side (cropped
+    to at most p's size), with a latent mask that stops twice the blur short of the old edge."""
+    from modules import images, processing
+    from modules.shared import opts, state
+
+    initial_seed_and_info: list = [None, None]
+    process_width, process_height = p.width, p.height
+    p.inpaint_full_res, p.inpainting_fill = False, 1
+    p.do_not_save_samples = p.do_not_save_grid = True
+    init_img = p.init_images[0]
+    _, _, left, right, up, down = _outpainting_sides(init_img, pixels, direction)
+    blur_x = mask_blur if left > 0 or right > 0 else 0
+    blur_y = mask_blur if up > 0 or down > 0 else 0
+    p.mask_blur_x, p.mask_blur_y = blur_x * 4, blur_y * 4
+
+    def expand(init: list, count: int, expand_pixels: int, is_left: bool = False, is_right: bool = False,
+               is_top: bool = False, is_bottom: bool = False) -> list:
+        horizontal, vertical = is_left or is_right, is_top or is_bottom
+        grow_w, grow_h = (expand_pixels if horizontal else 0), (expand_pixels if vertical else 0)
+        to_process, outputs = [], []
+        for n in range(count):
+            res_w, res_h = init[n].width + grow_w, init[n].height + grow_h
+            img = Image.new("RGB", (math.ceil(res_w / 64) * 64, math.ceil(res_h / 64) * 64))
+            img.paste(init[n], (grow_w if is_left else 0, grow_h if is_top else 0))
+            mask = Image.new("RGB", img.size, "white")
+            ImageDraw.Draw(mask).rectangle((
+                expand_pixels + blur_x if is_left else 0, expand_pixels + blur_y if is_top else 0,
+                mask.width - expand_pixels - blur_x if is_right else res_w,
+                mask.height - expand_pixels - blur_y if is_bottom else res_h), fill="black")
+            outputs.append(_matched_noise(img, mask))
+            target_w = min(process_width, init[n].width + grow_w) if horizontal else img.width
+            target_h = min(process_height, init[n].height + grow_h) if vertical else img.height
+            p.width, p.height = (target_w if horizontal else img.width), (target_h if vertical else img.height)
+            crop = (0 if is_left else outputs[n].width - target_w, 0 if is_top else outputs[n].height - target_h,
+                    target_w if is_left else outputs[n].width, target_h if is_top else outputs[n].height)
+            mask = mask.crop(crop)
+            p.image_mask = mask
+            to_process.append(outputs[n].crop(crop))
+        p.init_images = to_process
+        latent_mask = Image.new("RGB", (p.width, p.height), "white")
+        ImageDraw.Draw(latent_mask).rectangle((
+            expand_pixels + blur_x * 2 if is_left else 0, expand_pixels + blur_y * 2 if is_top else 0,
+            mask.width - expand_pixels - blur_x * 2 if is_right else res_w,
+            mask.height - expand_pixels - blur_y * 2 if is_bottom else res_h), fill="black")
+        p.latent_mask = latent_mask
+        proc = processing.process_images(p)
+        if initial_seed_and_info[0] is None:
+            initial_seed_and_info[:] = [proc.seed, proc.info]
+        for n in range(count):
+            outputs[n].paste(proc.images[n], (0 if is_left else outputs[n].width - proc.images[n].width,
+                                              0 if is_top else outputs[n].height - proc.images[n].height))
+            outputs[n] = outputs[n].crop((0, 0, res_w, res_h))
+        return outputs
+
+    batch_count, batch_size = p.n_iter, p.batch_size
+    p.n_iter = 1
+    state.job_count = batch_count * sum(1 for side in (left, right, up, down) if side > 0)
+    all_processed = []
+    for _ in range(batch_count):
+        imgs = [init_img] * batch_size
+        for pixels_of_side, side in ((left, "is_left"), (right, "is_right"), (up, "is_top"), (down, "is_bottom")):
+            if pixels_of_side > 0:
+                imgs = expand(imgs, batch_size, pixels_of_side, **{side: True})
+        all_processed += imgs
+    grid = images.image_grid(all_processed)
+    unwanted_grid = len(all_processed) < 2 and opts.grid_only_if_multiple
+    all_images = ([grid] if opts.return_grid and not unwanted_grid else []) + all_processed
+    res = processing.Processed(p, all_images, initial_seed_and_info[0], initial_seed_and_info[1])
+    if opts.samples_save:
+        for img in all_processed:
+            images.save_image(img, p.outpath_samples, "", res.seed, p.prompt, opts.samples_format, info=res.info, p=p)
+    if opts.grid_save and not unwanted_grid:
+        images.save_image(grid, p.outpath_grids, "grid", res.seed, p.prompt, opts.grid_format, info=res.info,
+                          grid=True, p=p)
+    return res

@@ -63,9 +63,9 @@ def test_the_middleware_would_have_failed_the_job_on_an_unhonoured_setting(cloud
     """The far side as it is: the refusal in the WebUI is what keeps the job from failing there."""
     from aws_extension.client import ApiError, MiddlewareClient
 
-    with pytest.raises(ApiError, match="override_settings.uni_pc_variant: this setting is not supported"):
+    with pytest.raises(ApiError, match="override_settings.sd_noise_schedule: this setting is not supported"):
         MiddlewareClient(cloud.server.url, None).create_inference({"prompt": "x", "override_settings":
-                                                                   {"uni_pc_variant": "bh2"}})
+                                                                   {"sd_noise_schedule": "Zero Terminal SNR"}})
 
 
 @pytest.mark.parametrize(("options", "batch_size", "grid"), [

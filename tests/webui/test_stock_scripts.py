@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.webui import stock_scripts
-from tests.webui.conftest import make_p, switch_runner, user_sees
+from tests.webui.conftest import make_p, switch_runner
 from tests.webui.test_extension import middleware_for  # noqa: F401 - the fixture
 
 CLOUD_ONLY = ("Cloud",)
@@ -132,11 +132,112 @@ def test_styles_are_applied_per_prompt_as_the_host_does(cloud):
     assert all("styles" not in b for b in sent)
 
 
-def test_outpainting_latent_mask_is_refused_before_sending(cloud, capsys):
-    """poor_mans_outpainting / outpainting_mk_2 set p.latent_mask, which the engine cannot apply yet: refused
-    with one sentence (and the script stops, as after Interrupt) rather than images that differ."""
-    p = make_p(cloud, switch_runner(cloud, is_img2img=True), on=True, img2img=True,
-               mask=Image.new("L", (64, 64), "white"))
+def _recording_process_images(webui, monkeypatch) -> list[dict]:
+    """What each process_images call of a script gets (the switch's wrapper, as the scripts call it by name)."""
+    seen: list[dict] = []
+    wrapper = webui.processing.process_images
+
+    def process_images(p):
+        seen.append({"size": (p.width, p.height), "mask": _png(p.image_mask), "latent_mask": _png(p.latent_mask),
+                     "init_images": [_png(image) for image in p.init_images], "mask_blur": (p.mask_blur_x,
+                     p.mask_blur_y), "inpainting_fill": p.inpainting_fill, "inpaint_full_res": p.inpaint_full_res})
+        return wrapper(p)
+
+    monkeypatch.setattr(webui.processing, "process_images", process_images)
+    return seen
+
+
+def _png(image) -> tuple | None:
+    return None if image is None else (image.mode, image.size, image.tobytes())
+
+
+def _decoded(value: str) -> tuple:
+    import base64
+    import io
+
+    return _png(Image.open(io.BytesIO(base64.b64decode(value))))
+
+
+def _outpainting_on_both(webui, monkeypatch, run, **fields) -> tuple[dict, dict, list[dict], list[dict]]:
+    """Local and cloud results, what process_images got each time (the same on both), and the requests."""
+    seen = _recording_process_images(webui, monkeypatch)
+    local, remote, sent = local_and_cloud(webui, run, img2img=True, **fields)
+    half = len(seen) // 2
+    assert seen[:half] == seen[half:] and half > 0
+    return local, remote, seen[half:], sent
+
+
+def _sent_as_seen(sent: list[dict], seen: list[dict]) -> None:
+    """Each request carries the masks, init image, size and inpaint settings its process_images call had, and
+    passes the middleware's strict payload check."""
+    from aws_extension.payload import PayloadLimits, validate_payload
+    from aws_extension.settings import WorkerSettings, load
+
+    limits = PayloadLimits.from_settings(load(WorkerSettings))
+    for body in sent:
+        validate_payload(body["task_type"], body, limits)
+    requests = iter(sent)
+    for call in seen:
+        for init_image in call["init_images"]:  # several init images: one request each, in order
+            body = next(requests)
+            assert (body["width"], body["height"]) == call["size"]
+            assert _decoded(body["mask"]) == call["mask"] and _decoded(body["latent_mask"]) == call["latent_mask"]
+            assert [_decoded(image) for image in body["init_images"]] == [init_image]
+            assert (body["mask_blur_x"], body["mask_blur_y"]) == call["mask_blur"]
+            assert (body["inpainting_fill"], body["inpaint_full_res"]) == (call["inpainting_fill"], False)
+    assert next(requests, None) is None
+
+
+def _engine_runs(body: dict, tiny_models_dir) -> None:
+    """The real engine (tiny model) makes the image of a sent request, at its size."""
+    import io
+
+    from aws_extension.engine.base import ModelSet
+    from aws_extension.engine.diffusers_engine import DiffusersEngine
+
+    models = ModelSet(checkpoint=tiny_models_dir / "Stable-diffusion" / "tiny-sd.safetensors", files={})
+    result = DiffusersEngine().generate(body["task_type"], body, models)
+    assert Image.open(io.BytesIO(result.images[0])).size == (body["width"], body["height"])
+
+
+def test_poor_mans_outpainting(cloud, monkeypatch, tiny_models_dir):
+    init = Image.new("RGB", (64, 64), "blue")
+
+    def run(p):
+        p.init_images = [init]
+        return stock_scripts.poor_mans_outpainting(p, pixels=32, mask_blur=4, inpainting_fill=0,
+                                                   direction=["left", "right", "up", "down"])
+
+    local, remote, seen, sent = _outpainting_on_both(cloud, monkeypatch, run, prompt="a garden")
+    assert remote == local and len(local["images"]) == 1 and local["images"][0][0] == (128, 128)
+    assert len(seen) == 8  # the 3x3 tiles of 64 over 128x128 but the one inside the old image
+    assert all(call["mask"] != call["latent_mask"] for call in seen)  # blurred 8 in, latent 2 in
+    _sent_as_seen(sent, seen)
+    assert [b["seed"] for b in sent] == list(range(42, 50)) and seen[0]["mask_blur"] == (8, 8)
+    _engine_runs(sent[0], tiny_models_dir)
+
+
+def test_outpainting_mk2(cloud, monkeypatch, tiny_models_dir):
+    init = Image.new("RGB", (64, 64), "blue")
+
+    def run(p):
+        p.init_images = [init]
+        return stock_scripts.outpainting_mk_2(p, pixels=32, mask_blur=4, direction=["left", "down"])
+
+    local, remote, seen, sent = _outpainting_on_both(cloud, monkeypatch, run, prompt="a garden", width=128,
+                                                     height=128, batch_size=2)
+    assert remote == local and len(local["images"]) == 3  # the grid, then the two grown images
+    assert [image[0] for image in local["images"]] == [(256, 128), (128, 128), (128, 128)]
+    assert [call["size"] for call in seen] == [(128, 64), (128, 128)] and seen[0]["mask_blur"] == (16, 16)
+    assert all(call["mask"] != call["latent_mask"] for call in seen)  # the latent mask stops 2x the blur short
+    _sent_as_seen(sent, seen)
+    assert [(b["seed"], b["batch_size"]) for b in sent] == [(42, 1), (43, 1), (42, 1), (43, 1)]
+    _engine_runs(sent[0], tiny_models_dir)
+
+
+def test_a_latent_mask_without_a_mask_is_not_sent(cloud):
+    """A1111 uses p.latent_mask only with an image mask; the engine refuses it alone."""
+    p = make_p(cloud, switch_runner(cloud, is_img2img=True), on=True, img2img=True)
     p.latent_mask = Image.new("L", (64, 64), "white")
-    assert user_sees(cloud, p, capsys).startswith("The cloud engine cannot apply a latent mask yet")
-    assert cloud.server.inference_bodies() == []
+    cloud.processing.process_images(p)
+    assert "latent_mask" not in cloud.server.inference_bodies()[-1]

@@ -193,3 +193,15 @@ def test_a_file_the_webui_does_not_list_fails_the_job_with_the_reason(
     error = answer.json()["error"]
     assert "does not list hypernetworks/late-hn.safetensors" in error and "my-embeddings" not in error
     assert (webui.root / "models" / "hypernetworks" / "late-hn.safetensors").exists()  # placed where it looks
+
+
+def test_a_field_the_webui_api_lacks_is_refused_before_the_webui_runs(workers: tuple[A1111StandIn, WorkerProcess]):
+    _, forwarder = workers
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(png, format="PNG")
+    image = base64.b64encode(png.getvalue()).decode()
+    params = {**SMALL, "init_images": [image], "mask": image, "latent_mask": image}
+    answer = requests.post(f"{forwarder.url}/invocations",
+                           json={"task": "img2img", "job_id": "w-latent", "models": [], "params": params}, timeout=120)
+    assert answer.status_code == 400 and "latent_mask" in answer.json()["error"], answer.text
+    assert "built-in engine" in answer.json()["error"]

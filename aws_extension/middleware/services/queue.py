@@ -86,10 +86,11 @@ class JobQueue:
         return self.jobs.update(job_id, {"queue_state": RUNNING, "worker": worker, "dispatched_at": time.time()},
                                 expect={"queue_state": QUEUED, "status": list(LIVE)})
 
-    def requeue(self, job: InferenceJob, attempts: int) -> None:
-        """Put a running job back at its place in the queue (its worker was lost or stopped)."""
-        self.jobs.update(job.id, {"queue_state": QUEUED, "worker": None, "progress": 0.0, "attempts": attempts},
-                         expect={"queue_state": RUNNING, "status": JobStatus.INPROGRESS})
+    def requeue(self, job: InferenceJob, attempts: int) -> InferenceJob | None:
+        """Put a running job back at its place in the queue (its worker was lost or stopped, or it failed while
+        the middleware stops); None when it is no longer running (e.g. `cancelling`: its answer ends it)."""
+        return self.jobs.update(job.id, {"queue_state": QUEUED, "worker": None, "progress": 0.0, "attempts": attempts},
+                                expect={"queue_state": RUNNING, "status": JobStatus.INPROGRESS})
 
     def report_progress(self, job_id: str, fraction: float) -> None:
         self.jobs.update(job_id, {"progress": round(fraction, 4)},

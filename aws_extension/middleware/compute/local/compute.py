@@ -55,7 +55,7 @@ class LocalCompute:
 
     def start(self, events: ComputeEvents) -> None:
         self.events = events
-        self._dispatcher = Dispatcher(self.queue, events, self.settings, self.restart, self._wake)
+        self._dispatcher = Dispatcher(self.queue, events, self.settings, self.restart, self._wake, self._stopping)
         self._autoscaler.start()
 
     # -- endpoints ---------------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ class LocalCompute:
         with self._lock:
             self._endpoints[name] = local
         instances = [self._new_instance(local) for _ in range(count)]
-        starters = [threading.Thread(target=self._start_process, args=(local, i)) for i in instances]
+        starters = [threading.Thread(target=self._start_process, args=(i,)) for i in instances]
         for thread in starters:
             thread.start()
         for thread in starters:
@@ -115,12 +115,18 @@ class LocalCompute:
         (instance.folder / "models").mkdir(parents=True, exist_ok=True)
         return instance
 
-    def _start_process(self, local: LocalEndpoint, instance: Instance) -> bool:
+    def _start_process(self, instance: Instance) -> bool:
         with self._lock:  # chosen and taken under one lock: instances starting together get different GPUs
             instance.gpu = self.processes.pick_gpu([other.gpu for each in self._endpoints.values()
                                                     for other in (*each.instances, *each.starting)
                                                     if other is not instance])
-        return self.processes.start(instance, sharing=max(1, local.max_instances))
+        return self.processes.start(instance, sharing=self.workers_at_once())
+
+    def workers_at_once(self) -> int:
+        """How many local workers can run at once (the cores are split over them): every endpoint's maximum,
+        of every endpoint. Workers already running keep the threads they started with."""
+        with self._lock:
+            return max(1, sum(local.max_instances for local in self._endpoints.values()))
 
     def _stop_all(self, instances: list[Instance], interrupt_jobs: bool) -> None:
         for instance in instances:
@@ -142,9 +148,14 @@ class LocalCompute:
                     instance.thread.join(30)
         shutil.rmtree(self.root / endpoint_name, ignore_errors=True)
 
+    def begin_stopping(self) -> None:
+        """The middleware is about to stop taking requests (the workers' image uploads among them): claim no
+        more jobs, and queue again those that fail from now on (see dispatcher.py). `stop` follows."""
+        self._stopping.set()
+
     def stop(self) -> None:
         """Stop every worker; running jobs go back to the queue (they run again after a restart)."""
-        self._stopping.set()
+        self.begin_stopping()
         self._autoscaler.stop()
         with self._lock:
             endpoints = list(self._endpoints.values())
@@ -195,7 +206,7 @@ class LocalCompute:
         self.processes.kill(instance)
         with self._lock:
             local = self._endpoints.get(instance.endpoint)
-        if local and self._start_process(local, instance):
+        if local and self._start_process(instance):
             return
         log.error("worker %s could not be restarted: %s", instance.name, instance.log_tail())
         instance.stopping.set()
@@ -226,7 +237,7 @@ class LocalCompute:
     def scale_out(self, local: LocalEndpoint) -> None:
         instance = self._new_instance(local)
         log.info("autoscaling %s: starting instance %d", local.name, instance.index)
-        started = self._start_process(local, instance)
+        started = self._start_process(instance)
         with self._lock:
             local.starting.remove(instance)
         if not started:

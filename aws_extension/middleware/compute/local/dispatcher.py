@@ -4,6 +4,10 @@ and sends each to the worker's `/invocations`, polling the worker's `/sdapi/v1/p
 A worker that dies is restarted; its job is queued again (up to `job_attempts` runs), then failed with the
 reason. A job past the invocation timeout fails and its worker is restarted (as SageMaker gives up on an
 instance rather than queue the next job behind a hung one).
+
+Once the middleware is stopping (`stopping`, set when its server is asked to exit, before it stops taking
+requests) no job is claimed, and a job that fails meanwhile goes back to the queue: it most likely failed
+because the server no longer takes its images, and it runs again after the restart.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from aws_extension.middleware.errors import ServiceError
 from aws_extension.middleware.records import InferenceJob
 from aws_extension.middleware.services.queue import JobQueue
 from aws_extension.settings import MiddlewareSettings
+from aws_extension.vocabulary import JobStatus
 from aws_extension.wire import InvocationAnswer, InvocationRequest, WireError
 
 log = logging.getLogger(__name__)
@@ -39,15 +44,21 @@ class InvocationTimedOut(Exception):
 
 class Dispatcher:
     def __init__(self, queue: JobQueue, events: ComputeEvents, settings: MiddlewareSettings,
-                 restart: Callable[[Instance, str], None], wake: Callable[[str], None]):
+                 restart: Callable[[Instance, str], None], wake: Callable[[str], None],
+                 stopping: threading.Event):
         self.queue = queue
         self.events = events
         self.settings = settings
         self.restart = restart  # start the instance's worker again (compute decides what a failure means)
         self.wake = wake  # wake an endpoint's dispatchers (a job was queued again)
+        self.stopping = stopping  # the middleware is stopping: claim nothing more
 
     def run_forever(self, instance: Instance, wake: threading.Condition) -> None:
         while not instance.stopping.is_set():
+            if self.stopping.is_set():
+                with wake:
+                    wake.wait(IDLE_WAIT_S)
+                continue
             if not instance.alive():
                 self.restart(instance, "the worker process exited while idle")
                 continue
@@ -90,6 +101,10 @@ class Dispatcher:
         finally:
             done.set()
             poller.join(5)
+        if answer.status == JobStatus.FAILED and self.stopping.is_set() and self.queue.requeue(job, job.attempts - 1):
+            log.info("job %s failed while the middleware stops (%s): queued again for the next start", job.id,
+                     answer.error)
+            return
         self.events.job_finished(job.id, answer)
 
     def _invoke(self, instance: Instance, request: InvocationRequest) -> InvocationAnswer:

@@ -1,6 +1,10 @@
-"""Stand-in for modules.images: save_image (numbered PNGs with the infotext) and image_grid."""
+"""Stand-in for modules.images: save_image (numbered PNGs with the infotext), image_grid, and split_grid /
+combine_grid (the tiles of v1.10.1's, which poor man's outpainting and SD upscale walk; combined without the
+overlap's gradient blend)."""
 
+import math
 import os
+from collections import namedtuple
 
 from PIL import Image, PngImagePlugin
 
@@ -25,3 +29,35 @@ def image_grid(imgs, batch_size=1, rows=None):
     for index, img in enumerate(imgs):
         grid.paste(img, (index % cols * w, index // cols * h))
     return grid
+
+
+Grid = namedtuple("Grid", ["tiles", "tile_w", "tile_h", "image_w", "image_h", "overlap"])
+
+
+def split_grid(image, tile_w=512, tile_h=512, overlap=64):
+    """Tiles of tile_w x tile_h spread evenly over the image, the last ones flush with its edges:
+    Grid.tiles = [[y, tile_h, [[x, tile_w, tile], ...]], ...]."""
+    w, h = image.size
+    cols = math.ceil((w - overlap) / (tile_w - overlap))
+    rows = math.ceil((h - overlap) / (tile_h - overlap))
+    dx = (w - tile_w) / (cols - 1) if cols > 1 else 0
+    dy = (h - tile_h) / (rows - 1) if rows > 1 else 0
+    grid = Grid([], tile_w, tile_h, w, h, overlap)
+    for row in range(rows):
+        y = int(row * dy)
+        y = h - tile_h if y + tile_h >= h else y
+        tiles = []
+        for col in range(cols):
+            x = int(col * dx)
+            x = w - tile_w if x + tile_w >= w else x
+            tiles.append([x, tile_w, image.crop((x, y, x + tile_w, y + tile_h))])
+        grid.tiles.append([y, tile_h, tiles])
+    return grid
+
+
+def combine_grid(grid):
+    combined = Image.new("RGB", (grid.image_w, grid.image_h))
+    for y, _, row in grid.tiles:
+        for x, _, tile in row:
+            combined.paste(tile, (x, y))
+    return combined

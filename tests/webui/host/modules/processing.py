@@ -1,15 +1,17 @@
 """Stand-in for modules.processing of v1.10.1: the processing objects (with `setup_prompts`), `Processed` (with
 `js()`), `create_infotext`, `get_fixed_seed`/`fix_seed`, and a local `process_images` that follows
-`process_images_inner` step by step (prompts and seeds per batch, infotexts, saving, the grid rules) but paints
-each image in its prompt's colour instead of sampling."""
+`process_images_inner` step by step (prompts and seeds per batch, the always-on scripts' hooks, infotexts, saving,
+the grid rules) but paints each image in its prompt's colour instead of sampling."""
 
 import json
 import random
 import uuid
 
+import numpy as np
+import torch
 from PIL import Image
 
-from modules import images, infotext_utils, sd_models, shared
+from modules import images, infotext_utils, scripts, sd_models, shared
 from modules.shared import opts, state
 
 
@@ -129,12 +131,23 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         super().__init__(denoising_strength=denoising_strength, **kwargs)
         self.init_images, self.resize_mode, self.image_cfg_scale = init_images, resize_mode, image_cfg_scale
         self.image_mask = mask
-        self.mask_blur_x = self.mask_blur_y = 4 if mask_blur is None else mask_blur
+        self.mask_blur_x = self.mask_blur_y = 4
+        self.mask_blur = mask_blur
+        self.mask_round = True
         self.inpainting_fill, self.inpaint_full_res = inpainting_fill, inpaint_full_res
         self.inpaint_full_res_padding, self.inpainting_mask_invert = inpaint_full_res_padding, inpainting_mask_invert
         self.initial_noise_multiplier = (opts.initial_noise_multiplier if initial_noise_multiplier is None
                                          else initial_noise_multiplier)
         self.color_corrections = self.latent_mask = None
+
+    @property
+    def mask_blur(self):
+        return self.mask_blur_x if self.mask_blur_x == self.mask_blur_y else None
+
+    @mask_blur.setter
+    def mask_blur(self, value):  # both directions; only an int (None, the default, leaves them)
+        if isinstance(value, int):
+            self.mask_blur_x = self.mask_blur_y = value
 
     def init(self, all_prompts, all_seeds, all_subseeds):
         self.extra_generation_params["Denoising strength"] = self.denoising_strength
@@ -283,6 +296,8 @@ def _set_up(p):
     p.all_seeds = seed if isinstance(seed, list) else [
         int(seed) + (x if p.subseed_strength == 0 else 0) for x in range(len(p.all_prompts))]
     p.all_subseeds = subseed if isinstance(subseed, list) else [int(subseed) + x for x in range(len(p.all_prompts))]
+    if p.scripts is not None:
+        p.scripts.process(p)
     p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
 
 
@@ -291,8 +306,16 @@ def _infotext(p, index=0, use_main_prompt=False):
                            all_negative_prompts=p.negative_prompts)
 
 
+def _sampled(p):
+    """The batch as decode_latent_batch and the clamp leave it ([B, 3, H, W] in 0..1): each image its prompt's
+    colour (values whose 255 * x truncates to that colour)."""
+    colours = torch.tensor([colour_of(prompt) for prompt in p.prompts], dtype=torch.float32)
+    return ((colours + 0.5) / 255).clamp(max=1.0)[:, :, None, None].repeat(1, 1, p.height, p.width)
+
+
 def _run_batch(p, n, output_images, infotexts):
-    """One pass of process_images_inner's loop; False when there is nothing left to do."""
+    """One pass of process_images_inner's loop, the scripts' hooks where it calls them; False when there is
+    nothing left to do."""
     p.iteration = n
     if state.interrupted or state.stopping_generation:
         return False
@@ -300,12 +323,34 @@ def _run_batch(p, n, output_images, infotexts):
     p.negative_prompts = p.all_negative_prompts[n * p.batch_size:(n + 1) * p.batch_size]
     p.seeds = p.all_seeds[n * p.batch_size:(n + 1) * p.batch_size]
     p.subseeds = p.all_subseeds[n * p.batch_size:(n + 1) * p.batch_size]
+    if p.scripts is not None:
+        p.scripts.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
     if len(p.prompts) == 0:
         return False
+    if p.scripts is not None:
+        p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
+        p.scripts.process_before_every_sampling(p=p, x=None, noise=None, c=None, uc=None)  # in p.sample()
+    x_samples = _sampled(p)
+    if p.scripts is not None:
+        ps = scripts.PostSampleArgs(x_samples)
+        p.scripts.post_sample(p, ps)
+        p.scripts.postprocess_batch(p, x_samples, batch_number=n)
+        p.prompts = p.all_prompts[n * p.batch_size:(n + 1) * p.batch_size]
+        p.negative_prompts = p.all_negative_prompts[n * p.batch_size:(n + 1) * p.batch_size]
+        batch_params = scripts.PostprocessBatchListArgs(list(x_samples))
+        p.scripts.postprocess_batch_list(p, batch_params, batch_number=n)
+        x_samples = batch_params.images
     save_samples = p.save_samples()
-    for i, prompt in enumerate(p.prompts):
+    for i, x_sample in enumerate(x_samples):
         p.batch_index = i
-        image = Image.new("RGB", (p.width, p.height), colour_of(prompt))
+        image = Image.fromarray((255. * np.moveaxis(x_sample.cpu().numpy(), 0, 2)).astype(np.uint8))
+        if p.scripts is not None:
+            pp = scripts.PostprocessImageArgs(image)
+            p.scripts.postprocess_image(p, pp)
+            image = pp.image
+            pp = scripts.PostprocessImageArgs(image)  # after apply_overlay (none here)
+            p.scripts.postprocess_image_after_composite(p, pp)
+            image = pp.image
         if save_samples:
             images.save_image(image, p.outpath_samples, "", p.seeds[i], p.prompts[i], opts.samples_format,
                               info=_infotext(p, i), p=p)
@@ -336,6 +381,8 @@ def _grid(p, output_images, infotexts):
 
 def process_images(p):
     """process_images → process_images_inner of v1.10.1, without a model: each image is its prompt's colour."""
+    if p.scripts is not None:
+        p.scripts.before_process(p)
     _set_up(p)
     infotexts, output_images = [], []
     for n in range(p.n_iter):
@@ -344,5 +391,8 @@ def process_images(p):
     if not infotexts:
         infotexts.append(Processed(p, []).infotext(p, 0))
     index_of_first_image = _grid(p, output_images, infotexts)
-    return Processed(p, images_list=output_images, seed=p.all_seeds[0], info=infotexts[0], subseed=p.all_subseeds[0],
-                     index_of_first_image=index_of_first_image, infotexts=infotexts)
+    res = Processed(p, images_list=output_images, seed=p.all_seeds[0], info=infotexts[0], subseed=p.all_subseeds[0],
+                    index_of_first_image=index_of_first_image, infotexts=infotexts)
+    if p.scripts is not None:
+        p.scripts.postprocess(p, res)
+    return res

@@ -1,4 +1,6 @@
-"""Stand-in for modules.scripts: Script, AlwaysVisible, the script loader and the always-on runner."""
+"""Stand-in for modules.scripts of v1.10.1: Script with its always-on hooks, the hooks' argument objects, the
+script loader and the always-on part of ScriptRunner (its hook calls: the scripts that override a hook, in
+load order, each with its slice of p.script_args; an error is reported and the next script runs)."""
 
 import importlib.util
 import inspect
@@ -6,7 +8,24 @@ import os
 import sys
 from collections import namedtuple
 
+from modules import errors
+
 AlwaysVisible = object()
+
+
+class PostprocessImageArgs:
+    def __init__(self, image):
+        self.image = image
+
+
+class PostprocessBatchListArgs:
+    def __init__(self, images):
+        self.images = images
+
+
+class PostSampleArgs:
+    def __init__(self, samples):
+        self.samples = samples
 ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
 scripts_data = []
 
@@ -27,6 +46,42 @@ class Script:
 
     def show(self, is_img2img):
         return True
+
+    def before_process(self, p, *args):
+        pass
+
+    def process(self, p, *args):
+        pass
+
+    def before_process_batch(self, p, *args, **kwargs):
+        pass
+
+    def after_extra_networks_activate(self, p, *args, **kwargs):
+        pass
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        pass
+
+    def process_batch(self, p, *args, **kwargs):
+        pass
+
+    def postprocess_batch(self, p, *args, **kwargs):
+        pass
+
+    def postprocess_batch_list(self, p, pp, *args, **kwargs):
+        pass
+
+    def post_sample(self, p, ps, *args):
+        pass
+
+    def postprocess_image(self, p, pp, *args):
+        pass
+
+    def postprocess_image_after_composite(self, p, pp, *args):
+        pass
+
+    def postprocess(self, p, processed, *args):
+        pass
 
 
 def load_scripts(extension_dir):
@@ -78,3 +133,52 @@ class ScriptRunner:
             given = alwayson_scripts.get(script.title().lower(), {}).get("args", [])
             args[script.args_from:script.args_to] = [*given, *defaults[len(given):]]
         return args
+
+    def ordered_scripts(self, method_name):
+        """The always-on scripts that override `method_name` (the host's order without user sorting)."""
+        return [script for script in self.alwayson_scripts
+                if getattr(script.__class__, method_name, None) is not getattr(Script, method_name, None)]
+
+    def _call(self, method_name, p, leading=(), **kwargs):
+        for script in self.ordered_scripts(method_name):
+            try:
+                script_args = p.script_args[script.args_from:script.args_to]
+                getattr(script, method_name)(p, *leading, *script_args, **kwargs)
+            except Exception:  # noqa: BLE001 - as the host: reported, the next script runs
+                errors.report(f"Error running {method_name}: {script.filename}", exc_info=True)
+
+    def before_process(self, p):
+        self._call("before_process", p)
+
+    def process(self, p):
+        self._call("process", p)
+
+    def process_before_every_sampling(self, p, **kwargs):
+        self._call("process_before_every_sampling", p, **kwargs)
+
+    def before_process_batch(self, p, **kwargs):
+        self._call("before_process_batch", p, **kwargs)
+
+    def after_extra_networks_activate(self, p, **kwargs):
+        self._call("after_extra_networks_activate", p, **kwargs)
+
+    def process_batch(self, p, **kwargs):
+        self._call("process_batch", p, **kwargs)
+
+    def postprocess(self, p, processed):
+        self._call("postprocess", p, (processed,))
+
+    def postprocess_batch(self, p, images, **kwargs):
+        self._call("postprocess_batch", p, images=images, **kwargs)
+
+    def postprocess_batch_list(self, p, pp, **kwargs):
+        self._call("postprocess_batch_list", p, (pp,), **kwargs)
+
+    def post_sample(self, p, ps):
+        self._call("post_sample", p, (ps,))
+
+    def postprocess_image(self, p, pp):
+        self._call("postprocess_image", p, (pp,))
+
+    def postprocess_image_after_composite(self, p, pp):
+        self._call("postprocess_image_after_composite", p, (pp,))
