@@ -35,6 +35,9 @@ STALLED_IMPORT_S = 2 * 900.0
 class CompletionEvents(Protocol):
     """What the SageMaker compute does with what SageMaker reports (compute/sagemaker)."""
 
+    def attach(self, events: Any) -> None:
+        """Report through `events` (the services' ComputeReports) without starting background work."""
+
     def handle_event(self, message: dict[str, Any]) -> None:
         """One SQS message body, parsed: an SNS envelope of an asynchronous-inference notification, or an
         EventBridge event. Raises on a failure worth retrying (the message comes back)."""
@@ -124,8 +127,9 @@ def build_container(services: Any, api_key: str) -> Container:
     from aws_extension.middleware.app import create_app
     from aws_extension.middleware.services.events import ComputeReports
 
-    # Compute reports through the services, as under `serve`; no background threads (lifespan off).
-    services.compute.start(ComputeReports(services.jobs, services.endpoints, services.retirement))
+    # Compute reports through the services, as under `serve`, but starts no background work: its events
+    # arrive as invocations (SageMakerCompute.attach; `start` would long-poll the queue in a thread).
+    services.compute.attach(ComputeReports(services.jobs, services.endpoints, services.retirement))
     return Container(services=services, api=Mangum(create_app(services, api_key), lifespan="off"))
 
 

@@ -90,6 +90,10 @@ class RecordedCompute:
     def __init__(self):
         self.events: list[dict] = []
         self.reaps = 0
+        self.reports = None
+
+    def attach(self, reports):
+        self.reports = reports
 
     def handle_event(self, message):
         if message.get("fail"):
@@ -113,10 +117,12 @@ class LambdaContext:
 
 @pytest.fixture
 def container(tmp_path):
+    """The app on local store and blobs, with the compute's event side recorded."""
     services = build_services(load(MiddlewareSettings, data_dir=tmp_path / "data", backend="local"))
-    local_compute = services.compute
-    yield lambda_entry.build_container(services, API_KEY)
-    local_compute.stop()
+    services.compute = RecordedCompute()
+    built = lambda_entry.build_container(services, API_KEY)
+    assert services.compute.reports is not None  # attached, so what it handles reaches the services
+    return built
 
 
 def _answer(response):
@@ -147,8 +153,7 @@ def test_api_gateway_post_with_a_body(container, event):
 
 
 def test_sqs_records_go_to_handle_event_and_failures_come_back(container):
-    recorder = RecordedCompute()
-    container.services.compute = recorder
+    recorder = container.services.compute
     good = dict(SQS_RECORD, body=json.dumps(INFERENCE_NOTIFICATION))
     state = dict(SQS_RECORD, messageId="e1", body=json.dumps(ENDPOINT_STATE_CHANGE))
     retry = dict(SQS_RECORD, messageId="r1", body=json.dumps({"fail": True}))
@@ -161,8 +166,7 @@ def test_sqs_records_go_to_handle_event_and_failures_come_back(container):
 
 
 def test_the_schedule_reaps_and_sweeps(container, monkeypatch):
-    recorder = RecordedCompute()
-    container.services.compute = recorder
+    recorder = container.services.compute
     swept = []
     monkeypatch.setattr(container.services.blobs, "sweep_incomplete_uploads", lambda ttl: swept.append(ttl) or [])
     assert lambda_entry.event_kind(SCHEDULED_EVENT) == "schedule"
@@ -177,7 +181,7 @@ def test_the_schedule_sweeps_even_when_reaping_fails(container, monkeypatch):
     class FailingReap(RecordedCompute):
         def reap(self):
             raise RuntimeError("SageMaker throttled")
-    container.services.compute = FailingReap()
+    container.services.compute = FailingReap()  # after the container was built: Container.compute reads it
     swept = []
     monkeypatch.setattr(container.services.blobs, "sweep_incomplete_uploads", lambda ttl: swept.append(ttl) or [])
     with pytest.raises(RuntimeError, match="throttled"):
@@ -186,8 +190,7 @@ def test_the_schedule_sweeps_even_when_reaping_fails(container, monkeypatch):
 
 
 def test_a_state_change_sent_straight_to_the_function(container):
-    recorder = RecordedCompute()
-    container.services.compute = recorder
+    recorder = container.services.compute
     assert lambda_entry.event_kind(ENDPOINT_STATE_CHANGE) == "sagemaker"
     container.handle(ENDPOINT_STATE_CHANGE, LambdaContext())
     assert recorder.events == [ENDPOINT_STATE_CHANGE]
