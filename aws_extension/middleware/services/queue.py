@@ -26,8 +26,11 @@ LIVE = (JobStatus.INPROGRESS, JobStatus.CANCELLING)
 
 
 class JobQueue:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, sees_every_start: bool = True):
         self.jobs = Records(store, JOBS, InferenceJob)
+        # False for a backend that queues jobs itself (SageMaker): a job is known to have started only once
+        # its report was read, so its place counts every unfinished job submitted before it.
+        self.sees_every_start = sees_every_start
 
     # -- entering and leaving the queue ------------------------------------------------------------------
     @staticmethod
@@ -81,9 +84,11 @@ class JobQueue:
                 if claimed:
                     return claimed
 
-    def mark_running(self, job_id: str, worker: str) -> InferenceJob | None:
-        """A job its backend started (the backend queued it itself)."""
-        return self.jobs.update(job_id, {"queue_state": RUNNING, "worker": worker, "dispatched_at": time.time()},
+    def mark_running(self, job_id: str, worker: str, started: float | None = None) -> InferenceJob | None:
+        """A job its backend started (the backend queued it itself, and runs it once), `started` when its
+        worker says so."""
+        return self.jobs.update(job_id, {"queue_state": RUNNING, "worker": worker, "attempts": 1,
+                                         "dispatched_at": started or time.time()},
                                 expect={"queue_state": QUEUED, "status": list(LIVE)})
 
     def requeue(self, job: InferenceJob, attempts: int) -> None:
@@ -104,6 +109,8 @@ class JobQueue:
         """How many jobs are ahead of `job` in its endpoint's queue; None when it is not waiting."""
         if job.status != JobStatus.INPROGRESS or job.queue_state != QUEUED:
             return None
+        if not self.sees_every_start:
+            return self.jobs.count({"endpoint": [job.endpoint], "status": list(LIVE)}, before=job)
         return self.jobs.count({"endpoint": [job.endpoint], "queue_state": [QUEUED]}, before=job)
 
     def live_jobs(self, endpoints: list[str] | None = None) -> list[InferenceJob]:

@@ -41,6 +41,8 @@ class LocalEndpoint:
 
 
 class LocalCompute:
+    restarts_with_middleware = True  # the workers are child processes of the middleware
+
     def __init__(self, queue: JobQueue, settings: MiddlewareSettings):
         self.queue = queue
         self.settings = settings
@@ -176,6 +178,9 @@ class LocalCompute:
         for instance in instances:
             threading.Thread(target=self._interrupt_worker, args=(instance, job.id), daemon=True,
                              name=f"interrupt-{job.id[:8]}").start()
+
+    def observe(self, job: InferenceJob) -> InferenceJob:
+        return job  # the dispatcher reports progress as the job runs
 
     @staticmethod
     def _interrupt_worker(instance: Instance, job_id: str) -> None:
