@@ -9,6 +9,7 @@ has its own name, so its resources are its own.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +66,7 @@ def aws_cloud(tmp_path_factory) -> Iterator:
     from tests.aws_stack import AsyncInference
     from tests.helpers import SdAwsProcess, free_port
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -109,15 +109,13 @@ def build_services(settings: MiddlewareSettings, session: Any = None) -> Service
     """The services of `settings.backend`; `session`: the boto3 session of the aws backend (default: boto3's
     standard configuration)."""
     if settings.backend == "local":
-        store, blobs, webhook_secret = _local_parts(settings)
-        queue = JobQueue(store)
-        compute: Compute = LocalCompute(queue, settings)
+        store, blobs, webhook_secret, make_compute = _local_parts(settings)
     elif settings.backend == "aws":
         store, blobs, webhook_secret, make_compute = _aws_parts(settings, session)
-        queue = JobQueue(store, sees_every_start=False)
-        compute = make_compute(queue)
     else:
         raise ValueError(f"backend {settings.backend!r} is unknown; use SD_AWS_BACKEND=local or aws")
+    queue = JobQueue(store)
+    compute = make_compute(queue)
     checkpoints = CheckpointService(store, blobs, max_parts=settings.multipart_max_parts,
                                     max_files=settings.max_files_per_checkpoint,
                                     completion_wait_s=settings.completion_wait_s)
@@ -134,7 +132,11 @@ def build_services(settings: MiddlewareSettings, session: Any = None) -> Service
                     retirement=EndpointRetirement(endpoints, jobs))
 
 
-def _local_parts(settings: MiddlewareSettings) -> tuple[Store, BlobStore, str]:
+# A backend's parts: its store, its blobs, the webhooks' secret, and how to make its compute over the queue.
+Parts = tuple[Store, BlobStore, str, Callable[[JobQueue], Compute]]
+
+
+def _local_parts(settings: MiddlewareSettings) -> Parts:
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     blobs = LocalBlobStore(
@@ -144,7 +146,7 @@ def _local_parts(settings: MiddlewareSettings) -> tuple[Store, BlobStore, str]:
         max_parts=settings.multipart_max_parts, max_part_bytes=settings.multipart_max_part_bytes,
         max_put_bytes=settings.blob_max_put_bytes)
     webhook_secret = settings.webhook_secret or read_or_create_secret(data_dir / "webhook_secret")
-    return SQLiteStore(data_dir / "store.sqlite3"), blobs, webhook_secret
+    return SQLiteStore(data_dir / "store.sqlite3"), blobs, webhook_secret, lambda queue: LocalCompute(queue, settings)
 
 
 def stack_resources(settings: MiddlewareSettings, session: Any) -> StackResources:
@@ -168,7 +170,7 @@ def stack_api_key(settings: MiddlewareSettings, session: Any = None) -> str:
     return stack_secret(session, stack_resources(settings, session).api_key_secret)
 
 
-def _aws_parts(settings: MiddlewareSettings, session: Any) -> tuple[Store, BlobStore, str, Callable[[JobQueue], Compute]]:
+def _aws_parts(settings: MiddlewareSettings, session: Any) -> Parts:
     # boto3 is the `aws` extra: imported only for this backend.
     import boto3
     from botocore.config import Config

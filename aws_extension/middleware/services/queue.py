@@ -26,11 +26,8 @@ LIVE = (JobStatus.INPROGRESS, JobStatus.CANCELLING)
 
 
 class JobQueue:
-    def __init__(self, store: Store, sees_every_start: bool = True):
+    def __init__(self, store: Store):
         self.jobs = Records(store, JOBS, InferenceJob)
-        # False for a backend that queues jobs itself (SageMaker): a job is known to have started only once
-        # its report was read, so its place counts every unfinished job submitted before it.
-        self.sees_every_start = sees_every_start
 
     # -- entering and leaving the queue ------------------------------------------------------------------
     @staticmethod
@@ -106,11 +103,11 @@ class JobQueue:
         return self.jobs.count({"endpoint": [endpoint], "queue_state": [QUEUED]})
 
     def position(self, job: InferenceJob) -> int | None:
-        """How many jobs are ahead of `job` in its endpoint's queue; None when it is not waiting."""
+        """How many jobs are ahead of `job` in its endpoint's queue; None when it is not waiting. With a
+        backend that queues itself (SageMaker) a job is known to run once its worker's report was read
+        (`Compute.observe`), so this counts the jobs submitted before it that are not known to have started."""
         if job.status != JobStatus.INPROGRESS or job.queue_state != QUEUED:
             return None
-        if not self.sees_every_start:
-            return self.jobs.count({"endpoint": [job.endpoint], "status": list(LIVE)}, before=job)
         return self.jobs.count({"endpoint": [job.endpoint], "queue_state": [QUEUED]}, before=job)
 
     def live_jobs(self, endpoints: list[str] | None = None) -> list[InferenceJob]:

@@ -167,6 +167,7 @@ class SageMakerCompute:
         if result.input_location and result.input_location != self.blobs.uri(invocation_key(job.id)):
             log.warning("notification for job %s names another request (%s): ignored", job.id, result.input_location)
             return
+        self.observe(job)  # its start, if nobody looked while it ran: when it ran, and that it ran once
         self.events.job_finished(job.id, self._answer(job.id, result))
 
     def _answer(self, job_id: str, result: InferenceResult) -> InvocationAnswer:
