@@ -75,6 +75,16 @@ class MiddlewareSettings:
     # configuration (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL): nothing here names an emulator.
     stack_name: str = _env("SD_AWS_STACK_NAME", "sd-aws", "the stack whose resources the AWS backend uses (names derive from it)")
     worker_image: str | None = _env("SD_AWS_WORKER_IMAGE", None, "ECR URI of the worker image SageMaker endpoints run")
+    # SageMaker endpoints (compute/sagemaker/endpoints.py)
+    sagemaker_instance_types: str | None = _env(
+        "SD_AWS_SAGEMAKER_INSTANCE_TYPES", None,
+        "ml.* instance types POST /endpoints accepts (comma-separated), e.g. those your region offers and your quotas "
+        "allow; default: every type of compute/sagemaker/instance_types.py")
+    sagemaker_backlog_per_instance: float = _env(
+        "SD_AWS_SAGEMAKER_BACKLOG_PER_INSTANCE", 2.0,
+        "autoscaling: queued jobs per instance it aims at (target of ApproximateBacklogSizePerInstance)")
+    sagemaker_scale_out_cooldown_s: int = _env(
+        "SD_AWS_SAGEMAKER_SCALE_OUT_COOLDOWN_S", 300, "autoscaling: time after adding instances before adding more")
     # SageMaker jobs (compute/sagemaker/compute.py, jobs.py).
     sagemaker_request_ttl_s: float = _env("SD_AWS_SAGEMAKER_REQUEST_TTL_S", 21600.0,
                                           "longest a job may wait in an endpoint's queue (RequestTTLSeconds; at most 6 h)")

@@ -96,8 +96,10 @@ class StackResources:
 
     def sagemaker_name(self, endpoint_name: str) -> str:
         """The SageMaker model, endpoint config and endpoint of an API endpoint are all named this
-        (SageMaker's names: at most 63 characters of letters, digits and hyphens)."""
-        name = f"{self.stack_name}-{endpoint_name}"
+        (SageMaker's names: at most 63 characters of letters, digits and hyphens). A stack name never holds
+        `--`, so the first `--` ends it: stack `sd` with endpoint `aws-x` and stack `sd-aws` with endpoint `x`
+        get different names."""
+        name = f"{self.stack_name}--{endpoint_name}"
         if len(name) > 63 or not re.fullmatch(r"[A-Za-z0-9](-*[A-Za-z0-9])*", name):
             raise ValueError(f"endpoint name {endpoint_name!r} makes the SageMaker name {name!r}, which must be "
                              "at most 63 letters, digits and single hyphens")
