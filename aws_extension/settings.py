@@ -87,7 +87,7 @@ class MiddlewareSettings:
         "SD_AWS_SAGEMAKER_SCALE_OUT_COOLDOWN_S", 300, "autoscaling: time after adding instances before adding more")
     # SageMaker jobs (compute/sagemaker/compute.py, jobs.py).
     sagemaker_request_ttl_s: float = _env("SD_AWS_SAGEMAKER_REQUEST_TTL_S", 21600.0,
-                                          "longest a job may wait in an endpoint's queue (RequestTTLSeconds; at most 6 h)")
+                                          "longest a job may wait in an endpoint's queue (RequestTTLSeconds: 60 s to 6 h)")
     sagemaker_notification_margin_s: float = _env(
         "SD_AWS_SAGEMAKER_NOTIFICATION_MARGIN_S", 300.0,
         "a job with no notification this long after its queue TTL and invocation timeout is failed")

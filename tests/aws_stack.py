@@ -96,7 +96,8 @@ class AsyncInference:
 
         def create_endpoint(backend: Any, endpoint_name: str, *args: Any, **kwargs: Any) -> Any:
             endpoint = original_create(backend, endpoint_name, *args, **kwargs)
-            threading.Timer(0.2, fake.send_state_change, (endpoint_name, "IN_SERVICE")).start()
+            tags = {tag["Key"]: tag["Value"] for tag in endpoint.tags}
+            threading.Timer(0.2, fake.send_state_change, (endpoint_name, endpoint.arn, "IN_SERVICE", tags)).start()
             return endpoint
 
         for owner, name, value in ((SageMakerRuntimeResponse, "invoke_endpoint_async", invoke_endpoint_async),
@@ -125,12 +126,12 @@ class AsyncInference:
         backend = sagemaker_backends[response.current_account][response.region]
         endpoint = backend.endpoints.get(name)
         if endpoint is None:
-            return 400, {"X-Amzn-ErrorType": "ValidationError"}, json.dumps(
+            return 400, {"status": 400, "X-Amzn-ErrorType": "ValidationError"}, json.dumps(
                 {"__type": "ValidationError", "message": f"Endpoint {name} of account {ACCOUNT} not found."})
         config = backend.endpoint_configs[endpoint.endpoint_config_name].async_inference_config or {}
         output = config.get("OutputConfig") or {}
         if not output.get("S3OutputPath"):
-            return 400, {"X-Amzn-ErrorType": "ValidationError"}, json.dumps(
+            return 400, {"status": 400, "X-Amzn-ErrorType": "ValidationError"}, json.dumps(
                 {"__type": "ValidationError", "message": f"Endpoint {name} is not an asynchronous endpoint."})
         notify = output.get("NotificationConfig") or {}
         headers = response.headers
@@ -149,7 +150,7 @@ class AsyncInference:
                 self.held.append(invocation.inference_id)
             else:
                 self._work.put(invocation)
-        return 202, {"X-Amzn-SageMaker-OutputLocation": invocation.output_location,
+        return 202, {"status": 202, "X-Amzn-SageMaker-OutputLocation": invocation.output_location,
                      "X-Amzn-SageMaker-FailureLocation": invocation.failure_location}, json.dumps(
             {"InferenceId": invocation.inference_id, "OutputLocation": invocation.output_location})
 
@@ -235,13 +236,14 @@ class AsyncInference:
         return json.loads(self.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
 
     # -- EventBridge ------------------------------------------------------------------------------------
-    def send_state_change(self, sagemaker_name: str, status: str, reason: str | None = None) -> None:
-        stack = next((s for s in self.events_queues if sagemaker_name.startswith(s + "-")), None)
+    def send_state_change(self, sagemaker_name: str, arn: str, status: str, tags: dict[str, str],
+                          reason: str | None = None) -> None:
+        """The event EventBridge delivers to the events queue of the endpoint's stack."""
+        stack = next((s for s in self.events_queues if sagemaker_name.startswith(s + "--")), None)
         if stack is None:
             return
-        detail: dict[str, Any] = {"EndpointName": sagemaker_name, "EndpointStatus": status,
-                                  "EndpointArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/{sagemaker_name.lower()}",
-                                  "EndpointConfigName": sagemaker_name, "Tags": {}}
+        detail: dict[str, Any] = {"EndpointName": sagemaker_name, "EndpointStatus": status, "EndpointArn": arn,
+                                  "EndpointConfigName": sagemaker_name, "Tags": tags}
         if reason:
             detail["FailureReason"] = reason
         event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "SageMaker Endpoint State Change",
@@ -282,7 +284,7 @@ def aws_env(fake: AsyncInference, stack_name: str) -> dict[str, str]:
     """The environment of `sd-aws serve --backend aws` on this stack (its key comes from Secrets Manager)."""
     return {**CREDENTIALS, "AWS_ENDPOINT_URL": fake.endpoint_url, "SD_AWS_BACKEND": "aws",
             "SD_AWS_STACK_NAME": stack_name, "SD_AWS_API_KEY": "", "SD_AWS_WEBHOOK_SECRET": "",
-            "SD_AWS_SAGEMAKER_POLL_WAIT_S": "1"}
+            "SD_AWS_SAGEMAKER_POLL_WAIT_S": "1", "SD_AWS_WORKER_IMAGE": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/worker:test"}
 
 
 def start_aws_middleware(fake: AsyncInference, data_dir: Path, api_key: str, env: dict[str, str] | None = None,

@@ -165,19 +165,23 @@ def test_a_job_sagemaker_refuses_fails_at_once(aws_cloud, sm):
 
 def test_a_job_whose_notification_never_comes_is_failed(aws_cloud, tmp_path, tiny_models_dir):
     server, _, client = _start(aws_cloud, tmp_path, {
-        "SD_AWS_INVOCATION_TIMEOUT_S": "1", "SD_AWS_SAGEMAKER_REQUEST_TTL_S": "1",
-        "SD_AWS_SAGEMAKER_NOTIFICATION_MARGIN_S": "0", "SD_AWS_SAGEMAKER_REAP_INTERVAL_S": "0.5"})
+        "SD_AWS_INVOCATION_TIMEOUT_S": "1", "SD_AWS_SAGEMAKER_NOTIFICATION_MARGIN_S": "0",
+        "SD_AWS_SAGEMAKER_REAP_INTERVAL_S": "0.5"})
     try:
         register_tiny_models(client, tiny_models_dir, tmp_path)
         deploy(client, "forgetful", instance_type=INSTANCE_TYPE)
         with aws_cloud.holding():
             job_id = client.create_inference({**QUICK, "sagemaker_endpoint_name": "forgetful"})["inference_id"]
-            cancel_url = aws_cloud.request_of(job_id)["cancel_url"]
-            aws_cloud.drop(job_id)
+            invocation = aws_cloud.wait_for(job_id)
+            assert (invocation.invocation_timeout_s, invocation.request_ttl_s) == (1, 21600)
+            request = aws_cloud.request_of(job_id)
+            report = JobProgress(job_id=job_id, step=0, total=0, started=time.time(), updated=time.time(), worker="i")
+            requests.put(request["progress_url"], data=json.dumps(report.to_json()), timeout=10).raise_for_status()
+            aws_cloud.drop(job_id)  # its instance started it, then SageMaker lost it
         job = client.wait_for_job(job_id, timeout_s=60)
         assert job["status"] == "failed" and job["error"].startswith("SageMaker sent no result for this job"), job
         assert "invocation timeout (1 s)" in job["error"]
-        assert requests.get(cancel_url, timeout=10).status_code == 200  # a worker still on it would stop
+        assert requests.get(request["cancel_url"], timeout=10).status_code == 200  # a worker still on it stops
     finally:
         server.stop()
 

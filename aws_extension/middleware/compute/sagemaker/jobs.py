@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # InvokeEndpointAsync's bounds (SageMaker's API reference).
 MAX_INVOCATION_TIMEOUT_S = 3600
-MAX_REQUEST_TTL_S = 21600
+MIN_REQUEST_TTL_S, MAX_REQUEST_TTL_S = 60, 21600
 
 
 class AsyncInvocations:
@@ -37,7 +37,7 @@ class AsyncInvocations:
         self.runtime = runtime  # a boto3 sagemaker-runtime client
         self.resources = resources
         self.invocation_timeout_s = max(1, min(MAX_INVOCATION_TIMEOUT_S, math.ceil(settings.invocation_timeout_s)))
-        self.request_ttl_s = max(1, min(MAX_REQUEST_TTL_S, math.ceil(settings.sagemaker_request_ttl_s)))
+        self.request_ttl_s = max(MIN_REQUEST_TTL_S, min(MAX_REQUEST_TTL_S, math.ceil(settings.sagemaker_request_ttl_s)))
         margin = settings.sagemaker_notification_margin_s
         self.url_lifetime_s = min(MAX_URL_LIFETIME_S, math.ceil(self.request_ttl_s + self.invocation_timeout_s + margin))
 
@@ -61,7 +61,7 @@ class AsyncInvocations:
             return f"SageMaker refused the job: {error.get('Code', 'error')}: {error.get('Message', exc)}"
         except BotoCoreError as exc:
             log.warning("InvokeEndpointAsync of job %s failed: %s", job.id, exc)
-            return f"SageMaker could not be reached to run the job: {exc}"
+            return f"Calling SageMaker to run the job failed: {exc}"
         return None
 
     def ask_to_cancel(self, job_id: str) -> None:
