@@ -20,7 +20,6 @@ import requests
 
 from aws_extension.middleware.blobs import local
 from aws_extension.middleware.blobs.base import (
-    MAX_URL_LIFETIME_S,
     KeyConflict,
     ObjectTooLarge,
     StorageFull,
@@ -75,6 +74,22 @@ def test_objects_named_like_temp_files_survive_a_restart_of_the_store(tmp_path):
         assert store.read(key) == data, key
     assert store.read("out/.w.tmp") == b"written by a service"
     assert temp_files(tmp_path) == [], "the start-up clean-up empties the temp folder"
+
+
+def test_temp_files_of_older_versions_are_removed_once(tmp_path):
+    """Before blobs-tmp/, temp files were `.NAME.<32 hex>.tmp` beside their target."""
+    hex32 = "0123456789abcdef" * 2
+    old = {f"blobs/uploads/.x.bin.{hex32}.tmp", f"blobs/a/b/.f.{hex32}.tmp", f"multipart/0123/.1.part.{hex32}.tmp"}
+    kept = {"blobs/uploads/.x.tmp", "blobs/uploads/.x.0123.tmp", f"blobs/uploads/x.{hex32}.tmp", "blobs/uploads/x.bin"}
+    for name in old | kept:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"data")
+    make_store(tmp_path)
+    assert {n for n in old | kept if (tmp_path / n).exists()} == kept
+    named_like_old = tmp_path / "blobs/uploads/.y.0123456789abcdef0123456789abcdef.tmp"
+    named_like_old.write_bytes(b"an object of this version")
+    make_store(tmp_path)
+    assert named_like_old.read_bytes() == b"an object of this version", "blobs-tmp/ exists: no more clean-up"
 
 
 def test_every_writer_goes_through_the_temp_folder_and_leaves_nothing(tmp_path):
@@ -224,33 +239,7 @@ def test_a_really_full_disk_store_level(tmp_path):
         assert info.sha256 == hashlib.sha256(b"".join(parts)).hexdigest()
 
 
-# -- 5. sizes and numbers the caller chooses --------------------------------------------------------------------
-def test_caller_chosen_counts_lifetimes_and_numbers_are_bounded(tmp_path):
-    store = make_store(tmp_path)
-    upload_id = store.create_multipart("a/m")
-    assert len(store.part_urls("a/m", upload_id, 10)) == 10
-    for count in (0, -1, 11, 10**9):
-        with pytest.raises(ValueError, match="1 to 10 parts"):
-            store.part_urls("a/m", upload_id, count)
-    for lifetime in (0, -5, MAX_URL_LIFETIME_S + 1, 10**12, True, 1.5):
-        with pytest.raises(ValueError, match="must live 1 to 604800 seconds"):
-            store.signed_url("a/m", "PUT", expires_in=lifetime)
-    assert store.signed_url("a/m", "GET", expires_in=MAX_URL_LIFETIME_S)
-    with pytest.raises(ValueError, match="must live"):
-        LocalBlobStore(tmp_path, b"s", "http://127.0.0.1:1", 0, 4, 10)
-    for number in (0, 11, -1):
-        with pytest.raises(UploadError, match="outside 1..10"):
-            put_part(store, "a/m", upload_id, number, b"x")
-    with pytest.raises(UploadError, match="at most 10 parts"):
-        store.complete_multipart("a/m", upload_id, [(n, "e") for n in range(1, 12)])
-    with pytest.raises(UploadError, match="at most 10 parts"):
-        store.complete_multipart("a/m", upload_id, [(10**9, "e")])
-    etag = put_part(store, "a/m", upload_id, 1, b"x")
-    with pytest.raises(UploadError, match="does not match"):
-        store.complete_multipart("a/m", upload_id, [(1, "../../../blobs/a/m")])
-    assert store.complete_multipart("a/m", upload_id, [(1, etag)]).size == 1
-
-
+# -- 5. sizes and numbers the caller chooses: test_blobs_s3.py, on both stores -----------------------------------
 @pytest.mark.parametrize("expires", ["\u00b2", "9" * 5000, "-1", ""])
 def test_a_malformed_expiry_is_a_signature_error(tmp_path, expires):
     store = make_store(tmp_path)

@@ -79,6 +79,28 @@ def check_url_lifetime(seconds: int) -> int:
     return seconds
 
 
+def check_part_list(parts: list[tuple[int, str]], max_parts: int, expected_parts: int | None) -> None:
+    """A completion's (part number, ETag) list: not empty, numbers 1..max_parts, ascending, each once, and
+    exactly 1..expected_parts when that is given. UploadError otherwise."""
+    if not parts:
+        raise UploadError("the list of parts is empty")
+    numbers = [n for n, _ in parts]
+    if len(parts) > max_parts or not all(1 <= n <= max_parts for n in numbers):
+        raise UploadError(f"an upload has at most {max_parts} parts, numbered 1 to {max_parts}")
+    if numbers != sorted(set(numbers)):
+        raise UploadError("part numbers must be listed once each, in ascending order")
+    if expected_parts is not None and numbers != list(range(1, expected_parts + 1)):
+        missing = sorted(set(range(1, expected_parts + 1)) - set(numbers))
+        raise UploadError(f"parts {missing or numbers} are missing or unexpected; "
+                          f"expected parts 1..{expected_parts}")
+
+
+def part_too_large(max_part_bytes: int) -> str:
+    """ObjectTooLarge's message for a part over the cap."""
+    return (f"A part may be at most {size_text(max_part_bytes)} ({max_part_bytes} bytes); "
+            "split the file into more, smaller parts.")
+
+
 def size_text(size: int) -> str:
     """`5 GiB`, `64 KiB`, `1000 bytes`: a limit as a person reads it."""
     for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
@@ -106,6 +128,15 @@ class BlobStore(Protocol):
     def part_urls(self, key: str, upload_id: str, count: int) -> list[str]:
         """Signed PUT URLs for parts 1..count (count at most the store's `max_parts`); each answers with the
         part's ETag."""
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+        """Store one part sent by the server itself (a resumable upload, e.g. a URL import spread over several
+        Lambda invocations); returns its ETag. UploadError for a number outside 1..max_parts, ObjectTooLarge
+        over `max_part_bytes`, UploadNotFound when the upload is gone."""
+
+    def list_parts(self, key: str, upload_id: str) -> list[tuple[int, str, int]]:
+        """The parts stored so far, ascending: (part number, ETag, size). UploadNotFound when the upload is
+        gone. With `upload_part`, what a resumed upload needs to go on where it stopped."""
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]],
                            expected_parts: int | None = None) -> BlobInfo:

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -36,12 +37,15 @@ from aws_extension.middleware.blobs.base import (
     StorageFull,
     UploadError,
     UploadNotFound,
+    check_part_list,
     check_url_lifetime,
+    part_too_large,
     size_text,
     validate_key,
 )
 
 CHUNK = 1 << 20
+OLD_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -104,6 +108,7 @@ class LocalBlobStore:
         self.objects = root / "blobs"
         self.uploads = root / "multipart"
         self.temp = root / "blobs-tmp"
+        written_by_an_older_version = not self.temp.exists()
         for folder in (self.objects, self.uploads, self.temp):
             folder.mkdir(parents=True, exist_ok=True)
         self._secret = secret
@@ -113,8 +118,19 @@ class LocalBlobStore:
         self.max_parts = max_parts
         self.max_put_bytes = max_put_bytes
         self.max_part_bytes = max_part_bytes
+        if written_by_an_older_version:
+            self._remove_old_temp_files()
         self._empty_temp_folder()
         self._return_claimed_uploads()
+
+    def _remove_old_temp_files(self) -> None:
+        """Versions before `blobs-tmp/` wrote `.NAME.<32 hex>.tmp` beside the target and removed the ones a
+        crash left at their next start. A data dir without `blobs-tmp/` was last opened by such a version, so
+        the files of that form in it are its temp files; once `blobs-tmp/` exists they may be objects."""
+        for folder in (self.objects, self.uploads):
+            for temp in folder.rglob(".*.tmp"):
+                if OLD_TEMP_NAME.fullmatch(temp.name) and temp.is_file() and not temp.is_symlink():
+                    temp.unlink(missing_ok=True)
 
     def _return_claimed_uploads(self) -> None:
         """Uploads a completion had claimed when the process died: the completion never finished (its
@@ -240,22 +256,51 @@ class LocalBlobStore:
             raise ValueError(f"an upload has 1 to {self.max_parts} parts, not {count}")
         return [self.signed_url(key, "PUT", upload_id=upload_id, part=n) for n in range(1, count + 1)]
 
-    async def receive_part(self, key: str, upload_id: str, part_number: int, body: AsyncIterator[bytes],
-                           declared_bytes: int | None = None) -> str:
-        """Stream one part to disk; returns its ETag (the quoted MD5 of the part)."""
+    def _part_upload_dir(self, key: str, upload_id: str, part_number: int) -> Path:
         if not 1 <= part_number <= self.max_parts:
             raise UploadError(f"part number {part_number} is outside 1..{self.max_parts}")
-        directory = self._upload_meta(key, upload_id)
-        too_large = (f"A part may be at most {size_text(self.max_part_bytes)} ({self.max_part_bytes} bytes); "
-                     "split the file into more, smaller parts.")
+        return self._upload_meta(validate_key(key), upload_id)
+
+    def _save_part_md5(self, directory: Path, upload_id: str, part_number: int, digest: str) -> str:
         try:
-            digest = await self._stream_to(directory / f"{part_number}.part", body, self.max_part_bytes,
-                                           too_large, declared_bytes, make_parents=False)
             with self._temp_file(directory / f"{part_number}.md5", make_parents=False) as out:
                 out.write(digest.encode())
         except FileNotFoundError:  # the upload was completed or aborted while the part arrived
             raise UploadNotFound(f"no upload {upload_id} in progress (completed, aborted or expired)") from None
         return _quoted_etag(digest)
+
+    async def receive_part(self, key: str, upload_id: str, part_number: int, body: AsyncIterator[bytes],
+                           declared_bytes: int | None = None) -> str:
+        """Stream one part to disk; returns its ETag (the quoted MD5 of the part)."""
+        directory = self._part_upload_dir(key, upload_id, part_number)
+        try:
+            digest = await self._stream_to(directory / f"{part_number}.part", body, self.max_part_bytes,
+                                           part_too_large(self.max_part_bytes), declared_bytes, make_parents=False)
+        except FileNotFoundError:
+            raise UploadNotFound(f"no upload {upload_id} in progress (completed, aborted or expired)") from None
+        return self._save_part_md5(directory, upload_id, part_number, digest)
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+        directory = self._part_upload_dir(key, upload_id, part_number)
+        if len(data) > self.max_part_bytes:
+            raise ObjectTooLarge(part_too_large(self.max_part_bytes), self.max_part_bytes)
+        try:
+            with self._temp_file(directory / f"{part_number}.part", make_parents=False) as out:
+                out.write(data)
+        except FileNotFoundError:
+            raise UploadNotFound(f"no upload {upload_id} in progress (completed, aborted or expired)") from None
+        return self._save_part_md5(directory, upload_id, part_number, hashlib.md5(data).hexdigest())
+
+    def list_parts(self, key: str, upload_id: str) -> list[tuple[int, str, int]]:
+        directory = self._upload_meta(validate_key(key), upload_id)
+        parts = []
+        for md5_file in directory.glob("*.md5"):
+            try:
+                parts.append((int(md5_file.stem), _quoted_etag(md5_file.read_text()),
+                              (directory / f"{md5_file.stem}.part").stat().st_size))
+            except FileNotFoundError:  # completed or aborted meanwhile
+                raise UploadNotFound(f"no upload {upload_id} in progress (completed, aborted or expired)") from None
+        return sorted(parts)
 
     async def receive_object(self, key: str, body: AsyncIterator[bytes], declared_bytes: int | None = None) -> str:
         """Stream a whole object (a single PUT) into place; returns its ETag."""
@@ -295,19 +340,6 @@ class LocalBlobStore:
         shutil.rmtree(claimed, ignore_errors=True)
         return info
 
-    def _check_part_list(self, parts: list[tuple[int, str]], expected_parts: int | None) -> None:
-        if not parts:
-            raise UploadError("the list of parts is empty")
-        numbers = [n for n, _ in parts]
-        if len(parts) > self.max_parts or not all(1 <= n <= self.max_parts for n in numbers):
-            raise UploadError(f"an upload has at most {self.max_parts} parts, numbered 1 to {self.max_parts}")
-        if numbers != sorted(set(numbers)):
-            raise UploadError("part numbers must be listed once each, in ascending order")
-        if expected_parts is not None and numbers != list(range(1, expected_parts + 1)):
-            missing = sorted(set(range(1, expected_parts + 1)) - set(numbers))
-            raise UploadError(f"parts {missing or numbers} are missing or unexpected; "
-                              f"expected parts 1..{expected_parts}")
-
     def _checked_part(self, directory: Path, number: int, etag: str, is_last: bool) -> Path:
         md5_file = directory / f"{number}.md5"
         if not md5_file.is_file():
@@ -323,7 +355,7 @@ class LocalBlobStore:
 
     def _assemble(self, key: str, directory: Path, parts: list[tuple[int, str]],
                   expected_parts: int | None) -> BlobInfo:
-        self._check_part_list(parts, expected_parts)
+        check_part_list(parts, self.max_parts, expected_parts)
         files = [self._checked_part(directory, number, etag, is_last=index == len(parts) - 1)
                  for index, (number, etag) in enumerate(parts)]
         sha256, size = hashlib.sha256(), 0
