@@ -258,11 +258,12 @@ def _int_or_none(value: str | None) -> int | None:
 
 def create_stack_resources(fake: AsyncInference, stack_name: str, api_key: str, webhook_secret: str) -> StackResources:
     """What `sd-aws aws init` makes for a stack: tables, bucket, topics → events queue, secrets."""
+    from aws_extension.middleware.blobs.s3 import ensure_bucket
     from aws_extension.middleware.store.dynamodb import DynamoDBStore
 
     resources = StackResources(stack_name, ACCOUNT, REGION)
     DynamoDBStore(resources.table_prefix, client=fake.client("dynamodb")).ensure_tables(poll_s=0.1)
-    fake.client("s3").create_bucket(Bucket=resources.bucket)
+    ensure_bucket(fake.client("s3"), resources.bucket, multipart_ttl_s=24 * 3600)
     sqs, sns = fake.client("sqs"), fake.client("sns")
     queue_url = sqs.create_queue(QueueName=resources.events_queue)["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
