@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -82,8 +83,8 @@ def aws_cloud(tmp_path_factory) -> Iterator:
                                     env={"SD_AWS_REMOTE_REPORT_INTERVAL_S": "0.3",
                                          "SD_AWS_MODEL_CACHE_DIR": str(root / "cache")}))
     try:
-        for worker in workers:
-            worker.start(timeout_s=300)
+        with ThreadPoolExecutor(INSTANCES) as pool:  # they load the engine side by side
+            list(pool.map(lambda worker: worker.start(timeout_s=300), workers))
         fake.serve([worker.url for worker in workers])
         yield fake
     finally:

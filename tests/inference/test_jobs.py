@@ -246,17 +246,22 @@ def test_model_merge_becomes_an_active_checkpoint(stack):
                      "width": 64, "height": 64, "steps": 2, "prompt": "from the merge"})
 
 
+OFFERED = "<an offered instance type>"
+
+
 @pytest.mark.parametrize("body, status, words", [
-    ({"instance_type": "local", "initial_instance_count": 0}, 400, "from 1 to 6"),
-    ({"instance_type": "local", "initial_instance_count": 7}, 400, "from 1 to 6"),
-    ({"instance_type": "local", "initial_instance_count": "abc"}, 400, "whole number"),
+    ({"instance_type": OFFERED, "initial_instance_count": 0}, 400, "from 1 to 6"),
+    ({"instance_type": OFFERED, "initial_instance_count": 7}, 400, "from 1 to 6"),
+    ({"instance_type": OFFERED, "initial_instance_count": "abc"}, 400, "whole number"),
     ({"instance_type": "ml.p99.huge", "initial_instance_count": 1}, 400, "not offered"),
-    ({"instance_type": "local", "initial_instance_count": 1, "endpoint_name": "bad name!"}, 400, "endpoint name"),
-    ({"instance_type": "local", "initial_instance_count": 1, "endpoint_name": SEED_ENDPOINT}, 409, "already exists"),
+    ({"instance_type": OFFERED, "initial_instance_count": 1, "endpoint_name": "bad name!"}, 400, "endpoint name"),
+    ({"instance_type": OFFERED, "initial_instance_count": 1, "endpoint_name": SEED_ENDPOINT}, 409, "already exists"),
     ({"delete_endpoint_list": ["x"]}, 422, "use DELETE /endpoints"),
-    ({"instance_type": "local", "initial_instance_count": 1, "colour": "red"}, 422, "colour"),
+    ({"instance_type": OFFERED, "initial_instance_count": 1, "colour": "red"}, 422, "colour"),
 ])
 def test_bad_endpoint_requests(stack, body, status, words):
+    if body.get("instance_type") == OFFERED:  # a type this backend offers
+        body = {**body, "instance_type": stack.instance_type}
     response = requests.post(f"{stack.url}/endpoints", json=body, headers=HEADERS, timeout=10)
     assert response.status_code == status, response.text
     assert words in response.json()["error"] and response.json()["statusCode"] == status

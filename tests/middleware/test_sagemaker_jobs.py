@@ -155,6 +155,15 @@ def test_a_failed_invocation_fails_the_job_with_the_reason(aws_cloud, sm):
     assert failed["status"] == "failed" and failed["error"].startswith("ClientError: Received server error (500)")
 
 
+def test_an_instance_type_sagemaker_does_not_offer_is_refused_at_the_door(sm):
+    server, _, client = sm
+    before = len(client.list_endpoints())
+    response = requests.post(f"{server.url}/endpoints", headers={"x-api-key": API_KEY}, timeout=10,
+                             json={"instance_type": "local", "initial_instance_count": 1, "endpoint_name": "nowhere"})
+    assert response.status_code == 400 and "'local' is not offered" in response.json()["error"], response.text
+    assert len(client.list_endpoints()) == before  # no record was made
+
+
 def test_a_job_sagemaker_refuses_fails_at_once(aws_cloud, sm):
     _, resources, client = sm
     deploy(client, "vanishing", instance_type=INSTANCE_TYPE)

@@ -59,6 +59,9 @@ class Compute(Protocol):
     def start(self, events: ComputeEvents) -> None:
         """Begin background work (dispatch, autoscaling); everything is reported through `events`."""
 
+    def check_instance_type(self, instance_type: object) -> None:
+        """InvalidRequest (naming the types offered) unless endpoints of `instance_type` can be deployed."""
+
     def deploy(self, endpoint: Endpoint) -> None:
         """Bring an endpoint up in the background; reports InService or Failed."""
 

@@ -104,6 +104,9 @@ class SageMakerCompute:
     def delete(self, endpoint_name: str) -> None:
         self.endpoints.delete(endpoint_name)
 
+    def check_instance_type(self, instance_type: object) -> None:
+        self.endpoints.check_instance_type(instance_type)
+
     def instance_count(self, endpoint_name: str) -> int:
         return self.endpoints.instance_count(endpoint_name)
 
