@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the middleware API")
     _add_server_flags(p)
+    p.add_argument("--backend", choices=("local", "aws"),
+                   help="local (SQLite, a folder, worker processes) or aws (the resources of SD_AWS_STACK_NAME "
+                        "through boto3's configuration); default local, env SD_AWS_BACKEND")
 
     p = sub.add_parser("worker", help="run a worker (SageMaker container contract + /sdapi/v1)")
     p.add_argument("--host", default="127.0.0.1")
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from aws_extension.middleware.server import serve
 
-        return serve(host=args.host, port=args.port, data_dir=args.data_dir)
+        return serve(host=args.host, port=args.port, data_dir=args.data_dir, backend=args.backend)
     if args.command == "worker":
         from aws_extension.worker.server import serve as serve_worker
 
