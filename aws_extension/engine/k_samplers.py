@@ -67,10 +67,10 @@ class DiscreteSigmas:
         return float(self.sigmas[-1])
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        log_sigma = sigma.log()
-        dists = log_sigma - self.log_sigmas[:, None]
-        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
-        low, high = self.log_sigmas[low_idx], self.log_sigmas[low_idx + 1]
+        log_sigma, log_sigmas = sigma.log(), self.log_sigmas.to(sigma.device)  # sigma: on the UNet's device
+        dists = log_sigma - log_sigmas[:, None]
+        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
+        low, high = log_sigmas[low_idx], log_sigmas[low_idx + 1]
         w = ((low - log_sigma) / (low - high)).clamp(0, 1)
         return ((1 - w) * low_idx + w * (low_idx + 1)).view(sigma.shape)
 
@@ -98,7 +98,7 @@ class LCMSigmas(DiscreteSigmas):
         super().__init__(alphas_cumprod[self.skip - 1::self.skip])
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        nearest = (sigma.log() - self.log_sigmas[:, None]).abs().argmin(dim=0)
+        nearest = (sigma.log() - self.log_sigmas.to(sigma.device)[:, None]).abs().argmin(dim=0)
         return (nearest * self.skip + (self.skip - 1)).float().view(sigma.shape)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
