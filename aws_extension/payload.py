@@ -60,7 +60,7 @@ SAMPLER_NAMES: tuple[str, ...] = (
     "DPM++ SDE Karras", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++", "PLMS", "UniPC", "LCM",
 )
 # Samplers whose sigma schedule cannot be chosen (A1111's timestep samplers): only "Automatic".
-FIXED_SCHEDULE_SAMPLERS: tuple[str, ...] = ("DDIM", "DDIM CFG++", "PLMS", "UniPC", "LCM")
+FIXED_SCHEDULE_SAMPLERS: tuple[str, ...] = ("DDIM", "DDIM CFG++", "PLMS", "UniPC")
 # Samplers that take an eta (the payload's, else the eta_ancestral / eta_ddim setting).
 ETA_SAMPLERS: tuple[str, ...] = (
     "Euler a", "DPM2 a", "DPM2 a Karras", "DPM++ 2S a", "DPM++ 2S a Karras", "DPM++ SDE", "DPM++ SDE Karras",

@@ -1,5 +1,5 @@
-"""Mean pixel difference of the engine's ancestral/SDE samplers, DPM adaptive and timestep samplers (DDIM, DDIM
-CFG++, PLMS, UniPC and its settings) against A1111's algorithm (the references of tests/engine/test_fidelity.py),
+"""Mean pixel difference of the engine's ancestral/SDE samplers, DPM adaptive, timestep samplers (DDIM, DDIM
+CFG++, PLMS, UniPC and its settings) and LCM against A1111's algorithm (the references of tests/engine/test_fidelity.py),
 on the tiny model at 64×64, 8 steps, a batch of 2.
 
 Run from the repository root: `HF_HUB_OFFLINE=1 python benchmarks/engine_fidelity.py`.
@@ -40,6 +40,11 @@ def main() -> None:
     for case, (sampler, overrides, _) in fidelity.TIMESTEP_CASES.items():
         report(case, fidelity._engine_images(engine, models, sampler, randn_source="CPU", **overrides),
                fidelity._timestep_reference_images(pipe, case))
+    for schedule, sigmas in (("Automatic", fidelity.LCMReference.automatic), ("Karras", fidelity.LCMReference.karras)):
+        ref = fidelity.LCMReference(pipe, fidelity.SEEDS)
+        report(f"LCM ({schedule})",
+               fidelity._engine_images(engine, models, "LCM", randn_source="CPU", k_sched_type=schedule),
+               fidelity._lcm_txt2img_reference(ref, sigmas(ref, fidelity.STEPS)))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@
                                          [--sampler "Euler a"] [--repeats 7] [--threads N]
 
 Both run in this process on the same loaded pipeline (the engine's cache), warm (one untimed run each
-first), with the same prompt, negative prompt, size, steps, CFG scale and sampler, alternating. The bare
-call is `pipe(prompt=..., negative_prompt=..., generator=...)` returning a PIL image; the engine's time
-includes everything a job does: validating the payload, A1111 prompt encoding (chunks, emphasis), seeded
-noise, the scheduler and pipeline view, PNG encoding with the infotext. Printed, for wall time and for
+first), with the same prompt, negative prompt, size, steps and CFG scale, alternating. The bare
+call is `pipe(prompt=..., negative_prompt=..., generator=...)` with the checkpoint's own diffusers scheduler
+(the engine runs its samplers in its own loop, engine.k_pass; pick a first-order `--sampler` for the same
+number of UNet calls), returning a PIL image; the engine's time includes everything a job does: validating the
+payload, A1111 prompt encoding (chunks, emphasis), seeded noise, the sampling loop, PNG encoding with the
+infotext. Printed, for wall time and for
 the process's CPU time (all threads): the fastest and the median run of each and their ratios (target
 <= 1.05). On a machine shared with other busy processes wall time swings a lot; CPU time much less, and
 the fastest runs are the least disturbed. Default model: the tiny test model (built into a temp dir).
@@ -52,7 +54,6 @@ def main() -> None:
 
     from aws_extension.engine.base import ModelSet
     from aws_extension.engine.diffusers_engine import DiffusersEngine
-    from aws_extension.engine.samplers import make_scheduler, resolve_sampler
 
     with tempfile.TemporaryDirectory(prefix="engine-overhead-") as work_dir:
         checkpoint = args.checkpoint
@@ -68,7 +69,6 @@ def main() -> None:
             "sampler_name": args.sampler, "cfg_scale": args.cfg_scale, "width": args.width, "height": args.height,
         }
         pipe = engine.pipelines.get(checkpoint)
-        pipe.scheduler = make_scheduler(resolve_sampler(args.sampler), pipe.scheduler.config, seed=1)
 
         def run_engine() -> tuple[float, float]:
             start, start_cpu = time.perf_counter(), time.process_time()

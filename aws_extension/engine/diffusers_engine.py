@@ -229,8 +229,7 @@ class DiffusersEngine:
     @staticmethod
     def _total_steps(params: GenerationParams) -> int:
         if params.img2img is not None:
-            per_batch = img2img_steps_run(params.steps, params.denoising_strength or 0.0,
-                                          params.sampler_spec.k_function is not None)
+            per_batch = img2img_steps_run(params.steps, params.denoising_strength or 0.0)
         else:
             per_batch = params.steps
         if params.hires is not None:
@@ -345,8 +344,6 @@ _SETTING_LABELS = {"eta": "Eta", "s_churn": "Sigma churn", "s_tmin": "Sigma tmin
 def _sampler_settings_infotext(params: GenerationParams) -> dict[str, Any]:
     """A1111's extra generation parameters of the sampler and its schedule, where not their defaults."""
     spec, sampling = params.sampler_spec, params.sampling
-    if spec.k_function is None:
-        return {}
     given = sampling.sampler_settings(spec.k_function, params.eta)
     if spec.k_function in DDIM_ETA_FUNCTIONS:  # A1111's CompVisSampler: "Eta DDIM", its default 0
         return {"Eta DDIM": given["eta"] if given["eta"] != 0 else None,

@@ -1,20 +1,17 @@
 """Run one normalised job (params.GenerationParams) on a loaded pipeline: txt2img, img2img, inpaint,
 hires fix and ControlNet, with per-step progress and cancel.
 
-The cached pipeline is shared between jobs, so it is never modified here: each pass runs on a view (a
-pipeline of the pass's class built from the cached one's modules) with its own scheduler; tiling is
-undone when the job ends. Prompt editing swaps the embeddings between steps; inpainting resets the
-unmasked latents after each step.
-The k-diffusion samplers (Euler a, DPM++ ..., the most used) run in `engine.k_pass`, A1111's sampling loop
-over the pipeline's UNet, with A1111's noise (`engine.noise.ImageNoise`: the initial noise and every later
-sample from one generator per image, so ancestral samplers continue the seed's stream; Brownian trees seeded
-per image for the SDE samplers); A1111's timestep samplers (DDIM, DDIM CFG++, PLMS, UniPC) run in the same pass
-(`engine.timestep_samplers`). LCM runs in diffusers' pipeline from the same initial noise.
+The cached pipeline is shared between jobs and only its modules are used (text encoder, UNet, VAE, the
+scheduler's config for the model's betas); tiling is undone when the job ends.
+Every sampler runs in `engine.k_pass`, A1111's sampling loop over the pipeline's UNet: the k-diffusion
+samplers (Euler a, DPM++ ..., LCM on A1111's LCM denoiser) and A1111's timestep samplers (DDIM, DDIM CFG++,
+PLMS, UniPC, `engine.timestep_samplers`), with A1111's noise (`engine.noise.ImageNoise`: the initial noise
+and every later sample from one generator per image, so ancestral samplers continue the seed's stream;
+Brownian trees seeded per image for the SDE samplers) and A1111's prompt schedule (its count of model calls).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -24,12 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import (
-    StableDiffusionControlNetImg2ImgPipeline,
-    StableDiffusionControlNetPipeline,
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionPipeline,
-)
+from diffusers import StableDiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image, ImageFilter, ImageOps
 
@@ -38,42 +30,15 @@ from aws_extension.engine.base import EngineError, Interrupted, Progress, Progre
 from aws_extension.engine.noise import ImageNoise, NoiseSource
 from aws_extension.engine.params import ControlNetUnit, GenerationParams, Img2ImgInputs
 from aws_extension.engine.prompt import ScheduledConditioning
-from aws_extension.engine.samplers import SamplerSpec, make_scheduler
+from aws_extension.engine.samplers import SamplerSpec
 
 log = logging.getLogger(__name__)
 
 LATENT_SCALE = 8  # pixels per latent pixel (SD 1.x VAE)
 
 
-class _GivenNoise:
-    """Img2img pipelines that noise the init latents with `given_noise` instead of drawing their own.
-
-    The init image is passed as latents (4 channels), which the pipelines take as they are.
-    """
-
-    given_noise: torch.Tensor
-
-    def prepare_latents(self, image: torch.Tensor, timestep: torch.Tensor, batch_size: int,
-                        num_images_per_prompt: int, dtype: torch.dtype, device: torch.device,
-                        generator: Any = None) -> torch.Tensor:
-        noise = self.given_noise.to(device=device, dtype=dtype)
-        return self.scheduler.add_noise(image.to(device=device, dtype=dtype), noise, timestep)
-
-
-class _Img2ImgPipeline(_GivenNoise, StableDiffusionImg2ImgPipeline):
-    pass
-
-
-class _ControlNetImg2ImgPipeline(_GivenNoise, StableDiffusionControlNetImg2ImgPipeline):
-    pass
-
-
-# Called after each sampling call: (pipeline, call index, A1111 steps done in the pass, tensors) → tensors.
-StepHook = Callable[[Any, int, int, dict[str, Any]], dict[str, Any]]
-
-
 class StepReporter:
-    """Turns the pipeline's step callback into Progress reports over the whole job, and checks cancel."""
+    """Turns the sampler's step callbacks into Progress reports over the whole job, and checks cancel."""
 
     def __init__(self, total_steps: int, job_count: int, progress: ProgressCallback | None,
                  cancel: threading.Event | None):
@@ -88,22 +53,6 @@ class StepReporter:
         if self.cancel is not None and self.cancel.is_set():
             raise Interrupted("the job was interrupted")
 
-    def pass_callback(self, pass_steps: int, on_step: StepHook | None = None
-                      ) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
-        """A `callback_on_step_end` for one pass of `pass_steps` A1111 steps (second-order samplers call it
-        more often: the calls are spread over the steps); `on_step` may change the pipeline's tensors."""
-        start = self.done
-
-        def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            self.check_cancel()
-            calls = max(pipe.num_timesteps, 1)
-            self.done = start + round((index + 1) * pass_steps / calls)
-            if self.progress is not None:
-                self.progress(Progress(self.done, self.total_steps, self.job_no, self.job_count))
-            return on_step(pipe, index, self.done - start, tensors) if on_step is not None else tensors
-
-        return on_step_end
-
     def k_callback(self, pass_steps: int) -> Callable[[int], None]:
         """The callback of a k-diffusion pass of `pass_steps` steps: after step i (0-based)."""
         start = self.done
@@ -117,14 +66,12 @@ class StepReporter:
         return on_step
 
 
-def img2img_steps_run(steps: int, strength: float, k_diffusion: bool = True) -> int:
+def img2img_steps_run(steps: int, strength: float) -> int:
     """Steps an img2img pass runs for `steps` and `strength` (as A1111 without "img2img_fix_steps"): A1111's
-    k-diffusion samplers run int(strength × steps) + 1 of the schedule's steps, diffusers' int(strength × steps)."""
+    k-diffusion samplers run int(strength × steps) + 1 of the schedule's steps."""
     if strength <= 0:
         return 0
-    if k_diffusion:
-        return int(min(strength, 0.999) * steps) + 1
-    return min(int(steps * strength), steps)
+    return int(min(strength, 0.999) * steps) + 1
 
 
 def hires_total_steps(hires_steps: int, strength: float) -> int:
@@ -331,43 +278,6 @@ class JobRunner:
             return self._decode(latents)
         return self._img2img(params.img2img, rng, seeds)
 
-    def _call_kwargs(self, conditioning: ScheduledConditioning, seeds: list[int], steps: int, pass_steps: int,
-                     blend: StepHook | None = None) -> dict[str, Any]:
-        """The diffusers pipeline's arguments (LCM only)."""
-        conditioning = conditioning.padded()  # diffusers batches cond and uncond
-        positive, negative = conditioning.at_step(0)
-        on_step = blend
-        if conditioning.changes_during_sampling:
-            on_step = self._switch_prompts(conditioning, len(seeds), blend)
-        return {
-            "prompt_embeds": positive,
-            "negative_prompt_embeds": negative,
-            "num_images_per_prompt": len(seeds),
-            "num_inference_steps": steps,
-            "guidance_scale": self.params.cfg_scale,
-            "generator": [torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-            "output_type": "latent",
-            "callback_on_step_end": self.reporter.pass_callback(pass_steps, on_step),
-        }
-
-    @staticmethod
-    def _switch_prompts(conditioning: ScheduledConditioning, batch_size: int, then: StepHook | None) -> StepHook:
-        """Prompt editing: before each step, the embeddings of that step (A1111's count of model calls before
-        it; the pipeline holds them as [negative × batch, positive × batch] with CFG)."""
-        current = conditioning.at_step(0)
-
-        def switch(pipe: Any, index: int, steps_done: int, tensors: dict[str, Any]) -> dict[str, Any]:
-            nonlocal current
-            upcoming = conditioning.at_step(steps_done)
-            if upcoming[0] is not current[0] or upcoming[1] is not current[1]:
-                current = upcoming
-                positive, negative = (z.repeat(batch_size, 1, 1) for z in upcoming)
-                embeds = torch.cat([negative, positive]) if pipe.do_classifier_free_guidance else positive
-                tensors = {**tensors, "prompt_embeds": embeds}
-            return then(pipe, index, steps_done, tensors) if then is not None else tensors
-
-        return switch
-
     def _control_images(self, width: int, height: int) -> list[Image.Image]:
         """Each unit's control image at `width`x`height`, made once per job and size (every batch uses it)."""
         if (width, height) not in self._control_images_by_size:
@@ -377,71 +287,35 @@ class JobRunner:
                              width, height) for unit, _ in self.controlnets]
         return self._control_images_by_size[width, height]
 
-    def _controlnet_kwargs(self, width: int, height: int, image_key: str) -> dict[str, Any]:
-        if not self.controlnets:
-            return {}
-        images = self._control_images(width, height)
-        units = [unit for unit, _ in self.controlnets]
-        single = len(units) == 1
-        return {
-            image_key: images[0] if single else images,
-            "controlnet_conditioning_scale": units[0].weight if single else [u.weight for u in units],
-            "control_guidance_start": units[0].guidance_start if single else [u.guidance_start for u in units],
-            "control_guidance_end": units[0].guidance_end if single else [u.guidance_end for u in units],
-        }
-
-    def _view(self, pipeline_class: type, sampler: SamplerSpec, seeds: list[int]) -> Any:
-        """A pipeline of `pipeline_class` sharing the cached pipeline's modules, with a fresh scheduler."""
-        scheduler = make_scheduler(sampler, self.pipe.scheduler.config)
-        extra: dict[str, Any] = {"scheduler": scheduler}
-        if self.controlnets:
-            models = [model for _, model in self.controlnets]
-            extra["controlnet"] = models[0] if len(models) == 1 else models
-        # Built directly rather than with `from_pipe`, which also casts the shared modules to a dtype.
-        components = {**self.pipe.components, **extra, "requires_safety_checker": False}
-        accepted = inspect.signature(pipeline_class.__init__).parameters
-        view = pipeline_class(**{name: value for name, value in components.items() if name in accepted})
-        view.set_progress_bar_config(disable=True)
-        return view
-
     def _txt2img(self, rng: ImageNoise, seeds: list[int]) -> torch.Tensor:
         params = self.params
         spec = params.sampler_spec
         noise = rng.first()
-        if spec.k_function is not None:
-            sigmas = self._sigmas(spec, params.steps)
-            # the timestep samplers start from the noise itself (x / sqrt(sigma² + 1) in their scale)
-            timesteps = spec.sigmas == timestep_samplers.TIMESTEPS
-            scale = (1 + sigmas[0] ** 2) ** 0.5 if params.sampling.sgm_noise_multiplier or timesteps else sigmas[0]
-            x = noise.to(self.pipe.unet.device) * scale
-            return self._k_sample(x, sigmas, rng, self.conditioning, spec, seeds, params.width, params.height)
-        pipeline_class = StableDiffusionControlNetPipeline if self.controlnets else StableDiffusionPipeline
-        view = self._view(pipeline_class, spec, seeds)
-        return view(
-            latents=noise.to(self.pipe.unet.device, self.pipe.unet.dtype), width=params.width, height=params.height,
-            **self._call_kwargs(self.conditioning, seeds, params.steps, params.steps),
-            **self._controlnet_kwargs(params.width, params.height, "image"),
-        ).images
+        sigmas = self._sigmas(spec, params.steps)
+        # the timestep samplers start from the noise itself (x / sqrt(sigma² + 1) in their scale)
+        timesteps = spec.sigmas == timestep_samplers.TIMESTEPS
+        scale = (1 + sigmas[0] ** 2) ** 0.5 if params.sampling.sgm_noise_multiplier or timesteps else sigmas[0]
+        x = noise.to(self.pipe.unet.device) * scale
+        return self._k_sample(x, sigmas, rng, self.conditioning, spec, seeds, params.width, params.height)
 
     def _sigmas(self, spec: SamplerSpec, steps: int) -> torch.Tensor:
-        return k_pass.pass_sigmas(spec.sigmas, spec.discard_penultimate, steps, k_pass.model_sigmas(self.pipe),
-                                  self.params.sampling.schedule)
+        return k_pass.pass_sigmas(spec.sigmas, spec.discard_penultimate, steps,
+                                  k_pass.model_sigmas(self.pipe, spec.k_function), self.params.sampling.schedule)
 
     def _k_sample(self, x: torch.Tensor, sigmas: torch.Tensor, rng: ImageNoise, conditioning: ScheduledConditioning,
                   spec: SamplerSpec, seeds: list[int], width: int, height: int,
                   blend: tuple[torch.Tensor, torch.Tensor] | None = None, from_image: bool = False) -> torch.Tensor:
         """A k-diffusion pass from `x` (at sigmas[0]) on the UNet; float32 in, the UNet's dtype out.
         `from_image`: x is an image noised to sigmas[0] (img2img, hires), not noise."""
-        assert spec.k_function is not None
         steps = len(sigmas) - 1
         denoiser = k_pass.CFGDenoiser(
-            self.pipe.unet, k_pass.model_sigmas(self.pipe), conditioning, self.params.cfg_scale, steps,
+            self.pipe.unet, k_pass.model_sigmas(self.pipe, spec.k_function), conditioning, self.params.cfg_scale, steps,
             self._control_inputs(width, height, len(seeds)), blend,
             v_prediction=self.pipe.scheduler.config.get("prediction_type") == "v_prediction",
         )
         run = k_pass.KPass(
             spec.k_function,
-            self.params.sampling.options(spec.k_function, self.params.eta, spec.options.get("solver_type", "midpoint")),
+            self.params.sampling.options(spec.k_function, self.params.eta, spec.solver_type),
             spec.brownian, rng, seeds, self.reporter.k_callback(steps), from_image,
         )
         return k_pass.sample(denoiser, run, x.float(), sigmas.to(x.device)).to(self.pipe.unet.dtype)
@@ -463,45 +337,13 @@ class JobRunner:
                          noise_multiplier: float = 1.0) -> torch.Tensor:
         """Img2img from latents: noise to `strength`, then denoise; with `mask`, keep the unmasked latents.
         `steps` is the length of the schedule, `pass_steps` how many of its last steps run."""
-        k_diffusion = sampler.k_function is not None
-        if img2img_steps_run(steps, strength, k_diffusion) == 0:
+        if img2img_steps_run(steps, strength) == 0:
             return init_latents
         noise = rng.first() * noise_multiplier
-        if k_diffusion:
-            sigmas = self._sigmas(sampler, steps)[-(pass_steps + 1):]
-            x = init_latents.float() + noise.to(init_latents.device) * sigmas[0]
-            blend = None if mask is None else (init_latents.float(), mask.float())
-            return self._k_sample(x, sigmas, rng, conditioning, sampler, seeds, width, height, blend, from_image=True)
-        noise = noise.to(self.pipe.unet.device, self.pipe.unet.dtype)
-        pipeline_class = _ControlNetImg2ImgPipeline if self.controlnets else _Img2ImgPipeline
-        view = self._view(pipeline_class, sampler, seeds)
-        view.given_noise = noise
-        blend_hook = None
-        if mask is not None:
-            blend_hook = self._inpaint_blend(init_latents, noise, mask)
-        # The size follows from the latents; only the ControlNet pipeline takes it (for its control image).
-        size = {"width": width, "height": height} if self.controlnets else {}
-        return view(
-            image=init_latents, strength=strength, **size,
-            **self._call_kwargs(conditioning, seeds, steps, pass_steps, blend_hook),
-            **self._controlnet_kwargs(width, height, "control_image"),
-        ).images
-
-    @staticmethod
-    def _inpaint_blend(init_latents: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> StepHook:
-        """After each step, the unmasked area is reset to the init latents noised to the next step's level
-        (the last step: to the init latents themselves), as inpainting with a non-inpainting model does."""
-
-        def blend(pipe: Any, index: int, steps_done: int, tensors: dict[str, Any]) -> dict[str, Any]:
-            latents = tensors["latents"]
-            loop_timesteps = pipe.scheduler.timesteps[-pipe.num_timesteps:]
-            if index + 1 < len(loop_timesteps):
-                kept = pipe.scheduler.add_noise(init_latents, noise, loop_timesteps[index + 1:index + 2])
-            else:
-                kept = init_latents
-            return {**tensors, "latents": kept * (1 - mask) + latents * mask}
-
-        return blend
+        sigmas = self._sigmas(sampler, steps)[-(pass_steps + 1):]
+        x = init_latents.float() + noise.to(init_latents.device) * sigmas[0]
+        blend = None if mask is None else (init_latents.float(), mask.float())
+        return self._k_sample(x, sigmas, rng, conditioning, sampler, seeds, width, height, blend, from_image=True)
 
     def _hires(self, latents: torch.Tensor, seeds: list[int], subseeds: list[int]) -> torch.Tensor:
         hires = self.params.hires
@@ -575,7 +417,7 @@ class JobRunner:
         spec = params.sampler_spec
         latents = self._denoise_latents(
             init_latents, rng, self.conditioning, spec, seeds, params.steps,
-            img2img_steps_run(params.steps, strength, spec.k_function is not None), strength, width, height, mask,
+            img2img_steps_run(params.steps, strength), strength, width, height, mask,
             inputs.initial_noise_multiplier,
         )
         if mask is not None:  # A1111's last blend after sampling: the unmasked latents are the init ones exactly

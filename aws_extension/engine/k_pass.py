@@ -1,7 +1,7 @@
 """One sampling pass of a k-diffusion sampler on a diffusers pipeline's UNet, as A1111 runs it.
 
 A1111's `CFGDenoiserKDiffusion` over k-diffusion's `CompVisDenoiser` (`CompVisVDenoiser` for
-v-prediction): sigmas from the model's alphas_cumprod, the UNet called at the (fractional) timestep of sigma
+v-prediction; for LCM, A1111's `LCMCompVisDenoiser`, `k_samplers.LCMSigmas`): sigmas from the model's alphas_cumprod, the UNet called at the (fractional) timestep of sigma
 on x / sqrt(sigma² + 1), classifier-free guidance on the denoised latents, inpainting by blending the
 denoised latents with the init latents outside the mask. The noise is A1111's (`engine.noise`): the seed's
 stream continued after the initial noise, or a Brownian tree per image for the SDE samplers.
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from aws_extension.engine import k_samplers, timestep_samplers
-from aws_extension.engine.k_samplers import DiscreteSigmas, Options, Run
+from aws_extension.engine.k_samplers import DiscreteSigmas, LCMSigmas, Options, Run
 from aws_extension.engine.noise import BrownianNoise, ImageNoise
 from aws_extension.engine.prompt import ScheduledConditioning
 
@@ -26,7 +26,7 @@ SAMPLER_FUNCTIONS: dict[str, Callable[[Run, torch.Tensor, torch.Tensor], torch.T
     "dpmpp_2s_ancestral": k_samplers.dpmpp_2s_ancestral, "dpmpp_sde": k_samplers.dpmpp_sde,
     "dpmpp_2m": k_samplers.dpmpp_2m, "dpmpp_2m_sde": k_samplers.dpmpp_2m_sde,
     "dpmpp_3m_sde": k_samplers.dpmpp_3m_sde, "dpm_fast": k_samplers.dpm_fast,
-    "dpm_adaptive": k_samplers.dpm_adaptive, "restart": k_samplers.restart,
+    "dpm_adaptive": k_samplers.dpm_adaptive, "restart": k_samplers.restart, "lcm": k_samplers.lcm,
 }
 
 # A1111's `sampler_extra_params`: the settings each sampler is given (others keep k-diffusion's defaults).
@@ -43,19 +43,22 @@ ETA_FUNCTIONS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dp
 DDIM_ETA_FUNCTIONS = ("ddim", "ddim_cfgpp")
 
 
-def model_sigmas(pipe: Any) -> DiscreteSigmas:
-    """The model's discrete sigmas. For the (scaled_)linear betas of SD, alphas_cumprod in float64 as
-    ldm computes them (diffusers computes the betas in float32)."""
+def model_sigmas(pipe: Any, function: str | None = None) -> DiscreteSigmas:
+    """The discrete sigmas of the model as sampler `function` sees it (LCM: `LCMSigmas`). For the
+    (scaled_)linear betas of SD, alphas_cumprod in float64 as ldm computes them (diffusers computes the
+    betas in float32)."""
     config = pipe.scheduler.config
     schedule = config.get("beta_schedule", "linear")
     count, start, end = config["num_train_timesteps"], config["beta_start"], config["beta_end"]
-    if schedule == "scaled_linear":
-        betas = torch.linspace(start ** 0.5, end ** 0.5, count, dtype=torch.float64) ** 2
-    elif schedule == "linear":
-        betas = torch.linspace(start, end, count, dtype=torch.float64)
+    if schedule in ("scaled_linear", "linear"):
+        if schedule == "scaled_linear":
+            betas = torch.linspace(start ** 0.5, end ** 0.5, count, dtype=torch.float64) ** 2
+        else:
+            betas = torch.linspace(start, end, count, dtype=torch.float64)
+        alphas_cumprod = torch.cumprod(1 - betas, dim=0).float()
     else:
-        return DiscreteSigmas(pipe.scheduler.alphas_cumprod.double())
-    return DiscreteSigmas(torch.cumprod(1 - betas, dim=0).float())
+        alphas_cumprod = pipe.scheduler.alphas_cumprod.double()
+    return LCMSigmas(alphas_cumprod) if function == "lcm" else DiscreteSigmas(alphas_cumprod)
 
 
 @dataclass
@@ -93,7 +96,9 @@ class CFGDenoiser:
         x_in = torch.cat([x, x])
         t = self.sigmas.sigma_to_t(sigma.reshape(1)).expand(batch)
         output = self.outputs(x * (1 / (sigma ** 2 + 1) ** 0.5), t)
-        if self.v_prediction:
+        if isinstance(self.sigmas, LCMSigmas):  # A1111 takes LCM's output as eps whatever the model predicts
+            denoised = self.sigmas.consistency_output(x_in + output * -sigma, x_in, sigma)
+        elif self.v_prediction:
             denoised = output * (-sigma / (sigma ** 2 + 1) ** 0.5) + x_in / (sigma ** 2 + 1)
         else:
             denoised = x_in + output * -sigma
@@ -198,7 +203,7 @@ def pass_sigmas(schedule: str | None, discard_penultimate: bool, steps: int, mod
     sigma_min = settings.sigma_min if settings.sigma_min else model.sigma_min
     sigma_max = settings.sigma_max if settings.sigma_max else model.sigma_max
     if schedule in (None, "uniform"):
-        sigmas = k_samplers.uniform(n, model)
+        sigmas = model.uniform(n)
     elif schedule in ("karras", "polyexponential"):
         function = k_samplers.karras if schedule == "karras" else k_samplers.polyexponential
         sigmas = function(n, sigma_min, sigma_max, **({"rho": settings.rho} if settings.rho else {}))

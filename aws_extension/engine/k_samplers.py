@@ -1,7 +1,8 @@
 """The k-diffusion samplers of A1111 1.10 and their sigma schedules, as a small loop over a denoiser.
 
 A1111 runs these samplers from crowsonkb/k-diffusion (commit ab527a9) and `sd_samplers_extra.restart_sampler`
-on a `CompVisDenoiser` (sigmas from the model's alphas_cumprod); the algorithms here follow those papers'
+on a `CompVisDenoiser` (sigmas from the model's alphas_cumprod), and its `sample_lcm` on its LCM denoiser
+(`LCMSigmas`); the algorithms here follow those papers'
 update rules as k-diffusion writes them, so that with A1111's noise (`engine.noise`) they make A1111's
 latents. `model(x, sigma)` is the CFG denoiser (the denoised latents); `noise(sigma, sigma_next)` a unit
 noise sample (the seed's continued stream, or a Brownian tree for the SDE samplers); `callback(i)` runs
@@ -66,10 +67,10 @@ class DiscreteSigmas:
         return float(self.sigmas[-1])
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        log_sigma = sigma.log()
-        dists = log_sigma - self.log_sigmas[:, None]
-        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
-        low, high = self.log_sigmas[low_idx], self.log_sigmas[low_idx + 1]
+        log_sigma, log_sigmas = sigma.log(), self.log_sigmas.to(sigma.device)  # sigma: on the UNet's device
+        dists = log_sigma - log_sigmas[:, None]
+        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
+        low, high = log_sigmas[low_idx], log_sigmas[low_idx + 1]
         w = ((low - log_sigma) / (low - high)).clamp(0, 1)
         return ((1 - w) * low_idx + w * (low_idx + 1)).view(sigma.shape)
 
@@ -77,6 +78,44 @@ class DiscreteSigmas:
         t = t.float()
         low_idx, high_idx, w = t.floor().long(), t.ceil().long(), t.frac()
         return ((1 - w) * self.log_sigmas[low_idx] + w * self.log_sigmas[high_idx]).exp()
+
+    def uniform(self, n: int) -> torch.Tensor:
+        """The model wrap's own `get_sigmas(n)`: the "Uniform" schedule, and the "Automatic" one of Euler, LMS,
+        Heun, Euler a, DPM fast/adaptive, LCM: timesteps evenly spaced."""
+        return _append_zero(self.t_to_sigma(torch.linspace(len(self.sigmas) - 1, 0, n)))
+
+
+class LCMSigmas(DiscreteSigmas):
+    """A1111's `LCMCompVisDenoiser`: only the 50 timesteps LCM was distilled on ("original timesteps": every
+    20th of the model's 1000, 19, 39, ..., 999). Sigma → timestep snaps to the nearest of them (a timestep of
+    the model, 0-999); timestep → sigma interpolates between them; the uniform schedule runs from 999 to 19.
+    The schedules that take the model's sigma range or sigmas get these (as A1111's `get_sigmas` on this wrap)."""
+
+    ORIGINAL_TIMESTEPS = 50
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        self.skip = len(alphas_cumprod) // self.ORIGINAL_TIMESTEPS
+        super().__init__(alphas_cumprod[self.skip - 1::self.skip])
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        nearest = (sigma.log() - self.log_sigmas.to(sigma.device)[:, None]).abs().argmin(dim=0)
+        return (nearest * self.skip + (self.skip - 1)).float().view(sigma.shape)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        index = ((t - (self.skip - 1)) / self.skip).float().clamp(0, len(self.sigmas) - 1)
+        return super().t_to_sigma(index)
+
+    def uniform(self, n: int) -> torch.Tensor:
+        start, end = self.sigma_to_t(self.sigmas[-1]), self.sigma_to_t(self.sigmas[0])
+        return _append_zero(self.t_to_sigma(torch.linspace(float(start), float(end), n)))
+
+    def consistency_output(self, denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """LCM's boundary condition as A1111 applies it: c_out · denoised + c_skip · x, where x is the sample in
+        the sigma scale and the scalings are of 10 × the timestep with sigma_data 0.5."""
+        scaled = self.sigma_to_t(sigma) * 10.0
+        c_skip = 0.25 / (scaled ** 2 + 0.25)
+        c_out = scaled / (scaled ** 2 + 0.25) ** 0.5
+        return c_out * denoised + c_skip * x
 
 
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
@@ -96,11 +135,6 @@ def exponential(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
 def polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> torch.Tensor:
     ramp = torch.linspace(1, 0, n) ** rho
     return _append_zero(torch.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)))
-
-
-def uniform(n: int, model: DiscreteSigmas) -> torch.Tensor:
-    """The "Automatic" schedule of Euler, LMS, Heun, Euler a, DPM fast/adaptive: timesteps evenly spaced."""
-    return _append_zero(model.t_to_sigma(torch.linspace(len(model.sigmas) - 1, 0, n)))
 
 
 def sgm_uniform(n: int, model: DiscreteSigmas, sigma_min: float, sigma_max: float) -> torch.Tensor:
@@ -180,6 +214,17 @@ def heun(run: Run, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
             x_2 = x + d * dt
             d_2 = _to_d(x_2, sigmas[i + 1], run.model(x_2, sigmas[i + 1]))
             x = x + (d + d_2) / 2 * dt
+    return x
+
+
+def lcm(run: Run, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """A1111's `sample_lcm` (on `LCMSigmas`' denoiser): each step takes the model's estimate and noises it
+    to the next sigma with the seed's next draw (k-diffusion's default noise sampler)."""
+    for i in range(len(sigmas) - 1):
+        x = run.model(x, sigmas[i])
+        run.callback(i)
+        if sigmas[i + 1] > 0:
+            x = x + sigmas[i + 1] * run.noise(sigmas[i], sigmas[i + 1])
     return x
 
 

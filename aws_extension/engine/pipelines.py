@@ -5,7 +5,7 @@ so a replaced file is loaded again. Its size is estimated as the bytes of its pa
 The entry just loaded is never evicted, so one model larger than the budget still runs (alone). A load
 that runs out of device memory drops the cached pipelines not in use and tries once more.
 
-A cached pipeline is shared: a job that changes it (LoRA, embeddings, scheduler) must hold
+A cached pipeline is shared: a job that changes it (LoRA, embeddings, tiling) must hold
 `PipelineCache.use(...)` for the whole job and undo its changes before leaving (see addons.py).
 """
 

@@ -1,5 +1,5 @@
-"""A1111 sampler names → the engine's k-diffusion samplers (engine.k_samplers), its timestep samplers
-(engine.timestep_samplers) or a diffusers scheduler (LCM).
+"""A1111 sampler names → the engine's k-diffusion samplers (engine.k_samplers, LCM included) or its timestep
+samplers (engine.timestep_samplers), all run in engine.k_pass.
 
 A1111 before 1.9 named the Karras variants as samplers ("DPM++ 2M Karras"); 1.9+ has a separate
 `scheduler` field ("Automatic", "Karras", ...). Both spellings are accepted here. The names (torch-free, for
@@ -9,10 +9,8 @@ the middleware too) are `aws_extension.payload.SAMPLER_NAMES` and `SCHEDULER_NAM
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
-
-import diffusers
 
 from aws_extension.engine.base import EngineError
 from aws_extension.engine.timestep_samplers import TIMESTEPS
@@ -23,11 +21,10 @@ KARRAS, EXPONENTIAL = "karras", "exponential"  # SCHEDULES' values name k_sample
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    scheduler_class: str | None = None  # a class of the `diffusers` package; None: a k-diffusion sampler
-    options: dict[str, Any] = field(default_factory=dict)
+    k_function: str  # a function of engine.k_pass.SAMPLER_FUNCTIONS or timestep_samplers'
     sigmas: str | None = None  # the k-diffusion schedule (SCHEDULES' values); None: "Automatic" (uniform)
     schedule_choice: bool = False  # the `scheduler` field may pick the schedule
-    k_function: str | None = None  # a function of engine.k_pass.SAMPLER_FUNCTIONS or timestep_samplers'
+    solver_type: str = "midpoint"  # DPM++ 2M SDE's ("heun" for the Heun variants)
     brownian: bool = False  # its noise comes from a Brownian tree per image (A1111's SDE samplers)
     discard_penultimate: bool = False  # A1111 drops the next-to-last sigma
     uses_ensd: bool = False  # eta_noise_seed_delta changes its noise (the infotext says "ENSD")
@@ -40,14 +37,13 @@ class SamplerSpec:
 
 
 def _k(function: str, sigmas: str | None = None, **flags: Any) -> SamplerSpec:
-    """A k-diffusion sampler of A1111 1.10 (`samplers_k_diffusion`), run by engine.k_pass."""
-    options = {key: flags.pop(key) for key in ("solver_type",) if key in flags}
-    return SamplerSpec(None, options, sigmas=sigmas, schedule_choice=True, k_function=function, **flags)
+    """A k-diffusion sampler of A1111 1.10 (`samplers_k_diffusion`, and `samplers_lcm`), run by engine.k_pass."""
+    return SamplerSpec(function, sigmas=sigmas, schedule_choice=True, **flags)
 
 
 def _timesteps(function: str) -> SamplerSpec:
     """A timestep sampler of A1111 1.10 (`samplers_timesteps`), on A1111's timesteps only."""
-    return SamplerSpec(None, sigmas=TIMESTEPS, k_function=function)
+    return SamplerSpec(function, sigmas=TIMESTEPS)
 
 
 _ANCESTRAL = {"uses_ensd": True}
@@ -83,7 +79,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "DDIM CFG++": _timesteps("ddim_cfgpp"),
     "PLMS": _timesteps("plms"),
     "UniPC": _timesteps("unipc"),
-    "LCM": SamplerSpec("LCMScheduler"),
+    "LCM": _k("lcm"),  # A1111's `samplers_lcm`: a KDiffusionSampler on its own denoiser (k_samplers.LCMSigmas)
 }
 
 # The 1.9+ `scheduler` field (A1111's sd_schedulers): "Automatic" keeps the sampler's own schedule.
@@ -119,15 +115,9 @@ def resolve_sampler(name: str, schedule: str = "Automatic", field_name: str = "s
     return spec
 
 
-def make_scheduler(spec: SamplerSpec, base_config: Any) -> Any:
-    """A new diffusers scheduler of `spec` from the pipeline's scheduler config (the model's betas kept)."""
-    assert spec.scheduler_class is not None, "k-diffusion samplers run in engine.k_pass"
-    return getattr(diffusers, spec.scheduler_class).from_config(base_config, **spec.options)
-
-
 def infotext_names(name: str, spec: SamplerSpec) -> tuple[str, str]:
     """A1111 1.10's "Sampler" and "Schedule type" of a job: the sampler without a " Karras" suffix, and the
     label of the schedule it runs ("Automatic" for a sampler without a schedule function: uniform, DDIM, ...)."""
     base = name.removesuffix(" Karras")
     labels = {value: label for label, value in SCHEDULES.items() if value is not None}
-    return base, labels.get(spec.sigmas, "Automatic") if spec.k_function is not None else "Automatic"
+    return base, labels.get(spec.sigmas, "Automatic")

@@ -1,4 +1,4 @@
-"""The engine's samplers (ancestral, SDE, DPM fast/adaptive, A1111's timestep samplers) make A1111's images
+"""The engine's samplers (ancestral, SDE, DPM fast/adaptive, A1111's timestep samplers, LCM) make A1111's images
 (no A1111 here: the references are A1111's algorithm, written out again).
 
 How each reference is derived, independently of the engine's code (it shares only the model's modules):
@@ -30,10 +30,13 @@ How each reference is derived, independently of the engine's code (it shares onl
   (bh1, bh2, vary_coeff; time_uniform, time_quadratic, logSNR; order; lower order final) over t in [1/1000, 1]
   with log alpha interpolated by `np.interp`, its linear systems solved by numpy in float64; inpainting blends
   the model's input (A1111's `mask_before_denoising`).
+- LCM (`sd_samplers_lcm`, written again in `LCMReference` / `ref_lcm`): A1111's LCM denoiser on the 50 original
+  timesteps (19, 39, ..., 999), its output scalings, its schedule (timesteps 999 → 19; chosen schedules over its
+  sigma range), each step's noise the seed's next draw; txt2img, img2img (A1111's `sample_img2img`), prompt editing.
 k-diffusion's own `sampling.py` is not imported: its package imports torchvision (`k_diffusion.utils`).
 Measured on the tiny model (64×64, 8 steps, batch of 2): mean pixel difference 0.0000–0.0001/255 for Euler a,
 DPM2 a, DPM++ 2S a, DPM++ 3M SDE, DPM fast, DPM adaptive and every timestep case; 0.006 DPM++ SDE; 0.003 DPM++
-2M SDE (another seed: 36–39/255). benchmarks/engine_fidelity.py prints them.
+2M SDE; 0.00004 LCM (another seed: 36–39/255). benchmarks/engine_fidelity.py prints them.
 """
 
 from __future__ import annotations
@@ -617,3 +620,136 @@ def test_dpm_fast_and_adaptive_txt2img_run_over_the_models_sigma_range(engine, m
         reference = ref.image(loop(ref, ref.randn() * 10.0, model_range(ref).float()))
     assert _mean_difference(engine_images, reference) < 0.5
     assert _mean_difference(engine_images, _engine_images(engine, models, sampler, randn_source="CPU")) > 0.5
+
+
+# The engine's LCM is within 0.0001/255 of the reference here; the bound is tight because on the tiny model
+# the wrong denoiser (the model's 1000 timesteps) or schedule is only ~0.3/255 away.
+LCM_BOUND = 0.05
+
+
+class LCMReference(Reference):
+    """A1111's `LCMCompVisDenoiser` under its `CFGDenoiser`, written out again: the model's alphas_cumprod at
+    the 50 timesteps LCM was distilled on (19, 39, ..., 999; ldm's float32 buffer), sigma → the nearest of
+    them in log sigma, timestep → sigma by linear interpolation of log sigma between them; the UNet's output
+    taken as eps at that integer timestep, denoised = x - sigma · eps, then LCM's boundary condition
+    c_out · denoised + c_skip · x with scalings of 10 × the timestep (sigma_data 0.5); guidance on the result.
+    `texts(call)`: the prompt of the model call numbered `call` (prompt editing), else PROMPT."""
+
+    def __init__(self, pipe, seeds: list[int], ensd: int = 0, texts: Callable[[int], str] | None = None):
+        super().__init__(pipe, seeds, ensd)
+        self.timesteps = np.arange(19, 1000, 20)
+        original = torch.tensor(self.alphas_cumprod[self.timesteps], dtype=torch.float32)
+        self.lcm_log_sigmas = (((1 - original) / original) ** 0.5).log().double().numpy()
+        self.texts, self.calls, self.negative = texts, 0, self._embed(NEGATIVE).repeat(len(seeds), 1, 1)
+
+    def timestep(self, sigma: float) -> int:
+        return int(self.timesteps[np.abs(math.log(sigma) - self.lcm_log_sigmas).argmin()])
+
+    def sigma_at(self, timestep: float) -> float:
+        index = min(max((timestep - 19) / 20, 0), 49)
+        return math.exp(np.interp(index, np.arange(50), self.lcm_log_sigmas))
+
+    def automatic(self, n: int) -> torch.Tensor:
+        """A1111's `LCMCompVisDenoiser.get_sigmas`: timesteps evenly from 999 down to 19."""
+        return torch.tensor([self.sigma_at(t) for t in np.linspace(999, 19, n)] + [0.0])
+
+    def karras(self, n: int) -> torch.Tensor:
+        """Karras (rho 7) between LCM's own sigma range (A1111 takes it from the sampler's model wrap)."""
+        low, high = math.exp(self.lcm_log_sigmas[0]) ** (1 / 7), math.exp(self.lcm_log_sigmas[-1]) ** (1 / 7)
+        return torch.tensor([(high + i / (n - 1) * (low - high)) ** 7 for i in range(n)] + [0.0])
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = float(sigma)
+        timestep = self.timestep(sigma)
+        if self.texts is not None:
+            positive = self._embed(self.texts(self.calls)).repeat(len(self.seeds), 1, 1)
+            self.context = torch.cat([positive, self.negative])
+        self.calls += 1
+        x_in = torch.cat([x, x])
+        eps = self.pipe.unet(x_in / (sigma ** 2 + 1) ** 0.5, torch.tensor([timestep] * len(x_in)),
+                             encoder_hidden_states=self.context).sample
+        scaled = 10.0 * timestep
+        c_skip, c_out = 0.25 / (scaled ** 2 + 0.25), scaled / (scaled ** 2 + 0.25) ** 0.5
+        cond, uncond = (c_out * (x_in - sigma * eps) + c_skip * x_in).chunk(2)
+        return uncond + (cond - uncond) * CFG
+
+
+def ref_lcm(ref: LCMReference, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """A1111's `sample_lcm`: x becomes the denoised estimate, noised to the next sigma with the seed's next draw."""
+    for i in range(len(sigmas) - 1):
+        x = ref.denoise(x, sigmas[i])
+        if sigmas[i + 1] > 0:
+            x = x + sigmas[i + 1] * ref.randn()
+    return x
+
+
+def _lcm_txt2img_reference(ref: LCMReference, sigmas: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return ref.image(ref_lcm(ref, ref.randn() * sigmas[0].float(), sigmas.float()))
+
+
+@pytest.mark.parametrize("schedule", ["Automatic", "Karras"])
+def test_lcm_txt2img_makes_a1111s_images(engine, models, pipe, schedule: str) -> None:
+    """LCM on A1111's LCM denoiser, with its own schedule or a chosen one over its sigma range."""
+    engine_images = _engine_images(engine, models, "LCM", randn_source="CPU", k_sched_type=schedule)
+    ref = LCMReference(pipe, SEEDS)
+    reference = _lcm_txt2img_reference(ref, ref.automatic(STEPS) if schedule == "Automatic" else ref.karras(STEPS))
+    assert _mean_difference(engine_images, reference) < LCM_BOUND
+    assert _mean_difference(engine_images[0], reference[1]) > 2
+    if schedule == "Automatic":  # the model's own timesteps instead of LCM's give another image
+        plain = Reference(pipe, SEEDS)
+        with torch.no_grad():
+            uniform = plain.uniform(STEPS)
+            other = ref.image(ref_lcm(plain, plain.randn() * uniform[0], uniform))
+        assert _mean_difference(engine_images, other) > 0.1
+
+
+def test_lcm_noise_continues_the_seeds_stream(engine, models, pipe) -> None:
+    """Each LCM step's noise is the seed's next draw: reseeding it (ENSD, which A1111 applies to every
+    sampler's later draws) gives the reference reseeded the same way, and another image."""
+    engine_images = _engine_images(engine, models, "LCM", randn_source="CPU", eta_noise_seed_delta=31337)
+    ref = LCMReference(pipe, SEEDS, ensd=31337)
+    assert _mean_difference(engine_images, _lcm_txt2img_reference(ref, ref.automatic(STEPS))) < LCM_BOUND
+    ref = LCMReference(pipe, SEEDS)
+    assert _mean_difference(engine_images, _lcm_txt2img_reference(ref, ref.automatic(STEPS))) > 0.1
+
+
+def test_lcm_prompt_editing_counts_model_calls_as_a1111(engine, models, pipe) -> None:
+    """[from:to:0.5] over 8 steps: A1111's CFGDenoiser uses "from" while its count of model calls before the
+    call is <= 4 (calls 0-4), "to" after. "to" is the negative prompt (no guidance), so the switch shows."""
+    result = engine.generate("txt2img", {
+        "prompt": f"[{PROMPT}:{NEGATIVE}:0.5]", "negative_prompt": NEGATIVE, "seed": SEEDS[0],
+        "batch_size": len(SEEDS), "steps": STEPS, "cfg_scale": CFG, "width": 64, "height": 64, "sampler_name": "LCM",
+        "override_settings": {"randn_source": "CPU"},
+    }, models)
+    engine_images = np.stack([np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in result.images])
+
+    def reference(last_call_of_from: int) -> np.ndarray:
+        ref = LCMReference(pipe, SEEDS, texts=lambda call: PROMPT if call <= last_call_of_from else NEGATIVE)
+        return _lcm_txt2img_reference(ref, ref.automatic(STEPS))
+
+    # a switch one call earlier or later is 0.02-0.04/255 away on the tiny model, the engine 0.00004
+    assert _mean_difference(engine_images, reference(4)) < 0.002
+    assert min(_mean_difference(engine_images, reference(3)), _mean_difference(engine_images, reference(5))) > 0.01
+
+
+def test_lcm_img2img_makes_a1111s_images(engine, models, pipe) -> None:
+    """A1111's KDiffusionSampler.sample_img2img on LCM's schedule: t_enc = int(strength × steps), the last
+    t_enc + 1 steps of it; the image noised to their first sigma with the seed's first draw."""
+    pixels, png = _gradient_png()
+    strength = 0.6
+    result = engine.generate("img2img", {
+        "prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": SEEDS[0], "batch_size": len(SEEDS), "steps": STEPS,
+        "cfg_scale": CFG, "width": 64, "height": 64, "sampler_name": "LCM", "init_images": [png],
+        "denoising_strength": strength, "override_settings": {"randn_source": "CPU"},
+    }, models)
+    engine_images = np.stack([np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in result.images])
+    ref = LCMReference(pipe, SEEDS)
+    with torch.no_grad():
+        image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
+        init = pipe.vae.encode(image).latent_dist.mean.repeat(len(SEEDS), 1, 1, 1) * pipe.vae.config.scaling_factor
+        t_enc = int(strength * STEPS)
+        sigmas = ref.automatic(STEPS)[STEPS - t_enc - 1:].float()
+        reference = ref.image(ref_lcm(ref, init + ref.randn() * sigmas[0], sigmas))
+    assert _mean_difference(engine_images, reference) < LCM_BOUND
+    assert _mean_difference(engine_images[0], reference[1]) > 2

@@ -14,7 +14,7 @@ from aws_extension.engine.k_pass import SAMPLER_FUNCTIONS
 from aws_extension.engine.noise import ImageNoise, slerp
 from aws_extension.engine.params import normalise_payload
 from aws_extension.engine.preprocessors import Preprocessor
-from aws_extension.engine.samplers import SAMPLERS, make_scheduler, resolve_sampler, sampler_names
+from aws_extension.engine.samplers import SAMPLERS, resolve_sampler, sampler_names
 from aws_extension.settings import WorkerSettings
 
 SETTINGS = WorkerSettings()
@@ -174,19 +174,12 @@ def test_seed_resize_keeps_the_centre_of_the_other_size() -> None:
     assert torch.equal(noise[:, 2:6, 2:6], small)
 
 
-def test_every_sampler_builds_and_unknown_names_list_the_valid_ones() -> None:
-    from diffusers import PNDMScheduler
-
-    from aws_extension.engine.checkpoints import architecture_config_dir
+def test_every_sampler_runs_in_the_engines_loop_and_unknown_names_list_the_valid_ones() -> None:
     from aws_extension.engine.timestep_samplers import SAMPLER_FUNCTIONS as TIMESTEP_FUNCTIONS
 
-    config = PNDMScheduler.load_config(architecture_config_dir("sd1-tiny") / "scheduler")
     for name in sampler_names():
         spec = resolve_sampler(name)
-        if spec.k_function is None:
-            assert type(make_scheduler(spec, config)).__name__ == SAMPLERS[name].scheduler_class
-        else:
-            assert spec.k_function in SAMPLER_FUNCTIONS or spec.k_function in TIMESTEP_FUNCTIONS
+        assert spec.k_function in SAMPLER_FUNCTIONS or spec.k_function in TIMESTEP_FUNCTIONS
     assert resolve_sampler("Euler", "Karras").sigmas == "karras"
     assert resolve_sampler("DPM++ 2M SDE").sigmas == "exponential"
     assert resolve_sampler("Euler a").sigmas is None  # Automatic: uniform timesteps
