@@ -85,6 +85,9 @@ class MiddlewareSettings:
         "autoscaling: queued jobs per instance it aims at (target of ApproximateBacklogSizePerInstance)")
     sagemaker_scale_out_cooldown_s: int = _env(
         "SD_AWS_SAGEMAKER_SCALE_OUT_COOLDOWN_S", 300, "autoscaling: time after adding instances before adding more")
+    # Training on the local backend (compute/local/training.py)
+    local_training_slots: int = _env("SD_AWS_LOCAL_TRAINING_SLOTS", 1,
+                                     "training processes that run at once on this machine (the others wait in a queue)")
 
 
 @dataclass(frozen=True)

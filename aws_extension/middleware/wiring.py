@@ -14,6 +14,7 @@ from aws_extension.middleware.blobs.base import BlobStore
 from aws_extension.middleware.blobs.local import LocalBlobStore
 from aws_extension.middleware.compute.base import Compute
 from aws_extension.middleware.compute.local import LocalCompute
+from aws_extension.middleware.compute.local.training import LocalTraining
 from aws_extension.middleware.services.checkpoints import CheckpointService
 from aws_extension.middleware.services.datasets import DatasetService
 from aws_extension.middleware.services.endpoints import EndpointService
@@ -22,6 +23,7 @@ from aws_extension.middleware.services.jobs import JobService
 from aws_extension.middleware.services.model_import import ModelImporter
 from aws_extension.middleware.services.queue import JobQueue
 from aws_extension.middleware.services.retirement import EndpointRetirement
+from aws_extension.middleware.services.training import TrainingModelService, TrainingService
 from aws_extension.middleware.services.uploads import Uploads
 from aws_extension.middleware.services.webhooks import WebhookSender
 from aws_extension.middleware.store.base import Store
@@ -58,6 +60,8 @@ class Services:
     webhooks: WebhookSender
     jobs: JobService
     retirement: EndpointRetirement
+    training_models: TrainingModelService | None = None
+    training: TrainingService | None = None
 
     def start(self) -> None:
         self._stop = threading.Event()
@@ -66,6 +70,10 @@ class Services:
         self.jobs.restore()
         self.retirement.restore()
         self.compute.start(ComputeReports(self.jobs, self.endpoints, self.retirement))
+        if self.training_models and self.training:
+            self.training_models.restore()
+            self.training.compute.start(self.training)
+            self.training.restore()
         self._sweeper = threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True)
         self._sweeper.start()
 
@@ -74,6 +82,9 @@ class Services:
         self.importer.stop()
         self.webhooks.stop()
         self.compute.stop()
+        if self.training_models and self.training:
+            self.training_models.stop()
+            self.training.compute.shutdown()
         self._sweeper.join(5)
 
     def sweep(self) -> None:
@@ -116,9 +127,14 @@ def build_services(settings: MiddlewareSettings) -> Services:
     endpoints = EndpointService(store, compute, settings.max_instances_per_endpoint, settings.max_endpoints)
     jobs = JobService(queue, blobs, compute, checkpoints, endpoints, webhooks,
                       PayloadLimits.from_settings(load(WorkerSettings)), settings.max_body_bytes)
+    datasets = DatasetService(store, blobs, settings.signed_url_ttl_s, settings.max_dataset_files)
+    training_models = TrainingModelService(store, blobs, checkpoints, settings.completion_wait_s)
+    training = TrainingService(store, blobs, training_models, datasets, checkpoints,
+                               LocalTraining(data_dir, blobs, settings.local_training_slots, settings.local_gpus),
+                               stop_wait_s=settings.completion_wait_s, signed_url_ttl_s=settings.signed_url_ttl_s)
     return Services(settings=settings, store=store, blobs=blobs, checkpoints=checkpoints,
                     importer=ModelImporter(checkpoints, settings),
-                    datasets=DatasetService(store, blobs, settings.signed_url_ttl_s, settings.max_dataset_files),
+                    datasets=datasets, training_models=training_models, training=training,
                     uploads=Uploads(blobs),
                     compute=compute, endpoints=endpoints, webhooks=webhooks, jobs=jobs,
                     retirement=EndpointRetirement(endpoints, jobs))
