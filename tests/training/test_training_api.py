@@ -93,7 +93,8 @@ def stack(tmp_path_factory, learnable_checkpoint):
         base.write_bytes(learnable_checkpoint.read_bytes())
         checkpoint = client.upload_checkpoint_files("Stable-diffusion", [base])
         client.create_dataset_from_files(DATASET, write_images(tmp / "images"))
-        built = {"url": server.url, "client": client, "server": server, "data_dir": tmp / "data", "tmp": tmp,
+        built = {"server": server}
+        built |= {"url": server.url, "client": client, "data_dir": tmp / "data", "tmp": tmp,
                  "checkpoint_id": checkpoint["id"]}
         model = ok(api(built, "POST", "/model", json={"model_type": "Stable-diffusion", "name": "tiny-base",
                                                       "checkpoint_id": checkpoint["id"]}))["job"]
@@ -102,7 +103,7 @@ def stack(tmp_path_factory, learnable_checkpoint):
         assert created["job"]["jobStatus"] == "Complete", created
         yield built
     finally:
-        server.stop()
+        built["server"].stop()
 
 
 def wait_for(stack, job_id: str, until, timeout_s: float = 300) -> dict:
@@ -228,6 +229,12 @@ def test_stop_keeps_the_state_and_training_resumes_from_it(stack):
     job = ok(api(stack, "POST", "/train", json=lora_body(stack["model_id"], "stop-resume", max_train_steps=400,
                                                           save_state_every=2)))["job"]
     ok(api(stack, "PUT", "/train", json={"train_job_id": job["id"], "status": "Training"}))
+    waiting = ok(api(stack, "POST", "/train", json=lora_body(stack["model_id"], "waiting")))["job"]
+    ok(api(stack, "PUT", "/train", json={"train_job_id": waiting["id"], "status": "Training"}))
+    queued = ok(api(stack, "GET", f"/train/{waiting['id']}"))["job"]  # one training slot: it waits
+    assert (queued["status"], queued["queue_position"], queued["step"]) == ("Training", 0, 0)
+    assert ok(api(stack, "PUT", "/train", json={"train_job_id": waiting["id"], "status": "Stopped"}))["job"][
+        "status"] == "Stopped"
     wait_for(stack, job["id"], lambda j: j["step"] >= 2 or finished(j))
     stopped = ok(api(stack, "PUT", "/train", json={"train_job_id": job["id"], "status": "Stopped"}))["job"]
     assert stopped["status"] == "Stopped", stopped
@@ -266,6 +273,40 @@ def test_a_process_that_dies_twice_fails_with_the_reason(stack):
     done = wait_for(stack, job["id"], finished)
     assert done["status"] == "Fail" and "killed (SIGKILL)" in done["error"], done
     assert trainer_pids(stack["data_dir"], job["id"]) == []
+
+
+def _lora_tensors(stack, checkpoint_id: str) -> dict:
+    from safetensors.torch import load_file
+
+    checkpoint = stack["client"].get_checkpoint(checkpoint_id)
+    (filename,) = checkpoint["name"]
+    return load_file(stack["data_dir"] / "blobs" / "models" / "Lora" / checkpoint_id / filename)
+
+
+def test_after_a_middleware_crash_a_training_job_resumes_to_the_weights_of_an_uninterrupted_run(stack):
+    body = lora_body(stack["model_id"], "crash-resumed", max_train_steps=12, save_state_every=2)
+    job = ok(api(stack, "POST", "/train", json=body))["job"]
+    ok(api(stack, "PUT", "/train", json={"train_job_id": job["id"], "status": "Training"}))
+    wait_for(stack, job["id"], lambda j: j["step"] >= 3 or finished(j))
+    assert trainer_pids(stack["data_dir"], job["id"])
+    stack["server"].stop(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while trainer_pids(stack["data_dir"], job["id"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert trainer_pids(stack["data_dir"], job["id"]) == []  # it died with the middleware
+    server = start_middleware(stack["data_dir"], API_KEY, env={"SD_AWS_DEVICE": "cpu"})
+    stack.update(server=server, url=server.url, client=MiddlewareClient(server.url, API_KEY, timeout_s=60))
+    resumed = wait_for(stack, job["id"], finished)
+    assert resumed["status"] == "Complete", resumed
+    assert resumed["attempts"] == 1  # a restart is not the job's failure
+
+    reference = ok(api(stack, "POST", "/train", json=lora_body(stack["model_id"], "uninterrupted",
+                                                                max_train_steps=12, save_state_every=2)))["job"]
+    ok(api(stack, "PUT", "/train", json={"train_job_id": reference["id"], "status": "Training"}))
+    uninterrupted = wait_for(stack, reference["id"], finished)
+    assert uninterrupted["status"] == "Complete", uninterrupted
+    ours, theirs = _lora_tensors(stack, resumed["checkpoint_id"]), _lora_tensors(stack, uninterrupted["checkpoint_id"])
+    assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours)
 
 
 # -- bad input ---------------------------------------------------------------------------------------------
