@@ -108,6 +108,9 @@ class TrainingModelService:
             if checkpoint.type != SD or checkpoint.status != CheckpointStatus.ACTIVE:
                 raise InvalidRequest(f"checkpoint {checkpoint_id} is a {checkpoint.status} {checkpoint.type} "
                                      f"checkpoint; a training model needs an Active {SD} one.")
+            if len(checkpoint.files) != 1:
+                raise InvalidRequest(f"checkpoint {checkpoint_id} has {len(checkpoint.files)} files; a training "
+                                     "model is one model file.")
         else:
             if len(filenames) != 1:
                 raise InvalidRequest(f"filenames lists {len(filenames)} files; a training model is one model file.")
@@ -441,10 +444,10 @@ class TrainingService:
             progress = {k: v for k, v in (ended.progress or {}).items() if k != "updated_at"}
             if ended.returncode == 0 and ended.status == TrainingStatus.COMPLETE:
                 self._complete(record, progress)
-            elif ended.returncode == 0 and ended.status == TrainingStatus.STOPPED and ended.stop_requested:
-                self._end(job_id, TrainingStatus.STOPPED, {"progress": progress})
             elif ended.failure:
                 self._end(job_id, TrainingStatus.FAIL, {"progress": progress, "error": ended.failure})
+            elif ended.stop_requested:  # stopped as asked (SIGTERM before the trainer listened to it: its last state)
+                self._end(job_id, TrainingStatus.STOPPED, {"progress": progress})
             elif record.attempts < PROCESS_STARTS:
                 log.warning("training %s: %s; starting it again from its last saved state", job_id, ended.death())
                 again = self.records.update(job_id, {"attempts": record.attempts + 1, "progress": progress}, expect={"status": TrainingStatus.TRAINING})
@@ -500,8 +503,6 @@ class TrainingService:
         record = self.get(job_id)
         live = self.compute.progress(job_id) if record.status == TrainingStatus.TRAINING else None
         progress = {**(record.progress or {}), **(live or {})}
-        if record.status == TrainingStatus.TRAINING and self.compute.queue_position(job_id) is not None:
-            progress = {**progress, "status": TrainingStatus.TRAINING}
         return record, progress, self._sample_urls(record, progress.get("samples") or []), \
             self.compute.queue_position(job_id)
 
@@ -509,6 +510,8 @@ class TrainingService:
         folder = self.compute.root(record.id) / "output" / "data" / "samples"
         urls = []
         for name in names:
+            if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
+                continue  # the trainer writes plain PNG names; anything else is not read
             key = f"train/{record.id}/samples/{name}"
             if not self.blobs.exists(key):
                 source = folder / name
