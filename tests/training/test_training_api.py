@@ -376,3 +376,33 @@ def test_unknown_training_job_and_bad_status(stack):
     assert missing.status_code == 404
     bad = api(stack, "PUT", "/train", json={"train_job_id": "nope", "status": "Complete"})
     assert bad.status_code == 422
+
+
+def test_model_uploads_with_bad_parts_or_archives_are_refused(stack):
+    archive = copy.deepcopy(SEED_MODEL_BODY)
+    archive["filenames"][0]["filename"] = "v1-5-pruned-emaonly.safetensors.tar"  # the seed's own file name
+    response = api(stack, "POST", "/model", json=archive)
+    assert response.status_code == 400 and "not an archive" in response.json()["error"]
+    both = api(stack, "POST", "/model", json=SEED_MODEL_BODY | {"checkpoint_id": stack["checkpoint_id"]})
+    assert both.status_code == 400 and "either checkpoint_id" in both.json()["error"]
+    job = ok(api(stack, "POST", "/model", json=SEED_MODEL_BODY | {"name": "bad-parts"}))["job"]
+    wrong = api(stack, "PUT", "/model", json={"model_id": job["id"], "status": "Creating",
+                                              "multi_parts_tags": {BASE_NAME: [{"ETag": '"0"', "PartNumber": 1}]}})
+    assert wrong.status_code == 400 and BASE_NAME in wrong.json()["error"]
+    listed = {m["id"]: m for m in ok(api(stack, "GET", "/models"))["models"]}
+    assert listed[job["id"]]["status"] == "Initialed"  # fix the parts and PUT again
+
+
+def test_an_image_the_trainer_cannot_read_fails_the_job_naming_it(stack):
+    client = stack["client"]
+    urls = client.create_dataset("broken-image", [{"filename": "broken.png", "name": "broken.png",
+                                                   "type": "image"}])["s3PresignUrl"]
+    requests.put(urls["broken.png"], data=b"\x89PNG\r\n\x1a\n" + b"\0" * 64, timeout=30).raise_for_status()
+    client.set_dataset_status("broken-image", "Enabled")
+    body = lora_body(stack["model_id"], "broken")
+    body["params"]["training_params"]["dataset_name"] = "broken-image"
+    job = ok(api(stack, "POST", "/train", json=body))["job"]
+    ok(api(stack, "PUT", "/train", json={"train_job_id": job["id"], "status": "Training"}))
+    done = wait_for(stack, job["id"], finished)
+    assert done["status"] == "Fail" and "broken.png" in done["error"], done
+    assert done["attempts"] == 1 and done["checkpoint_id"] is None  # a reason: no second start
