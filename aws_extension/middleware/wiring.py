@@ -14,7 +14,6 @@ from aws_extension.middleware.blobs.base import BlobStore
 from aws_extension.middleware.blobs.local import LocalBlobStore
 from aws_extension.middleware.compute.base import Compute
 from aws_extension.middleware.compute.local import LocalCompute
-from aws_extension.middleware.compute.local.training import LocalTraining
 from aws_extension.middleware.services.checkpoints import CheckpointService
 from aws_extension.middleware.services.datasets import DatasetService
 from aws_extension.middleware.services.endpoints import EndpointService
@@ -23,7 +22,7 @@ from aws_extension.middleware.services.jobs import JobService
 from aws_extension.middleware.services.model_import import ModelImporter
 from aws_extension.middleware.services.queue import JobQueue
 from aws_extension.middleware.services.retirement import EndpointRetirement
-from aws_extension.middleware.services.training import TrainingModelService, TrainingService
+from aws_extension.middleware.services.training import TrainingModelService, TrainingService, local_training
 from aws_extension.middleware.services.uploads import Uploads
 from aws_extension.middleware.services.webhooks import WebhookSender
 from aws_extension.middleware.store.base import Store
@@ -128,10 +127,7 @@ def build_services(settings: MiddlewareSettings) -> Services:
     jobs = JobService(queue, blobs, compute, checkpoints, endpoints, webhooks,
                       PayloadLimits.from_settings(load(WorkerSettings)), settings.max_body_bytes)
     datasets = DatasetService(store, blobs, settings.signed_url_ttl_s, settings.max_dataset_files)
-    training_models = TrainingModelService(store, blobs, checkpoints, settings.completion_wait_s)
-    training = TrainingService(store, blobs, training_models, datasets, checkpoints,
-                               LocalTraining(data_dir, blobs, settings.local_training_slots, settings.local_gpus),
-                               stop_wait_s=settings.completion_wait_s, signed_url_ttl_s=settings.signed_url_ttl_s)
+    training_models, training = local_training(settings, store, blobs, checkpoints, datasets)
     return Services(settings=settings, store=store, blobs=blobs, checkpoints=checkpoints,
                     importer=ModelImporter(checkpoints, settings),
                     datasets=datasets, training_models=training_models, training=training,

@@ -30,6 +30,7 @@ from typing import Any
 import anyio
 
 from aws_extension.middleware.blobs.base import BlobStore
+from aws_extension.middleware.blobs.local import LocalBlobStore
 from aws_extension.middleware.compute.local.training import (
     ChannelFile,
     LocalTraining,
@@ -55,6 +56,7 @@ from aws_extension.model_files import (
     check_model_file,
     read_safetensors_header,
 )
+from aws_extension.settings import MiddlewareSettings
 from aws_extension.training import TrainingConfig, TrainingConfigError, parse_training_config
 from aws_extension.vocabulary import (
     MODEL_SUFFIXES,
@@ -539,3 +541,12 @@ class TrainingService:
                 continue
             self.compute.submit(run)
 
+
+
+def local_training(settings: MiddlewareSettings, store: Store, blobs: LocalBlobStore, checkpoints: CheckpointService,
+                   datasets: DatasetService) -> tuple[TrainingModelService, TrainingService]:
+    """The training services of the local backend (training processes on this machine)."""
+    models = TrainingModelService(store, blobs, checkpoints, settings.completion_wait_s)
+    compute = LocalTraining(settings.data_dir, blobs, settings.local_training_slots, settings.local_gpus)
+    return models, TrainingService(store, blobs, models, datasets, checkpoints, compute,
+                                   stop_wait_s=settings.completion_wait_s, signed_url_ttl_s=settings.signed_url_ttl_s)
