@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the middleware API")
     _add_server_flags(p)
+    p.add_argument("--backend", choices=("local", "aws"),
+                   help="local (SQLite, a folder, worker processes) or aws (the resources of SD_AWS_STACK_NAME "
+                        "through boto3's configuration); default local, env SD_AWS_BACKEND")
 
     p = sub.add_parser("worker", help="run a worker (SageMaker container contract + /sdapi/v1)")
     p.add_argument("--host", default="127.0.0.1")
@@ -57,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--webui-models-dir", type=Path, help="the WebUI's models/ folder (with --engine webui)")
     p.add_argument("--webui-command", help="start the WebUI with this command first, and stop with it (with --engine webui)")
     sm.add_parser("train", help="the training container: hyperparameters and channels under SD_AWS_SAGEMAKER_ROOT")
+
+    from aws_extension.aws_cli import add_parser as add_aws_parser
+
+    add_aws_parser(sub)
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random-weight SD 1.x checkpoint for tests and demos")
     p.add_argument("out", type=Path, help="output .safetensors file")
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from aws_extension.middleware.server import serve
 
-        return serve(host=args.host, port=args.port, data_dir=args.data_dir)
+        return serve(host=args.host, port=args.port, data_dir=args.data_dir, backend=args.backend)
     if args.command == "worker":
         from aws_extension.worker.server import serve as serve_worker
 
@@ -163,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_sagemaker(args.host, args.port, args.engine, args.webui_url, args.webui_models_dir,
                                args.webui_command)
+    if args.command == "aws":
+        from aws_extension.aws_cli import run as run_aws
+
+        return run_aws(args)
     if args.command == "make-tiny-model":
         from aws_extension.engine.tiny import write_tiny_model
 

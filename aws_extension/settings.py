@@ -85,6 +85,19 @@ class MiddlewareSettings:
         "autoscaling: queued jobs per instance it aims at (target of ApproximateBacklogSizePerInstance)")
     sagemaker_scale_out_cooldown_s: int = _env(
         "SD_AWS_SAGEMAKER_SCALE_OUT_COOLDOWN_S", 300, "autoscaling: time after adding instances before adding more")
+    # URL imports under AWS Lambda (services/model_import.py LambdaRunner).
+    import_part_bytes: int = _env("SD_AWS_IMPORT_PART_BYTES", 64 * MiB,
+                                  "part size of resumable imports under Lambda (held in memory while it uploads)")
+    # SageMaker jobs (compute/sagemaker/compute.py, jobs.py).
+    sagemaker_request_ttl_s: float = _env("SD_AWS_SAGEMAKER_REQUEST_TTL_S", 21600.0,
+                                          "longest a job may wait in an endpoint's queue (RequestTTLSeconds: 60 s to 6 h)")
+    sagemaker_notification_margin_s: float = _env(
+        "SD_AWS_SAGEMAKER_NOTIFICATION_MARGIN_S", 300.0,
+        "a job with no notification this long after its queue TTL and invocation timeout is failed")
+    sagemaker_reap_interval_s: float = _env("SD_AWS_SAGEMAKER_REAP_INTERVAL_S", 60.0,
+                                            "how often `serve --backend aws` looks for jobs whose notification never came")
+    sagemaker_poll_wait_s: int = _env("SD_AWS_SAGEMAKER_POLL_WAIT_S", 5,
+                                      "long-poll wait of the events queue (1 to 20 s; `stop` waits for it at most)")
     # Training on the local backend (compute/local/training.py)
     local_training_slots: int = _env("SD_AWS_LOCAL_TRAINING_SLOTS", 1,
                                      "training processes that run at once on this machine (the others wait in a queue)")
@@ -110,6 +123,9 @@ class WorkerSettings:
         "SD_AWS_WEBUI_MODELS_DIR", None,
         "webui engine: the WebUI's models/ folder for a WebUI that does not answer /sdapi/v1/cmd-flags (A1111 "
         "does, and its own folders are used); unset with such a WebUI: it must have the models")
+    # Progress and cancel through signed URLs (SageMaker asynchronous endpoints; worker/remote_control.py).
+    remote_report_interval_s: float = _env("SD_AWS_REMOTE_REPORT_INTERVAL_S", 2.0,
+                                           "how often a job PUTs its progress and reads its cancel URL")
 
 
 @dataclass(frozen=True)

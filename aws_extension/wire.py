@@ -82,6 +82,11 @@ class InvocationRequest:
     params: dict[str, Any] | None = None  # the A1111 payload (or merge parameters) ...
     params_url: str | None = None  # ... or a GET URL of that JSON
     output: InvocationOutput = field(default_factory=InvocationOutput)
+    # Backends that cannot reach the worker while it runs (SageMaker asynchronous endpoints) give these:
+    # the worker PUTs its `JobProgress` to `progress_url` as it goes, and stops once `cancel_url` answers 200
+    # (404: go on).
+    progress_url: str | None = None
+    cancel_url: str | None = None
 
     @classmethod
     def from_json(cls, request: Any) -> InvocationRequest:
@@ -102,7 +107,9 @@ class InvocationRequest:
             raise WireError("params (or params_url) is required")
         return cls(task=request["task"], job_id=job_id,
                    models=[ModelRef.from_json(m, f"models[{i}]") for i, m in enumerate(models)],
-                   params=params, params_url=params_url, output=InvocationOutput.from_json(request.get("output")))
+                   params=params, params_url=params_url, output=InvocationOutput.from_json(request.get("output")),
+                   progress_url=_optional_url(request.get("progress_url"), "progress_url"),
+                   cancel_url=_optional_url(request.get("cancel_url"), "cancel_url"))
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -163,6 +170,41 @@ class InvocationAnswer:
     def summary(self) -> dict[str, Any]:
         """The answer without its images, as kept on the job record."""
         return {key: value for key, value in self.to_json().items() if key != "images"}
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """What a worker PUTs to a job's `progress_url` while it runs: sampling steps done of `total` (0 of 0
+    while it fetches its models), when it `started` and when it wrote this (`updated`; Unix seconds)."""
+
+    job_id: str
+    step: int
+    total: int
+    started: float
+    updated: float
+    worker: str  # the host running it
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+    @classmethod
+    def from_json(cls, value: Any) -> JobProgress:
+        value = _object(value, "progress")
+        numbers = {}
+        for key in ("step", "total", "started", "updated"):
+            number = value.get(key)
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0:
+                raise WireError(f"progress.{key} must be a number of at least 0")
+            numbers[key] = number
+        if not isinstance(value.get("job_id"), str):
+            raise WireError("progress.job_id must be a string")
+        return cls(job_id=value["job_id"], step=int(numbers["step"]), total=int(numbers["total"]),
+                   started=float(numbers["started"]), updated=float(numbers["updated"]),
+                   worker=str(value.get("worker") or ""))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _text_or_none(value: Any) -> str | None:

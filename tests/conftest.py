@@ -1,8 +1,18 @@
-"""Fixtures shared by every part's tests."""
+"""Fixtures shared by every part's tests.
+
+The API tests run on both backends: the `backend` fixture is parametrised over `local` and `aws`, and the
+stacks the API tests use (`middleware`, the inference `stack`) are built on it. A test that cannot apply to
+the aws backend says why with `@pytest.mark.local_only("reason")` (it is skipped there with the reason).
+The aws backend runs on one moto server for the session (`aws_cloud`, see tests/aws_stack.py); each stack
+has its own name, so its resources are its own.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,6 +25,21 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 TINY_CHECKPOINT_NAME = "tiny-sd.safetensors"
+BACKENDS = ("local", "aws")
+INSTANCES = 2  # the emulated SageMaker's instances (worker processes), as many as the local stack's workers
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "local_only(reason): the test cannot apply to the aws backend")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        marker = item.get_closest_marker("local_only")
+        callspec = getattr(item, "callspec", None)
+        if marker and callspec and callspec.params.get("backend") == "aws":
+            reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "local backend only")
+            item.add_marker(pytest.mark.skip(reason=f"local backend only: {reason}"))
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +64,56 @@ def learnable_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("learnable") / LEARNABLE_CHECKPOINT_NAME
     write_tiny_model(path, learnable=True)
     return path
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def aws_cloud(tmp_path_factory) -> Iterator:
+    """moto's server on 127.0.0.1 for the session, with SageMaker's asynchronous inference run by a real
+    `sd-aws worker` (see tests/aws_stack.py)."""
+    from moto.server import ThreadedMotoServer
+
+    from tests.aws_stack import AsyncInference
+    from tests.helpers import SdAwsProcess, free_port
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    fake = AsyncInference(f"http://{host}:{port}")
+    fake.install()
+    workers = []
+    for index in range(INSTANCES):
+        root = tmp_path_factory.mktemp(f"sagemaker-instance-{index}")
+        (root / "models").mkdir()
+        port = free_port()
+        workers.append(SdAwsProcess(["worker", "--port", str(port), "--models-dir", str(root / "models")], port,
+                                    ready_path="/ping", log_path=root / "worker.log",
+                                    env={"SD_AWS_REMOTE_REPORT_INTERVAL_S": "0.3",
+                                         "SD_AWS_MODEL_CACHE_DIR": str(root / "cache")}))
+    try:
+        with ThreadPoolExecutor(INSTANCES) as pool:  # they load the engine side by side
+            list(pool.map(lambda worker: worker.start(timeout_s=300), workers))
+        fake.serve([worker.url for worker in workers])
+        yield fake
+    finally:
+        for worker in workers:
+            worker.stop()
+        fake.uninstall()
+        server.stop()
+
+
+def start_api(backend: str, request, data_dir: Path, api_key: str, env: dict[str, str] | None = None):
+    """`sd-aws serve` on `backend`: local on `data_dir`, or aws on a new stack of the session's moto server.
+    Returns the server (an `SdAwsProcess`) and, on aws, the stack's `StackResources` (else None)."""
+    from tests.helpers import start_middleware
+
+    if backend == "aws":
+        from tests.aws_stack import start_aws_middleware
+
+        return start_aws_middleware(request.getfixturevalue("aws_cloud"), data_dir, api_key, env)
+    return start_middleware(data_dir, api_key, env=env), None

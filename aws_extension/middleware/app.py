@@ -14,6 +14,7 @@ from aws_extension import __version__
 from aws_extension.middleware.answers import Health
 from aws_extension.middleware.auth import key_problem, require_api_key
 from aws_extension.middleware.blobs.base import KeyConflict, ObjectTooLarge, StorageFull
+from aws_extension.middleware.blobs.local import LocalBlobStore
 from aws_extension.middleware.errors import (
     AccessDenied,
     InvalidRequest,
@@ -136,7 +137,8 @@ def create_app(services: Services, api_key: str, readiness: Readiness | None = N
         return health if health.ready else JSONResponse(health.model_dump(), status_code=503)
 
     authenticated = [Depends(require_api_key)]
-    app.include_router(blobs.router)
+    if isinstance(services.blobs, LocalBlobStore):  # signed URLs of other stores point at the store itself
+        app.include_router(blobs.router)
     app.include_router(connection.router, dependencies=authenticated)
     app.include_router(checkpoints.router, dependencies=authenticated)
     app.include_router(endpoints.router, dependencies=authenticated)

@@ -14,7 +14,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from aws_extension.middleware.app import Readiness, create_app
-from aws_extension.middleware.wiring import build_services, read_or_create_secret
+from aws_extension.middleware.wiring import build_services, read_or_create_secret, stack_api_key
 from aws_extension.settings import MiddlewareSettings, load
 
 log = logging.getLogger("aws_extension.middleware")
@@ -79,6 +79,8 @@ def api_key_for(settings: MiddlewareSettings) -> tuple[str, bool]:
     """The API key (env SD_AWS_API_KEY, else `<data dir>/api_key`); True when it was just generated."""
     if settings.api_key:
         return settings.api_key, False
+    if settings.backend == "aws":
+        return stack_api_key(settings), False
     path = settings.data_dir / "api_key"
     existed = path.exists()
     return read_or_create_secret(path, lambda: secrets.token_urlsafe(32)), not existed
@@ -99,7 +101,7 @@ def run_middleware(settings: MiddlewareSettings, announce_key: bool,
     print(f"sd-aws middleware: {url}  (data: {settings.data_dir})", flush=True)
     if generated and announce_key:
         print(f"API key (shown once; kept in {settings.data_dir / 'api_key'}): {api_key}", flush=True)
-    elif not settings.api_key and announce_key:
+    elif not settings.api_key and announce_key and settings.backend == "local":
         print(f"API key: in {settings.data_dir / 'api_key'}", flush=True)
     protocol = type("HeaderDeadlineH11", (HeaderDeadline,), {"header_timeout_s": settings.header_timeout_s})
     # Only a backend that dispatches jobs itself (local compute) has to know; SageMaker keeps its own queue.
@@ -116,5 +118,7 @@ def run_middleware(settings: MiddlewareSettings, announce_key: bool,
     return 0
 
 
-def serve(host: str | None = None, port: int | None = None, data_dir: Path | None = None) -> int:
-    return run_middleware(load(MiddlewareSettings, host=host, port=port, data_dir=data_dir), announce_key=True)
+def serve(host: str | None = None, port: int | None = None, data_dir: Path | None = None,
+          backend: str | None = None) -> int:
+    return run_middleware(load(MiddlewareSettings, host=host, port=port, data_dir=data_dir, backend=backend),
+                          announce_key=True)

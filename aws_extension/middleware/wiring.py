@@ -1,4 +1,9 @@
-"""Builds the middleware's parts for one backend and owns their background work (the sweeper)."""
+"""Builds the middleware's parts for one backend and owns their background work (the sweeper).
+
+`SD_AWS_BACKEND=local`: SQLite, a folder and worker processes, secrets in the data dir. `aws`: the
+resources of the stack `SD_AWS_STACK_NAME` in the account and region of boto3's standard configuration
+(`StackResources`): DynamoDB, S3, SageMaker, secrets from Secrets Manager unless set in the environment.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from aws_extension.middleware.aws_resources import StackResources
 from aws_extension.middleware.blobs.base import BlobStore
 from aws_extension.middleware.blobs.local import LocalBlobStore
 from aws_extension.middleware.compute.base import Compute
@@ -66,15 +73,20 @@ class Services:
         self._stop = threading.Event()
         self.checkpoints.release_stale_claims()
         self.importer.resume_interrupted()
-        self.jobs.restore()
-        self.retirement.restore()
-        self.compute.start(ComputeReports(self.jobs, self.endpoints, self.retirement))
+        if self.compute.restarts_with_middleware:
+            self.jobs.restore()
+            self.retirement.restore()
+        self.compute.start(self.reports())
         if self.training_models and self.training:
             self.training_models.restore()
             self.training.compute.start(self.training)
             self.training.restore()
         self._sweeper = threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True)
         self._sweeper.start()
+
+    def reports(self) -> ComputeReports:
+        """What compute reports to (the Lambda gives it to `SageMakerCompute.attach`)."""
+        return ComputeReports(self.jobs, self.endpoints, self.retirement)
 
     def stop(self) -> None:
         self._stop.set()
@@ -103,34 +115,97 @@ class Services:
                 log.exception("sweeper failed; trying again at the next interval")
 
 
-def build_services(settings: MiddlewareSettings) -> Services:
-    if settings.backend != "local":
-        raise ValueError(f"backend {settings.backend!r} is not available yet; use SD_AWS_BACKEND=local")
-    data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    store = SQLiteStore(data_dir / "store.sqlite3")
-    blobs = LocalBlobStore(
-        data_dir, read_or_create_secret(data_dir / "blob_secret").encode(),
-        public_url=settings.public_url or f"http://{settings.host}:{settings.port}",
-        signed_url_ttl_s=settings.signed_url_ttl_s, min_part_bytes=settings.multipart_min_part_bytes,
-        max_parts=settings.multipart_max_parts, max_part_bytes=settings.multipart_max_part_bytes,
-        max_put_bytes=settings.blob_max_put_bytes)
+def build_services(settings: MiddlewareSettings, session: Any = None) -> Services:
+    """The services of `settings.backend`; `session`: the boto3 session of the aws backend (default: boto3's
+    standard configuration)."""
+    if settings.backend == "local":
+        store, blobs, webhook_secret, make_compute = _local_parts(settings)
+    elif settings.backend == "aws":
+        store, blobs, webhook_secret, make_compute = _aws_parts(settings, session)
+    else:
+        raise ValueError(f"backend {settings.backend!r} is unknown; use SD_AWS_BACKEND=local or aws")
+    queue = JobQueue(store)
+    compute = make_compute(queue)
     checkpoints = CheckpointService(store, blobs, max_parts=settings.multipart_max_parts,
                                     max_files=settings.max_files_per_checkpoint,
                                     completion_wait_s=settings.completion_wait_s)
-    webhook_secret = settings.webhook_secret or read_or_create_secret(data_dir / "webhook_secret")
     webhooks = WebhookSender(webhook_secret.encode(), settings.webhook_attempts, settings.webhook_timeout_s,
                              settings.webhook_allow_private_addresses)
-    queue = JobQueue(store)
-    compute = LocalCompute(queue, settings)
     endpoints = EndpointService(store, compute, settings.max_instances_per_endpoint, settings.max_endpoints)
     jobs = JobService(queue, blobs, compute, checkpoints, endpoints, webhooks,
                       PayloadLimits.from_settings(load(WorkerSettings)), settings.max_body_bytes)
     datasets = DatasetService(store, blobs, settings.signed_url_ttl_s, settings.max_dataset_files)
-    training_models, training = local_training(settings, store, blobs, checkpoints, datasets)
+    # Training runs on the local backend only for now (no SageMaker training jobs yet).
+    training_models, training = (local_training(settings, store, blobs, checkpoints, datasets)
+                                 if settings.backend == "local" else (None, None))
     return Services(settings=settings, store=store, blobs=blobs, checkpoints=checkpoints,
                     importer=ModelImporter(checkpoints, settings),
                     datasets=datasets, training_models=training_models, training=training,
                     uploads=Uploads(blobs),
                     compute=compute, endpoints=endpoints, webhooks=webhooks, jobs=jobs,
                     retirement=EndpointRetirement(endpoints, jobs))
+
+
+# A backend's parts: its store, its blobs, the webhooks' secret, and how to make its compute over the queue.
+Parts = tuple[Store, BlobStore, str, Callable[[JobQueue], Compute]]
+
+
+def _local_parts(settings: MiddlewareSettings) -> Parts:
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    blobs = LocalBlobStore(
+        data_dir, read_or_create_secret(data_dir / "blob_secret").encode(),
+        public_url=settings.public_url or f"http://{settings.host}:{settings.port}",
+        signed_url_ttl_s=settings.signed_url_ttl_s, min_part_bytes=settings.multipart_min_part_bytes,
+        max_parts=settings.multipart_max_parts, max_part_bytes=settings.multipart_max_part_bytes,
+        max_put_bytes=settings.blob_max_put_bytes)
+    webhook_secret = settings.webhook_secret or read_or_create_secret(data_dir / "webhook_secret")
+    return SQLiteStore(data_dir / "store.sqlite3"), blobs, webhook_secret, lambda queue: LocalCompute(queue, settings)
+
+
+def stack_resources(settings: MiddlewareSettings, session: Any) -> StackResources:
+    """The resources of `settings.stack_name` in the session's account (STS) and region."""
+    account = session.client("sts").get_caller_identity()["Account"]
+    if not session.region_name:
+        raise ValueError("the aws backend needs a region: set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's)")
+    return StackResources(settings.stack_name, account, session.region_name)
+
+
+def stack_secret(session: Any, secret_id: str) -> str:
+    """A secret of the stack from Secrets Manager (`sd-aws aws init` or the template creates it)."""
+    return session.client("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"].strip()
+
+
+def stack_api_key(settings: MiddlewareSettings, session: Any = None) -> str:
+    """The aws backend's API key: the stack's secret in Secrets Manager."""
+    import boto3
+
+    session = session or boto3.Session()
+    return stack_secret(session, stack_resources(settings, session).api_key_secret)
+
+
+def _aws_parts(settings: MiddlewareSettings, session: Any) -> Parts:
+    # boto3 is the `aws` extra: imported only for this backend.
+    import boto3
+    from botocore.config import Config
+
+    from aws_extension.middleware.blobs.s3 import S3BlobStore
+    from aws_extension.middleware.compute.sagemaker.compute import SageMakerCompute
+    from aws_extension.middleware.compute.sagemaker.endpoints import SageMakerEndpoints
+    from aws_extension.middleware.store.dynamodb import DynamoDBStore
+
+    session = session or boto3.Session()
+    resources = stack_resources(settings, session)
+    store = DynamoDBStore(resources.table_prefix, client=session.client("dynamodb"))
+    blobs = S3BlobStore(
+        resources.bucket, client=session.client("s3", config=Config(signature_version="s3v4")),
+        signed_url_ttl_s=settings.signed_url_ttl_s, min_part_bytes=settings.multipart_min_part_bytes,
+        max_parts=settings.multipart_max_parts, max_part_bytes=settings.multipart_max_part_bytes,
+        max_put_bytes=settings.blob_max_put_bytes)
+    webhook_secret = settings.webhook_secret or stack_secret(session, resources.webhook_secret)
+
+    def make_compute(queue: JobQueue) -> Compute:
+        return SageMakerCompute(queue, blobs, SageMakerEndpoints(resources, settings, session), resources, settings,
+                                session)
+
+    return store, blobs, webhook_secret, make_compute

@@ -25,8 +25,10 @@ Request (JSON object, `wire.InvocationRequest`)::
                                                    # produced up to its length; absent or empty: they come
                                                    # back base64 in the answer
         "model_url": "<http(s) PUT URL>"           # merge-checkpoint only, required: receives the merged file
-      }
-    }
+      },
+      "progress_url": "<http(s) PUT URL>",    # optional: the job's wire.JobProgress is PUT there as it runs
+      "cancel_url": "<http(s) GET URL>"       # optional: read while it runs; 200 stops the job, 404 goes on
+    }                                         # (see worker/remote_control.py)
 
 Fields the worker does not know are ignored. The worker writes no `<id>_param.json`: the middleware writes it
 (`wire.ParamFile`) from the answer's `parameters` and `info`.
@@ -84,6 +86,7 @@ from aws_extension.wire import InvocationAnswer, InvocationRequest, ModelRef, Ti
 from aws_extension.worker.errors import InvocationError, error_message, http_status
 from aws_extension.worker.model_cache import check_model_name
 from aws_extension.worker.models_dir import model_file_problem
+from aws_extension.worker.remote_control import remote_control
 from aws_extension.worker.runtime import WorkerRuntime
 
 
@@ -277,7 +280,9 @@ def execute_invocation(runtime: WorkerRuntime, body: bytes) -> tuple[int, dict[s
             job_id = raw["job_id"]  # echoed even when the rest of the request is refused
         request = InvocationRequest.from_json(raw)
         job_id = request.job_id or uuid.uuid4().hex
-        with runtime.jobs.announced(job_id):
+        with runtime.jobs.announced(job_id), remote_control(runtime.jobs, job_id, request,
+                                                            runtime.settings.remote_report_interval_s,
+                                                            runtime.settings.download_timeout_s):
             job = prepare_job(request, job_id, runtime.settings.download_timeout_s)
             run = _run_merge if request.task == Task.MERGE_CHECKPOINT else _run_generation
             return 200, run(runtime, job).to_json()

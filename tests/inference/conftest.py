@@ -1,4 +1,5 @@
-"""A real stack for inference tests: middleware, the tiny models in the catalogue, a local endpoint."""
+"""A real stack for inference tests: middleware, the tiny models in the catalogue, an endpoint; on each backend
+(local: worker processes of the middleware; aws: moto + SageMaker emulated by real workers, tests/aws_stack.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import requests
 
 from aws_extension.client import MiddlewareClient
+from tests.conftest import start_api
 from tests.helpers import SdAwsProcess, process_pids, start_middleware
 
 API_KEY = "inference-key"
@@ -28,10 +30,27 @@ class Stack:
     client: MiddlewareClient
     data_dir: Path
     models: Path
+    backend: str = "local"
+    resources: object | None = None  # aws: the stack's StackResources
+    cloud: object | None = None  # aws: the session's emulated SageMaker (tests/aws_stack.AsyncInference)
 
     @property
     def url(self) -> str:
         return self.server.url
+
+    @property
+    def instance_type(self) -> str:
+        return "local" if self.backend == "local" else "ml.g5.xlarge"
+
+    def webhook_secret(self) -> bytes:
+        if self.backend == "aws":
+            from tests.aws_stack import stack_secret
+
+            return stack_secret(self.cloud, self.resources.webhook_secret).encode()
+        return (self.data_dir / "webhook_secret").read_text().strip().encode()
+
+    def deploy(self, name: str, count: int = 1, **autoscaling) -> dict:
+        return deploy(self.client, name, count, instance_type=self.instance_type, **autoscaling)
 
 
 def register_tiny_models(client: MiddlewareClient, models_dir: Path, tmp: Path, checkpoint_name: str = SEED_MODEL) -> None:
@@ -42,8 +61,8 @@ def register_tiny_models(client: MiddlewareClient, models_dir: Path, tmp: Path, 
         client.upload_checkpoint_files(model_type, sorted((models_dir / model_type).iterdir()))
 
 
-def deploy(client: MiddlewareClient, name: str, count: int = 1, **autoscaling) -> dict:
-    job = client.deploy_endpoint("local", count, endpoint_name=name, **autoscaling)
+def deploy(client: MiddlewareClient, name: str, count: int = 1, instance_type: str = "local", **autoscaling) -> dict:
+    job = client.deploy_endpoint(instance_type, count, endpoint_name=name, **autoscaling)
     record = client.wait_for_endpoint(job["EndpointDeploymentJobId"], timeout_s=300)
     assert record["endpoint_status"] == "InService", record
     return record
@@ -63,11 +82,17 @@ STACK_GPUS = ("3", "5")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_models_dir):
-    """One middleware with the seed's endpoint on 2 workers, shared by a module's tests."""
-    built = start_stack(tmp_path_factory.mktemp("stack"), tiny_models_dir, env={"SD_AWS_LOCAL_GPUS": ",".join(STACK_GPUS)})
+def stack(backend, request, tmp_path_factory, tiny_models_dir):
+    """One middleware with the seed's endpoint on 2 instances, shared by a module's tests (on each backend)."""
+    tmp = tmp_path_factory.mktemp(f"stack-{backend}")
+    server, resources = start_api(backend, request, tmp / "data", API_KEY,
+                                  env={**TEST_ENV, "SD_AWS_LOCAL_GPUS": ",".join(STACK_GPUS)})
+    built = Stack(server, MiddlewareClient(server.url, API_KEY, timeout_s=60), tmp / "data", tiny_models_dir,
+                  backend=backend, resources=resources,
+                  cloud=request.getfixturevalue("aws_cloud") if backend == "aws" else None)
     try:
-        deploy(built.client, SEED_ENDPOINT, count=2)
+        register_tiny_models(built.client, tiny_models_dir, tmp)
+        built.deploy(SEED_ENDPOINT, count=2)
         yield built
     finally:
         built.server.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aws_extension.client import MiddlewareClient
-from tests.helpers import start_middleware
+from tests.conftest import start_api
 
 API_KEY = "test-key"
 
@@ -39,9 +39,10 @@ def fake_lora(path: Path, padding_bytes: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def middleware(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("mw") / "data"
-    server = start_middleware(data_dir, API_KEY, env={"SD_AWS_IMPORT_ALLOW_PRIVATE_ADDRESSES": "1"})
+def middleware(backend, request, tmp_path_factory):
+    """One middleware per backend for the session (`backend` is parametrised over local and aws)."""
+    data_dir = tmp_path_factory.mktemp(f"mw-{backend}") / "data"
+    server, _ = start_api(backend, request, data_dir, API_KEY, env={"SD_AWS_IMPORT_ALLOW_PRIVATE_ADDRESSES": "1"})
     yield server
     server.stop()
 

@@ -30,6 +30,9 @@ from aws_extension.middleware.routes.blobs import RangeNotSatisfiable, requested
 from tests.helpers import start_middleware
 from tests.middleware.conftest import API_KEY, fake_lora
 
+# The local blob store and its signed /blobs URLs (S3's presigned URLs are tested against a real S3 server).
+pytestmark = pytest.mark.local_only("the local blob store's signed /blobs URLs")
+
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 
 

@@ -63,6 +63,7 @@ def test_nan_and_infinity_are_refused_when_parsing(middleware, number):
     assert unauthenticated.status_code == 401  # the key first, whatever the body
 
 
+@pytest.mark.local_only("it looks for the files in the local data dir")
 def test_a_stored_lone_surrogate_does_not_break_the_lists_and_records_can_be_deleted(middleware, client, tmp_path):
     record = client.upload_checkpoint_files("Lora", [fake_lora(tmp_path / "victim.safetensors")])
     # A record written before the door refused such text (or by another program), straight into the store.
@@ -87,6 +88,7 @@ def test_a_stored_lone_surrogate_does_not_break_the_lists_and_records_can_be_del
                            timeout=10).status_code == 404
 
 
+@pytest.mark.local_only("it looks for the files in the local data dir")
 def test_a_dataset_can_be_deleted_with_its_files(middleware, client, tmp_path):
     image = tmp_path / "a.png"
     image.write_bytes(b"\x89PNG fake")

@@ -21,12 +21,6 @@ from aws_extension.vocabulary import DeploymentStatus, EndpointStatus
 
 log = logging.getLogger(__name__)
 
-# Instance types offered: SageMaker's GPU types (run as local processes on the local backend) and `local`.
-INSTANCE_TYPES = ("local", "ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g4dn.4xlarge", "ml.g4dn.8xlarge",
-                  "ml.g4dn.12xlarge", "ml.g4dn.16xlarge", "ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.4xlarge",
-                  "ml.g5.8xlarge", "ml.g5.12xlarge", "ml.g5.16xlarge", "ml.g5.24xlarge", "ml.g5.48xlarge")
-
-
 def _count(value: Any, field: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
         raise InvalidRequest(f"{field} must be a whole number from {low} to {high}, not {value!r}.")
@@ -45,8 +39,7 @@ class EndpointService:
 
     def deploy(self, body: dict[str, Any]) -> Endpoint:
         instance_type = body.get("instance_type")
-        if instance_type not in INSTANCE_TYPES:
-            raise InvalidRequest(f"instance_type {instance_type!r} is not offered; use one of {', '.join(INSTANCE_TYPES)}.")
+        self.compute.check_instance_type(instance_type)
         autoscaling = bool(body.get("autoscaling_enabled"))
         count = _count(body.get("initial_instance_count"), "initial_instance_count", 0 if autoscaling else 1,
                        self.max_instances)

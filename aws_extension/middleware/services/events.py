@@ -16,8 +16,8 @@ class ComputeReports:
         self.endpoints = endpoints
         self.retirement = retirement
 
-    def invocation_for(self, job: InferenceJob) -> InvocationRequest:
-        return self.jobs.results.invocation_for(job)
+    def invocation_for(self, job: InferenceJob, url_lifetime_s: int | None = None) -> InvocationRequest:
+        return self.jobs.results.invocation_for(job, url_lifetime_s)
 
     def job_finished(self, job_id: str, answer: InvocationAnswer) -> None:
         self.jobs.complete(job_id, answer)

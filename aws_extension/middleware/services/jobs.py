@@ -172,7 +172,7 @@ class JobService:
         return job
 
     def describe(self, job_id: str) -> JobAnswer:
-        job = self.get(job_id)
+        job = self.compute.observe(self.get(job_id))
         return job_answer(job, self.queue.position(job))
 
     def list(self, status: str | None, task_type: str | None, endpoint: str | None, limit: int,
@@ -211,6 +211,8 @@ class JobService:
             raise WrongState(f"job {job_id} is already {job.status}; it cannot be cancelled.")
         ended = self.queue.end_if_waiting(job_id, JobStatus.CANCELLED, {"error": reason, "complete_time": time_text(now())})
         if ended:
+            if ended.status == JobStatus.CANCELLED and job.status == JobStatus.INPROGRESS:
+                self.compute.interrupt(ended)  # a backend's own queue (SageMaker's) may still start it
             self._after_end(ended)
             return job_answer(ended)
         stopping = self.queue.ask_to_stop(job_id, reason)

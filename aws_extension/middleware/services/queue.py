@@ -81,9 +81,11 @@ class JobQueue:
                 if claimed:
                     return claimed
 
-    def mark_running(self, job_id: str, worker: str) -> InferenceJob | None:
-        """A job its backend started (the backend queued it itself)."""
-        return self.jobs.update(job_id, {"queue_state": RUNNING, "worker": worker, "dispatched_at": time.time()},
+    def mark_running(self, job_id: str, worker: str, started: float | None = None) -> InferenceJob | None:
+        """A job its backend started (the backend queued it itself, and runs it once), `started` when its
+        worker says so."""
+        return self.jobs.update(job_id, {"queue_state": RUNNING, "worker": worker, "attempts": 1,
+                                         "dispatched_at": started or time.time()},
                                 expect={"queue_state": QUEUED, "status": list(LIVE)})
 
     def requeue(self, job: InferenceJob, attempts: int) -> InferenceJob | None:
@@ -102,7 +104,9 @@ class JobQueue:
         return self.jobs.count({"endpoint": [endpoint], "queue_state": [QUEUED]})
 
     def position(self, job: InferenceJob) -> int | None:
-        """How many jobs are ahead of `job` in its endpoint's queue; None when it is not waiting."""
+        """How many jobs are ahead of `job` in its endpoint's queue; None when it is not waiting. With a
+        backend that queues itself (SageMaker) a job is known to run once its worker's report was read
+        (`Compute.observe`), so this counts the jobs submitted before it that are not known to have started."""
         if job.status != JobStatus.INPROGRESS or job.queue_state != QUEUED:
             return None
         return self.jobs.count({"endpoint": [job.endpoint], "queue_state": [QUEUED]}, before=job)

@@ -1,7 +1,9 @@
 """What a job's worker is given and what it leaves: the invocation request, and the results it stores.
 
 Blob layout of a job: `out/<id>/<id>_request.json` (its parameters), `out/<id>/api_params.json`
-(parameters uploaded for a `run: false` job), `out/<id>/result/image_<n>.png`, `out/<id>/result/<id>_param.json`.
+(parameters uploaded for a `run: false` job), `out/<id>/result/image_<n>.png`, `out/<id>/result/<id>_param.json`;
+on SageMaker also `out/<id>/invocation.json` (the request object), `out/<id>/progress.json` (written by the
+worker) and `out/<id>/cancel.json` (written by a cancel, read by the worker).
 A merge job's result is the file of the checkpoint it fills.
 """
 
@@ -25,6 +27,18 @@ def params_key(job_id: str) -> str:
 
 def params_upload_key(job_id: str) -> str:
     return f"out/{job_id}/api_params.json"
+
+
+def invocation_key(job_id: str) -> str:
+    return f"out/{job_id}/invocation.json"
+
+
+def progress_key(job_id: str) -> str:
+    return f"out/{job_id}/progress.json"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"out/{job_id}/cancel.json"
 
 
 def result_prefix(job_id: str) -> str:
@@ -73,22 +87,26 @@ class JobResults:
             raise InvalidRequest(f"the parameters uploaded for job {job.id} are not a JSON object.")
         return params
 
-    def invocation_for(self, job: InferenceJob) -> InvocationRequest:
-        """The worker's /invocations request for `job` (see worker/invocations.py), with fresh signed URLs."""
+    def invocation_for(self, job: InferenceJob, url_lifetime_s: int | None = None) -> InvocationRequest:
+        """The worker's /invocations request for `job` (see worker/invocations.py), with fresh signed URLs
+        (living `url_lifetime_s`, or the store's default)."""
+        def signed(key: str, method: str = "GET") -> str:
+            return self.blobs.signed_url(key, method, url_lifetime_s)
+
         models = []
         for model in job.models:
             if not self.blobs.exists(model.key):
                 raise InvalidRequest(f"the {model.type} model {model.name} is no longer in the catalogue.")
             models.append(ModelRef(type=model.type, name=model.name, sha256=model.sha256,
-                                   url=self.blobs.signed_url(model.key)))
+                                   url=signed(model.key)))
         if job.task == Task.MERGE_CHECKPOINT:
-            output = InvocationOutput(model_url=self.blobs.signed_url(job.merge.key, "PUT"))
+            output = InvocationOutput(model_url=signed(job.merge.key, "PUT"))
         else:
             count = image_count(self.read_params(job.id))
-            output = InvocationOutput(image_urls=[self.blobs.signed_url(image_key(job.id, f"image_{i}.png"), "PUT")
+            output = InvocationOutput(image_urls=[signed(image_key(job.id, f"image_{i}.png"), "PUT")
                                                   for i in range(count)])
         return InvocationRequest(task=job.task, job_id=job.id, models=models,
-                                 params_url=self.blobs.signed_url(params_key(job.id)), output=output)
+                                 params_url=signed(params_key(job.id)), output=output)
 
     def store(self, job: InferenceJob, answer: InvocationAnswer) -> list[str]:
         """Check what a successful worker left and record it; returns the image names. WorkerResultMissing

@@ -19,12 +19,19 @@ from aws_extension.middleware.compute.base import ComputeEvents, EndpointChange
 from aws_extension.middleware.compute.local.autoscaler import Autoscaler
 from aws_extension.middleware.compute.local.dispatcher import Dispatcher
 from aws_extension.middleware.compute.local.processes import Instance, WorkerProcesses
+from aws_extension.middleware.errors import InvalidRequest
 from aws_extension.middleware.records import Endpoint, InferenceJob
 from aws_extension.middleware.services.queue import JobQueue
 from aws_extension.settings import MiddlewareSettings
 from aws_extension.vocabulary import EndpointStatus
 
 log = logging.getLogger(__name__)
+
+# Instance types offered: `local`, and SageMaker's GPU types (run as local processes too, so requests written
+# for SageMaker work here).
+INSTANCE_TYPES = ("local", "ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g4dn.4xlarge", "ml.g4dn.8xlarge",
+                  "ml.g4dn.12xlarge", "ml.g4dn.16xlarge", "ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.4xlarge",
+                  "ml.g5.8xlarge", "ml.g5.12xlarge", "ml.g5.16xlarge", "ml.g5.24xlarge", "ml.g5.48xlarge")
 
 
 @dataclass
@@ -41,6 +48,8 @@ class LocalEndpoint:
 
 
 class LocalCompute:
+    restarts_with_middleware = True  # the workers are child processes of the middleware
+
     def __init__(self, queue: JobQueue, settings: MiddlewareSettings):
         self.queue = queue
         self.settings = settings
@@ -165,6 +174,10 @@ class LocalCompute:
             self._wake(local)
         self.processes.shutdown()
 
+    def check_instance_type(self, instance_type: object) -> None:
+        if instance_type not in INSTANCE_TYPES:
+            raise InvalidRequest(f"instance_type {instance_type!r} is not offered; use one of {', '.join(INSTANCE_TYPES)}.")
+
     def instance_count(self, endpoint_name: str) -> int:
         with self._lock:
             local = self._endpoints.get(endpoint_name)
@@ -187,6 +200,9 @@ class LocalCompute:
         for instance in instances:
             threading.Thread(target=self._interrupt_worker, args=(instance, job.id), daemon=True,
                              name=f"interrupt-{job.id[:8]}").start()
+
+    def observe(self, job: InferenceJob) -> InferenceJob:
+        return job  # the dispatcher reports progress as the job runs
 
     @staticmethod
     def _interrupt_worker(instance: Instance, job_id: str) -> None:

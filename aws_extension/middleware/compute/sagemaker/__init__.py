@@ -1,0 +1,1 @@
+"""Compute on SageMaker: endpoints (endpoints.py) and asynchronous jobs (compute.py, jobs.py, notifications.py)."""

@@ -1,0 +1,305 @@
+"""The AWS backend in tests: moto's server on 127.0.0.1, SageMaker's asynchronous inference emulated by a
+real worker process, a stack's resources, and `sd-aws serve --backend aws` against them.
+
+moto answers every AWS call (DynamoDB, S3, SNS, SQS, Secrets Manager, SageMaker's control plane) but not
+InvokeEndpointAsync as SageMaker does it (see ../shared/notes/aws.md). `AsyncInference` replaces moto's
+handler: it checks the endpoint exists, reads the endpoint config's S3 output and failure paths and SNS
+topics, runs the request object through a real `sd-aws worker` (each worker is an instance with one
+concurrent invocation, taking the oldest waiting one), writes the worker's answer to `<S3OutputPath>/<uuid>.out` (or
+`<S3FailurePath>/<uuid>-error.out` for a non-2xx answer) and publishes SageMaker's notification to the
+success or error topic, which moto delivers to the subscribed events queue. In manual mode (`holding()`)
+invocations wait until the test runs, fails or drops them. Endpoints come InService at once in moto; the
+emulation also sends the EventBridge "SageMaker Endpoint State Change" event to the stack's events queue,
+as the stack's rule does.
+
+Every stack has its own name, so its tables, bucket, topics and queue are its own on the one moto server
+of the session: stacks never see each other's state.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import boto3
+import requests
+from botocore.config import Config
+
+from aws_extension.middleware.aws_resources import StackResources
+from tests.helpers import SdAwsProcess, free_port
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's default account
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
+               "AWS_REGION": REGION}
+INSTANCE_TYPE = "ml.g5.xlarge"
+
+
+@dataclass
+class Invocation:
+    endpoint_name: str  # SageMaker's name
+    inference_id: str
+    input_location: str
+    output_location: str
+    failure_location: str
+    success_topic: str | None
+    error_topic: str | None
+    invocation_timeout_s: int | None
+    request_ttl_s: int | None
+    done: threading.Event
+
+
+def split_s3(location: str) -> tuple[str, str]:
+    bucket, key = location.removeprefix("s3://").split("/", 1)
+    return bucket, key
+
+
+class AsyncInference:
+    """SageMaker's asynchronous inference on moto's server, run by a real worker at `worker_url`."""
+
+    def __init__(self, endpoint_url: str):
+        self.endpoint_url = endpoint_url
+        self.worker_urls: list[str] = []
+        self.invocations: dict[str, Invocation] = {}
+        self.held: list[str] = []
+        self.events_queues: dict[str, str] = {}  # stack name → its events queue URL
+        self._manual = False
+        self._lock = threading.Lock()
+        self._work: queue.Queue[Invocation | None] = queue.Queue()
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def client(self, service: str) -> Any:
+        config = Config(signature_version="s3v4") if service == "s3" else None
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=REGION, config=config,
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    # -- moto's handlers, replaced ------------------------------------------------------------------------
+    def install(self) -> None:
+        from moto.sagemaker.models import FakeEndpointConfig, SageMakerModelBackend
+        from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
+
+        fake = self
+        original_create = SageMakerModelBackend.create_endpoint
+
+        def invoke_endpoint_async(response: Any) -> Any:
+            return fake._accept(response)
+
+        def create_endpoint(backend: Any, endpoint_name: str, *args: Any, **kwargs: Any) -> Any:
+            endpoint = original_create(backend, endpoint_name, *args, **kwargs)
+            tags = {tag["Key"]: tag["Value"] for tag in endpoint.tags}
+            threading.Timer(0.2, fake.send_state_change, (endpoint_name, endpoint.arn, "IN_SERVICE", tags)).start()
+            return endpoint
+
+        for owner, name, value in ((SageMakerRuntimeResponse, "invoke_endpoint_async", invoke_endpoint_async),
+                                   (SageMakerModelBackend, "create_endpoint", create_endpoint),
+                                   # moto's list of instance types lacks the GPU ones SageMaker offers
+                                   (FakeEndpointConfig, "validate_instance_type", lambda self, instance_type: None)):
+            self._undo.append((owner, name, owner.__dict__[name]))
+            setattr(owner, name, value)
+
+    def serve(self, worker_urls: list[str]) -> None:
+        """Run invocations on these workers, one at a time each."""
+        self.worker_urls = worker_urls
+        for url in worker_urls:
+            threading.Thread(target=self._run_forever, args=(url,), name=f"fake-instance-{url}", daemon=True).start()
+
+    def uninstall(self) -> None:
+        for owner, name, value in reversed(self._undo):
+            setattr(owner, name, value)
+        for _ in self.worker_urls:
+            self._work.put(None)
+
+    def _accept(self, response: Any) -> Any:
+        from moto.sagemaker.models import sagemaker_backends
+
+        name = unquote(response.path.split("/")[2])
+        backend = sagemaker_backends[response.current_account][response.region]
+        endpoint = backend.endpoints.get(name)
+        if endpoint is None:
+            return 400, {"status": 400, "X-Amzn-ErrorType": "ValidationError"}, json.dumps(
+                {"__type": "ValidationError", "message": f"Endpoint {name} of account {ACCOUNT} not found."})
+        config = backend.endpoint_configs[endpoint.endpoint_config_name].async_inference_config or {}
+        output = config.get("OutputConfig") or {}
+        if not output.get("S3OutputPath"):
+            return 400, {"status": 400, "X-Amzn-ErrorType": "ValidationError"}, json.dumps(
+                {"__type": "ValidationError", "message": f"Endpoint {name} is not an asynchronous endpoint."})
+        notify = output.get("NotificationConfig") or {}
+        headers = response.headers
+        result_id = str(uuid.uuid4())
+        invocation = Invocation(
+            endpoint_name=name, inference_id=headers.get("X-Amzn-SageMaker-Inference-Id") or str(uuid.uuid4()),
+            input_location=headers["X-Amzn-SageMaker-InputLocation"],
+            output_location=f"{output['S3OutputPath'].rstrip('/')}/{result_id}.out",
+            failure_location=f"{(output.get('S3FailurePath') or output['S3OutputPath']).rstrip('/')}/{result_id}-error.out",
+            success_topic=notify.get("SuccessTopic"), error_topic=notify.get("ErrorTopic"),
+            invocation_timeout_s=_int_or_none(headers.get("X-Amzn-SageMaker-InvocationTimeoutSeconds")),
+            request_ttl_s=_int_or_none(headers.get("X-Amzn-SageMaker-RequestTTLSeconds")), done=threading.Event())
+        with self._lock:
+            self.invocations[invocation.inference_id] = invocation
+            if self._manual:
+                self.held.append(invocation.inference_id)
+            else:
+                self._work.put(invocation)
+        return 202, {"status": 202, "X-Amzn-SageMaker-OutputLocation": invocation.output_location,
+                     "X-Amzn-SageMaker-FailureLocation": invocation.failure_location}, json.dumps(
+            {"InferenceId": invocation.inference_id, "OutputLocation": invocation.output_location})
+
+    # -- running invocations ------------------------------------------------------------------------------
+    def _run_forever(self, worker_url: str) -> None:
+        while (invocation := self._work.get()) is not None:
+            try:
+                self.run(invocation, worker_url)
+            except Exception as exc:  # noqa: BLE001 - a broken run is a failed invocation, as on SageMaker
+                self.finish(invocation, 500, f"the emulated instance failed: {exc!r}".encode())
+
+    def run(self, invocation: Invocation, worker_url: str) -> None:
+        """What an instance does: POST the request object's bytes to the worker, then `finish`."""
+        bucket, key = split_s3(invocation.input_location)
+        body = self.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        try:
+            answer = requests.post(f"{worker_url}/invocations", data=body, timeout=invocation.invocation_timeout_s
+                                   or 3600, headers={"Content-Type": "application/json"})
+        except requests.Timeout:
+            self.finish(invocation, 408, b"", "ModelError: the invocation timed out")
+            return
+        self.finish(invocation, answer.status_code, answer.content)
+
+    def finish(self, invocation: Invocation, status: int, body: bytes, reason: str | None = None) -> None:
+        """Write the answer where SageMaker does and publish its notification."""
+        succeeded = 200 <= status < 300
+        location = invocation.output_location if succeeded else invocation.failure_location
+        bucket, key = split_s3(location)
+        self.client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        notification: dict[str, Any] = {
+            "awsRegion": REGION, "eventTime": now, "receivedTime": now,
+            "invocationStatus": "Completed" if succeeded else "Failed",
+            "requestParameters": {"accept": "application/json", "contentType": "application/json",
+                                  "endpointName": invocation.endpoint_name, "inputLocation": invocation.input_location},
+            "responseParameters": {"contentType": "application/json",
+                                   ("outputLocation" if succeeded else "failureLocation"): location},
+            "inferenceId": invocation.inference_id, "eventVersion": "1.0", "eventSource": "aws:sagemaker",
+            "eventName": "InferenceResult"}
+        if not succeeded:
+            notification["failureReason"] = reason or (
+                f"ClientError: Received client error ({status}) from primary with message. See the SageMaker "
+                "Endpoint logs in your account for more information.")
+        topic = invocation.success_topic if succeeded else invocation.error_topic
+        if topic:
+            self.client("sns").publish(TopicArn=topic, Message=json.dumps(notification))
+        invocation.done.set()
+
+    @contextmanager
+    def holding(self) -> Iterator[AsyncInference]:
+        """Manual mode: invocations wait in `held` until the test runs (`release`), finishes or drops them."""
+        self._manual = True
+        try:
+            yield self
+        finally:
+            self._manual = False
+            with self._lock:
+                held, self.held = self.held, []
+            for inference_id in held:  # whatever the test left runs, as SageMaker would
+                self._work.put(self.invocations[inference_id])
+
+    def release(self, inference_id: str) -> None:
+        with self._lock:
+            self.held.remove(inference_id)
+        self._work.put(self.invocations[inference_id])
+
+    def drop(self, inference_id: str) -> None:
+        """SageMaker loses it: no answer, no notification."""
+        with self._lock:
+            self.held.remove(inference_id)
+
+    def wait_for(self, inference_id: str, timeout_s: float = 30) -> Invocation:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if inference_id in self.invocations:
+                return self.invocations[inference_id]
+            time.sleep(0.05)
+        raise AssertionError(f"InvokeEndpointAsync was not called for {inference_id}")
+
+    def request_of(self, inference_id: str) -> dict[str, Any]:
+        """The request object of an invocation, as the worker reads it."""
+        bucket, key = split_s3(self.invocations[inference_id].input_location)
+        return json.loads(self.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    # -- EventBridge ------------------------------------------------------------------------------------
+    def send_state_change(self, sagemaker_name: str, arn: str, status: str, tags: dict[str, str],
+                          reason: str | None = None) -> None:
+        """The event EventBridge delivers to the events queue of the endpoint's stack."""
+        stack = next((s for s in self.events_queues if sagemaker_name.startswith(s + "--")), None)
+        if stack is None:
+            return
+        detail: dict[str, Any] = {"EndpointName": sagemaker_name, "EndpointStatus": status, "EndpointArn": arn,
+                                  "EndpointConfigName": sagemaker_name, "Tags": tags}
+        if reason:
+            detail["FailureReason"] = reason
+        event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "SageMaker Endpoint State Change",
+                 "source": "aws.sagemaker", "account": ACCOUNT, "time": datetime.now(timezone.utc).isoformat(),
+                 "region": REGION, "resources": [detail["EndpointArn"]], "detail": detail}
+        self.client("sqs").send_message(QueueUrl=self.events_queues[stack], MessageBody=json.dumps(event))
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+def create_stack_resources(fake: AsyncInference, stack_name: str, api_key: str, webhook_secret: str) -> StackResources:
+    """What `sd-aws aws init` makes for a stack: tables, bucket, topics → events queue, secrets."""
+    from aws_extension.middleware.blobs.s3 import ensure_bucket
+    from aws_extension.middleware.store.dynamodb import DynamoDBStore
+
+    resources = StackResources(stack_name, ACCOUNT, REGION)
+    DynamoDBStore(resources.table_prefix, client=fake.client("dynamodb")).ensure_tables(poll_s=0.1)
+    ensure_bucket(fake.client("s3"), resources.bucket, multipart_ttl_s=24 * 3600)
+    sqs, sns = fake.client("sqs"), fake.client("sns")
+    queue_url = sqs.create_queue(QueueName=resources.events_queue)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    for topic in (resources.success_topic, resources.error_topic):
+        arn = sns.create_topic(Name=topic)["TopicArn"]
+        sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=queue_arn)
+    secrets = fake.client("secretsmanager")
+    secrets.create_secret(Name=resources.api_key_secret, SecretString=api_key)
+    secrets.create_secret(Name=resources.webhook_secret, SecretString=webhook_secret)
+    fake.events_queues[stack_name] = queue_url
+    return resources
+
+
+def stack_secret(fake: AsyncInference, secret_id: str) -> str:
+    return fake.client("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"]
+
+
+def aws_env(fake: AsyncInference, stack_name: str) -> dict[str, str]:
+    """The environment of `sd-aws serve --backend aws` on this stack (its key comes from Secrets Manager)."""
+    return {**CREDENTIALS, "AWS_ENDPOINT_URL": fake.endpoint_url, "SD_AWS_BACKEND": "aws",
+            "SD_AWS_STACK_NAME": stack_name, "SD_AWS_API_KEY": "", "SD_AWS_WEBHOOK_SECRET": "",
+            "SD_AWS_SAGEMAKER_POLL_WAIT_S": "1", "SD_AWS_WORKER_IMAGE": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/worker:test"}
+
+
+def start_aws_middleware(fake: AsyncInference, data_dir: Path, api_key: str, env: dict[str, str] | None = None,
+                         stack_name: str | None = None) -> tuple[SdAwsProcess, StackResources]:
+    """A new stack's resources (unless `stack_name` names one made already), then `sd-aws serve --backend aws`
+    on them; its API key is the stack's secret."""
+    stack_name = stack_name or f"t{uuid.uuid4().hex[:10]}"
+    if stack_name in fake.events_queues:
+        resources = StackResources(stack_name, ACCOUNT, REGION)
+    else:
+        resources = create_stack_resources(fake, stack_name, api_key, webhook_secret=uuid.uuid4().hex)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = SdAwsProcess(["serve", "--backend", "aws", "--port", str(port), "--data-dir", str(data_dir)], port,
+                          env={**aws_env(fake, stack_name), **(env or {})},
+                          log_path=data_dir.parent / f"{data_dir.name}-serve.log").start()
+    return server, resources
