@@ -98,6 +98,9 @@ class MiddlewareSettings:
                                             "how often `serve --backend aws` looks for jobs whose notification never came")
     sagemaker_poll_wait_s: int = _env("SD_AWS_SAGEMAKER_POLL_WAIT_S", 5,
                                       "long-poll wait of the events queue (1 to 20 s; `stop` waits for it at most)")
+    # Training on the local backend (compute/local/training.py)
+    local_training_slots: int = _env("SD_AWS_LOCAL_TRAINING_SLOTS", 1,
+                                     "training processes that run at once on this machine (the others wait in a queue)")
 
 
 @dataclass(frozen=True)

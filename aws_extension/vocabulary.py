@@ -111,6 +111,33 @@ class DatasetStatus(Status):
     DISABLED = "Disabled"
 
 
+
+class TrainingModelStatus(Status):
+    """A training base model (`POST /model`): `Initialed` → `Creating` → `Complete` | `Fail`."""
+
+    INITIALED = "Initialed"
+    CREATING = "Creating"
+    COMPLETE = "Complete"
+    FAIL = "Fail"
+
+    @classmethod
+    def _terminal_values(cls) -> tuple[str, ...]:
+        return ("Complete", "Fail")
+
+
+class TrainingStatus(Status):
+    """A training job: `Initial` → `Training` → `Complete` | `Fail` | `Stopped`; `Stopped` → `Training`."""
+
+    INITIAL = "Initial"
+    TRAINING = "Training"
+    COMPLETE = "Complete"
+    FAIL = "Fail"
+    STOPPED = "Stopped"
+
+    @classmethod
+    def _terminal_values(cls) -> tuple[str, ...]:
+        return ("Complete", "Fail")
+
 class CheckpointType(Word):
     """Model (checkpoint) types of API.md, which are also the WebUI's model folder names."""
 

@@ -9,7 +9,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from aws_extension import __version__
-from aws_extension.middleware.records import Checkpoint, Dataset, Endpoint, InferenceJob
+from aws_extension.middleware.records import (
+    Checkpoint,
+    Dataset,
+    Endpoint,
+    InferenceJob,
+    TrainingJob,
+    TrainingModel,
+)
 from aws_extension.middleware.services.datasets import DatasetFileState
 from aws_extension.vocabulary import DatasetStatus
 
@@ -270,3 +277,109 @@ def dataset_data(dataset_name: str, files: list[DatasetFileState]) -> DatasetDat
     return DatasetData(dataset_name=dataset_name, data=[DatasetFileEntry(
         key=f.file.key, name=f.file.name, type=f.file.type, filename=f.file.filename, preview_url=f.preview_url,
         dataStatus=DatasetStatus.ENABLED if f.arrived else DatasetStatus.INITIALED) for f in files])
+
+
+# -- training ------------------------------------------------------------------------------------------------
+class TrainingModelJob(BaseModel):
+    """The `job` of POST /model, and each entry of GET /models (the seed's fields, then ours)."""
+
+    id: str
+    model_name: str
+    status: str
+    s3_base: str
+    output_s3_location: str
+    model_type: str
+    created: float
+    params: dict[str, Any]
+    checkpoint_id: str | None
+    sha256: str | None
+    error: str | None
+
+
+class TrainingModelCreated(BaseModel):
+    statusCode: int = 200
+    job: TrainingModelJob
+    s3PresignUrl: dict[str, list[str]] | None  # an upload: file name → its parts' signed PUT URLs
+
+
+class TrainingModelCreating(BaseModel):
+    """PUT /model: the seed's job shape (`jobStatus` is the model's status)."""
+
+    statusCode: int = 200
+    job: dict[str, Any]
+
+
+class TrainingModelList(BaseModel):
+    statusCode: int = 200
+    models: list[TrainingModelJob]
+
+
+def training_model_job(record: TrainingModel, location: str) -> TrainingModelJob:
+    return TrainingModelJob(id=record.id, model_name=record.name, status=record.status, s3_base=location,
+                            output_s3_location=location, model_type=record.model_type, created=record.created,
+                            params=record.params, checkpoint_id=record.checkpoint_id, sha256=record.sha256,
+                            error=record.error)
+
+
+def training_model_creating(record: TrainingModel, location: str) -> TrainingModelCreating:
+    return TrainingModelCreating(job={"output_path": location, "id": record.id, "endpointName": None,
+                                      "jobStatus": record.status, "jobType": record.model_type,
+                                      "error": record.error})
+
+
+class TrainingJobAnswer(BaseModel):
+    """A training job (POST/PUT /train, GET /train/{id}, each entry of GET /trains): the seed's fields, then
+    its progress."""
+
+    id: str
+    status: str
+    trainType: str
+    modelName: str
+    model_id: str
+    created: float
+    params: dict[str, Any]
+    input_location: str
+    sagemakerTrainName: str | None = None  # SageMaker training jobs only
+    dataset_name: str
+    instance_type: str
+    step: int = 0
+    total_steps: int
+    loss: float | None = None
+    steps_per_s: float | None = None
+    eta_s: float | None = None
+    samples: list[str] = []  # signed GET URLs of the sample images so far
+    queue_position: int | None = None  # waiting for a training slot (0: next)
+    attempts: int = 0
+    checkpoint_id: str | None = None  # Complete: the Active checkpoint it made
+    error: str | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+
+
+class TrainingJobCreated(BaseModel):
+    statusCode: int = 200
+    job: TrainingJobAnswer
+    s3PresignUrl: None = None
+
+
+class OneTrainingJob(BaseModel):
+    statusCode: int = 200
+    job: TrainingJobAnswer
+
+
+class TrainingJobList(BaseModel):
+    statusCode: int = 200
+    trainJobs: list[TrainingJobAnswer]
+
+
+def training_job(record: TrainingJob, input_location: str, progress: dict[str, Any] | None = None,
+                 samples: list[str] | None = None, queue_position: int | None = None) -> TrainingJobAnswer:
+    progress = {**(record.progress or {}), **(progress or {})}
+    return TrainingJobAnswer(
+        id=record.id, status=record.status, trainType=record.train_type, modelName=record.model_name,
+        model_id=record.model_id, created=record.created, params=record.params, input_location=input_location,
+        dataset_name=record.dataset_name, instance_type=record.instance_type, step=progress.get("step") or 0,
+        total_steps=progress.get("total_steps") or record.total_steps, loss=progress.get("loss"),
+        steps_per_s=progress.get("steps_per_s"), eta_s=progress.get("eta_s"), samples=samples or [],
+        queue_position=queue_position, attempts=record.attempts, checkpoint_id=record.checkpoint_id,
+        error=record.error, start_time=record.start_time, end_time=record.end_time)

@@ -27,7 +27,15 @@ from aws_extension.middleware.errors import (
     WrongState,
 )
 from aws_extension.middleware.guards import RequestBodyGuard, UnexpectedErrors, error_body
-from aws_extension.middleware.routes import blobs, checkpoints, connection, datasets, endpoints, inference
+from aws_extension.middleware.routes import (
+    blobs,
+    checkpoints,
+    connection,
+    datasets,
+    endpoints,
+    inference,
+    training,
+)
 from aws_extension.middleware.wiring import Services
 
 # The HTTP status of each error the services and the stores raise for a reason the user can act on (the
@@ -136,6 +144,7 @@ def create_app(services: Services, api_key: str, readiness: Readiness | None = N
     app.include_router(endpoints.router, dependencies=authenticated)
     app.include_router(inference.router, dependencies=authenticated)
     app.include_router(datasets.router, dependencies=authenticated)
+    app.include_router(training.router, dependencies=authenticated)
     app.add_middleware(RequestBodyGuard, max_bytes=services.settings.max_body_bytes,
                        key_problem=lambda headers: key_problem(headers, api_key), status_of=status_of)
     app.add_middleware(UnexpectedErrors)

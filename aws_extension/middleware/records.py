@@ -16,6 +16,8 @@ from aws_extension.vocabulary import (
     DeploymentStatus,
     EndpointStatus,
     JobStatus,
+    TrainingModelStatus,
+    TrainingStatus,
 )
 
 
@@ -155,3 +157,50 @@ class InferenceJob:
 
 
 JOBS = Table("inference_jobs", indexed=("status", "task", "endpoint", "queue_state"))
+
+
+@dataclass
+class TrainingModel:
+    """A training base (`POST /model`): an Active Stable-diffusion checkpoint, or an upload that becomes one."""
+
+    id: str
+    name: str
+    status: TrainingModelStatus
+    created: float
+    model_type: str  # Stable-diffusion (the only base the trainer takes)
+    params: dict[str, Any] = field(default_factory=dict)
+    checkpoint_id: str | None = None  # the catalogue checkpoint holding the file (uploads: made by POST /model)
+    base_key: str | None = None  # blob key of the prepared base file, once Complete
+    base_filename: str | None = None
+    sha256: str | None = None
+    extract_ema: bool = False
+    error: str | None = None
+
+
+TRAINING_MODELS = Table("training_models", indexed=("status", "model_type"))
+
+
+@dataclass
+class TrainingJob:
+    id: str
+    train_type: str  # Lora | Stable-diffusion
+    status: TrainingStatus
+    created: float
+    model_id: str
+    dataset_name: str
+    instance_type: str
+    params: dict[str, Any]  # the request's training_params and config_params, as sent
+    hyperparameters: dict[str, str]  # TrainingConfig.to_hyperparameters(): what the trainer reads
+    model_name: str  # the trained file's stem (and the checkpoint's name)
+    total_steps: int = 0
+    class_dataset_name: str | None = None
+    # Owned by the training compute's reports.
+    attempts: int = 0  # process starts since the job was last started by a user (a crash allows one more)
+    progress: dict[str, Any] | None = None  # the last progress.json seen when the process ended
+    checkpoint_id: str | None = None  # Complete: the Active checkpoint made from the result
+    error: str | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+
+
+TRAINING_JOBS = Table("training_jobs", indexed=("status", "train_type"))

@@ -29,6 +29,7 @@ from aws_extension.middleware.services.jobs import JobService
 from aws_extension.middleware.services.model_import import ModelImporter
 from aws_extension.middleware.services.queue import JobQueue
 from aws_extension.middleware.services.retirement import EndpointRetirement
+from aws_extension.middleware.services.training import TrainingModelService, TrainingService, local_training
 from aws_extension.middleware.services.uploads import Uploads
 from aws_extension.middleware.services.webhooks import WebhookSender
 from aws_extension.middleware.store.base import Store
@@ -65,6 +66,8 @@ class Services:
     webhooks: WebhookSender
     jobs: JobService
     retirement: EndpointRetirement
+    training_models: TrainingModelService | None = None
+    training: TrainingService | None = None
 
     def start(self) -> None:
         self._stop = threading.Event()
@@ -74,6 +77,10 @@ class Services:
             self.jobs.restore()
             self.retirement.restore()
         self.compute.start(self.reports())
+        if self.training_models and self.training:
+            self.training_models.restore()
+            self.training.compute.start(self.training)
+            self.training.restore()
         self._sweeper = threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True)
         self._sweeper.start()
 
@@ -86,6 +93,9 @@ class Services:
         self.importer.stop()
         self.webhooks.stop()
         self.compute.stop()
+        if self.training_models and self.training:
+            self.training_models.stop()
+            self.training.compute.shutdown()
         self._sweeper.join(5)
 
     def sweep(self) -> None:
@@ -124,9 +134,13 @@ def build_services(settings: MiddlewareSettings, session: Any = None) -> Service
     endpoints = EndpointService(store, compute, settings.max_instances_per_endpoint, settings.max_endpoints)
     jobs = JobService(queue, blobs, compute, checkpoints, endpoints, webhooks,
                       PayloadLimits.from_settings(load(WorkerSettings)), settings.max_body_bytes)
+    datasets = DatasetService(store, blobs, settings.signed_url_ttl_s, settings.max_dataset_files)
+    # Training runs on the local backend only for now (no SageMaker training jobs yet).
+    training_models, training = (local_training(settings, store, blobs, checkpoints, datasets)
+                                 if settings.backend == "local" else (None, None))
     return Services(settings=settings, store=store, blobs=blobs, checkpoints=checkpoints,
                     importer=ModelImporter(checkpoints, settings),
-                    datasets=DatasetService(store, blobs, settings.signed_url_ttl_s, settings.max_dataset_files),
+                    datasets=datasets, training_models=training_models, training=training,
                     uploads=Uploads(blobs),
                     compute=compute, endpoints=endpoints, webhooks=webhooks, jobs=jobs,
                     retirement=EndpointRetirement(endpoints, jobs))

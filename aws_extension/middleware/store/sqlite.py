@@ -27,6 +27,8 @@ COLUMNS: dict[str, dict[str, str]] = {
     "datasets": {"status": "status"},
     "endpoints": {"deployment_status": "status", "endpoint_status": "kind", "live_name": "name"},
     "inference_jobs": {"status": "status", "task": "kind", "endpoint": "name", "queue_state": "queue_state"},
+    "training_models": {"status": "status", "model_type": "kind"},
+    "training_jobs": {"status": "status", "train_type": "kind"},
 }
 INDEX_COLUMNS = ("status", "kind", "name", "queue_state")
 

@@ -1,0 +1,552 @@
+"""Training: training bases (`/model`) and training jobs (`/train`), and their state machines.
+
+Bases (API.md): `Initialed` → `Creating` → `Complete` | `Fail`. A base is an Active Stable-diffusion
+checkpoint of the catalogue, named by `checkpoint_id` or uploaded through `POST /model` (the catalogue's own
+upload, `CheckpointService.create_upload`); `PUT /model` `Creating` completes the upload and prepares the
+file in the background (checked with `model_files`; `extract_ema`: the EMA weights written as the model's).
+
+Jobs: `Initial` → `Training` → `Complete` | `Fail` | `Stopped`; `Stopped` → `Training` (resume). Everything
+the trainer could refuse is checked at `POST /train` (`parse_training_config`, the base, the dataset, the
+instance type), so a job fails later only for what only running shows (a broken image, NaN, a crash). The
+compute runs the jobs and reports each process end (`process_ended`): a process that dies (a signal, a crash
+without a reason) is started again once from its saved state, then the job fails with the reason. A
+`Complete` job's model becomes an Active checkpoint (`Lora` or `Stable-diffusion`) of the catalogue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from aws_extension.middleware.blobs.base import BlobStore
+from aws_extension.middleware.blobs.local import LocalBlobStore
+from aws_extension.middleware.compute.local.training import (
+    ChannelFile,
+    LocalTraining,
+    ProcessEnded,
+    TrainingRun,
+)
+from aws_extension.middleware.errors import InvalidRequest, ServiceError, UnknownRecord, WrongState
+from aws_extension.middleware.records import (
+    TRAINING_JOBS,
+    TRAINING_MODELS,
+    Dataset,
+    TrainingJob,
+    TrainingModel,
+)
+from aws_extension.middleware.services.checkpoints import CheckpointService, FileToUpload
+from aws_extension.middleware.services.datasets import DatasetService
+from aws_extension.middleware.services.names import check_name, new_id, now, time_text
+from aws_extension.middleware.store.base import Store
+from aws_extension.middleware.store.typed import Records
+from aws_extension.model_files import (
+    SAFETENSORS_SUFFIXES,
+    ModelFileError,
+    check_model_file,
+    read_safetensors_header,
+)
+from aws_extension.settings import MiddlewareSettings
+from aws_extension.training import TrainingConfig, TrainingConfigError, parse_training_config
+from aws_extension.vocabulary import (
+    MODEL_SUFFIXES,
+    CheckpointStatus,
+    CheckpointType,
+    DatasetStatus,
+    TrainingModelStatus,
+    TrainingStatus,
+)
+
+log = logging.getLogger(__name__)
+
+SD = str(CheckpointType.STABLE_DIFFUSION)
+LOCAL_INSTANCE_TYPE = "local"
+IMAGE_SIGNATURES = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",),
+                    ".webp": (b"RIFF",)}
+CAPTION_SUFFIX = ".txt"
+PROCESS_STARTS = 2  # a job's process may die once and be started again from its state
+COPY_CHUNK = 8 * 1024 * 1024
+
+
+# -- training bases --------------------------------------------------------------------------------------
+class TrainingModelService:
+    def __init__(self, store: Store, blobs: BlobStore, checkpoints: CheckpointService, wait_s: float):
+        self.records = Records(store, TRAINING_MODELS, TrainingModel)
+        self.blobs = blobs
+        self.checkpoints = checkpoints
+        self.wait_s = wait_s
+        self._preparations = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-preparation")
+
+    def create(self, model_type: str, name: str | None, checkpoint_id: str | None,
+               filenames: list[FileToUpload], params: dict[str, Any]) -> tuple[TrainingModel, dict[str, list[str]] | None]:
+        """POST /model: an `Initialed` base from an Active checkpoint, or with part URLs to upload one."""
+        create_params = params.get("create_model_params") or {}
+        if not isinstance(create_params, dict):
+            raise InvalidRequest("params.create_model_params must be an object.")
+        if create_params.get("from_hub"):
+            raise InvalidRequest("params.create_model_params.from_hub: models are not fetched from the Hugging Face "
+                                 "Hub here; import the model by URL first (POST /upload_checkpoint with its file's "
+                                 "URL), then create the training model from it with checkpoint_id.")
+        if model_type != SD:
+            raise InvalidRequest(f"model_type must be {SD} (the trainer trains on a Stable Diffusion checkpoint), "
+                                 f"not {model_type!r}.")
+        name = check_name(name or create_params.get("new_model_name") or "", "model name")
+        if bool(checkpoint_id) == bool(filenames):
+            raise InvalidRequest("give either checkpoint_id (an Active Stable-diffusion checkpoint) or filenames "
+                                 "(one model file to upload).")
+        urls: dict[str, list[str]] | None = None
+        if checkpoint_id:
+            checkpoint = self.checkpoints.get(checkpoint_id)
+            if checkpoint.type != SD or checkpoint.status != CheckpointStatus.ACTIVE:
+                raise InvalidRequest(f"checkpoint {checkpoint_id} is a {checkpoint.status} {checkpoint.type} "
+                                     f"checkpoint; a training model needs an Active {SD} one.")
+            if len(checkpoint.files) != 1:
+                raise InvalidRequest(f"checkpoint {checkpoint_id} has {len(checkpoint.files)} files; a training "
+                                     "model is one model file.")
+        else:
+            if len(filenames) != 1:
+                raise InvalidRequest(f"filenames lists {len(filenames)} files; a training model is one model file.")
+            if not filenames[0].filename.lower().endswith(MODEL_SUFFIXES):
+                raise InvalidRequest(f"filenames: {filenames[0].filename!r} is not a model file (they end in "
+                                     f"{', '.join(MODEL_SUFFIXES)}); upload the checkpoint itself, not an archive.")
+            checkpoint, urls = self.checkpoints.create_upload(SD, filenames, {"training_model": name})
+        created = now()
+        record = TrainingModel(id=new_id(), name=name, status=TrainingModelStatus.INITIALED, created=created,
+                               model_type=SD, params={**params, "created": time_text(created)},
+                               checkpoint_id=checkpoint.id, extract_ema=bool(create_params.get("extract_ema")))
+        self.records.create(record)
+        return record, urls
+
+    def get(self, model_id: str) -> TrainingModel:
+        record = self.records.get(model_id)
+        if record is None:
+            raise UnknownRecord(f"model {model_id} does not exist.")
+        return record
+
+    def list(self, statuses: list[str], types: list[str]) -> list[TrainingModel]:
+        return self.records.all({"status": statuses, "model_type": types})
+
+    def location(self, record: TrainingModel) -> str:
+        return self.blobs.uri(record.base_key or f"training-models/{record.id}")
+
+    async def start_creating(self, model_id: str, tags: dict[str, list[tuple[int, str]]]) -> TrainingModel:
+        """PUT /model `Creating`: complete the upload (if any), then prepare the base in the background; the
+        answer waits for the preparation up to `wait_s`."""
+        record = await anyio.to_thread.run_sync(self.get, model_id)
+        if record.status != TrainingModelStatus.INITIALED:
+            raise WrongState(f"model {model_id} is {record.status}, not {TrainingModelStatus.INITIALED}: "
+                             "it was already created.")
+        checkpoint = await anyio.to_thread.run_sync(self.checkpoints.get, record.checkpoint_id)
+        if checkpoint.status == CheckpointStatus.INITIALED:
+            checkpoint = await self.checkpoints.update(checkpoint.id, CheckpointStatus.ACTIVE, tags)
+        started = self.records.update(model_id, {"status": TrainingModelStatus.CREATING, "error": None},
+                                      expect={"status": TrainingModelStatus.INITIALED})
+        if started is None:
+            raise WrongState(f"model {model_id} is being created by another request.")
+        preparation = self._preparations.submit(self.prepare, model_id)
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(preparation)), self.wait_s)
+        except asyncio.TimeoutError:
+            return await anyio.to_thread.run_sync(self.get, model_id)
+
+    def prepare(self, model_id: str, checkpoint_wait_s: float = 3600.0) -> TrainingModel:
+        """Check the base's file (after its upload's completion, which may still run) and extract its EMA
+        weights if asked; `Complete`, or `Fail` with the reason."""
+        record = self.get(model_id)
+        try:
+            checkpoint = self.checkpoints.get(record.checkpoint_id)
+            deadline = time.monotonic() + checkpoint_wait_s
+            while checkpoint.status == CheckpointStatus.INITIALED and checkpoint.completing \
+                    and time.monotonic() < deadline:
+                time.sleep(0.5)
+                checkpoint = self.checkpoints.get(record.checkpoint_id)
+            if checkpoint.status != CheckpointStatus.ACTIVE:
+                raise InvalidRequest(f"its checkpoint {checkpoint.id} is {checkpoint.status}"
+                                     + (f": {checkpoint.error}" if checkpoint.error else
+                                        "; complete its upload (PUT /model with multi_parts_tags)."))
+            (entry,) = checkpoint.files
+            check_model_file(lambda start, length: self.blobs.read(entry.key, start, length), entry.size,
+                             entry.filename, SD)
+            base_key, sha256 = entry.key, entry.sha256
+            if record.extract_ema:
+                base_key = f"training-models/{record.id}/{entry.filename}"
+                sha256 = extract_ema(self.blobs, entry.key, entry.size, entry.filename, base_key)
+        except (ServiceError, ModelFileError, UnknownRecord) as exc:
+            reason = exc.message if isinstance(exc, ServiceError) else str(exc)
+            return self._fail(model_id, reason)
+        except Exception as exc:  # noqa: BLE001 - the base must end with a reason, not stay Creating
+            log.exception("model %s: preparation failed", model_id)
+            return self._fail(model_id, f"the preparation failed: {type(exc).__name__}: {exc}")
+        done = self.records.update(model_id, {"status": TrainingModelStatus.COMPLETE, "base_key": base_key,
+                                              "base_filename": entry.filename, "sha256": sha256},
+                                   expect={"status": TrainingModelStatus.CREATING})
+        return done or self.get(model_id)
+
+    def _fail(self, model_id: str, reason: str) -> TrainingModel:
+        log.warning("model %s failed: %s", model_id, reason)
+        failed = self.records.update(model_id, {"status": TrainingModelStatus.FAIL, "error": reason},
+                                     expect={"status": TrainingModelStatus.CREATING})
+        return failed or self.get(model_id)
+
+    def restore(self) -> None:
+        """At start: preparations a stopped middleware left `Creating` run again (they are repeatable)."""
+        for record in self.list([TrainingModelStatus.CREATING], []):
+            self._preparations.submit(self.prepare, record.id)
+
+    def stop(self) -> None:
+        self._preparations.shutdown(wait=False, cancel_futures=True)
+
+
+def extract_ema(blobs: BlobStore, key: str, size: int, filename: str, out_key: str) -> str:
+    """Write the checkpoint at `key` with its EMA weights (`model_ema.<name without dots>`, A1111's layout)
+    in place of `model.diffusion_model.*`, and without the `model_ema.*` tensors; the new file's sha256."""
+    if not filename.lower().endswith(SAFETENSORS_SUFFIXES):
+        raise InvalidRequest(f"extract_ema needs a .safetensors checkpoint; {filename} is a pickle container, "
+                             "which the middleware never unpickles.")
+    header = read_safetensors_header(lambda start, length: blobs.read(key, start, length), size, filename)
+    tensors = header.tensors
+    ema_of = {name: "model_ema." + name[len("model."):].replace(".", "") for name in tensors
+              if name.startswith("model.diffusion_model.")}
+    swapped = {name: ema for name, ema in ema_of.items() if ema in tensors
+               and tensors[ema]["shape"] == tensors[name]["shape"] and tensors[ema]["dtype"] == tensors[name]["dtype"]}
+    if not swapped:
+        raise InvalidRequest(f"{filename} has no EMA weights (model_ema.* tensors of the UNet's shapes); create "
+                             "the model with extract_ema false.")
+    kept = [name for name in tensors if not name.startswith("model_ema.")]
+    data_start = 8 + header.header_length
+    layout: dict[str, Any] = {}
+    offset = 0
+    sources: list[tuple[int, int]] = []
+    for name in kept:
+        source = tensors[swapped.get(name, name)]
+        begin, end = source["data_offsets"]
+        layout[name] = {"dtype": tensors[name]["dtype"], "shape": tensors[name]["shape"],
+                        "data_offsets": [offset, offset + end - begin]}
+        sources.append((data_start + begin, end - begin))
+        offset += end - begin
+    if header.metadata:
+        layout["__metadata__"] = {**header.metadata, "sd_aws_extracted_ema": "true"}
+    encoded = json.dumps(layout, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    digest = hashlib.sha256()
+    with blobs.writer(out_key) as out:
+        for chunk in (struct.pack("<Q", len(encoded)), encoded):
+            out.write(chunk)
+            digest.update(chunk)
+        for start, length in sources:
+            while length:
+                chunk = blobs.read(key, start, min(length, COPY_CHUNK))
+                out.write(chunk)
+                digest.update(chunk)
+                start, length = start + len(chunk), length - len(chunk)
+    return digest.hexdigest()
+
+
+# -- training jobs ---------------------------------------------------------------------------------------
+def _dataset_name(reference: Any, field: str) -> str:
+    """A dataset named by its name or by its location (the seed's `s3://<bucket>/dataset/<name>`)."""
+    if not isinstance(reference, str) or not reference.strip():
+        raise InvalidRequest(f"{field} must name a dataset of POST /dataset (its name, or its s3 location).")
+    text = reference.strip().rstrip("/")
+    if "/dataset/" in text:
+        text = text.split("/dataset/", 1)[1]
+    if "/" in text:
+        raise InvalidRequest(f"{field}: {reference!r} is not a dataset: use a dataset's name or its location "
+                             "(…/dataset/<name>, as GET /datasets shows in s3).")
+    return text
+
+
+def _one_reference(training_params: dict[str, Any], config_params: dict[str, Any], names: tuple[str, str, str],
+                   required: bool) -> tuple[str | None, str | None]:
+    """(dataset name, field that named it) from `dataset_name`, a `*_tar_list` or the first concept's `*_dir`."""
+    own, tar_list, concept_dir = names
+    if training_params.get(own):
+        return _dataset_name(training_params[own], f"training_params.{own}"), f"training_params.{own}"
+    listed = training_params.get(tar_list)
+    if listed is not None:
+        if not isinstance(listed, list):
+            raise InvalidRequest(f"training_params.{tar_list} must be a list of dataset locations.")
+        given = [x for x in listed if x]
+        if len(given) > 1:
+            raise InvalidRequest(f"training_params.{tar_list} lists {len(given)} datasets; a job trains on one.")
+        if given:
+            return _dataset_name(given[0], f"training_params.{tar_list}[0]"), f"training_params.{tar_list}"
+    concepts = config_params.get("concepts_list") or []
+    first = concepts[0] if isinstance(concepts, list) and concepts and isinstance(concepts[0], dict) else {}
+    if first.get(concept_dir):
+        field = f"config_params.concepts_list[0].{concept_dir}"
+        return _dataset_name(first[concept_dir], field), field
+    if required:
+        raise InvalidRequest(f"training_params.{own} is missing: name the dataset of training images "
+                             f"({own}, or the seed's {tar_list}).")
+    return None, None
+
+
+def _trained_name(config: TrainingConfig, job_id: str) -> str:
+    """The trained file's stem, as the trainer writes it (`engine/train/trainer.py`)."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in config.model_name.strip())
+    return name or f"{config.train_type.lower()}-{job_id[:8]}"
+
+
+class TrainingService:
+    def __init__(self, store: Store, blobs: BlobStore, models: TrainingModelService, datasets: DatasetService,
+                 checkpoints: CheckpointService, compute: LocalTraining, *, stop_wait_s: float, signed_url_ttl_s: int):
+        self.records = Records(store, TRAINING_JOBS, TrainingJob)
+        self.blobs = blobs
+        self.models = models
+        self.datasets = datasets
+        self.checkpoints = checkpoints
+        self.compute = compute
+        self.stop_wait_s = stop_wait_s
+        self.signed_url_ttl_s = signed_url_ttl_s
+        self._ended_lock = threading.Lock()
+
+    # -- POST /train ----------------------------------------------------------------------------------
+    def create(self, train_type: str, model_id: str, params: dict[str, Any]) -> TrainingJob:
+        training_params = params.get("training_params") or {}
+        config_params = params.get("config_params") or {}
+        if not isinstance(training_params, dict) or not isinstance(config_params, dict):
+            raise InvalidRequest("params.training_params and params.config_params must be objects.")
+        instance_type = self._check_instance_type(training_params.get("training_instance_type", LOCAL_INSTANCE_TYPE))
+        try:
+            config = parse_training_config(train_type, config_params)
+        except TrainingConfigError as exc:
+            where = exc.field if exc.field == "train_type" else f"config_params.{exc.field}"
+            raise InvalidRequest(f"{where}: {exc}.") from None
+        model = self.models.get(model_id)
+        if model.status != TrainingModelStatus.COMPLETE:
+            raise InvalidRequest(f"model {model_id} is {model.status}"
+                                 + (f" ({model.error})" if model.error else "")
+                                 + f"; a training job needs a {TrainingModelStatus.COMPLETE} model (PUT /model).")
+        dataset_name, field = _one_reference(training_params, config_params,
+                                             ("dataset_name", "data_tar_list", "instance_data_dir"), required=True)
+        images = self._images(self._usable_dataset(dataset_name, field), field)
+        class_name, class_field = _one_reference(training_params, config_params,
+                                                 ("class_dataset_name", "class_data_tar_list", "class_data_dir"),
+                                                 required=False)
+        if class_name:
+            self._images(self._usable_dataset(class_name, class_field), class_field)
+        job_id, created = new_id(), now()
+        model_name = _trained_name(config, job_id)
+        config = dataclasses.replace(config, model_name=model_name)
+        record = TrainingJob(id=job_id, train_type=config.train_type, status=TrainingStatus.INITIAL,
+                             created=created, model_id=model_id, dataset_name=dataset_name, instance_type=instance_type,
+                             params={**params, "created": time_text(created)},
+                             hyperparameters=config.to_hyperparameters(), model_name=model_name,
+                             total_steps=config.total_steps(len(images)), class_dataset_name=class_name)
+        self.records.create(record)
+        return record
+
+    @staticmethod
+    def _check_instance_type(instance_type: Any) -> str:
+        if instance_type == LOCAL_INSTANCE_TYPE:
+            return instance_type
+        if isinstance(instance_type, str) and instance_type.startswith("ml."):
+            raise InvalidRequest(f"training_params.training_instance_type: {instance_type} is a SageMaker training "
+                                 "instance, and this middleware runs the local backend, which trains on this "
+                                 f"machine: use {LOCAL_INSTANCE_TYPE!r}.")
+        raise InvalidRequest(f"training_params.training_instance_type {instance_type!r} is unknown; on the local "
+                             f"backend use {LOCAL_INSTANCE_TYPE!r}.")
+
+    def _usable_dataset(self, name: str, field: str) -> Dataset:
+        try:
+            dataset = self.datasets.get(name)
+        except UnknownRecord:
+            raise InvalidRequest(f"{field}: dataset {name!r} does not exist; create it with POST /dataset.") from None
+        if dataset.status != DatasetStatus.ENABLED:
+            raise InvalidRequest(f"{field}: dataset {name!r} is {dataset.status}; enable it first "
+                                 f"(PUT /dataset with status {DatasetStatus.ENABLED}).")
+        return dataset
+
+    def _images(self, dataset: Dataset, field: str) -> list[str]:
+        """The dataset's image file names; InvalidRequest naming a file that is neither an image nor a caption,
+        or whose bytes are not the image its name says."""
+        images = []
+        for f in dataset.files:
+            suffix = Path(f.filename).suffix.lower()
+            if suffix == CAPTION_SUFFIX:
+                continue
+            if suffix not in IMAGE_SIGNATURES:
+                raise InvalidRequest(f"{field}: dataset {dataset.name!r} has {f.filename}, which is not an image "
+                                     f"(PNG, JPEG or WebP) or a {CAPTION_SUFFIX} caption; remove it from the dataset.")
+            head = self.blobs.read(f.key, 0, 12)
+            if not head.startswith(IMAGE_SIGNATURES[suffix]) or (suffix == ".webp" and head[8:12] != b"WEBP"):
+                raise InvalidRequest(f"{field}: dataset {dataset.name!r}: {f.filename} is not a {suffix[1:]} image "
+                                     "(its bytes say otherwise); upload the image again.")
+            images.append(f.filename)
+        if not images:
+            raise InvalidRequest(f"{field}: dataset {dataset.name!r} has no images (PNG, JPEG or WebP) to train on.")
+        return images
+
+    # -- PUT /train -----------------------------------------------------------------------------------
+    def get(self, job_id: str) -> TrainingJob:
+        record = self.records.get(job_id)
+        if record is None:
+            raise UnknownRecord(f"training job {job_id} does not exist.")
+        return record
+
+    def start(self, job_id: str) -> TrainingJob:
+        """`Training`: start an `Initial` job or resume a `Stopped` one (from its saved state)."""
+        record = self.get(job_id)
+        if record.status == TrainingStatus.TRAINING:
+            raise WrongState(f"training job {job_id} is already {TrainingStatus.TRAINING}.")
+        if record.status not in (TrainingStatus.INITIAL, TrainingStatus.STOPPED):
+            raise WrongState(f"training job {job_id} is {record.status}; only an {TrainingStatus.INITIAL} or "
+                             f"{TrainingStatus.STOPPED} job can start training.")
+        if self.compute.is_running(job_id):
+            raise WrongState(f"training job {job_id} is still saving its state after Stop; try again in a moment.")
+        started = self.records.update(job_id, {"status": TrainingStatus.TRAINING, "attempts": 1, "error": None,
+                                                "start_time": record.start_time or time_text(now())},
+                                      expect={"status": record.status})
+        if started is None:
+            raise WrongState(f"training job {job_id} changed while it was being started; try again.")
+        self.compute.submit(self._run(started))
+        return self.get(job_id)
+
+    async def stop(self, job_id: str) -> TrainingJob:
+        """`Stopped`: a waiting job is Stopped at once; a running one saves its state and exits (the answer
+        waits for that up to `stop_wait_s`, after which it shows `Training` until the process has ended)."""
+        record = await anyio.to_thread.run_sync(self.get, job_id)
+        if record.status != TrainingStatus.TRAINING:
+            raise WrongState(f"training job {job_id} is {record.status}; only a {TrainingStatus.TRAINING} job "
+                             "can be stopped.")
+        if self.compute.stop(job_id):
+            await anyio.to_thread.run_sync(self._end, job_id, TrainingStatus.STOPPED, {})
+            return await anyio.to_thread.run_sync(self.get, job_id)
+        deadline = time.monotonic() + self.stop_wait_s
+        while self.compute.is_running(job_id) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        return await anyio.to_thread.run_sync(self.get, job_id)
+
+    def _run(self, record: TrainingJob) -> TrainingRun:
+        model = self.models.get(record.model_id)
+        instance = self.datasets.get(record.dataset_name).files
+        class_files = self.datasets.get(record.class_dataset_name).files if record.class_dataset_name else []
+        return TrainingRun(job_id=record.id, hyperparameters=record.hyperparameters,
+                           base=ChannelFile(model.base_key, model.base_filename),
+                           instance=[ChannelFile(f.key, f.filename) for f in instance],
+                           class_images=[ChannelFile(f.key, f.filename) for f in class_files])
+
+    # -- the compute's reports ------------------------------------------------------------------------
+    def process_ended(self, job_id: str, ended: ProcessEnded) -> None:
+        with self._ended_lock:
+            record = self.get(job_id)
+            if record.status != TrainingStatus.TRAINING:
+                return
+            progress = {k: v for k, v in (ended.progress or {}).items() if k != "updated_at"}
+            if ended.returncode == 0 and ended.status == TrainingStatus.COMPLETE:
+                self._complete(record, progress)
+            elif ended.failure:
+                self._end(job_id, TrainingStatus.FAIL, {"progress": progress, "error": ended.failure})
+            elif ended.stop_requested:  # stopped as asked (SIGTERM before the trainer listened to it: its last state)
+                self._end(job_id, TrainingStatus.STOPPED, {"progress": progress})
+            elif record.attempts < PROCESS_STARTS:
+                log.warning("training %s: %s; starting it again from its last saved state", job_id, ended.death())
+                again = self.records.update(job_id, {"attempts": record.attempts + 1, "progress": progress}, expect={"status": TrainingStatus.TRAINING})
+                if again:
+                    self.compute.submit(self._run(again))
+            else:
+                self._end(job_id, TrainingStatus.FAIL, {
+                    "progress": progress,
+                    "error": f"{ended.death()} at step {progress.get('step', 0)}, after it had already been started "
+                             "again once from its saved state; see the job's train.log in the data dir."})
+
+    def _complete(self, record: TrainingJob, progress: dict[str, Any]) -> None:
+        trained = self.compute.root(record.id) / "model" / str(progress.get("model") or "")
+        try:
+            checkpoint_id = self._register(record, trained)
+        except (ServiceError, OSError) as exc:
+            reason = exc.message if isinstance(exc, ServiceError) else str(exc)
+            self._end(record.id, TrainingStatus.FAIL, {"progress": progress,
+                                                       "error": f"the trained model could not be registered: {reason}"})
+            return
+        self._end(record.id, TrainingStatus.COMPLETE, {"progress": progress, "checkpoint_id": checkpoint_id})
+
+    def _register(self, record: TrainingJob, trained: Path) -> str:
+        """The trained file as an Active checkpoint of the catalogue (a name already taken gets the job's id)."""
+        if not trained.is_file():
+            raise InvalidRequest(f"the trainer reported {trained.name!r}, which is not in its model folder")
+        filename = f"{record.model_name}{trained.suffix}"
+        if filename in self.checkpoints.active_file_names(record.train_type):
+            filename = f"{record.model_name}-{record.id[:8]}{trained.suffix}"
+        checkpoint = self.checkpoints.new_record(record.train_type, [filename],
+                                                 {"training_job_id": record.id, "model_id": record.model_id},
+                                                 source="train")
+        self.checkpoints.records.create(checkpoint)
+        entry = checkpoint.files[0]
+        digest, size = hashlib.sha256(), 0
+        with self.blobs.writer(entry.key) as out, trained.open("rb") as source:
+            while chunk := source.read(COPY_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+        done = dataclasses.replace(entry, sha256=digest.hexdigest(), size=size)
+        return self.checkpoints.finish(checkpoint.id, [done], expect={"status": CheckpointStatus.INITIALED}).id
+
+    def _end(self, job_id: str, status: TrainingStatus, changes: dict[str, Any]) -> None:
+        ended = self.records.update(job_id, {**changes, "status": status, "end_time": time_text(now())},
+                                    expect={"status": TrainingStatus.TRAINING})
+        if ended is not None:
+            log.info("training %s: %s%s", job_id, status, f" ({ended.error})" if ended.error else "")
+
+    # -- reading --------------------------------------------------------------------------------------
+    def describe(self, job_id: str) -> tuple[TrainingJob, dict[str, Any], list[str], int | None]:
+        """The record, its progress (live while it trains), signed URLs of its samples, its queue position."""
+        record = self.get(job_id)
+        live = self.compute.progress(job_id) if record.status == TrainingStatus.TRAINING else None
+        progress = {**(record.progress or {}), **(live or {})}
+        return record, progress, self._sample_urls(record, progress.get("samples") or []), \
+            self.compute.queue_position(job_id)
+
+    def _sample_urls(self, record: TrainingJob, names: list[str]) -> list[str]:
+        folder = self.compute.root(record.id) / "output" / "data" / "samples"
+        urls = []
+        for name in names:
+            if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
+                continue  # the trainer writes plain PNG names; anything else is not read
+            key = f"train/{record.id}/samples/{name}"
+            if not self.blobs.exists(key):
+                source = folder / name
+                if not source.is_file():
+                    continue
+                with self.blobs.writer(key) as out:
+                    out.write(source.read_bytes())
+            urls.append(self.blobs.signed_url(key, "GET", self.signed_url_ttl_s))
+        return urls
+
+    def list(self, statuses: list[str], types: list[str]) -> list[TrainingJob]:
+        return self.records.all({"status": statuses, "train_type": types})
+
+    def input_location(self, record: TrainingJob) -> str:
+        return self.blobs.uri(f"train/{record.id}")
+
+    def restore(self) -> None:
+        """At start: jobs that were `Training` when the middleware stopped run again from their saved state."""
+        for record in self.records.all({"status": [TrainingStatus.TRAINING]}, oldest_first=True):
+            log.info("training %s was running when the middleware stopped; resuming it", record.id)
+            try:
+                run = self._run(record)
+            except ServiceError as exc:
+                self._end(record.id, TrainingStatus.FAIL, {"error": f"it cannot resume: {exc.message}"})
+                continue
+            self.compute.submit(run)
+
+
+
+def local_training(settings: MiddlewareSettings, store: Store, blobs: LocalBlobStore, checkpoints: CheckpointService,
+                   datasets: DatasetService) -> tuple[TrainingModelService, TrainingService]:
+    """The training services of the local backend (training processes on this machine)."""
+    models = TrainingModelService(store, blobs, checkpoints, settings.completion_wait_s)
+    compute = LocalTraining(settings.data_dir, blobs, settings.local_training_slots, settings.local_gpus)
+    return models, TrainingService(store, blobs, models, datasets, checkpoints, compute,
+                                   stop_wait_s=settings.completion_wait_s, signed_url_ttl_s=settings.signed_url_ttl_s)
