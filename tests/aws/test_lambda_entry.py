@@ -273,7 +273,20 @@ def _spy(monkeypatch, owner, name, calls):
     monkeypatch.setattr(owner, name, recorded)
 
 
-def test_the_function_on_a_stack_made_by_init(fresh_account, moto_server, monkeypatch, tmp_path):
+@pytest.fixture
+def function_environment(fresh_account, monkeypatch, tmp_path):
+    """The function's environment (template: ApiFunction) on a fresh account of moto's server, and a cold
+    container; the stack's name."""
+    stack = "sd-lambda"
+    for name, value in {"SD_AWS_BACKEND": "aws", "SD_AWS_STACK_NAME": stack, "SD_AWS_HOME": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("SD_AWS_API_KEY", "SD_AWS_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(lambda_entry, "_container", None)
+    return stack
+
+
+def test_the_function_on_a_stack_made_by_init(function_environment, moto_server, monkeypatch):
     """The real cold start, as in the function: the aws backend's services (DynamoDB, S3, SageMakerCompute on
     moto's server) found from SD_AWS_STACK_NAME alone, the API key read from the stack's secret; then API
     Gateway, SQS and schedule events through `handler`. It creates nothing (the function's role may not)."""
@@ -282,16 +295,10 @@ def test_the_function_on_a_stack_made_by_init(fresh_account, moto_server, monkey
 
     from aws_extension import aws_cli
 
-    stack = "sd-lambda"
-    for name, value in {"SD_AWS_BACKEND": "aws", "SD_AWS_STACK_NAME": stack, "SD_AWS_HOME": str(tmp_path)}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("SD_AWS_API_KEY", "SD_AWS_WEBHOOK_SECRET"):
-        monkeypatch.delenv(name, raising=False)
-    resources = aws_cli.init(stack, echo=lambda _: None).resources
+    resources = aws_cli.init(function_environment, echo=lambda _: None).resources
     session = boto3.session.Session()
     made = _stack_contents(session)
     key = session.client("secretsmanager").get_secret_value(SecretId=resources.api_key_secret)["SecretString"]
-    monkeypatch.setattr(lambda_entry, "_container", None)
 
     for event in (API_GATEWAY_V1, API_GATEWAY_V2):
         status, body = _answer(lambda_entry.handler(_with_key(event, key), LambdaContext()))
@@ -325,17 +332,11 @@ def test_the_function_on_a_stack_made_by_init(fresh_account, moto_server, monkey
     assert _stack_contents(session) == made
 
 
-def test_the_cold_start_on_a_stack_never_made_creates_nothing(fresh_account, monkeypatch, tmp_path):
+def test_the_cold_start_on_a_stack_never_made_creates_nothing(function_environment):
     """Without `init` (or the template) the function fails on its first event, and leaves the account as
     it found it: the wiring finds the stack's resources, it never creates them."""
     import boto3
 
-    for name, value in {"SD_AWS_BACKEND": "aws", "SD_AWS_STACK_NAME": "sd-never-made",
-                        "SD_AWS_HOME": str(tmp_path)}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("SD_AWS_API_KEY", "SD_AWS_WEBHOOK_SECRET"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(lambda_entry, "_container", None)
     with pytest.raises(Exception, match="ResourceNotFoundException"):
         lambda_entry.handler(API_GATEWAY_V2, LambdaContext())
     assert _stack_contents(boto3.session.Session()) == ([], [], [], [], [])
