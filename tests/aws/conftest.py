@@ -17,7 +17,7 @@ def fresh_account(moto_server, monkeypatch) -> str:
     """Credentials of a new, empty account on moto's server (STS AssumeRole into it) in the environment,
     with AWS_ENDPOINT_URL and the region: boto3's standard configuration reaches only that account.
     Returns the account's id."""
-    account = str(uuid.uuid4().int)[:12].rjust(12, "1")
+    account = str(uuid.uuid4().int)[:12]  # 38 digits, the first never 0
     sts = boto3.client("sts", endpoint_url=moto_server, region_name=REGION, aws_access_key_id="testing",
                        aws_secret_access_key="testing")
     credentials = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/tests",
