@@ -27,7 +27,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +66,15 @@ def _session(region: str | None = None) -> Any:
     return session
 
 
-def stack_resources(stack_name: str, session: Any = None) -> StackResources:
-    """The names of stack `stack_name` in the session's account and region."""
-    session = session or _session()
-    account = session.client("sts").get_caller_identity()["Account"]
-    return StackResources(check_stack_name(stack_name), account, session.region_name)
+def stack_of(stack_name: str, region: str | None = None, session: Any = None) -> tuple[Any, StackResources]:
+    """The session (default: boto3's standard configuration, `region` if given) and the names of stack
+    `stack_name` in its account and region, found as the middleware finds them (`wiring.stack_resources`)."""
+    from aws_extension.middleware.wiring import stack_resources
+    from aws_extension.settings import MiddlewareSettings, load
+
+    session = session or _session(region)
+    return session, stack_resources(replace(load(MiddlewareSettings), stack_name=check_stack_name(stack_name)),
+                                    session)
 
 
 def _error_code(exc: Exception) -> str:
@@ -137,14 +141,14 @@ def _secret(client: Any, name: str, description: str) -> bool:
 
 
 def init(stack_name: str, region: str | None = None, multipart_ttl_s: int | None = None,
-         echo: Callable[[str], None] = print) -> InitResult:
-    """Create (or bring up to date) the resources `serve --backend aws` uses; safe to run again."""
+         echo: Callable[[str], None] = print, session: Any = None) -> InitResult:
+    """Create (or bring up to date) the resources `serve --backend aws` uses; safe to run again.
+    `session`: a boto3 session (default: the standard configuration, `region` if given)."""
     from aws_extension.middleware.blobs.s3 import ensure_bucket
     from aws_extension.middleware.store.dynamodb import DynamoDBStore
     from aws_extension.settings import MiddlewareSettings, load
 
-    session = _session(region)
-    resources = stack_resources(stack_name, session)
+    session, resources = stack_of(stack_name, region, session)
     ttl = multipart_ttl_s or load(MiddlewareSettings).multipart_ttl_s
     DynamoDBStore(resources.table_prefix, session.client("dynamodb")).ensure_tables(poll_s=1.0)
     echo(f"tables: {resources.table_prefix}-*")
@@ -304,8 +308,7 @@ def deploy(stack_name: str, region: str | None = None, worker_image: str | None 
     from aws_extension.middleware.blobs.s3 import ensure_bucket, multipart_expiry_days
     from aws_extension.settings import MiddlewareSettings, load
 
-    session = _session(region)
-    resources = stack_resources(stack_name, session)
+    session, resources = stack_of(stack_name, region)
     if not TEMPLATE.is_file():
         raise AwsCommandError(f"{TEMPLATE} is missing: run `sd-aws aws deploy` from a checkout of the repository.")
     settings = load(MiddlewareSettings)
@@ -356,9 +359,9 @@ def deploy(stack_name: str, region: str | None = None, worker_image: str | None 
     echo(f"stack {stack_name}: {deployment.status}")
     echo(f"API URL: {deployment.api_url}")
     if show_key:
-        from aws_extension.middleware.lambda_entry import stack_secret
+        from aws_extension.middleware.wiring import stack_secret
 
-        echo(f"API key: {stack_secret(resources.api_key_secret, session.client('secretsmanager'))}")
+        echo(f"API key: {stack_secret(session, resources.api_key_secret)}")
     else:
         echo(f"API key: {deployment.key_command}")
     echo("Paste both into the WebUI extension's settings.")
@@ -388,8 +391,7 @@ def empty_bucket(s3: Any, bucket: str) -> int:
 
 def destroy(stack_name: str, region: str | None = None, poll_s: float = POLL_S,
             echo: Callable[[str], None] = print) -> None:
-    session = _session(region)
-    resources = stack_resources(stack_name, session)
+    session, resources = stack_of(stack_name, region)
     cf = session.client("cloudformation")
     stack = _stack(cf, resources.stack_name)
     if stack is None:
@@ -415,8 +417,7 @@ def build_image(stack_name: str, flavour: str, region: str | None = None, tag: s
     """Build the worker or webui image and push it to the stack's repository; returns its URI."""
     if flavour not in FLAVOURS:
         raise AwsCommandError(f"--flavour must be one of {', '.join(FLAVOURS)}, not {flavour!r}.")
-    session = _session(region)
-    resources = stack_resources(stack_name, session)
+    session, resources = stack_of(stack_name, region)
     tag = tag or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     uri = image_uri(resources, flavour, tag)
     if local:

@@ -13,7 +13,8 @@ emulation also sends the EventBridge "SageMaker Endpoint State Change" event to 
 as the stack's rule does.
 
 Every stack has its own name, so its tables, bucket, topics and queue are its own on the one moto server
-of the session: stacks never see each other's state.
+of the session: stacks never see each other's state. A stack's resources are made by `sd-aws aws init`'s
+code (`aws_cli.init`), as users make them.
 """
 
 from __future__ import annotations
@@ -64,11 +65,29 @@ def split_s3(location: str) -> tuple[str, str]:
     return bucket, key
 
 
+class MotoSession:
+    """What the code takes as a boto3 session (`client`, `region_name`), on moto's server: the test process
+    keeps its environment (no AWS_ENDPOINT_URL) for the in-process `mock_aws()` tests."""
+
+    region_name = REGION
+
+    def __init__(self, endpoint_url: str):
+        self.endpoint_url = endpoint_url
+
+    def client(self, service: str, **options: Any) -> Any:
+        options.setdefault("region_name", REGION)
+        if service == "s3":
+            options.setdefault("config", Config(signature_version="s3v4"))
+        return boto3.client(service, endpoint_url=self.endpoint_url, aws_access_key_id="testing",
+                            aws_secret_access_key="testing", **options)
+
+
 class AsyncInference:
     """SageMaker's asynchronous inference on moto's server, run by a real worker at `worker_url`."""
 
     def __init__(self, endpoint_url: str):
         self.endpoint_url = endpoint_url
+        self.session = MotoSession(endpoint_url)
         self.worker_urls: list[str] = []
         self.invocations: dict[str, Invocation] = {}
         self.held: list[str] = []
@@ -79,9 +98,7 @@ class AsyncInference:
         self._undo: list[tuple[Any, str, Any]] = []
 
     def client(self, service: str) -> Any:
-        config = Config(signature_version="s3v4") if service == "s3" else None
-        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=REGION, config=config,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return self.session.client(service)
 
     # -- moto's handlers, replaced ------------------------------------------------------------------------
     def install(self) -> None:
@@ -256,29 +273,23 @@ def _int_or_none(value: str | None) -> int | None:
     return int(value) if value else None
 
 
-def create_stack_resources(fake: AsyncInference, stack_name: str, api_key: str, webhook_secret: str) -> StackResources:
-    """What `sd-aws aws init` makes for a stack: tables, bucket, topics → events queue, secrets."""
-    from aws_extension.middleware.blobs.s3 import ensure_bucket
-    from aws_extension.middleware.store.dynamodb import DynamoDBStore
+def create_stack_resources(fake: AsyncInference, stack_name: str, api_key: str | None = None) -> StackResources:
+    """A stack's resources as users make them: `sd-aws aws init` (its function, on moto's server). `api_key`:
+    the value the test sets the stack's API key secret to (default: the one `init` generated)."""
+    from aws_extension.aws_cli import init
 
-    resources = StackResources(stack_name, ACCOUNT, REGION)
-    DynamoDBStore(resources.table_prefix, client=fake.client("dynamodb")).ensure_tables(poll_s=0.1)
-    ensure_bucket(fake.client("s3"), resources.bucket, multipart_ttl_s=24 * 3600)
-    sqs, sns = fake.client("sqs"), fake.client("sns")
-    queue_url = sqs.create_queue(QueueName=resources.events_queue)["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    for topic in (resources.success_topic, resources.error_topic):
-        arn = sns.create_topic(Name=topic)["TopicArn"]
-        sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=queue_arn)
-    secrets = fake.client("secretsmanager")
-    secrets.create_secret(Name=resources.api_key_secret, SecretString=api_key)
-    secrets.create_secret(Name=resources.webhook_secret, SecretString=webhook_secret)
-    fake.events_queues[stack_name] = queue_url
-    return resources
+    made = init(stack_name, multipart_ttl_s=24 * 3600, echo=lambda _: None, session=fake.session)
+    if api_key is not None:
+        fake.client("secretsmanager").put_secret_value(SecretId=made.resources.api_key_secret, SecretString=api_key)
+    fake.events_queues[stack_name] = made.queue_url
+    return made.resources
 
 
 def stack_secret(fake: AsyncInference, secret_id: str) -> str:
-    return fake.client("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"]
+    """A secret of a stack on moto's server, read as the middleware reads it."""
+    from aws_extension.middleware.wiring import stack_secret as read_secret
+
+    return read_secret(fake.session, secret_id)
 
 
 def aws_env(fake: AsyncInference, stack_name: str) -> dict[str, str]:
@@ -294,9 +305,11 @@ def start_aws_middleware(fake: AsyncInference, data_dir: Path, api_key: str, env
     on them; its API key is the stack's secret."""
     stack_name = stack_name or f"t{uuid.uuid4().hex[:10]}"
     if stack_name in fake.events_queues:
-        resources = StackResources(stack_name, ACCOUNT, REGION)
+        from aws_extension.aws_cli import stack_of
+
+        resources = stack_of(stack_name, session=fake.session)[1]
     else:
-        resources = create_stack_resources(fake, stack_name, api_key, webhook_secret=uuid.uuid4().hex)
+        resources = create_stack_resources(fake, stack_name, api_key)
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     server = SdAwsProcess(["serve", "--backend", "aws", "--port", str(port), "--data-dir", str(data_dir)], port,

@@ -72,19 +72,29 @@ def backend(request) -> str:
 
 
 @pytest.fixture(scope="session")
-def aws_cloud(tmp_path_factory) -> Iterator:
-    """moto's server on 127.0.0.1 for the session, with SageMaker's asynchronous inference run by a real
-    `sd-aws worker` (see tests/aws_stack.py)."""
+def moto_server() -> Iterator[str]:
+    """The session's one moto server on 127.0.0.1 (real HTTP: presigned URLs, other processes); its URL.
+    Tests on it use stack names of their own and never reset it (`aws_cloud`'s stacks live on it)."""
     from moto.server import ThreadedMotoServer
-
-    from tests.aws_stack import AsyncInference
-    from tests.helpers import SdAwsProcess, free_port
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    fake = AsyncInference(f"http://{host}:{port}")
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def aws_cloud(moto_server, tmp_path_factory) -> Iterator:
+    """SageMaker's asynchronous inference on the session's moto server, run by real `sd-aws worker`
+    processes (see tests/aws_stack.py)."""
+    from tests.aws_stack import AsyncInference
+    from tests.helpers import SdAwsProcess, free_port
+
+    fake = AsyncInference(moto_server)
     fake.install()
     workers = []
     for index in range(INSTANCES):
@@ -104,7 +114,6 @@ def aws_cloud(tmp_path_factory) -> Iterator:
         for worker in workers:
             worker.stop()
         fake.uninstall()
-        server.stop()
 
 
 def start_api(backend: str, request, data_dir: Path, api_key: str, env: dict[str, str] | None = None):

@@ -115,7 +115,6 @@ class Container:
         self.services.importer.run_step(event, remaining_s=(remaining_ms() / 1000.0) if remaining_ms else None)
         return None
 
-
     def _resume_stalled_imports(self) -> None:
         self.services.importer.resume_stalled(STALLED_IMPORT_S)
 
@@ -125,34 +124,27 @@ def build_container(services: Any, api_key: str) -> Container:
     from mangum import Mangum
 
     from aws_extension.middleware.app import create_app
-    from aws_extension.middleware.services.events import ComputeReports
 
     # Compute reports through the services, as under `serve`, but starts no background work: its events
     # arrive as invocations (SageMakerCompute.attach; `start` would long-poll the queue in a thread).
-    services.compute.attach(ComputeReports(services.jobs, services.endpoints, services.retirement))
+    services.compute.attach(services.reports())
     return Container(services=services, api=Mangum(create_app(services, api_key), lifespan="off"))
 
 
-def stack_secret(secret_id: str, client: Any = None) -> str:
-    """A secret of the stack (`StackResources.api_key_secret`, `.webhook_secret`), from Secrets Manager."""
+def _container_from_environment() -> Container:
     import boto3
 
-    client = client or boto3.client("secretsmanager")
-    return client.get_secret_value(SecretId=secret_id)["SecretString"]
-
-
-def _container_from_environment() -> Container:
-    from aws_extension.middleware.wiring import build_services
+    from aws_extension.middleware.wiring import build_services, stack_api_key
     from aws_extension.settings import MiddlewareSettings, load
 
     settings = load(MiddlewareSettings)
     if settings.backend != "aws":
         raise RuntimeError(f"the Lambda function runs the aws backend, not SD_AWS_BACKEND={settings.backend!r}")
-    from aws_extension.aws_cli import stack_resources
-
-    services = build_services(settings)
-    api_key = settings.api_key or stack_secret(stack_resources(settings.stack_name).api_key_secret)
-    return build_container(services, api_key)
+    # The wiring only finds and reads the stack's resources (the template made them; the function's role
+    # may not create any).
+    session = boto3.Session()
+    services = build_services(settings, session)
+    return build_container(services, settings.api_key or stack_api_key(settings, session))
 
 
 _container: Container | None = None

@@ -165,9 +165,9 @@ def _local_parts(settings: MiddlewareSettings) -> Parts:
 
 def stack_resources(settings: MiddlewareSettings, session: Any) -> StackResources:
     """The resources of `settings.stack_name` in the session's account (STS) and region."""
-    account = session.client("sts").get_caller_identity()["Account"]
-    if not session.region_name:
+    if not session.region_name:  # before any call: the names are the region's
         raise ValueError("the aws backend needs a region: set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's)")
+    account = session.client("sts").get_caller_identity()["Account"]
     return StackResources(settings.stack_name, account, session.region_name)
 
 

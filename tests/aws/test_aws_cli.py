@@ -16,7 +16,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-import requests
 import tomllib
 
 from aws_extension import aws_cli
@@ -29,20 +28,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def aws(moto_server, monkeypatch):
-    requests.post(f"{moto_server}/moto-api/reset", timeout=10)
-    for name, value in {"AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_REGION", "SD_AWS_STACK_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    session = boto3.session.Session(region_name=REGION)
-    return session
+def aws(fresh_account):
+    return boto3.session.Session(region_name=REGION)
 
 
 @pytest.fixture
-def resources(aws):
-    return aws_cli.stack_resources(STACK, aws)
+def resources(aws, fresh_account):
+    return StackResources(STACK, fresh_account, REGION)
 
 
 @pytest.fixture
@@ -191,8 +183,9 @@ def test_the_same_code_gives_the_same_package(tmp_path, package):
     assert again.read_bytes() == package.read_bytes()
 
 
-def test_stack_resources_come_from_the_session(aws):
-    assert aws_cli.stack_resources(STACK, aws) == StackResources(STACK, "123456789012", REGION)
+def test_the_stack_is_found_in_the_session_account(aws, fresh_account):
+    session, resources = aws_cli.stack_of(STACK, session=aws)
+    assert session is aws and resources == StackResources(STACK, fresh_account, REGION)
 
 
 def test_aws_refusals_are_said_without_a_traceback(aws, monkeypatch, capsys):

@@ -243,3 +243,100 @@ def _with_request(event, method, path, body):
         return event
     event["body"] = body
     return event
+
+
+def _stack_contents(session):
+    """What exists in the account: tables, buckets, queues, topics and secrets (the cold start adds none)."""
+    return (sorted(session.client("dynamodb").list_tables()["TableNames"]),
+            sorted(b["Name"] for b in session.client("s3").list_buckets()["Buckets"]),
+            sorted(session.client("sqs").list_queues().get("QueueUrls", [])),
+            sorted(t["TopicArn"] for t in session.client("sns").list_topics()["Topics"]),
+            sorted(s["Name"] for s in session.client("secretsmanager").list_secrets()["SecretList"]))
+
+
+def _with_key(event, key):
+    event = copy.deepcopy(event)
+    event["headers"]["x-api-key"] = key
+    if "multiValueHeaders" in event:
+        event["multiValueHeaders"]["x-api-key"] = [key]
+    return event
+
+
+def _spy(monkeypatch, owner, name, calls):
+    """Record each call of `owner.name` and make it (the real method runs)."""
+    real = getattr(owner, name)
+
+    def recorded(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recorded)
+
+
+@pytest.fixture
+def function_environment(fresh_account, monkeypatch, tmp_path):
+    """The function's environment (template: ApiFunction) on a fresh account of moto's server, and a cold
+    container; the stack's name."""
+    stack = "sd-lambda"
+    for name, value in {"SD_AWS_BACKEND": "aws", "SD_AWS_STACK_NAME": stack, "SD_AWS_HOME": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("SD_AWS_API_KEY", "SD_AWS_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(lambda_entry, "_container", None)
+    return stack
+
+
+def test_the_function_on_a_stack_made_by_init(function_environment, moto_server, monkeypatch):
+    """The real cold start, as in the function: the aws backend's services (DynamoDB, S3, SageMakerCompute on
+    moto's server) found from SD_AWS_STACK_NAME alone, the API key read from the stack's secret; then API
+    Gateway, SQS and schedule events through `handler`. It creates nothing (the function's role may not)."""
+    import boto3
+    import requests
+
+    from aws_extension import aws_cli
+
+    resources = aws_cli.init(function_environment, echo=lambda _: None).resources
+    session = boto3.session.Session()
+    made = _stack_contents(session)
+    key = session.client("secretsmanager").get_secret_value(SecretId=resources.api_key_secret)["SecretString"]
+
+    for event in (API_GATEWAY_V1, API_GATEWAY_V2):
+        status, body = _answer(lambda_entry.handler(_with_key(event, key), LambdaContext()))
+        assert status == 200, body
+        # API.md: a wrong key is refused with 403, a missing one with 401.
+        status, body = _answer(lambda_entry.handler(_with_key(event, key + "x"), LambdaContext()))
+        assert status == 403, body
+        status, body = _answer(lambda_entry.handler(_without_key(event), LambdaContext()))
+        assert status == 401, body
+    assert lambda_entry._container.services.blobs.bucket == resources.bucket
+
+    started = {"checkpoint_type": MODEL_TYPES[0], "filenames": [{"filename": "a.safetensors", "parts_number": 1}]}
+    for event in (API_GATEWAY_V1, API_GATEWAY_V2):
+        request = _with_key(_with_request(event, "POST", "/checkpoint", json.dumps(started)), key)
+        status, body = _answer(lambda_entry.handler(request, LambdaContext()))
+        assert status == 200, body
+        (url,) = body["s3PresignUrl"]["a.safetensors"]
+        assert url.startswith(f"{moto_server}/{resources.bucket}/") and "uploadId=" in url
+        assert requests.put(url, data=b"part one", timeout=10).status_code == 200  # moto takes the part
+
+    unknown_job = dict(SQS_RECORD, body=json.dumps(INFERENCE_NOTIFICATION))
+    garbled = dict(SQS_RECORD, messageId="g1", body="{not json")
+    assert lambda_entry.handler({"Records": [unknown_job, garbled]}, LambdaContext()) == {
+        "batchItemFailures": [{"itemIdentifier": "g1"}]}
+
+    calls: list[str] = []
+    _spy(monkeypatch, lambda_entry._container.compute, "reap", calls)
+    _spy(monkeypatch, lambda_entry._container.services, "sweep", calls)
+    assert lambda_entry.handler(SCHEDULED_EVENT, LambdaContext()) is None
+    assert calls == ["reap", "sweep"]
+    assert _stack_contents(session) == made
+
+
+def test_the_cold_start_on_a_stack_never_made_creates_nothing(function_environment):
+    """Without `init` (or the template) the function fails on its first event, and leaves the account as
+    it found it: the wiring finds the stack's resources, it never creates them."""
+    import boto3
+
+    with pytest.raises(Exception, match="ResourceNotFoundException"):
+        lambda_entry.handler(API_GATEWAY_V2, LambdaContext())
+    assert _stack_contents(boto3.session.Session()) == ([], [], [], [], [])

@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 MAX_ANSWER_BYTES = 1 << 20  # a worker's answer is small (image count, info, timings)
 MAX_PROGRESS_BYTES = 1 << 16
 RETRY_AFTER_ERROR_S = 5.0
+# How long a message this process received stays hidden from others: a middleware that dies holding one
+# gets it back to its successor within this, not after the queue's 960 s (that is for the Lambda event
+# source, which must outlast the function's 900 s). Handling twice changes nothing.
+RECEIVE_VISIBILITY_S = 30  # SQS's default
 
 
 class SageMakerCompute:
@@ -232,7 +236,7 @@ class SageMakerCompute:
                 if self._queue_url is None:
                     self._queue_url = self.sqs.get_queue_url(QueueName=self.resources.events_queue)["QueueUrl"]
                 messages = self.sqs.receive_message(
-                    QueueUrl=self._queue_url, MaxNumberOfMessages=10,
+                    QueueUrl=self._queue_url, MaxNumberOfMessages=10, VisibilityTimeout=RECEIVE_VISIBILITY_S,
                     WaitTimeSeconds=int(self.settings.sagemaker_poll_wait_s)).get("Messages", [])
             except (ClientError, BotoCoreError) as exc:
                 log.warning("reading the events queue %s failed: %s", self.resources.events_queue, exc)
