@@ -39,6 +39,25 @@ from botocore.config import Config
 from aws_extension.middleware.aws_resources import StackResources
 from tests.helpers import SdAwsProcess, free_port
 
+
+def atomic_moto_dynamodb_writes() -> list[tuple[Any, str, Any]]:
+    """moto checks a write's condition and applies it without a lock, so two threads (or two requests to its
+    threaded server) can both pass the same condition: 8 racing claims get 2-3 winners. DynamoDB applies each
+    write atomically; so does moto with these replacements (owner, name, function) of its backend's writes."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+    replacements = []
+    for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
+        original = DynamoDBBackend.__dict__[name]
+
+        def locked(self, *args, _original=original, **kwargs):
+            with lock:
+                return _original(self, *args, **kwargs)
+
+        replacements.append((DynamoDBBackend, name, locked))
+    return replacements
+
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
@@ -120,7 +139,8 @@ class AsyncInference:
         for owner, name, value in ((SageMakerRuntimeResponse, "invoke_endpoint_async", invoke_endpoint_async),
                                    (SageMakerModelBackend, "create_endpoint", create_endpoint),
                                    # moto's list of instance types lacks the GPU ones SageMaker offers
-                                   (FakeEndpointConfig, "validate_instance_type", lambda self, instance_type: None)):
+                                   (FakeEndpointConfig, "validate_instance_type", lambda self, instance_type: None),
+                                   *atomic_moto_dynamodb_writes()):
             self._undo.append((owner, name, owner.__dict__[name]))
             setattr(owner, name, value)
 

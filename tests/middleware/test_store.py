@@ -15,6 +15,7 @@ from aws_extension.middleware.store.base import DuplicateRecord, Store
 from aws_extension.middleware.store.sqlite import MIGRATIONS, SQLiteStore
 from aws_extension.middleware.store.typed import Records
 from aws_extension.vocabulary import DeploymentStatus, EndpointStatus, JobStatus
+from tests.aws_stack import atomic_moto_dynamodb_writes
 
 
 def _record(i: int, **extra) -> InferenceJob:
@@ -50,19 +51,8 @@ def store(request, tmp_path, monkeypatch):
 
 
 def _atomic_moto_writes(monkeypatch) -> None:
-    """moto checks a write's condition and applies it without a lock, so two threads can both pass the same
-    condition (8 racing claims: 2-3 winners). DynamoDB applies each write atomically; so does moto with this."""
-    from moto.dynamodb.models import DynamoDBBackend
-
-    lock = threading.RLock()
-    for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
-        original = getattr(DynamoDBBackend, name)
-
-        def locked(self, *args, _original=original, **kwargs):
-            with lock:
-                return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(DynamoDBBackend, name, locked)
+    for owner, name, locked in atomic_moto_dynamodb_writes():
+        monkeypatch.setattr(owner, name, locked)
 
 
 @pytest.fixture
