@@ -6,7 +6,8 @@
 - SQS records (the events queue: SageMaker's SNS notifications and EventBridge state changes) →
   `compute.handle_event(body)` per record, reporting the records that failed (`batchItemFailures`), so only
   those come back;
-- the EventBridge schedule (the reaper rule) → `compute.reap()` and the blob sweep (`Services.sweep`);
+- the EventBridge schedule (the reaper rule) → `compute.reap()`, the blob sweep (`Services.sweep`) and the
+  deletions still pending (`EndpointRetirement.finish_pending`);
 - a SageMaker state change delivered straight to the function (a rule that targets it) → `handle_event`;
 - `{"sd_aws_task": "import", ...}`, the function's asynchronous invocation of itself → one step of a URL
   import (`ModelImporter.run_step`), which invokes the function again to resume when it runs out of time.
@@ -100,9 +101,10 @@ class Container:
             self.compute.handle_event(event)
             return None
         if kind == "schedule":
-            # Both run even when the first fails; the failure is raised after (Lambda records it).
+            # Each runs even when one before it fails; the first failure is raised after (Lambda records it).
             failed: list[BaseException] = []
-            for step in (self.compute.reap, self.services.sweep, self._resume_stalled_imports):
+            for step in (self.compute.reap, self.services.sweep, self.services.retirement.finish_pending,
+                         self._resume_stalled_imports):
                 try:
                     step()
                 except Exception as exc:

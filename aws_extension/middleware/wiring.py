@@ -76,6 +76,8 @@ class Services:
         if self.compute.restarts_with_middleware:
             self.jobs.restore()
             self.retirement.restore()
+        else:  # SageMaker's jobs and endpoints went on without us; only our own deletions wait
+            self.retirement.finish_pending()
         self.compute.start(self.reports())
         if self.training_models and self.training:
             self.training_models.restore()

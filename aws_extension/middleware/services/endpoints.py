@@ -142,6 +142,10 @@ class EndpointService:
             update["deployment_status"] = DeploymentStatus.FAILED
         self.records.update(record.id, update)
 
+    def deleting(self) -> list[Endpoint]:
+        """The endpoints whose deletion began and has not finished."""
+        return self.records.all({"endpoint_status": [EndpointStatus.DELETING]})
+
     def restore(self) -> list[Endpoint]:
         """After a restart: bring back InService endpoints, fail those caught mid-creation; returns those
         caught mid-deletion (their deletion is finished by the retirement service)."""

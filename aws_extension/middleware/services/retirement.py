@@ -57,7 +57,18 @@ class EndpointRetirement:
         self.jobs.end_endpoint_jobs(name, JobStatus.FAILED, f"The endpoint {name} failed: {reason}")
 
     def restore(self) -> None:
-        """After a restart: finish the deletions a previous run left half done."""
+        """After a restart of local compute: bring its endpoints back and finish the deletions a previous run
+        left half done."""
         for record in self.endpoints.restore():
-            self.jobs.stop_endpoint_jobs(record.endpoint_name, self._reason(record))
-            self._finish(record)
+            self._retire(record)
+
+    def finish_pending(self) -> None:
+        """Finish every deletion still `Deleting`: on SageMaker, after a restart, and on the Lambda's schedule
+        (a deletion's background thread does not outlive the invocation that started it). Finishing one twice
+        is harmless: compute's delete is idempotent and the record ends Deleted either way."""
+        for record in self.endpoints.deleting():
+            self._retire(record)
+
+    def _retire(self, record: Endpoint) -> None:
+        self.jobs.stop_endpoint_jobs(record.endpoint_name, self._reason(record))
+        self._finish(record)
