@@ -98,7 +98,9 @@ class RequestBodyGuard:
         if scope["type"] != "http" or scope["path"].startswith("/blobs/"):
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
-        too_large = f"The request body is over {self.max_bytes} bytes; send large inputs through a signed upload URL."
+        too_large = (f"The request body is over {self.max_bytes} bytes; send large inputs through a signed upload URL "
+                     "(an inference job: create it with \"run\": false, PUT its parameters to the "
+                     "api_params_upload_url it answers, then PUT /inference/v2/{id}/run).")
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await self._refusal(headers, 413, too_large)(scope, receive, send)

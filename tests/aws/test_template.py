@@ -91,6 +91,8 @@ def test_names_are_those_of_stack_resources(template):
     environment = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
     assert environment["SD_AWS_BACKEND"] == "aws"
     assert environment["SD_AWS_STACK_NAME"] == {"Ref": "AWS::StackName"}
+    # a body API Gateway base64-encodes must fit Lambda's 6 MB event (4/3 of it, plus the event's own fields)
+    assert int(environment["SD_AWS_MAX_BODY_BYTES"]) * 4 / 3 + 64 * 1024 < 6 * 1024 * 1024
 
 
 def test_the_function_handler_is_the_lambda_entry(template):

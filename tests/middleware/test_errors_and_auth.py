@@ -64,6 +64,7 @@ def test_body_over_limit_is_413(middleware, headers):
 
     streamed = requests.post(f"{middleware.url}/dataset", data=chunks(), headers=headers, timeout=30)
     assert streamed.status_code == 413 and "over" in streamed.json()["error"]
+    assert '"run": false' in streamed.json()["error"] and "api_params_upload_url" in streamed.json()["error"]
 
 
 def test_unknown_route_has_error_body(middleware, headers):
