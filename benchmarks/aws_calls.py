@@ -185,9 +185,15 @@ def measure(fake: AsyncInference, n: int) -> dict[str, Counter]:
         import requests
 
         part = requests.put(created["s3PresignUrl"]["tiny.safetensors"][0], data=body, timeout=30)
+        background_before = Counter(CALLS["background"])
         call("PUT /checkpoint", "PUT", "/checkpoint", expect=(200, 202), json={
             "checkpoint_id": created["checkpoint"]["id"], "status": "Active",
             "multi_parts_tags": {"tiny.safetensors": [{"ETag": part.headers["ETag"], "PartNumber": 1}]}})
+        deadline = time.monotonic() + 30
+        while (time.monotonic() < deadline
+               and services.checkpoints.records.get(created["checkpoint"]["id"]).status != CheckpointStatus.ACTIVE):
+            time.sleep(0.2)
+        results["checkpoint completion (background)"] = Counter(CALLS["background"]) - background_before
         call("GET /datasets", "GET", "/datasets")
         call("POST /dataset", "POST", "/dataset", json={
             "dataset_name": "new-ds", "content": [{"filename": "a.png", "name": "a", "type": "image"}], "params": {}})
@@ -202,6 +208,9 @@ def measure(fake: AsyncInference, n: int) -> dict[str, Counter]:
             invocation = fake.wait_for(first)
             call("GET /inference/get-inference-job", "GET", f"/inference/get-inference-job?jobID={first}")
             call("GET /inference/list-inference-jobs", "GET", "/inference/list-inference-jobs?limit=100")
+            # a filter the index does not serve (endpoint's index, status filtered): pages read until 100 match
+            call("GET /inference/list-inference-jobs?endpoint&status", "GET",
+                 "/inference/list-inference-jobs?endpoint=live&status=inprogress&limit=100")
             second = call("POST /inference/v2 (2nd)", "POST", "/inference/v2", json=job).json()["inference_id"]
             fake.wait_for(second)
             call("PUT /inference/v2/{id}/cancel", "PUT", f"/inference/v2/{second}/cancel")
