@@ -10,7 +10,8 @@ hand with a one-image worker answer, so the completion handler runs). Every tabl
 in-process (`wiring.build_services` + `app.create_app`, FastAPI's TestClient) on a boto3 session whose
 clients carry a botocore `before-call` hook. Each call is charged to the route whose request made it (a
 contextvar set by an ASGI wrapper); calls of background threads (SQS poller, reaper, deployment) are
-charged to "background". A list route's count depends on its page size (one Query per page), not on N.
+charged to "background". A list route's count depends on its page size (one Query per page), not on N;
+a size past DynamoDB's 1 MB per Query page (`--sizes 10,4000`) shows the routes that read a whole table.
 
 moto's speed says nothing about AWS's; the counts do. The prices in PRICES are published figures as
 remembered at the date given: re-check them on the pages named before relying on the totals.
