@@ -21,6 +21,7 @@ import tomllib
 from aws_extension import aws_cli
 from aws_extension.cli import main
 from aws_extension.middleware.aws_resources import StackResources
+from aws_extension.middleware.store.dynamodb import ALL_TABLES
 
 STACK = "sd-cli"
 REGION = "us-east-1"
@@ -62,7 +63,7 @@ def test_deploy_creates_the_stack(aws, resources, package, capsys):
     assert function["Environment"]["Variables"]["SD_AWS_STACK_NAME"] == STACK
     assert function["Environment"]["Variables"]["SD_AWS_WORKER_IMAGE"].endswith(":worker-1")
     tables = aws.client("dynamodb").list_tables()["TableNames"]
-    assert sorted(tables) == sorted(f"{STACK}-{t}" for t in ("checkpoints", "datasets", "endpoints", "inference_jobs"))
+    assert sorted(tables) == sorted(f"{STACK}-{table.name}" for table in ALL_TABLES)
     aws.client("s3").head_bucket(Bucket=resources.bucket)
     queue = aws.client("sqs").get_queue_url(QueueName=resources.events_queue)["QueueUrl"]
     assert queue
@@ -123,7 +124,7 @@ def test_init_twice_is_idempotent(aws, resources):
         assert json.loads(events.describe_rule(Name=name)["EventPattern"]) == aws_cli.state_change_pattern(resources, rule)
         assert [t["Arn"] for t in events.list_targets_by_rule(Rule=name)["Targets"]] == [queue_arn]
     tables = aws.client("dynamodb").list_tables()["TableNames"]
-    assert len(tables) == 4
+    assert sorted(tables) == sorted(f"{STACK}-{table.name}" for table in ALL_TABLES)
     aws.client("s3").head_bucket(Bucket=resources.bucket)
 
 
