@@ -458,8 +458,6 @@ OVERRIDE_SETTINGS_HONOURED = (
     "ddim_discretize",  # honoured as A1111 1.10 honours it: its timestep samplers never read it
 )
 OVERRIDE_SETTINGS_NO_OP = ("sd_model_checkpoint", "samples_format", "save_images_add_number")
-# Refused unless they hold A1111's default (the rules above say so, naming the setting).
-OVERRIDE_SETTINGS_DEFAULT_ONLY: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

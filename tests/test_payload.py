@@ -15,7 +15,6 @@ from aws_extension.payload import (
     CONTROLNET_UNIT_RULES,
     FIELD_RULES,
     IMG2IMG_DEFAULTS,
-    OVERRIDE_SETTINGS_DEFAULT_ONLY,
     OVERRIDE_SETTINGS_HONOURED,
     OVERRIDE_SETTINGS_NO_OP,
     OVERRIDE_SETTINGS_RULES,
@@ -298,8 +297,7 @@ def test_the_first_problem_is_reported() -> None:
 def test_every_field_has_its_rules() -> None:
     fields = set(TXT2IMG_DEFAULTS) | set(IMG2IMG_DEFAULTS)
     assert set(FIELD_RULES) | set(ROUTING_FIELDS) == fields and not set(FIELD_RULES) & set(ROUTING_FIELDS)
-    assert tuple(OVERRIDE_SETTINGS_RULES) == (OVERRIDE_SETTINGS_HONOURED + OVERRIDE_SETTINGS_NO_OP
-                                              + OVERRIDE_SETTINGS_DEFAULT_ONLY)
+    assert tuple(OVERRIDE_SETTINGS_RULES) == OVERRIDE_SETTINGS_HONOURED + OVERRIDE_SETTINGS_NO_OP
     assert set(CONTROLNET_NO_OP_KEYS) < set(CONTROLNET_UNIT_RULES)
 
 
