@@ -17,7 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False PIP_DISABLE_PIP_VERSION_CHECK=1
 MAIN_VENV=$(cd "${1:?usage: .ci/ui.sh <main venv>}" && pwd)
-TEST_TOOLS=(requests tqdm pytest pytest-timeout playwright)
+# Both hosts run on torch (the host stand-in's processing makes its batches as tensors, as A1111 does): the CPU
+# wheel the main venv has.
+TEST_TOOLS=(torch==2.13.0 requests tqdm pytest pytest-timeout playwright)
 A1111_PINS=(gradio==3.41.2 fastapi==0.94.0 "pydantic<2" httpx==0.24.1 httpcore==0.15.0 "huggingface_hub<0.26"
             pillow==9.5.0 numpy==1.26.2 "${TEST_TOOLS[@]}")
 FORGE_PINS=(gradio==4.40.0 fastapi==0.104.1 pydantic==2.8.2 httpx==0.24.1 "huggingface_hub<0.26"

@@ -14,14 +14,16 @@ parameters in before_process or process) and has such hooks is refused before an
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from modules import errors, scripts
 from PIL import Image
 
 from aws_extension.webui.request import CONTROLNET_SCRIPT_TITLES
+
+if TYPE_CHECKING:  # the host has torch; the extension imports it only for the batch hooks, which take tensors
+    import torch
 
 # What A1111 calls inside its sampling, on the local model's tensors (latents, conditioning, the UNet):
 # there is no local sampling on the cloud path, so these never run there (docs/architecture.md, WebUI).
@@ -40,8 +42,13 @@ class ModelHookScript(ValueError):
 
 
 def images_to_batch(images: list[Image.Image]) -> torch.Tensor:
-    """Images as the host's decoded batch: [B, 3, H, W] float32 in 0..1. Each 8-bit level becomes the middle
-    of the values the host rounds down to it, so the host's `255 * x` to uint8 gives the same pixels back."""
+    """Images as the host's decoded batch: [B, 3, H, W] float32 in 0..1 (empty: no images). Each 8-bit level
+    becomes the middle of the values the host rounds down to it, so the host's `255 * x` to uint8 gives the same
+    pixels back."""
+    import torch
+
+    if not images:
+        return torch.empty(0)
     pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.minimum((pixels + 0.5) / 255, 1.0), 3, 1)))
 
@@ -118,7 +125,7 @@ class ScriptHooks:
         postprocess_image and postprocess_image_after_composite for each image: the batch's final images."""
         p = self.p
         if self.scripts_for("postprocess_batch") or self.scripts_for("postprocess_batch_list"):
-            batch = images_to_batch(images) if images else torch.empty(0)
+            batch = images_to_batch(images)
             self.call("postprocess_batch", images=batch, batch_number=n)
             self._reset_batch_prompts(n)
             batch_list = scripts.PostprocessBatchListArgs(list(batch))

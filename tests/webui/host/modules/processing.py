@@ -8,7 +8,6 @@ import random
 import uuid
 
 import numpy as np
-import torch
 from PIL import Image
 
 from modules import images, infotext_utils, scripts, sd_models, shared
@@ -309,6 +308,8 @@ def _infotext(p, index=0, use_main_prompt=False):
 def _sampled(p):
     """The batch as decode_latent_batch and the clamp leave it ([B, 3, H, W] in 0..1): each image its prompt's
     colour (values whose 255 * x truncates to that colour)."""
+    import torch  # A1111 imports it at the top; here only the hooks' batches need it (the UI venvs have none)
+
     colours = torch.tensor([colour_of(prompt) for prompt in p.prompts], dtype=torch.float32)
     return ((colours + 0.5) / 255).clamp(max=1.0)[:, :, None, None].repeat(1, 1, p.height, p.width)
 
