@@ -17,7 +17,15 @@ from typing import Any
 import requests
 
 from aws_extension.model_files import file_sha256
-from aws_extension.vocabulary import CheckpointStatus, DatasetStatus, EndpointStatus, JobStatus
+from aws_extension.vocabulary import (
+    CheckpointStatus,
+    CheckpointType,
+    DatasetStatus,
+    EndpointStatus,
+    JobStatus,
+    TrainingModelStatus,
+    TrainingStatus,
+)
 
 MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 16 * MiB  # S3's minimum part is 5 MiB; bigger parts mean fewer round trips
@@ -211,6 +219,76 @@ class MiddlewareClient:
                 cancelled = True
             if time.monotonic() > deadline:
                 raise ApiError(0, f"job {job_id} has not finished after {timeout_s} s.")
+            time.sleep(poll_s)
+
+    # -- training ------------------------------------------------------------------------------------------
+    def create_training_model(self, checkpoint_id: str, name: str | None = None, params: dict | None = None) -> dict:
+        """POST /model from an Active Stable-diffusion checkpoint; the model record (`Initialed`)."""
+        body = {"model_type": CheckpointType.STABLE_DIFFUSION.value, "checkpoint_id": checkpoint_id,
+                "params": params or {}}
+        if name:
+            body["name"] = name
+        return self.request("POST", "/model", json=body)["job"]
+
+    def prepare_training_model(self, model_id: str) -> dict:
+        """PUT /model Creating: the preparation runs in the background (Complete or Fail)."""
+        return self.request("PUT", "/model", json={"model_id": model_id,
+                                                   "status": TrainingModelStatus.CREATING.value})["job"]
+
+    def list_training_models(self, status: list[str] | None = None) -> list[dict]:
+        return self.request("GET", "/models", params={"status": status} if status else None)["models"]
+
+    def wait_for_training_model(self, model_id: str, timeout_s: float = 3600, poll_s: float = 1.0) -> dict:
+        """Poll until the model is Complete; ApiError with its reason when it failed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = next((m for m in self.list_training_models() if m["id"] == model_id), None)
+            if record is None:
+                raise ApiError(404, f"training model {model_id} is not listed.")
+            if record["status"] == TrainingModelStatus.COMPLETE:
+                return record
+            if record["status"] == TrainingModelStatus.FAIL:
+                raise ApiError(400, record.get("error") or f"training model {model_id} failed.")
+            if time.monotonic() > deadline:
+                raise ApiError(0, f"training model {model_id} is still {record['status']} after {timeout_s} s.")
+            time.sleep(poll_s)
+
+    def create_training(self, train_type: str, model_id: str, training_params: dict, config_params: dict) -> dict:
+        """POST /train: the job (`Initial`); `PUT /train` Training starts it (`start_training`)."""
+        body = {"train_type": train_type, "model_id": model_id,
+                "params": {"training_params": training_params, "config_params": config_params}}
+        return self.request("POST", "/train", json=body)["job"]
+
+    def start_training(self, train_job_id: str) -> dict:
+        """Start a job, or resume a Stopped one."""
+        return self.request("PUT", "/train", json={"train_job_id": train_job_id,
+                                                   "status": TrainingStatus.TRAINING.value})["job"]
+
+    def stop_training(self, train_job_id: str) -> dict:
+        """Stop a job, keeping its saved state (Stopped; `start_training` resumes it)."""
+        return self.request("PUT", "/train", json={"train_job_id": train_job_id,
+                                                   "status": TrainingStatus.STOPPED.value})["job"]
+
+    def training_job(self, train_job_id: str) -> dict:
+        """One job with its live progress (step, total_steps, loss, steps_per_s, eta_s) and sample URLs."""
+        return self.request("GET", f"/train/{train_job_id}")["job"]
+
+    def list_trainings(self, status: list[str] | None = None, types: list[str] | None = None) -> list[dict]:
+        params = {k: v for k, v in {"status": status, "types": types}.items() if v}
+        return self.request("GET", "/trains", params=params or None)["trainJobs"]
+
+    def wait_for_training(self, train_job_id: str, timeout_s: float = 24 * 3600, poll_s: float = 2.0,
+                          on_update: Callable[[dict], None] | None = None) -> dict:
+        """Poll a training job until it is Complete, Fail or Stopped; its last record."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.training_job(train_job_id)
+            if on_update:
+                on_update(job)
+            if job["status"] in (TrainingStatus.COMPLETE, TrainingStatus.FAIL, TrainingStatus.STOPPED):
+                return job
+            if time.monotonic() > deadline:
+                raise ApiError(0, f"training job {train_job_id} has not finished after {timeout_s} s.")
             time.sleep(poll_s)
 
     def download(self, url: str) -> bytes:
