@@ -152,6 +152,45 @@ class CheckpointType(Word):
 MODEL_TYPES = CheckpointType.values()
 
 
+class Permission(Word):
+    """What a key may do, as ESD names it: `<resource>:all` (create, change, delete; implies `:list`) or
+    `<resource>:list` (see only). Datasets belong to `train`."""
+
+    ROLE_ALL = "role:all"
+    ROLE_LIST = "role:list"
+    USER_ALL = "user:all"
+    USER_LIST = "user:list"
+    SAGEMAKER_ENDPOINT_ALL = "sagemaker_endpoint:all"
+    SAGEMAKER_ENDPOINT_LIST = "sagemaker_endpoint:list"
+    INFERENCE_ALL = "inference:all"
+    INFERENCE_LIST = "inference:list"
+    CHECKPOINT_ALL = "checkpoint:all"
+    CHECKPOINT_LIST = "checkpoint:list"
+    TRAIN_ALL = "train:all"
+    TRAIN_LIST = "train:list"
+
+    @property
+    def resource(self) -> str:
+        return self.value.split(":", 1)[0]
+
+
+def grants(held: Iterable[str], needed: str) -> bool:
+    """Whether holding `held` allows `needed` (`X:all` allows `X:list`)."""
+    resource = needed.split(":", 1)[0]
+    return needed in held or f"{resource}:all" in held
+
+
+ADMIN_ROLE = "admin"
+USER_ROLE = "user"
+# The built-in roles: `admin` may do everything (and sees every owner's records); `user` runs its own
+# inference and training and reads the shared catalogue and the endpoints.
+BUILT_IN_ROLES: dict[str, frozenset[str]] = {
+    ADMIN_ROLE: frozenset(p.value for p in Permission if p.value.endswith(":all")),
+    USER_ROLE: frozenset({Permission.INFERENCE_ALL.value, Permission.TRAIN_ALL.value,
+                          Permission.CHECKPOINT_LIST.value, Permission.SAGEMAKER_ENDPOINT_LIST.value}),
+}
+
+
 class MergeMethod(Word):
     """A1111's Checkpoint Merger: A·(1−M) + B·M; A + (B − C)·M; A alone."""
 

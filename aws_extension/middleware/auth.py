@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from fastapi import Request
 
 from aws_extension.middleware.errors import AccessDenied, NotAuthenticated, ServiceError
+from aws_extension.middleware.principals import BOOTSTRAP_ADMIN
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -30,7 +31,8 @@ def key_problem(headers: Mapping[str, str], expected: str) -> ServiceError | Non
 
 
 async def require_api_key(request: Request) -> None:
-    """The routers' dependency."""
+    """The routers' dependency: the key is checked and its principal put on `request.state.principal`."""
     problem = key_problem(request.headers, request.app.state.api_key)
     if problem:
         raise problem
+    request.state.principal = BOOTSTRAP_ADMIN
