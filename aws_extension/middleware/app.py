@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from aws_extension import __version__
 from aws_extension.middleware.answers import Health
 from aws_extension.middleware.audit import AuditTrail
-from aws_extension.middleware.auth import Authenticator, authorize
+from aws_extension.middleware.auth import Authenticator, authorize, check_permission
 from aws_extension.middleware.blobs.base import KeyConflict, ObjectTooLarge, StorageFull
 from aws_extension.middleware.blobs.local import LocalBlobStore
 from aws_extension.middleware.errors import (
@@ -40,6 +40,10 @@ from aws_extension.middleware.routes import (
     users,
 )
 from aws_extension.middleware.wiring import Services
+
+# The routers whose every route needs a key and the route's permission (`permissions.ROUTE_PERMISSIONS`).
+KEYED_ROUTERS = (connection.router, checkpoints.router, endpoints.router, inference.router, datasets.router,
+                 training.router, users.router)
 
 # The HTTP status of each error the services and the stores raise for a reason the user can act on (the
 # first class in an error's MRO that is listed here); anything else is a 500.
@@ -114,8 +118,14 @@ def create_app(services: Services, api_key: str, readiness: Readiness | None = N
         # that a request without a valid key learns that, not what is wrong with its body.
         if not request.url.path.startswith("/blobs/"):
             found = await run_in_threadpool(authenticator.authenticate, request.headers)
-            if isinstance(found, ServiceError):
-                return error_body(status_of(found), found.message)
+            route = request.scope.get("route")
+            try:
+                if isinstance(found, ServiceError):
+                    raise found
+                if route is not None:  # nor what a route it may not call would do with it
+                    check_permission(found, request.method, route.path)
+            except ServiceError as refused:
+                return error_body(status_of(refused), refused.message)
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_body(400, f"The request body is not valid JSON ({errors[0].get('ctx', {}).get('error', 'parse error')}).")
@@ -142,13 +152,8 @@ def create_app(services: Services, api_key: str, readiness: Readiness | None = N
     authenticated = [Depends(authorize)]  # the key, then the route's permission (permissions.py)
     if isinstance(services.blobs, LocalBlobStore):  # signed URLs of other stores point at the store itself
         app.include_router(blobs.router)
-    app.include_router(connection.router, dependencies=authenticated)
-    app.include_router(checkpoints.router, dependencies=authenticated)
-    app.include_router(endpoints.router, dependencies=authenticated)
-    app.include_router(inference.router, dependencies=authenticated)
-    app.include_router(datasets.router, dependencies=authenticated)
-    app.include_router(training.router, dependencies=authenticated)
-    app.include_router(users.router, dependencies=authenticated)
+    for router in KEYED_ROUTERS:
+        app.include_router(router, dependencies=authenticated)
     app.add_middleware(AuditTrail, audit=services.audit)
     app.add_middleware(RequestBodyGuard, max_bytes=services.settings.max_body_bytes,
                        authenticate=authenticator.authenticate, status_of=status_of)

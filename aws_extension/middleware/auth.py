@@ -60,10 +60,15 @@ def authorize(request: Request) -> None:
     route_path = request.scope["route"].path
     request.state.principal, request.state.route_path = found, route_path
     request.state.path_params = dict(request.path_params)
+    check_permission(found, request.method, route_path)
+
+
+def check_permission(principal: Principal, method: str, route_path: str) -> None:
+    """AccessDenied (403, naming the permission and the key's user) unless `principal` may call the route."""
     try:
-        needed = permission_for(request.method, route_path)
+        needed = permission_for(method, route_path)
     except RouteNotListed:
-        raise AccessDenied(f"{request.method} {route_path} has no permission defined, so no key may call it.") from None
-    if needed is not None and not found.may(needed):
-        raise AccessDenied(f"The key of {found.username} lacks the permission {needed} "
-                           f"(needed for {request.method} {route_path}); ask an administrator for a role with it.")
+        raise AccessDenied(f"{method} {route_path} has no permission defined, so no key may call it.") from None
+    if needed is not None and not principal.may(needed):
+        raise AccessDenied(f"The key of {principal.username} lacks the permission {needed} "
+                           f"(needed for {method} {route_path}); ask an administrator for a role with it.")

@@ -126,6 +126,9 @@ class UserService:
         if record is None or not hmac.compare_digest(secret_hash(bytes.fromhex(record.salt), secret),
                                                      record.secret_hash):
             raise AccessDenied("The API key is not valid.")
+        user = self.users.get(record.username)
+        if user is None or user.status != UserStatus.ACTIVE:
+            raise NotAuthenticated(f"The user {record.username} of this API key was deleted.")
         status = key_status(record, now())
         if status == ApiKeyStatus.REVOKED:
             raise NotAuthenticated(f"This API key ({key_id}) was revoked at {time_text(record.revoked or 0)} UTC; "
@@ -133,9 +136,6 @@ class UserService:
         if status == ApiKeyStatus.EXPIRED:
             raise NotAuthenticated(f"This API key ({key_id}) expired at {time_text(record.expires or 0)} UTC; "
                                    "ask an administrator for a new one.")
-        user = self.users.get(record.username)
-        if user is None or user.status != UserStatus.ACTIVE:
-            raise NotAuthenticated(f"The user {record.username} of this API key was deleted.")
         return self.principal_of(user, key_id)
 
     def principal_of(self, user: User, key_id: str | None = None) -> Principal:
