@@ -7,6 +7,7 @@ there is: it is the only test here that makes users with the admin role.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -16,6 +17,7 @@ import requests
 
 from aws_extension.middleware.permissions import ROUTE_PERMISSIONS
 from tests.conftest import start_api
+from tests.helpers import REPO
 from tests.middleware.conftest import API_KEY
 from tests.middleware.test_cli import sd_aws
 
@@ -296,3 +298,10 @@ def test_every_route_is_in_the_permission_table(tmp_path):
     with TestClient(app) as client:  # and the keyed ones do check the key
         for method, path in sorted(keyed):
             assert client.request(method, path.replace("{", "x").replace("}", "")).status_code == 401, path
+
+
+def test_the_permission_table_in_the_docs_is_the_codes():
+    text = (REPO / "docs" / "api-permissions.md").read_text()
+    rows = re.findall(r"^\| `(GET|POST|PUT|DELETE) (\S+)` \| (?:`([a-z_]+:[a-z]+)`|any valid key) \|$", text, re.MULTILINE)
+    assert {(method, path): permission or None for method, path, permission in rows} == {
+        key: permission.value if permission else None for key, permission in ROUTE_PERMISSIONS.items()}
