@@ -1,7 +1,8 @@
 """`AuditTrail`: the ASGI middleware that writes one audit entry (`services/audit.AuditLog`) for every
-successful (status < 400) POST, PUT and DELETE a key made, once its answer has been sent. The principal
-and the route's template come from the request's state, where `auth.authorize` put them; the answer is
-read only for the ids it names. Requests without a principal (the signed blob URLs) are not recorded.
+successful (status < 400) POST, PUT and DELETE a key made. The entry is written just before the answer's
+last bytes are sent, so a client that has its answer finds the entry. The principal, the route's template
+and its path parameters come from the request's state, where `auth.authorize` put them; the answer is read
+only for the ids it names. Requests without a principal (the signed blob URLs) are not recorded.
 """
 
 from __future__ import annotations
@@ -28,29 +29,30 @@ class AuditTrail:
         if scope["type"] != "http" or scope["method"] not in AUDITED_METHODS:
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})  # shared with the request, even if a router copies the scope
-        status, body, complete = 0, bytearray(), False
+        status, body = 0, bytearray()
 
-        async def watching_send(message):
-            nonlocal status, complete
+        async def recording_send(message):
+            nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 if len(body) <= MAX_ANSWER_BYTES:
                     body.extend(message.get("body", b""))
-                complete = not message.get("more_body", False)
+                if not message.get("more_body", False) and status < 400 and state.get("principal") is not None:
+                    await self._record(scope["method"], state, status, body)
             await send(message)
 
-        await self.app(scope, receive, watching_send)
-        principal, route_path, path_params = state.get("principal"), state.get("route_path"), state.get("path_params")
-        if not complete or status >= 400 or principal is None or route_path is None:
-            return
+        await self.app(scope, receive, recording_send)
+
+    async def _record(self, method: str, state: dict, status: int, body: bytearray) -> None:
+        principal, route_path = state["principal"], state.get("route_path")
         try:
             answer = json.loads(body) if len(body) <= MAX_ANSWER_BYTES else None
         except ValueError:
             answer = None
         try:
-            await run_in_threadpool(self.audit.record, principal, scope["method"], route_path,
-                                    path_params or {}, status, answer)
-        except Exception:  # the change is done and answered; a lost entry must not turn it into an error
-            log.exception("could not write the audit entry of %s %s by %s", scope["method"], route_path,
+            await run_in_threadpool(self.audit.record, principal, method, route_path,
+                                    state.get("path_params") or {}, status, answer)
+        except Exception:  # the change is done; a lost entry must not turn its answer into an error
+            log.exception("could not write the audit entry of %s %s by %s", method, route_path,
                           principal.username)

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from aws_extension.middleware.permissions import ROUTE_PERMISSIONS
+from aws_extension.middleware.records import API_KEYS
 from tests.conftest import start_api
 from tests.helpers import REPO
 from tests.middleware.conftest import API_KEY
@@ -305,3 +306,44 @@ def test_the_permission_table_in_the_docs_is_the_codes():
     rows = re.findall(r"^\| `(GET|POST|PUT|DELETE) (\S+)` \| (?:`([a-z_]+:[a-z]+)`|any valid key) \|$", text, re.MULTILINE)
     assert {(method, path): permission or None for method, path, permission in rows} == {
         key: permission.value if permission else None for key, permission in ROUTE_PERMISSIONS.items()}
+
+
+class CountingStore:
+    """A real SQLite store that counts the calls made on it."""
+
+    def __init__(self, store):
+        self.store, self.calls = store, []
+
+    def __getattr__(self, name):
+        method = getattr(self.store, name)
+
+        def counted(*args, **kwargs):
+            self.calls.append(name)
+            return method(*args, **kwargs)
+        return counted
+
+
+def test_a_key_costs_a_constant_number_of_reads_and_limits_are_the_most_generous(tmp_path):
+    from aws_extension.middleware.principals import BOOTSTRAP_ADMIN
+    from aws_extension.middleware.services.users import UserService
+    from aws_extension.middleware.store.sqlite import SQLiteStore
+
+    store = CountingStore(SQLiteStore(tmp_path / "store.sqlite3"))
+    users = UserService(store)
+    users.create_role(BOOTSTRAP_ADMIN, "small", ["inference:all"], max_queued_jobs=3, max_concurrent_trainings=1)
+    users.create_role(BOOTSTRAP_ADMIN, "large", ["train:all"], max_queued_jobs=10)
+    _, key = users.create_user(BOOTSTRAP_ADMIN, "limited", ["small", "large"])
+    store.calls.clear()
+    principal = users.principal_for_key(key.api_key)
+    assert store.calls == ["get", "get", "get", "get"]  # the key, the user, its two roles: no list, no scan
+    assert principal.permissions == {"inference:all", "train:all"} and principal.key_id == key.record.id
+    assert (principal.max_queued_jobs, principal.max_concurrent_trainings) == (10, None)  # `large` has none
+    users.set_roles(BOOTSTRAP_ADMIN, "limited", ["small"])
+    assert users.principal_for_key(key.api_key).max_concurrent_trainings == 1
+    users.set_roles(BOOTSTRAP_ADMIN, "limited", ["small", "user"])  # a built-in role: no limits
+    assert users.principal_for_key(key.api_key).max_queued_jobs is None
+    assert users.owner_label("limited") == "limited"
+    users.delete_user(BOOTSTRAP_ADMIN, "limited")
+    assert users.owner_label("limited") == "deleted user limited"
+    stored = json.dumps(store.store.get(API_KEYS, key.record.id))
+    assert key.api_key.split("_", 2)[2] not in stored  # only the salted hash is kept

@@ -207,6 +207,13 @@ class UserService:
             self.keys.update(key.id, {"revoked": at, "revoked_by": actor.username}, expect={"revoked": None})
         return deleted
 
+    def owner_label(self, username: str) -> str:
+        """How a record's owner is shown: its name, or "deleted user NAME" once the user is deleted."""
+        if username == BOOTSTRAP_USERNAME:
+            return username
+        user = self.users.get(username)
+        return username if user is not None and user.status == UserStatus.ACTIVE else f"deleted user {username}"
+
     def is_admin(self, user: User) -> bool:
         return user.status == UserStatus.ACTIVE and grants(self.principal_of(user).permissions, ADMIN_PERMISSION)
 
