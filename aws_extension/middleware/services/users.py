@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -44,6 +45,7 @@ SECRET_BYTES = 32
 MAX_EXPIRY_DAYS = 3650
 DAY_S = 86400.0
 VALID_PERMISSIONS = tuple(p.value for p in Permission)
+_KEY_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")  # names.new_id()
 
 
 def secret_hash(salt: bytes, secret: str) -> str:
@@ -121,7 +123,7 @@ class UserService:
         """The principal of a user's key; AccessDenied (403) for a key that is not one of ours, NotAuthenticated
         (401: the holder must get a new key) for one revoked, expired or of a deleted user."""
         _, key_id, secret = (key.split("_", 2) + ["", ""])[:3]
-        record = self.keys.get(key_id) if key_id and secret else None
+        record = self.keys.get(key_id) if _KEY_ID.match(key_id) and secret else None
         # The secret is checked before anything about the key is told, so only its holder learns it ended.
         if record is None or not hmac.compare_digest(secret_hash(bytes.fromhex(record.salt), secret),
                                                      record.secret_hash):
