@@ -114,15 +114,16 @@ def create_app(services: Services, api_key: str, readiness: Readiness | None = N
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        # FastAPI reads and validates the body before the routers' key check runs: check the key first, so
-        # that a request without a valid key learns that, not what is wrong with its body.
+        # FastAPI reads and validates the body before the routers' dependency runs: check the key and the
+        # route's permission first, so that a request that may not pass learns that, not what is wrong
+        # with its body.
         if not request.url.path.startswith("/blobs/"):
             found = await run_in_threadpool(authenticator.authenticate, request.headers)
             route = request.scope.get("route")
             try:
                 if isinstance(found, ServiceError):
                     raise found
-                if route is not None:  # nor what a route it may not call would do with it
+                if route is not None:
                     check_permission(found, request.method, route.path)
             except ServiceError as refused:
                 return error_body(status_of(refused), refused.message)

@@ -3,7 +3,8 @@
 `RequestBodyGuard` reads every JSON body before the app does: over the limit → 413 (declared or streamed);
 not UTF-8, `NaN`/`Infinity` (not JSON) or a number too large for a double, or a string with a lone UTF-16 surrogate (it cannot be encoded in
 any answer, so one stored would break every list that shows it) → 400. The key is checked first
-(`auth.Authenticator.authenticate`), so a request without a valid key learns that, whatever its body. Blob URLs are exempt (they take files).
+(`auth.Authenticator.authenticate`), so a request without a valid key learns that, whatever its body.
+Blob URLs are exempt (they take files).
 
 `UnexpectedErrors` answers an error the app did not handle with API.md's 500 body and keeps the
 connection open (Starlette's own handler re-raises, and the server then drops the keep-alive connection).
