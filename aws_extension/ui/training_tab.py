@@ -108,8 +108,9 @@ def whole(value: Any, label: str, low: int = 0) -> int:
     return int(value)
 
 
-def progress_text(job: dict) -> str:
-    """One line about a job: where it is, its step, loss, speed and ETA, or why it ended."""
+def progress_text(job: dict, model_file: str = "") -> str:
+    """One line about a job: where it is, its step, loss, speed and ETA, or why it ended (Markdown); a Complete
+    job names the file of its model (`model_file`)."""
     status = job["status"]
     steps = f"step {job.get('step') or 0} / {job.get('total_steps') or '?'}"
     loss = f"loss {job['loss']:.4f}" if job.get("loss") is not None else ""
@@ -121,7 +122,8 @@ def progress_text(job: dict) -> str:
         eta = f"ETA {duration(job.get('eta_s'))}" if job.get("eta_s") is not None else ""
         return f"{head}, " + ", ".join(part for part in (steps, loss, speed, eta) if part) + "."
     if status == TrainingStatus.COMPLETE:
-        return f"{head}, {steps}" + (f", {loss}" if loss else "") + "; its model is Active in the cloud catalogue."
+        model = f"`{model_file}`" if model_file else "its model"
+        return f"{head}, {steps}" + (f", {loss}" if loss else "") + f"; {model} is Active in the cloud catalogue."
     if status == TrainingStatus.FAIL:
         return f"{head}: {job.get('error') or 'no reason given'}"
     if status == TrainingStatus.STOPPED:
@@ -143,7 +145,7 @@ class TrainingTab:
         self.txt2img_prompt = txt2img_prompt  # the host's txt2img prompt box, if there is one
         self.datasets = SageMakerTab(store)  # its dataset upload, shared with the Datasets tab
         self._samples: OrderedDict[str, Image.Image] = OrderedDict()
-        self._lora_names: dict[str, str] = {}  # checkpoint id → file name
+        self._model_files: dict[str, str] = {}  # checkpoint id → its file name
         self._following: dict[str | None, object] = {}  # session → its newest follow (gradio 3.41)
         self._lock = threading.Lock()
 
@@ -269,14 +271,14 @@ class TrainingTab:
                 self._samples.popitem(last=False)
         return image
 
-    def _lora(self, client: MiddlewareClient, job: dict) -> str:
-        if job["status"] != TrainingStatus.COMPLETE or job.get("trainType") != CheckpointType.LORA \
-                or not job.get("checkpoint_id"):
+    def _model_file(self, client: MiddlewareClient, job: dict) -> str:
+        """The file name of a Complete job's checkpoint (the name a prompt or a model list uses), else ""."""
+        checkpoint_id = job.get("checkpoint_id")
+        if job["status"] != TrainingStatus.COMPLETE or not checkpoint_id:
             return ""
-        checkpoint_id = job["checkpoint_id"]
-        if checkpoint_id not in self._lora_names:
-            self._lora_names[checkpoint_id] = client.get_checkpoint(checkpoint_id)["name"][0]
-        return f"<lora:{model_stem(self._lora_names[checkpoint_id])}:1>"
+        if checkpoint_id not in self._model_files:
+            self._model_files[checkpoint_id] = client.get_checkpoint(checkpoint_id)["name"][0]
+        return self._model_files[checkpoint_id]
 
     def view(self, job_id: str | None) -> JobView:
         """The job as it is now: its progress line, its samples so far, its LoRA call when it is done."""
@@ -286,34 +288,44 @@ class TrainingTab:
             client = make_client(self.store)
             job = client.training_job(job_id)
             samples = [self._sample(client, url) for url in job.get("samples") or []]
-            lora = self._lora(client, job)
+            model_file = self._model_file(client, job)
         except HANDLED_ERRORS as exc:
             return JobView(failed(exc), [], "", False)
-        return JobView(progress_text(job), samples, lora, job["status"] not in FINISHED)
+        lora = f"<lora:{model_stem(model_file)}:1>" if model_file and job["trainType"] == CheckpointType.LORA else ""
+        return JobView(progress_text(job, model_file), samples, lora, job["status"] not in FINISHED)
 
-    def tick(self, job_id: str | None) -> tuple[str, list, str, Any]:
+    def _shown(self, view: JobView) -> tuple[str, list, str, Any, Any]:
+        """The view's outputs; the job list is read again once the job has ended (else left as it is)."""
+        rows, choices = (gr.update(), gr.update()) if view.following else self.job_rows()
+        return view.progress, view.samples, view.lora, rows, choices
+
+    def tick(self, job_id: str | None) -> tuple[Any, ...]:
         """One poll (gradio 4.40+): the view, and the timer on while the job may still change."""
         view = self.view(job_id)
-        return view.progress, view.samples, view.lora, gr.update(active=view.following)
+        return (*self._shown(view), gr.update(active=view.following))
 
-    def follow_job(self, job_id: str | None, request: gr.Request = None) -> Generator[tuple[str, list, str], None, None]:
+    def follow_job(self, job_id: str | None, request: gr.Request = None) -> Generator[tuple[Any, ...], None, None]:
         """Poll until the job ends (gradio 3.41): a newer follow in the same page ends this one."""
         session = getattr(request, "session_hash", None)
         mine = object()
         self._following[session] = mine
-        while True:
-            view = self.view(job_id)
-            yield view.progress, view.samples, view.lora
-            if not view.following or self._following.get(session) is not mine:
-                return
-            time.sleep(POLL_S)
+        try:
+            while True:
+                view = self.view(job_id)
+                yield self._shown(view)
+                if not view.following or self._following.get(session) is not mine:
+                    return
+                time.sleep(POLL_S)
+        finally:
+            if self._following.get(session) is mine:
+                del self._following[session]
 
     def add_lora_to_prompt(self, lora: str, prompt: str) -> tuple[Any, str]:
         if not lora:
             return gr.update(), failed("No finished LoRA is shown: show a Complete LoRA job first.")
         if lora in (prompt or ""):
-            return gr.update(), ok(f"The txt2img prompt already has {lora}.")
-        return gr.update(value=with_lora(prompt, lora)), ok(f"Added {lora} to the txt2img prompt.")
+            return gr.update(), ok(f"The txt2img prompt already has `{lora}`.")
+        return gr.update(value=with_lora(prompt, lora)), ok(f"Added `{lora}` to the txt2img prompt.")
 
     # -- the job list ------------------------------------------------------------------------------------
     def job_table(self) -> tuple[dict, Any, str]:
@@ -379,7 +391,7 @@ class TrainingTab:
         status = gr.Markdown(elem_id="sd_aws_train_status")
         job_id = gr.Textbox(label="Job", interactive=False, elem_id="sd_aws_train_job_id")
         progress = gr.Markdown(elem_id="sd_aws_train_progress")
-        samples = gr.Gallery(label="Samples", elem_id="sd_aws_train_samples")
+        samples = gr.Gallery(label="Samples", columns=4, elem_id="sd_aws_train_samples")
         with gr.Row():
             lora = gr.Textbox(label="LoRA for a prompt" + ("" if self.txt2img_prompt else " (copy it into your prompt)"),
                               interactive=False, elem_id="sd_aws_train_lora")
@@ -391,7 +403,7 @@ class TrainingTab:
             show = gr.Button("Show", elem_id="sd_aws_train_show")
         jobs = gr.Dataframe(headers=JOB_HEADERS, interactive=False, elem_id="sd_aws_train_jobs")
 
-        view = [progress, samples, lora]
+        view = [progress, samples, lora, jobs, chosen]
         if HAS_TIMER:
             timer = gr.Timer(POLL_S, active=False)
             timer.tick(self.tick, [job_id], [*view, timer])
@@ -411,8 +423,10 @@ class TrainingTab:
         follow(started)
         started.then(self.job_rows, None, [jobs, chosen])
         # queue=False: on gradio 3.41 a followed job holds the standalone app's one queue worker
-        stop.click(self.stop, [job_id], [status], queue=False)
-        follow(resume.click(self.resume, [job_id], [status]))
+        stop.click(self.stop, [job_id], [status], queue=False).then(self.job_rows, None, [jobs, chosen], queue=False)
+        resumed = resume.click(self.resume, [job_id], [status])
+        follow(resumed)
+        resumed.then(self.job_rows, None, [jobs, chosen])
         refresh_jobs.click(self.job_table, None, [jobs, chosen, status])
         follow(show.click(lambda choice: choice or "", [chosen], [job_id]))
         if self.txt2img_prompt is not None:

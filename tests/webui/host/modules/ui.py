@@ -13,9 +13,8 @@ def create_ui():
         script_callbacks.after_component_callback(prompt, label="Prompt", elem_id="txt2img_prompt")
     interfaces = [(txt2img_interface, "txt2img", "txt2img")]
     interfaces += script_callbacks.ui_tabs_callback()
-    with gr.Blocks(analytics_enabled=False, title="Stable Diffusion") as demo:
-        with gr.Tabs(elem_id="tabs"):
-            for interface, label, ifid in interfaces:
-                with gr.TabItem(label, id=ifid, elem_id=f"tab_{ifid}"):
-                    interface.render()
+    with gr.Blocks(analytics_enabled=False, title="Stable Diffusion") as demo, gr.Tabs(elem_id="tabs"):
+        for interface, label, ifid in interfaces:
+            with gr.TabItem(label, id=ifid, elem_id=f"tab_{ifid}"):
+                interface.render()
     return demo
