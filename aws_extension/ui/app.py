@@ -8,16 +8,17 @@ from aws_extension.ui.compat import gr
 from aws_extension.ui.connection import ConnectionStore, MemoryConnectionStore
 from aws_extension.ui.generate import GenerateTab
 from aws_extension.ui.sagemaker_tab import SageMakerTab
-from aws_extension.vocabulary import GENERATION_TASKS
+from aws_extension.vocabulary import GENERATION_TASKS, Task
 
 
 def build_app(store: ConnectionStore) -> gr.Blocks:
     with gr.Blocks(analytics_enabled=False, title="SD AWS") as app, gr.Tabs(elem_id="tabs"):
-        for task in GENERATION_TASKS:
+        tabs = {task: GenerateTab(store, task.value) for task in GENERATION_TASKS}
+        for task, tab in tabs.items():
             with gr.Tab(task.value, elem_id=f"sd_aws_{task.value}_tab"):
-                GenerateTab(store, task.value).render()
+                tab.render()
         with gr.Tab("Amazon SageMaker", elem_id="sd_aws_tab"):
-            SageMakerTab(store).render()
+            SageMakerTab(store, txt2img_prompt=tabs[Task.TXT2IMG].prompt).render()
     return app
 
 

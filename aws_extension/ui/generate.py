@@ -28,6 +28,7 @@ class GenerateTab:
     def __init__(self, store: ConnectionStore, task_type: str):
         self.store = store
         self.task_type = Task(task_type)  # txt2img or img2img
+        self.prompt: gr.Textbox | None = None  # set by render(); the Training tab adds a LoRA to it
 
     def choices(self) -> tuple[Any, Any, str]:
         """InService endpoints and Active Stable-diffusion checkpoints, for the two dropdowns."""
@@ -108,7 +109,7 @@ class GenerateTab:
             endpoint = gr.Dropdown(label="Endpoint", choices=[], elem_id=f"{prefix}_endpoint")
             checkpoint = gr.Dropdown(label="Checkpoint", choices=[], elem_id=f"{prefix}_checkpoint")
             refresh = gr.Button("Refresh", elem_id=f"{prefix}_refresh")
-        prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt")
+        prompt = self.prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt")
         negative_prompt = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_negative_prompt")
         init_image, denoising = None, None
         if self.task_type == Task.IMG2IMG:

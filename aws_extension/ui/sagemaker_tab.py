@@ -1,4 +1,4 @@
-"""The "Amazon SageMaker" tab: Settings, Cloud models, Endpoints, Datasets, Jobs.
+"""The "Amazon SageMaker" tab: Settings, Cloud models, Endpoints, Datasets, Jobs, Training (`training_tab.py`).
 
 Pure gradio + the client. The handlers are plain methods (the tests call them directly); `render()` lays
 out the components in the current gradio context, `build_blocks()` wraps them for the WebUI's tab list.
@@ -45,6 +45,8 @@ ENDPOINT_HEADERS = ["endpoint", "status", "endpoint status", "instance type", "i
 DATASET_HEADERS = ["dataset", "status", "created", "description"]
 JOB_HEADERS = ["job id", "status", "progress", "task", "endpoint", "started", "error"]
 PREVIEW_LIMIT = 24  # images shown in a dataset preview
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CAPTION_SUFFIX = ".txt"
 Progress = Callable[..., Any]  # gr.Progress: progress(fraction, desc=...)
 HANDLED_ERRORS = (ApiError, CloudGenerationError, OSError, ValueError)
 
@@ -83,9 +85,11 @@ def when(value: Any) -> str:
 
 
 class SageMakerTab:
-    def __init__(self, store: ConnectionStore, model_folders: dict[str, list[Path]] | None = None):
+    def __init__(self, store: ConnectionStore, model_folders: dict[str, list[Path]] | None = None,
+                 txt2img_prompt: Any = None):
         self.store = store
         self.model_folders = model_folders or {}  # WebUI model folders by type; empty when standalone
+        self.txt2img_prompt = txt2img_prompt  # the txt2img prompt box the Training tab adds a LoRA to, if any
 
     # -- Settings ------------------------------------------------------------------------------------
     def saved_settings(self) -> tuple[str, Any]:
@@ -265,18 +269,23 @@ class SageMakerTab:
         paths = uploaded_paths(files)
         if not (name or "").strip():
             return failed("Enter a dataset name (letters, digits and '-').")
-        images = [p for p in paths if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp")]
+        images = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
         if not images:
             return failed("A dataset needs at least one image (PNG, JPEG, WebP or BMP).")
+        # a caption is `<image stem>.txt`, as the trainer reads it beside its image
+        stems = {p.stem for p in images}
+        captions = [p for p in paths if p.suffix.lower() == CAPTION_SUFFIX and p.stem in stems]
         try:
             result = make_client(self.store).create_dataset_from_files(
-                name.strip(), images, (description or "").strip(),
+                name.strip(), images + captions, (description or "").strip(),
                 progress=lambda done, total: progress(done / max(total, 1), desc="Uploading images"))
         except HANDLED_ERRORS as exc:
             return failed(exc)
-        skipped = f"; skipped {len(paths) - len(images)} file(s) that are not images" if len(images) < len(paths) else ""
+        kept = len(images) + len(captions)
+        with_captions = f" and {len(captions)} caption(s)" if captions else ""
+        skipped = f"; skipped {len(paths) - kept} file(s) that are not images" if kept < len(paths) else ""
         return ok(f"Dataset {result.get('datasetName', name)} is {result.get('status', 'Enabled')} "
-                  f"with {len(images)} image(s){skipped}.")
+                  f"with {len(images)} image(s){with_captions}{skipped}.")
 
     def dataset_table(self) -> tuple[dict, Any, str]:
         try:
@@ -345,6 +354,10 @@ class SageMakerTab:
                 self._render_datasets()
             with gr.Tab("Jobs", elem_id="sd_aws_jobs_tab"):
                 self._render_jobs()
+            with gr.Tab("Training", elem_id="sd_aws_training_tab"):
+                from aws_extension.ui.training_tab import TrainingTab  # it uses this module's helpers
+
+                TrainingTab(self.store, self.txt2img_prompt).render()
 
     def build_blocks(self) -> gr.Blocks:
         with gr.Blocks(analytics_enabled=False) as blocks:
@@ -443,7 +456,8 @@ class SageMakerTab:
         with gr.Row():
             name = gr.Textbox(label="Dataset name", elem_id="sd_aws_dataset_name")
             description = gr.Textbox(label="Description", elem_id="sd_aws_dataset_description")
-        images = gr.File(label="Images", file_count="multiple", elem_id="sd_aws_dataset_files")
+        images = gr.File(label="Images, and captions as <image name>.txt", file_count="multiple",
+                         elem_id="sd_aws_dataset_files")
         create = gr.Button("Create dataset", variant="primary", elem_id="sd_aws_create_dataset")
         status = gr.Markdown(elem_id="sd_aws_datasets_status")
         refresh = gr.Button("Refresh", elem_id="sd_aws_datasets_refresh")

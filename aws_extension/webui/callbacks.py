@@ -11,6 +11,8 @@ from aws_extension.webui.switch import ProcessImagesPatch
 
 TAB_TITLE = "Amazon SageMaker"
 TAB_ELEM_ID = "sd_aws"
+TXT2IMG_PROMPT_ELEM_ID = "txt2img_prompt"  # A1111's (and Forge's) txt2img prompt box (ui_toprow.Toprow)
+_host_components: dict[str, gr.components.Component] = {}  # the host's components the tabs write into
 
 
 def register_settings_category() -> str | None:
@@ -35,8 +37,16 @@ def add_settings() -> None:
         {"type": "password"}, onchange=host.move_api_key_option_to_file, **section))
 
 
+def remember_host_component(component: gr.components.Component, **kwargs) -> None:
+    """on_after_component: keep the txt2img prompt box, which the host builds before the extensions' tabs, so
+    the Training tab's button can add a LoRA to it."""
+    if kwargs.get("elem_id") == TXT2IMG_PROMPT_ELEM_ID:
+        _host_components[TXT2IMG_PROMPT_ELEM_ID] = component
+
+
 def sagemaker_tab() -> list[tuple[gr.Blocks, str, str]]:
-    blocks = SageMakerTab(host.WebUIConnectionStore(), host.model_folders()).build_blocks()
+    blocks = SageMakerTab(host.WebUIConnectionStore(), host.model_folders(),
+                          txt2img_prompt=_host_components.get(TXT2IMG_PROMPT_ELEM_ID)).build_blocks()
     return [(blocks, TAB_TITLE, TAB_ELEM_ID)]
 
 
@@ -45,5 +55,6 @@ def register() -> None:
     patch = ProcessImagesPatch()
     patch.install()
     script_callbacks.on_ui_settings(add_settings)
+    script_callbacks.on_after_component(remember_host_component)
     script_callbacks.on_ui_tabs(sagemaker_tab)
     script_callbacks.on_script_unloaded(patch.uninstall)
