@@ -127,7 +127,9 @@ class SageMakerTab:
     # -- Settings ------------------------------------------------------------------------------------
     @per_user
     def saved_settings(self) -> tuple[str, Any]:
-        return self.store.api_url(), gr.update(value="", placeholder=masked_key(self.store.api_key()))
+        """The saved URL and how the saved key is shown (the key field's text is left as it is: a key being
+        typed while the page loads stays)."""
+        return self.store.api_url(), gr.update(placeholder=masked_key(self.store.api_key()))
 
     @per_user
     def save_settings(self, api_url: str, api_key: str) -> tuple[str, Any]:

@@ -201,3 +201,41 @@ def test_two_gradio_users_have_their_own_key_file_and_their_cloud_jobs_go_with_i
     # without a user (the WebUI's API, or no gradio auth) the shared key as before
     monkeypatch.setattr(host_webui.shared.cmd_opts, "gradio_auth", None)
     assert host.WebUIConnectionStore().for_user("ann").api_key() == STACK_KEY
+
+
+def test_browser_a_user_key_is_not_offered_deploy(middleware, user_key):
+    """The standalone UI with a user's key, in Debian's Chromium: who the key is in Settings; no Deploy button,
+    the line saying why in its place."""
+    from tests.ui.test_browser import CHROMIUM
+
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is installed by .ci/ui.sh")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is installed by .ci/ui.sh")
+    from aws_extension.ui.app import build_app
+    from tests.helpers import free_port
+    from tests.ui.test_browser import CHROMIUM_ARGS, open_tab
+
+    name, key = user_key
+    app = build_app(MemoryConnectionStore(middleware.url, key))  # what `sd-aws ui` serves, in this process
+    app.queue()
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.goto(f"http://127.0.0.1:{port}", wait_until="domcontentloaded")
+                open_tab(page, "Amazon SageMaker")
+                sync_api.expect(page.locator("#sd_aws_connected_as").first).to_contain_text(
+                    f"Connected as {name} (roles: user)", timeout=30_000)
+                open_tab(page, "Endpoints")
+                sync_api.expect(page.get_by_text(
+                    "Not shown: your key's roles do not include sagemaker_endpoint:all").first).to_be_visible()
+                sync_api.expect(page.locator("#sd_aws_deploy")).to_be_hidden()
+                sync_api.expect(page.locator("#sd_aws_delete_endpoints")).to_be_hidden()
+                sync_api.expect(page.locator("#sd_aws_endpoints_refresh")).to_be_visible()  # listing is allowed
+            finally:
+                browser.close()
+    finally:
+        app.close()
