@@ -100,8 +100,8 @@ def test_users_sub_tab_creates_rotates_and_deletes(middleware, admin):
     assert message.startswith(f"Done: User {name} created") and "shown only this once" in message
     assert key_field["visible"] and first_key not in message
     assert MiddlewareClient(middleware.url, first_key).whoami()["username"] == name
-    assert tab.create_user(name, ["user"]) == (f"Error: The user {name} exists.", {"__type__": "update",
-                                                                                  "value": "", "visible": False})
+    message, key_field = tab.create_user(name, ["user"])
+    assert message == f"Error: The user {name} exists." and (key_field["value"], key_field["visible"]) == ("", False)
 
     rows, choices, status = tab.user_table()
     assert [name, "user", "active"] == [r for r in rows["data"] if r[0] == name][0][:3] and name in choices["choices"]
@@ -187,6 +187,10 @@ def test_two_gradio_users_have_their_own_key_file_and_their_cloud_jobs_go_with_i
     for who in names:
         assert tab.access_updates(request=gr.Request(username=who))[0] == f"Connected as {names[who]} (roles: user)"
     assert tab.saved_settings(request=gr.Request(username="nobody"))[1]["placeholder"] == "no API key saved"
+    from aws_extension.webui.switch import refresh_endpoints
+
+    assert STACK_ENDPOINT in refresh_endpoints(gr.Request(username="ann"))[0]["choices"]  # the switch's list
+    assert "asks for an API key" in refresh_endpoints(gr.Request(username="nobody"))[1]  # no key of their own
 
     runner = switch_runner(host_webui)
     since = stack.client.audit_trail(limit=1)["entries"][0]["time"]
