@@ -207,38 +207,59 @@ def test_two_gradio_users_have_their_own_key_file_and_their_cloud_jobs_go_with_i
     assert host.WebUIConnectionStore().for_user("ann").api_key() == STACK_KEY
 
 
-def test_browser_a_user_key_is_not_offered_deploy(middleware, user_key):
-    """The standalone UI with a user's key, in Debian's Chromium: who the key is in Settings; no Deploy button,
-    the line saying why in its place."""
+def test_browser_two_gradio_users_each_see_their_own_key_and_a_user_is_not_offered_deploy(middleware, user_key):
+    """The tabs served with gradio auth, in Debian's Chromium: each person logs in and the page asks with their
+    own key (gradio's request reaches the handlers): the user sees who they are and no Deploy button, the line
+    saying why in its place; the administrator sees Deploy."""
     from tests.ui.test_browser import CHROMIUM
 
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is installed by .ci/ui.sh")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is installed by .ci/ui.sh")
-    from aws_extension.ui.app import build_app
     from tests.helpers import free_port
     from tests.ui.test_browser import CHROMIUM_ARGS, open_tab
 
     name, key = user_key
-    app = build_app(MemoryConnectionStore(middleware.url, key))  # what `sd-aws ui` serves, in this process
+    keys = {"ann": key, "root": API_KEY}
+
+    class OneKeyPerPerson(MemoryConnectionStore):  # as the WebUI's store with --gradio-auth
+        def for_user(self, username):
+            return MemoryConnectionStore(middleware.url, keys[username]) if username else self
+
+    tab = SageMakerTab(OneKeyPerPerson(middleware.url, None))
+    with gr.Blocks(analytics_enabled=False) as app, gr.Tabs(), gr.Tab("Amazon SageMaker"):
+        tab.render()
     app.queue()
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+               auth=[("ann", "pw-ann"), ("root", "pw-root")])
+    expect = sync_api.expect
     try:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
-                page = browser.new_page(viewport={"width": 1280, "height": 1000})
-                page.goto(f"http://127.0.0.1:{port}", wait_until="domcontentloaded")
-                open_tab(page, "Amazon SageMaker")
-                sync_api.expect(page.locator("#sd_aws_connected_as").first).to_contain_text(
+                pages = {}
+                for person in keys:  # one browser context each: their own login cookie
+                    page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+                    page.goto(f"http://127.0.0.1:{port}", wait_until="domcontentloaded")
+                    page.locator("input").first.fill(person)
+                    page.locator("input[type=password]").fill(f"pw-{person}")
+                    page.get_by_role("button", name="Login").click()
+                    open_tab(page, "Amazon SageMaker")
+                    pages[person] = page
+                ann, root = pages["ann"], pages["root"]
+                expect(ann.locator("#sd_aws_connected_as").first).to_contain_text(
                     f"Connected as {name} (roles: user)", timeout=30_000)
-                open_tab(page, "Endpoints")
-                sync_api.expect(page.get_by_text(
+                expect(root.locator("#sd_aws_connected_as").first).to_contain_text(
+                    "Connected as admin (roles: admin)", timeout=30_000)
+                for page in pages.values():
+                    open_tab(page, "Endpoints")
+                expect(ann.get_by_text(
                     "Not shown: your key's roles do not include sagemaker_endpoint:all").first).to_be_visible()
-                sync_api.expect(page.locator("#sd_aws_deploy")).to_be_hidden()
-                sync_api.expect(page.locator("#sd_aws_delete_endpoints")).to_be_hidden()
-                sync_api.expect(page.locator("#sd_aws_endpoints_refresh")).to_be_visible()  # listing is allowed
+                expect(ann.locator("#sd_aws_deploy")).to_be_hidden()
+                expect(ann.locator("#sd_aws_delete_endpoints")).to_be_hidden()
+                expect(ann.locator("#sd_aws_endpoints_refresh")).to_be_visible()  # listing is allowed
+                expect(root.locator("#sd_aws_deploy")).to_be_visible()
             finally:
                 browser.close()
     finally:
