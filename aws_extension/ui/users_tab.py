@@ -63,6 +63,12 @@ class UsersTab:
         return (ok(f"User {answer['username']} created with roles {', '.join(answer['roles'])} and key "
                    f"{answer['key_id']}. {NEW_KEY_HINT}"), new_key_update(answer["api_key"]))
 
+    def ask_delete_user(self, username: str | None) -> tuple[Any, str]:
+        if not username:
+            return gr.update(visible=False), failed("Choose the user to delete.")
+        return gr.update(visible=True), (f"Confirm: Delete {username}? Their keys stop at once and the name cannot "
+                                         "be given to anyone again.")
+
     @per_user
     def delete_user(self, username: str | None) -> str:
         if not username:
@@ -196,6 +202,9 @@ class UsersTab:
                     key_id = gr.Dropdown(label="Key id to revoke", choices=[], elem_id="sd_aws_key_choice")
                     revoke = gr.Button("Revoke key", variant="stop", elem_id="sd_aws_revoke_key")
                 delete_user = gr.Button("Delete user", variant="stop", elem_id="sd_aws_delete_user")
+                with gr.Row(visible=False) as confirm_row:
+                    confirm = gr.Button("Yes, delete the user", variant="stop", elem_id="sd_aws_confirm_delete_user")
+                    cancel = gr.Button("Cancel", elem_id="sd_aws_cancel_delete_user")
             with gr.Accordion("Roles", open=False):
                 roles = gr.Dataframe(headers=ROLE_HEADERS, interactive=False, elem_id="sd_aws_roles_table")
                 with gr.Row():
@@ -216,7 +225,10 @@ class UsersTab:
         create_key.click(self.create_key, [user, expires], [status, new_key]).then(
             self.key_rows, [user], [keys, key_id])
         revoke.click(self.revoke_key, [user, key_id], [status]).then(self.key_rows, [user], [keys, key_id])
-        delete_user.click(self.delete_user, [user], [status]).then(self.user_rows, None, [users, user])
+        delete_user.click(self.ask_delete_user, [user], [confirm_row, status])
+        confirm.click(lambda: gr.update(visible=False), None, [confirm_row]).then(
+            self.delete_user, [user], [status]).then(self.user_rows, None, [users, user])
+        cancel.click(lambda: (gr.update(visible=False), ""), None, [confirm_row, status])
         create_role.click(self.create_role, [role_name, permissions], [status]).then(
             self.role_rows, None, role_outputs[:-1])
         delete_role.click(self.delete_role, [role_to_delete], [status]).then(self.role_rows, None, role_outputs[:-1])

@@ -130,6 +130,7 @@ def test_users_sub_tab_creates_rotates_and_deletes(middleware, admin):
     assert MiddlewareClient(middleware.url, second_key).whoami()["permissions"] == ["checkpoint:list",
                                                                                     "inference:list"]
     assert tab.delete_role(role).startswith(f"Error: The role {role} is assigned to {name}")
+    assert tab.ask_delete_user(name)[1].startswith(f"Confirm: Delete {name}?")
     assert tab.delete_user(name).startswith(f"Done: Deleted {name}")
     with pytest.raises(ApiError):
         MiddlewareClient(middleware.url, second_key).whoami()
@@ -174,6 +175,10 @@ def test_two_gradio_users_have_their_own_key_file_and_their_cloud_jobs_go_with_i
 
     host_webui = webui_on_stack
     monkeypatch.setattr(host_webui.shared.cmd_opts, "gradio_auth", "ann:pw1,ben:pw2", raising=False)
+    from aws_extension.webui.callbacks import add_settings
+
+    add_settings()  # the WebUI's own Settings page says its key field is no longer everyone's
+    assert host_webui.shared.opts.data_labels[host.API_KEY_OPTION].label.startswith("Shared API key, for the WebUI's API")
     names = {who: unique(who) for who in ("ann", "ben")}
     keys = {who: stack.client.create_user(name, ["user"])["api_key"] for who, name in names.items()}
     tab = SageMakerTab(host.WebUIConnectionStore(), host.model_folders())
