@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import copy
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from aws_extension.client import ApiError, MiddlewareClient
+from aws_extension.ui.compat import gr
+from aws_extension.vocabulary import Permission, grants
 
 
 class ConnectionStore(Protocol):
@@ -15,6 +22,10 @@ class ConnectionStore(Protocol):
 
     def save(self, api_url: str, api_key: str | None) -> None:
         """Keep a new URL, and a new key unless `api_key` is None (None keeps the saved one)."""
+
+    def for_user(self, username: str | None) -> ConnectionStore:
+        """The connection of the WebUI user `username` (a WebUI with --gradio-auth keeps one per user); this
+        store itself when every user shares one (no gradio auth, or no user named)."""
 
 
 class MemoryConnectionStore:
@@ -34,6 +45,9 @@ class MemoryConnectionStore:
         self._api_url = api_url.strip()
         if api_key is not None:
             self._api_key = api_key.strip() or None
+
+    def for_user(self, username: str | None) -> ConnectionStore:
+        return self  # the standalone app has no gradio auth: one connection
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
@@ -85,9 +99,117 @@ def masked_key(api_key: str | None) -> str:
 def error_text(exc: Exception) -> str:
     """One sentence a user can act on, for an error raised by a client call."""
     if isinstance(exc, ApiError):
+        # The middleware's own words where they say more than the Settings sentence: a key revoked, expired or
+        # of a deleted user (401), a permission the key's roles lack (403)
         if exc.status == 401:
-            return "The middleware asks for an API key: enter it in Settings and save."
+            return exc.message if exc.message and not exc.message.startswith("Missing API key") else \
+                "The middleware asks for an API key: enter it in Settings and save."
         if exc.status == 403:
-            return "The middleware refused the API key: check the key in Settings."
+            return exc.message if "lacks the permission" in (exc.message or "") else \
+                "The middleware refused the API key: check the key in Settings."
         return exc.message if exc.status in (0, 400, 404, 409, 422) else str(exc)
     return str(exc)
+
+
+# -- per WebUI user -------------------------------------------------------------------------------------------
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def per_user(method: Handler) -> Handler:
+    """A handler of an object with a `store` (a tab) that runs with the connection of the WebUI user who
+    clicked: gradio passes its `gr.Request` to the added last parameter `request`, and the method runs on a
+    copy of the object whose `store` is `store.for_user(request.username)`, so no client, key or answer is
+    shared between two users of one WebUI. Called without a request (tests, other handlers), it runs on the
+    object as it is."""
+    signature = inspect.signature(method)
+    if "request" in signature.parameters:
+        raise TypeError(f"{method.__name__} already has a `request` parameter")
+    request_parameter = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                          annotation=gr.Request)
+    full_signature = signature.replace(parameters=[*signature.parameters.values(), request_parameter])
+
+    def bound_to_user(args: tuple, kwargs: dict) -> inspect.BoundArguments:
+        bound = full_signature.bind(*args, **kwargs)
+        request = bound.arguments.pop("request", None)
+        owner = bound.arguments["self"]
+        bound.arguments["self"] = as_user(owner, getattr(request, "username", None))
+        return bound
+
+    if inspect.isgeneratorfunction(method):  # gradio streams a generator's values: the wrapper must be one
+        @functools.wraps(method)
+        def handler(*args: Any, **kwargs: Any) -> Any:
+            bound = bound_to_user(args, kwargs)
+            return (yield from method(*bound.args, **bound.kwargs))
+    else:
+        @functools.wraps(method)
+        def handler(*args: Any, **kwargs: Any) -> Any:
+            bound = bound_to_user(args, kwargs)
+            return method(*bound.args, **bound.kwargs)
+
+    handler.__signature__ = full_signature  # what gradio reads to pass the request (and gr.Progress)
+    # gradio finds the request by this annotation (typing.get_type_hints): the object itself, not a string
+    handler.__annotations__ = {**getattr(method, "__annotations__", {}), "request": gr.Request}
+    return handler  # type: ignore[return-value]
+
+
+def as_user(owner: Any, username: str | None) -> Any:
+    """`owner` (an object with a `store`) for WebUI user `username`: a shallow copy with that user's store,
+    or `owner` itself when the user shares its store."""
+    store = owner.store.for_user(username) if username else owner.store
+    if store is owner.store:
+        return owner
+    view = copy.copy(owner)
+    view.store = store
+    return view
+
+
+# -- what the key may do ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Access:
+    """Who a key is, from GET /inference/test-connection; `permissions` None: a middleware that does not say
+    (older than users and roles), which lets every key do everything."""
+
+    username: str | None
+    roles: tuple[str, ...]
+    permissions: frozenset[str] | None
+
+    @classmethod
+    def of(cls, answer: dict) -> Access:
+        if "permissions" not in answer:
+            return cls(None, (), None)
+        return cls(answer.get("username"), tuple(answer.get("roles") or ()), frozenset(answer["permissions"] or ()))
+
+    def may(self, permission: Permission | str) -> bool:
+        return self.permissions is None or grants(self.permissions, str(permission))
+
+    def who(self) -> str:
+        """"Connected as alice (roles: user)", or "Connected" for a middleware that does not say."""
+        if self.username is None:
+            return "Connected"
+        roles = ", ".join(self.roles) or "none"
+        return f"Connected as {self.username} (roles: {roles})"
+
+
+def key_access(store: ConnectionStore) -> Access:
+    """Who the saved key is; ApiError when the middleware cannot be asked or refuses the key."""
+    return Access.of(make_client(store).whoami())
+
+
+def missing_permission_text(permission: Permission | str) -> str:
+    return f"Not shown: your key's roles do not include {permission}."
+
+
+@dataclass
+class Gate:
+    """Controls shown only to a key that has `permission`; `note` (a Markdown) says why when they are hidden."""
+
+    permission: Permission
+    components: list
+    note: Any
+
+    def updates(self, access: Access | None) -> list:
+        """gradio updates for the components and the note; `access` None (not known now): everything shown,
+        the middleware refuses what the key may not do anyway."""
+        allowed = access is None or access.may(self.permission)
+        return [*(gr.update(visible=allowed) for _ in self.components),
+                gr.update(visible=not allowed, value="" if allowed else missing_permission_text(self.permission))]

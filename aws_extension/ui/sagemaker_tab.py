@@ -1,7 +1,10 @@
-"""The "Amazon SageMaker" tab: Settings, Cloud models, Endpoints, Datasets, Jobs, Training (`training_tab.py`).
+"""The "Amazon SageMaker" tab: Settings, Cloud models, Endpoints, Datasets, Jobs, Training (`training_tab.py`),
+Users (`users_tab.py`).
 
 Pure gradio + the client. The handlers are plain methods (the tests call them directly); `render()` lays
 out the components in the current gradio context, `build_blocks()` wraps them for the WebUI's tab list.
+Each handler runs with the connection of the WebUI user who clicked (`per_user`); the controls a key may not
+use are hidden (`gate`), from what the key may do (`access_updates`: on page load and after Save / Test).
 """
 
 from __future__ import annotations
@@ -18,17 +21,28 @@ from PIL import Image
 from aws_extension.client import ApiError, MiddlewareClient
 from aws_extension.ui.compat import gr, uploaded_paths
 from aws_extension.ui.connection import (
+    Access,
     ConnectionStore,
+    Gate,
     error_text,
     is_loopback,
+    key_access,
     make_client,
     masked_key,
     normalise_api_url,
+    per_user,
 )
 from aws_extension.ui.follow import follow
 from aws_extension.ui.inference import CloudGenerationError, job_outputs, job_status_text
 from aws_extension.ui.models import is_model_file, list_model_files
-from aws_extension.vocabulary import MODEL_SUFFIXES, MODEL_TYPES, CheckpointStatus, EndpointStatus, JobStatus
+from aws_extension.vocabulary import (
+    MODEL_SUFFIXES,
+    MODEL_TYPES,
+    CheckpointStatus,
+    EndpointStatus,
+    JobStatus,
+    Permission,
+)
 
 ALL_TYPES = "All types"
 INSTANCE_TYPES = ["ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.4xlarge", "ml.g5.8xlarge", "ml.g5.12xlarge",
@@ -90,11 +104,39 @@ class SageMakerTab:
         self.store = store
         self.model_folders = model_folders or {}  # WebUI model folders by type; empty when standalone
         self.txt2img_prompt = txt2img_prompt  # the txt2img prompt box the Training tab adds a LoRA to, if any
+        self.gates: list[Gate] = []  # filled by render()
+        self._who: Any = None  # the Settings line saying who the key is
+        self._access_triggers: list = []  # the events after which what the key may do is asked again
+        self._settings_fields: list = []  # the URL and key fields
+
+    # -- what the key may do -----------------------------------------------------------------------------
+    def gate(self, permission: Permission, *components: Any) -> None:
+        """Show `components` only to a key with `permission`; a note in their place says why (created here,
+        in the current layout)."""
+        note = gr.Markdown(visible=False, elem_classes=["sd-aws-permission-note"])
+        self.gates.append(Gate(permission, list(components), note))
+
+    @per_user
+    def access_updates(self) -> list:
+        """Who the key is, for the Settings line, then the gates' updates (see `gate`)."""
+        try:
+            access: Access | None = key_access(self.store)
+            who = access.who()
+        except ApiError as exc:
+            access, who = None, failed(exc)
+        return [who, *(update for gate in self.gates for update in gate.updates(access))]
+
+    def _access_outputs(self) -> list:
+        return [self._who, *(component for gate in self.gates for component in (*gate.components, gate.note))]
 
     # -- Settings ------------------------------------------------------------------------------------
+    @per_user
     def saved_settings(self) -> tuple[str, Any]:
-        return self.store.api_url(), gr.update(value="", placeholder=masked_key(self.store.api_key()))
+        """The saved URL and how the saved key is shown (the key field's text is left as it is: a key being
+        typed while the page loads stays)."""
+        return self.store.api_url(), gr.update(placeholder=masked_key(self.store.api_key()))
 
+    @per_user
     def save_settings(self, api_url: str, api_key: str) -> tuple[str, Any]:
         if not (api_url or "").strip():
             return failed("Enter the middleware's URL, e.g. http://127.0.0.1:8080."), gr.update()
@@ -107,17 +149,20 @@ class SageMakerTab:
         return (ok(f"Saved{added}; {masked_key(self.store.api_key())}."),
                 gr.update(value="", placeholder=masked_key(self.store.api_key())))
 
+    @per_user
     def test_connection(self, api_url: str, api_key: str) -> str:
         """Test the URL in the field, with the key in the field or else the saved key."""
         try:
             client = MiddlewareClient(normalise_api_url(api_url), (api_key or "").strip() or self.store.api_key())
             version = client.healthz().get("version", "?")
-            client.test_connection()
+            access = Access.of(client.whoami())
         except ApiError as exc:
             return failed(exc)
-        return ok(f"Connected to {client.api_url} (sd-aws {version}); the API key is accepted.")
+        whose = f" It is {access.username}'s (roles: {', '.join(access.roles) or 'none'})." if access.username else ""
+        return ok(f"Connected to {client.api_url} (sd-aws {version}); the API key is accepted.{whose}")
 
     # -- Cloud models ----------------------------------------------------------------------------------
+    @per_user
     def checkpoint_table(self, type_filter: str) -> tuple[dict, str]:
         try:
             types = None if type_filter in (None, "", ALL_TYPES) else [type_filter]
@@ -167,15 +212,18 @@ class SageMakerTab:
             if done_names else []
         return ok(" ".join([*uploaded, *(f"{line}." for line in known)]))
 
+    @per_user
     def upload_local(self, model_type: str, selected: list[str] | None,
                      progress: Progress = gr.Progress()) -> str:  # gradio injects its tracker
         files = self._local_files(model_type)
         return self._upload(model_type, [files[name] for name in selected or [] if name in files], progress)
 
+    @per_user
     def upload_from_computer(self, model_type: str, files: Any,
                              progress: Progress = gr.Progress()) -> str:
         return self._upload(model_type, uploaded_paths(files), progress)
 
+    @per_user
     def import_by_url(self, model_type: str, urls_text: str, hf_token: str, civitai_token: str):
         """A generator: the import's live status until its checkpoint is Active or Failed."""
         urls = [u.strip() for u in (urls_text or "").splitlines() if u.strip()]
@@ -204,6 +252,7 @@ class SageMakerTab:
             yield failed(f"The import failed: {final.get('error') or final['status']}")
 
     # -- Endpoints ---------------------------------------------------------------------------------------
+    @per_user
     def endpoint_table(self) -> tuple[dict, Any, str]:
         try:
             records = make_client(self.store).list_endpoints()
@@ -218,6 +267,7 @@ class SageMakerTab:
                                                                       EndpointStatus.DELETING)))
         return table(ENDPOINT_HEADERS, rows), gr.update(choices=live, value=[]), ok(f"{len(live)} endpoint(s).")
 
+    @per_user
     def endpoint_rows(self) -> tuple[dict, Any]:
         """The table and the delete choices, for after an action whose message must stay."""
         rows, choices, _ = self.endpoint_table()
@@ -236,6 +286,7 @@ class SageMakerTab:
             backend = "local" if is_loopback(self.store.api_url()) else "aws"
         return "local" if backend == "local" else INSTANCE_TYPES[0]
 
+    @per_user
     def deploy_endpoint(self, instance_type: str, instance_count: float, autoscaling: bool,
                         min_instances: float, max_instances: float, endpoint_name: str) -> str:
         try:
@@ -253,6 +304,7 @@ class SageMakerTab:
             return gr.update(visible=False), failed("Choose the endpoint(s) to delete first.")
         return gr.update(visible=True), f"Confirm: Delete {', '.join(names)}? Jobs queued on it are cancelled."
 
+    @per_user
     def confirm_delete(self, names: list[str] | None) -> tuple[Any, str]:
         try:
             results = make_client(self.store).delete_endpoints(list(names or []))["results"]
@@ -264,6 +316,7 @@ class SageMakerTab:
         return gr.update(visible=False), ok(f"Deleted {', '.join(results)}.")
 
     # -- Datasets ------------------------------------------------------------------------------------------
+    @per_user
     def create_dataset(self, name: str, description: str, files: Any,
                        progress: Progress = gr.Progress()) -> str:
         paths = uploaded_paths(files)
@@ -287,6 +340,7 @@ class SageMakerTab:
         return ok(f"Dataset {result.get('datasetName', name)} is {result.get('status', 'Enabled')} "
                   f"with {len(images)} image(s){with_captions}{skipped}.")
 
+    @per_user
     def dataset_table(self) -> tuple[dict, Any, str]:
         try:
             records = make_client(self.store).list_datasets()
@@ -296,10 +350,12 @@ class SageMakerTab:
                 for r in records]
         return table(DATASET_HEADERS, rows), gr.update(choices=[r[0] for r in rows]), ok(f"{len(rows)} dataset(s).")
 
+    @per_user
     def dataset_rows(self) -> tuple[dict, Any]:
         rows, choices, _ = self.dataset_table()
         return rows, choices
 
+    @per_user
     def preview_dataset(self, name: str | None) -> tuple[list, str]:
         if not name:
             return [], failed("Choose a dataset to preview.")
@@ -314,6 +370,7 @@ class SageMakerTab:
         return images, ok(f"{name}: {len(files)} file(s){more}.")
 
     # -- Jobs ------------------------------------------------------------------------------------------------
+    @per_user
     def job_table(self) -> tuple[dict, Any, str]:
         try:
             jobs = make_client(self.store).list_inference_jobs(limit=50)
@@ -324,6 +381,7 @@ class SageMakerTab:
                  j.get("error") or ""] for j in jobs]
         return table(JOB_HEADERS, rows), gr.update(choices=[r[0] for r in rows]), ok(f"{len(rows)} recent job(s).")
 
+    @per_user
     def show_job(self, job_id: str | None) -> tuple[list, Any, str]:
         if not job_id:
             return [], None, failed("Choose a job to show.")
@@ -343,6 +401,8 @@ class SageMakerTab:
     # -- layout ------------------------------------------------------------------------------------------------
     def render(self) -> None:
         """Create the tab's components in the current gradio context."""
+        from aws_extension.ui.users_tab import UsersTab  # here: it uses this module's table helpers
+
         with gr.Tabs(elem_id="sd_aws_tabs"):
             with gr.Tab("Settings", elem_id="sd_aws_settings_tab"):
                 self._render_settings()
@@ -357,7 +417,20 @@ class SageMakerTab:
             with gr.Tab("Training", elem_id="sd_aws_training_tab"):
                 from aws_extension.ui.training_tab import TrainingTab  # it uses this module's helpers
 
-                TrainingTab(self.store, self.txt2img_prompt).render()
+                self.gate(Permission.TRAIN_ALL, *TrainingTab(self.store, self.txt2img_prompt).render())
+            with gr.Tab("Users", elem_id="sd_aws_users_tab"):
+                self.gate(Permission.USER_ALL, UsersTab(self.store).render())
+        self._wire_access()
+
+    def _wire_access(self) -> None:
+        """Ask who the key is when the page loads and after Save / Test connection: the Settings line and the
+        gates. On page load the Settings fields also show this WebUI user's own URL and saved key."""
+        outputs = self._access_outputs()
+        for event in self._access_triggers:
+            event.then(self.access_updates, None, outputs)
+        page = gr.context.Context.root_block  # the Blocks being built: the WebUI's tab or the standalone app
+        if page is not None:
+            page.load(self.saved_settings, None, self._settings_fields).then(self.access_updates, None, outputs)
 
     def build_blocks(self) -> gr.Blocks:
         with gr.Blocks(analytics_enabled=False) as blocks:
@@ -373,8 +446,10 @@ class SageMakerTab:
             save = gr.Button("Save", variant="primary", elem_id="sd_aws_save_settings")
             test = gr.Button("Test connection", elem_id="sd_aws_test_connection")
         result = gr.Markdown(elem_id="sd_aws_settings_result")
-        save.click(self.save_settings, [api_url, api_key], [result, api_key])
-        test.click(self.test_connection, [api_url, api_key], [result])
+        self._who = gr.Markdown(elem_id="sd_aws_connected_as")
+        self._settings_fields = [api_url, api_key]
+        self._access_triggers = [save.click(self.save_settings, [api_url, api_key], [result, api_key]),
+                                 test.click(self.test_connection, [api_url, api_key], [result])]
 
     def _render_models(self) -> None:
         with gr.Row():
@@ -409,6 +484,7 @@ class SageMakerTab:
                 civitai_token = gr.Textbox(label="Civitai token (optional, never stored)", type="password")
             import_button = gr.Button("Import", elem_id="sd_aws_import")
         upload_status = gr.Markdown(elem_id="sd_aws_upload_status")
+        self.gate(Permission.CHECKPOINT_ALL, upload_local, upload_computer, import_button)
         events = [local_type.change, refresh_local.click]
         events += [local_files.focus] if hasattr(local_files, "focus") else []  # all three have it
         for event in events:  # the folders are listed again whenever the list is used
@@ -443,6 +519,7 @@ class SageMakerTab:
         with gr.Row(visible=False) as confirm_row:
             confirm = gr.Button("Yes, delete", variant="stop", elem_id="sd_aws_confirm_delete")
             cancel = gr.Button("Cancel", elem_id="sd_aws_cancel_delete")
+        self.gate(Permission.SAGEMAKER_ENDPOINT_ALL, deploy, to_delete, delete)
         deploy.click(self.deploy_endpoint, [instance_type, instance_count, autoscaling, min_instances,
                                             max_instances, endpoint_name], [status]).then(
             self.endpoint_rows, None, [table, to_delete])  # the table only: Deploy's message stays
@@ -466,6 +543,7 @@ class SageMakerTab:
             chosen = gr.Dropdown(label="Dataset", choices=[], elem_id="sd_aws_dataset_choice")
             preview = gr.Button("Preview", elem_id="sd_aws_dataset_preview")
         gallery = gr.Gallery(label="Preview", elem_id="sd_aws_dataset_gallery")
+        self.gate(Permission.TRAIN_ALL, create)
         create.click(self.create_dataset, [name, description, images], [status]).then(
             self.dataset_rows, None, [table, chosen])  # the table only: Create's message stays
         refresh.click(self.dataset_table, None, [table, chosen, status])

@@ -22,7 +22,7 @@ from PIL import Image
 from aws_extension.client import ApiError, MiddlewareClient
 from aws_extension.training import MAX_LORA_RANK, MAX_RESOLUTION, RESOLUTION_MULTIPLE, TrainingConfig
 from aws_extension.ui.compat import gr
-from aws_extension.ui.connection import ConnectionStore, make_client
+from aws_extension.ui.connection import ConnectionStore, as_user, make_client, per_user
 from aws_extension.ui.sagemaker_tab import (
     HANDLED_ERRORS,
     INSTANCE_TYPES,
@@ -150,6 +150,7 @@ class TrainingTab:
         self._lock = threading.Lock()
 
     # -- choices -------------------------------------------------------------------------------------
+    @per_user
     def choices(self, base: str | None, dataset: str | None) -> tuple[Any, Any, str]:
         """Active Stable-diffusion checkpoints and Enabled datasets, keeping the chosen ones still there."""
         try:
@@ -170,6 +171,7 @@ class TrainingTab:
         return gr.update(value=LEARNING_RATES.get(train_type, DEFAULTS.lora_learning_rate)), \
             gr.update(visible=train_type == LORA)
 
+    @per_user
     def upload_dataset(self, name: str, files: Any, progress: Progress = gr.Progress()) -> tuple[Any, str]:
         """Create an Enabled dataset from images and their `<image>.txt` captions; it becomes the chosen one."""
         message = self.datasets.create_dataset(name, "uploaded from the Training tab", files, progress=progress)
@@ -205,6 +207,7 @@ class TrainingTab:
             config["learning_rate"] = float(learning_rate)
         return config
 
+    @per_user
     def start(self, base: str | None, train_type: str, dataset: str | None, instance_prompt: str,
               instance_token: str, class_prompt: str, class_images: Any, steps: Any, learning_rate: Any, rank: Any,
               resolution: Any, instance_type: str, model_name: str, preview_prompt: str,
@@ -236,6 +239,7 @@ class TrainingTab:
             return
         yield ok(f"Started {train_type} job {job['id']}: {job['total_steps']} steps on {dataset}."), job["id"]
 
+    @per_user
     def stop(self, job_id: str) -> str:
         if not job_id:
             return failed("No job is shown: start one or show one from the list.")
@@ -247,6 +251,7 @@ class TrainingTab:
             return ok(f"Stopped job {job_id} at step {job.get('step') or 0}; Resume continues from there.")
         return ok(f"Stopping job {job_id}: it is saving its state.")
 
+    @per_user
     def resume(self, job_id: str) -> str:
         if not job_id:
             return failed("No job is shown: show a Stopped job from the list.")
@@ -299,6 +304,7 @@ class TrainingTab:
         rows, choices = (gr.update(), gr.update()) if view.following else self.job_rows()
         return view.progress, view.samples, view.lora, rows, choices
 
+    @per_user
     def tick(self, job_id: str | None) -> tuple[Any, ...]:
         """One poll (gradio 4.40+): the view, and the timer on while the job may still change."""
         view = self.view(job_id)
@@ -307,11 +313,12 @@ class TrainingTab:
     def follow_job(self, job_id: str | None, request: gr.Request = None) -> Generator[tuple[Any, ...], None, None]:
         """Poll until the job ends (gradio 3.41): a newer follow in the same page ends this one."""
         session = getattr(request, "session_hash", None)
+        tab = as_user(self, getattr(request, "username", None))  # the clicking WebUI user's connection
         mine = object()
         self._following[session] = mine
         try:
             while True:
-                view = self.view(job_id)
+                view = tab.view(job_id)
                 yield self._shown(view)
                 if not view.following or self._following.get(session) is not mine:
                     return
@@ -328,6 +335,7 @@ class TrainingTab:
         return gr.update(value=with_lora(prompt, lora)), ok(f"Added `{lora}` to the txt2img prompt.")
 
     # -- the job list ------------------------------------------------------------------------------------
+    @per_user
     def job_table(self) -> tuple[dict, Any, str]:
         try:
             jobs = make_client(self.store).list_trainings()[:JOB_LIST_LIMIT]
@@ -339,13 +347,16 @@ class TrainingTab:
                 for j in jobs]
         return table(JOB_HEADERS, rows), gr.update(choices=[r[0] for r in rows]), ok(f"{len(rows)} training job(s).")
 
+    @per_user
     def job_rows(self) -> tuple[dict, Any]:
         """The list and its choices, for after an action whose message must stay."""
         rows, choices, _ = self.job_table()
         return rows, choices
 
     # -- layout ------------------------------------------------------------------------------------------------
-    def render(self) -> None:
+    def render(self) -> list[Any]:
+        """Lays out the tab; returns the buttons that change something (the caller shows them only to keys
+        with `train:all`)."""
         with gr.Row():
             base = gr.Dropdown(label="Base model (Active Stable-diffusion checkpoint)", choices=[],
                                elem_id="sd_aws_train_base")
@@ -431,6 +442,7 @@ class TrainingTab:
         follow(show.click(lambda choice: choice or "", [chosen], [job_id]))
         if self.txt2img_prompt is not None:
             use_lora.click(self.add_lora_to_prompt, [lora, self.txt2img_prompt], [self.txt2img_prompt, status])
+        return [upload, start, stop, resume]
 
     def build_blocks(self) -> gr.Blocks:
         with gr.Blocks(analytics_enabled=False) as blocks:

@@ -32,8 +32,12 @@ def add_settings() -> None:
     shared.opts.add_option(host.API_URL_OPTION, shared.OptionInfo(
         "", "Middleware API URL (e.g. https://xxxx.execute-api.us-east-1.amazonaws.com/prod or "
             "http://127.0.0.1:8080)", onchange=host.normalise_api_url_option, **section))
+    key_label = "API key (kept in a file only you can read; never shown again once saved)"
+    if host.gradio_auth_enabled():  # people log in: this key is only for calls without a logged-in user
+        key_label = ("Shared API key, for the WebUI's API only (each person logged in saves their own key in the "
+                     "Amazon SageMaker tab's Settings)")
     shared.opts.add_option(host.API_KEY_OPTION, shared.OptionInfo(
-        "", "API key (kept in a file only you can read; never shown again once saved)", gr.Textbox,
+        "", key_label, gr.Textbox,
         {"type": "password"}, onchange=host.move_api_key_option_to_file, **section))
 
 

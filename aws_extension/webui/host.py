@@ -3,6 +3,8 @@ the selected checkpoint and VAE, the progress state, user errors, and a Processe
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ SETTINGS_SECTION = ("sd_aws", "Amazon SageMaker")  # the page under it
 API_URL_OPTION = "sd_aws_api_url"
 API_KEY_OPTION = "sd_aws_api_key"  # only a way in: its value moves to the key file and never stays in config.json
 KEY_FILE_NAME = "sd_aws_api_key"
+USERS_FOLDER_NAME = "sd_aws_users"  # with --gradio-auth: one 0600 settings file per WebUI user
 NO_VAE = ("Automatic", "None", "", None)
 
 
@@ -30,13 +33,33 @@ def key_file() -> Path:
     return Path(paths.data_path) / KEY_FILE_NAME
 
 
-def write_api_key(api_key: str) -> None:
-    """Store the key readable by its owner only (0600), also when the file already existed."""
-    path = key_file()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only (0600), also when it already existed, replaced whole (a reader
+    never sees half of it)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
-        file.write(api_key.strip())
-    os.chmod(path, 0o600)
+        file.write(text)
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)
+
+
+def write_api_key(api_key: str) -> None:
+    """Store the WebUI's shared key readable by its owner only (0600)."""
+    write_private(key_file(), api_key.strip())
+
+
+def gradio_auth_enabled() -> bool:
+    """Whether people log in to this WebUI (--gradio-auth or --gradio-auth-path): each then has their own key."""
+    cmd = shared.cmd_opts
+    return bool(getattr(cmd, "gradio_auth", None) or getattr(cmd, "gradio_auth_path", None))
+
+
+def user_settings_file(username: str) -> Path:
+    """The settings file of WebUI user `username`: named by a hash of the name, so no name can reach outside
+    the folder or collide with another on a case-insensitive disk."""
+    digest = hashlib.sha256(username.encode()).hexdigest()[:32]
+    return Path(paths.data_path) / USERS_FOLDER_NAME / f"{digest}.json"
 
 
 def move_api_key_option_to_file() -> None:
@@ -58,8 +81,9 @@ def normalise_api_url_option() -> None:
 
 
 class WebUIConnectionStore:
-    """URL: --sd-aws-api-url, else the WebUI setting, else SD_AWS_API_URL (no localhost default inside a WebUI:
-    an unset URL says so). Key: --sd-aws-api-key, else the 0600 key file, else SD_AWS_API_KEY."""
+    """The WebUI's shared connection. URL: --sd-aws-api-url, else the WebUI setting, else SD_AWS_API_URL (no
+    localhost default inside a WebUI: an unset URL says so). Key: --sd-aws-api-key, else the 0600 key file, else
+    SD_AWS_API_KEY. With --gradio-auth, `for_user(name)` is that user's own (`UserConnectionStore`)."""
 
     def api_url(self) -> str:
         return (getattr(shared.cmd_opts, "sd_aws_api_url", None) or shared.opts.data.get(API_URL_OPTION)
@@ -77,6 +101,40 @@ class WebUIConnectionStore:
         shared.opts.save(shared.config_filename)
         if api_key is not None and api_key.strip():
             write_api_key(api_key)
+
+    def for_user(self, username: str | None) -> WebUIConnectionStore | UserConnectionStore:
+        return UserConnectionStore(username) if username and gradio_auth_enabled() else self
+
+
+class UserConnectionStore:
+    """One WebUI user's connection (--gradio-auth), in their own 0600 file: their key only — never the shared
+    key, which would show them everyone's jobs — and their URL, else the WebUI's."""
+
+    def __init__(self, username: str):
+        self.username = username
+        self.path = user_settings_file(username)
+
+    def _saved(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def api_url(self) -> str:
+        return self._saved().get("api_url") or WebUIConnectionStore().api_url()
+
+    def api_key(self) -> str | None:
+        return self._saved().get("api_key") or None
+
+    def save(self, api_url: str, api_key: str | None) -> None:
+        saved = self._saved()
+        settings = {"username": self.username, "api_url": api_url.strip(),
+                    "api_key": api_key.strip() if api_key is not None and api_key.strip() else saved.get("api_key")}
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(self.path, json.dumps(settings))
+
+    def for_user(self, username: str | None) -> WebUIConnectionStore | UserConnectionStore:
+        return WebUIConnectionStore().for_user(username)
 
 
 def model_folders() -> dict[str, list[Path]]:

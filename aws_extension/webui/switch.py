@@ -69,9 +69,10 @@ class CloudSwitchScript(scripts.Script):
         return [enabled, endpoint]
 
 
-def refresh_endpoints() -> tuple[Any, str]:
+def refresh_endpoints(request: gr.Request = None) -> tuple[Any, str]:
+    """The switch's endpoint list, asked with the key of the WebUI user who clicked (gradio passes `request`)."""
     try:
-        names = endpoint_names(make_client(host.WebUIConnectionStore()))
+        names = endpoint_names(make_client(host.WebUIConnectionStore().for_user(getattr(request, "username", None))))
     except ApiError as exc:
         return gr.update(), f"Error: {error_text(exc)}"
     if not names:
@@ -159,7 +160,8 @@ def _generate(p: Any, endpoint: str | None, hooks: ScriptHooks) -> Any:
     """process_images_inner on the cloud: p set up as the host does, its batches in turn with their hooks."""
     try:
         set_up_like_the_host(p)
-        client = make_client(host.WebUIConnectionStore())
+        # the WebUI user's own key (A1111 sets p.user from the page's gr.Request; None through the API)
+        client = make_client(host.WebUIConnectionStore().for_user(getattr(p, "user", None)))
         checkpoint = host.selected_checkpoint(dict(getattr(p, "override_settings", None) or {}))
         host.set_model_fields(p, checkpoint)
         hooks.call("process")  # after the prompts and seeds, as the host: dynamic prompts sets p.all_prompts here
