@@ -8,9 +8,10 @@ file in the background (checked with `model_files`; `extract_ema`: the EMA weigh
 Jobs: `Initial` → `Training` → `Complete` | `Fail` | `Stopped`; `Stopped` → `Training` (resume). Everything
 the trainer could refuse is checked at `POST /train` (`parse_training_config`, the base, the dataset, the
 instance type), so a job fails later only for what only running shows (a broken image, NaN, a crash). The
-compute runs the jobs and reports each process end (`process_ended`): a process that dies (a signal, a crash
-without a reason) is started again once from its saved state, then the job fails with the reason. A
-`Complete` job's model becomes an Active checkpoint (`Lora` or `Stable-diffusion`) of the catalogue.
+training compute (`compute/base.py` `TrainingCompute`: local processes, or SageMaker training jobs) runs each
+run of a job and reports its end (`run_ended`): a run that dies (a signal, a crash without a reason, SageMaker
+stopping it) is started again once from its saved state, then the job fails with the reason. A `Complete`
+job's model becomes an Active checkpoint (`Lora` or `Stable-diffusion`) of the catalogue.
 """
 
 from __future__ import annotations
