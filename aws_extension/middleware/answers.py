@@ -10,14 +10,19 @@ from pydantic import BaseModel, ConfigDict
 
 from aws_extension import __version__
 from aws_extension.middleware.records import (
+    ApiKey,
+    AuditEntry,
     Checkpoint,
     Dataset,
     Endpoint,
     InferenceJob,
+    Role,
     TrainingJob,
     TrainingModel,
+    User,
 )
 from aws_extension.middleware.services.datasets import DatasetFileState
+from aws_extension.middleware.services.names import time_text
 from aws_extension.vocabulary import DatasetStatus
 
 
@@ -30,7 +35,12 @@ class Health(BaseModel):
 
 
 class ConnectionAnswer(BaseModel):
+    """Also who the key is, so a client learns its name and what it may do."""
+
     message: str = "Success"
+    username: str
+    roles: list[str]
+    permissions: list[str]
 
 
 # -- endpoints ---------------------------------------------------------------------------------------------
@@ -384,3 +394,138 @@ def training_job(record: TrainingJob, input_location: str, progress: dict[str, A
         steps_per_s=progress.get("steps_per_s"), eta_s=progress.get("eta_s"), samples=samples or [],
         queue_position=queue_position, attempts=record.attempts, checkpoint_id=record.checkpoint_id,
         error=record.error, start_time=record.start_time, end_time=record.end_time)
+
+
+# -- users, keys, roles, the audit trail -----------------------------------------------------------------------
+class UserAnswer(BaseModel):
+    username: str
+    roles: list[str]
+    permissions: list[str]  # what its roles allow, together
+    status: str
+    created: float
+    creator: str
+
+
+class KeyAnswer(BaseModel):
+    """A key as listed: never the key itself (it is shown once, when made)."""
+
+    key_id: str
+    username: str
+    status: str  # active | revoked | expired
+    created: float
+    expires: float | None  # Unix seconds; None: never
+    revoked: float | None
+    creator: str
+
+
+class UserCreated(BaseModel):
+    statusCode: int = 200
+    user: UserAnswer
+    username: str
+    roles: list[str]
+    api_key: str  # shown this once
+    key_id: str
+    expires: float | None
+
+
+class OneUser(BaseModel):
+    statusCode: int = 200
+    user: UserAnswer
+
+
+class UserDeleted(BaseModel):
+    statusCode: int = 200
+    message: str = "User deleted"
+    user: UserAnswer
+
+
+class UserList(BaseModel):
+    statusCode: int = 200
+    users: list[UserAnswer]
+    last_key: str | None = None  # the key of the next page, None on the last one
+
+
+class KeyCreated(BaseModel):
+    statusCode: int = 200
+    username: str
+    api_key: str  # shown this once
+    key_id: str
+    expires: float | None
+    key: KeyAnswer
+
+
+class KeyList(BaseModel):
+    statusCode: int = 200
+    keys: list[KeyAnswer]
+
+
+class KeyRevoked(BaseModel):
+    statusCode: int = 200
+    message: str = "Key revoked"
+    key: KeyAnswer
+
+
+class RoleAnswer(BaseModel):
+    role_name: str
+    permissions: list[str]
+    built_in: bool
+    creator: str
+    created: float
+    max_queued_jobs: int | None
+    max_concurrent_trainings: int | None
+
+
+class OneRole(BaseModel):
+    statusCode: int = 200
+    role: RoleAnswer
+
+
+class RoleList(BaseModel):
+    statusCode: int = 200
+    roles: list[RoleAnswer]
+
+
+class RoleDeleted(BaseModel):
+    statusCode: int = 200
+    message: str = "Role deleted"
+    role_name: str
+
+
+class AuditEntryAnswer(BaseModel):
+    id: str
+    created: float
+    time: str  # the seed's time format, UTC
+    actor: str
+    key_id: str | None
+    action: str
+    status: int
+    path_params: dict[str, str]
+    record_ids: list[str]
+
+
+class AuditList(BaseModel):
+    statusCode: int = 200
+    entries: list[AuditEntryAnswer]
+    last_key: str | None = None
+
+
+def user_answer(record: User, permissions: frozenset[str] | set[str]) -> UserAnswer:
+    return UserAnswer(username=record.username, roles=record.roles, permissions=sorted(permissions),
+                      status=record.status, created=record.created, creator=record.creator)
+
+
+def key_answer(record: ApiKey, status: str) -> KeyAnswer:
+    return KeyAnswer(key_id=record.id, username=record.username, status=status, created=record.created,
+                     expires=record.expires, revoked=record.revoked, creator=record.creator)
+
+
+def role_answer(record: Role, built_in: bool) -> RoleAnswer:
+    return RoleAnswer(role_name=record.role_name, permissions=record.permissions, built_in=built_in,
+                      creator=record.creator, created=record.created, max_queued_jobs=record.max_queued_jobs,
+                      max_concurrent_trainings=record.max_concurrent_trainings)
+
+
+def audit_answer(record: AuditEntry) -> AuditEntryAnswer:
+    return AuditEntryAnswer(id=record.id, created=record.created, time=time_text(record.created), actor=record.actor,
+                            key_id=record.key_id, action=record.action, status=record.status,
+                            path_params=record.path_params, record_ids=record.record_ids)

@@ -23,6 +23,7 @@ from aws_extension.middleware.blobs.local import LocalBlobStore
 from aws_extension.middleware.compute.base import Compute, TrainingCompute
 from aws_extension.middleware.compute.local import LocalCompute
 from aws_extension.middleware.compute.local.training import LocalTraining
+from aws_extension.middleware.services.audit import AuditLog
 from aws_extension.middleware.services.checkpoints import CheckpointService
 from aws_extension.middleware.services.datasets import DatasetService
 from aws_extension.middleware.services.endpoints import EndpointService
@@ -37,6 +38,7 @@ from aws_extension.middleware.services.training import (
     TrainingService,
 )
 from aws_extension.middleware.services.uploads import Uploads
+from aws_extension.middleware.services.users import UserService
 from aws_extension.middleware.services.webhooks import WebhookSender
 from aws_extension.middleware.store.base import Store
 from aws_extension.middleware.store.sqlite import SQLiteStore
@@ -72,6 +74,8 @@ class Services:
     webhooks: WebhookSender
     jobs: JobService
     retirement: EndpointRetirement
+    users: UserService
+    audit: AuditLog
     training_models: TrainingModelService
     training: TrainingService
 
@@ -154,7 +158,7 @@ def build_services(settings: MiddlewareSettings, session: Any = None) -> Service
                     datasets=datasets, training_models=training_models, training=training,
                     uploads=Uploads(blobs),
                     compute=compute, endpoints=endpoints, webhooks=webhooks, jobs=jobs,
-                    retirement=EndpointRetirement(endpoints, jobs))
+                    retirement=EndpointRetirement(endpoints, jobs), users=UserService(store), audit=AuditLog(store))
 
 
 # A backend's parts: its store, its blobs, the webhooks' secret, how to make its compute over the queue, and

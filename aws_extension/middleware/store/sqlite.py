@@ -29,6 +29,10 @@ COLUMNS: dict[str, dict[str, str]] = {
     "inference_jobs": {"status": "status", "task": "kind", "endpoint": "name", "queue_state": "queue_state"},
     "training_models": {"status": "status", "model_type": "kind"},
     "training_jobs": {"status": "status", "train_type": "kind"},
+    "users": {"status": "status"},
+    "api_keys": {"username": "name"},
+    "roles": {},
+    "audit": {"actor": "name"},
 }
 INDEX_COLUMNS = ("status", "kind", "name", "queue_state")
 
