@@ -101,6 +101,18 @@ class MiddlewareSettings:
     # Training on the local backend (compute/local/training.py)
     local_training_slots: int = _env("SD_AWS_LOCAL_TRAINING_SLOTS", 1,
                                      "training processes that run at once on this machine (the others wait in a queue)")
+    # SageMaker training jobs (compute/sagemaker/training.py)
+    sagemaker_training_max_runtime_s: int = _env(
+        "SD_AWS_SAGEMAKER_TRAINING_MAX_RUNTIME_S", 86400,
+        "longest a training run may train (StoppingCondition.MaxRuntimeInSeconds); a run stopped by it resumes once")
+    sagemaker_training_max_wait_s: int = _env(
+        "SD_AWS_SAGEMAKER_TRAINING_MAX_WAIT_S", 172800,
+        "use_spot: longest a run may wait for and run on spot capacity (MaxWaitTimeInSeconds, at least the runtime)")
+    sagemaker_training_volume_gib: int = _env("SD_AWS_SAGEMAKER_TRAINING_VOLUME_GIB", 50,
+                                              "disk of a training instance (the base, the images, the state)")
+    sagemaker_training_vanished_grace_s: float = _env(
+        "SD_AWS_SAGEMAKER_TRAINING_VANISHED_GRACE_S", 120.0,
+        "a run SageMaker does not know fails its job only once it is this old (it may still be being created)")
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,9 @@ class WorkerSettings:
     # Progress and cancel through signed URLs (SageMaker asynchronous endpoints; worker/remote_control.py).
     remote_report_interval_s: float = _env("SD_AWS_REMOTE_REPORT_INTERVAL_S", 2.0,
                                            "how often a job PUTs its progress and reads its cancel URL")
+    # The trainer's progress copy under checkpoints/ (SageMaker syncs it to S3; worker/sagemaker_train.py)
+    training_progress_sync_s: float = _env("SD_AWS_TRAINING_PROGRESS_SYNC_S", 10.0,
+                                           "how often a training run copies its progress for SageMaker to upload")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ code (`aws_cli.init`), as users make them.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -336,3 +337,225 @@ def start_aws_middleware(fake: AsyncInference, data_dir: Path, api_key: str, env
                           env={**aws_env(fake, stack_name), **(env or {})},
                           log_path=data_dir.parent / f"{data_dir.name}-serve.log").start()
     return server, resources
+
+
+class SageMakerTrainingFake:
+    """SageMaker's training jobs on moto's server, run by the real `sd-aws sagemaker train` entry point.
+
+    moto's training jobs complete at once and write nothing, and it has no StopTrainingJob. This fake replaces
+    CreateTrainingJob's backend call: the job is `InProgress`, its channels (manifest files or S3 prefixes)
+    and its CheckpointConfig prefix are downloaded from moto's S3 into a temporary SageMaker root
+    (`SD_AWS_SAGEMAKER_ROOT`), the trainer runs there as a process (the container), `checkpoints/` is synced
+    to the checkpoint prefix while it runs and at its end, `model/` becomes `model.tar.gz` at the job's
+    ModelArtifacts location, and the state (Completed; Failed with `output/failure` as FailureReason;
+    Stopped) is set on moto's record and sent as the EventBridge "SageMaker Training Job State Change" event
+    to the stack's events queue. StopTrainingJob sends the trainer SIGTERM (Stopping, then Stopped).
+    `holding()`: new jobs stay InProgress without running, for tests of lost jobs (`vanish`)."""
+
+    def __init__(self, inference: AsyncInference, root: Path, env: dict[str, str] | None = None):
+        self.inference = inference
+        self.root = root
+        self.env = env or {}
+        self.jobs: dict[str, Any] = {}  # name → moto's FakeTrainingJob
+        self.processes: dict[str, Any] = {}
+        self.resumed_from: dict[str, int | None] = {}  # name → the saved step it found in its checkpoints
+        self.backends: dict[str, Any] = {}  # name → moto's SageMaker backend holding it
+        self._synced: dict[str, dict[str, tuple[int, int]]] = {}  # name → checkpoint file → (mtime, size) uploaded
+        self._hold = False
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def client(self, service: str) -> Any:
+        return self.inference.client(service)
+
+    def install(self) -> None:
+        from moto.core.responses import EmptyResult
+        from moto.sagemaker.models import SageMakerModelBackend
+        from moto.sagemaker.responses import SageMakerResponse
+
+        fake = self
+        original_create = SageMakerModelBackend.create_training_job
+
+        def create_training_job(backend: Any, training_job_name: str, *args: Any, **kwargs: Any) -> Any:
+            if training_job_name in backend.training_jobs:
+                from moto.sagemaker.exceptions import ValidationError
+
+                raise ValidationError(message=f"Training job {training_job_name} already exists")
+            job = original_create(backend, training_job_name, *args, **kwargs)
+            job.training_job_status, job.secondary_status = "InProgress", "Starting"
+            job.training_end_time = None
+            fake.jobs[training_job_name] = job
+            fake.backends[training_job_name] = backend
+            if not fake._hold:
+                threading.Thread(target=fake._run, args=(job,), name=f"fake-training-{training_job_name}",
+                                 daemon=True).start()
+            return job
+
+        def stop_training_job(response: Any) -> Any:
+            name = response._get_param("TrainingJobName")
+            backend = response.sagemaker_backend
+            if name not in backend.training_jobs:
+                from moto.sagemaker.exceptions import ValidationError
+
+                raise ValidationError(message=f"Could not find training job '{name}'.")
+            fake.stop(name)
+            return EmptyResult()
+
+        for owner, name, value in ((SageMakerModelBackend, "create_training_job", create_training_job),
+                                   (SageMakerResponse, "stop_training_job", stop_training_job)):
+            self._undo.append((owner, name, owner.__dict__.get(name)))
+            setattr(owner, name, value)
+
+    def uninstall(self) -> None:
+        for owner, name, value in reversed(self._undo):
+            if value is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+
+    @contextmanager
+    def holding(self) -> Iterator[SageMakerTrainingFake]:
+        self._hold = True
+        try:
+            yield self
+        finally:
+            self._hold = False
+
+    def vanish(self, name: str) -> None:
+        """The training job is gone from SageMaker (deleted outside sd-aws), with no event."""
+        self.jobs.pop(name)
+        self.backends[name].training_jobs.pop(name, None)
+
+    def stop(self, name: str) -> None:
+        job = self.jobs[name]
+        if job.training_job_status != "InProgress":
+            return
+        job.training_job_status, job.secondary_status = "Stopping", "Stopping"
+        process = self.processes.get(name)
+        if process is not None and process.poll() is None:
+            process.send_signal(15)
+        elif process is None:  # not started (held): stopped at once
+            self._end(job, "Stopped", "Stopped")
+
+    # -- a container ------------------------------------------------------------------------------------
+    def _run(self, job: Any) -> None:
+        import subprocess
+        import sys
+
+        name = job.training_job_name
+        root = self.root / name
+        try:
+            self._lay_out(job, root)
+            env = {**os.environ, **self.env, "SD_AWS_SAGEMAKER_ROOT": str(root), "HF_HUB_OFFLINE": "1",
+                   "SD_AWS_DEVICE": "cpu", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+            with open(root / "train.log", "ab") as log_file:
+                process = subprocess.Popen([sys.executable, "-m", "aws_extension", "sagemaker", "train"], env=env,
+                                           stdout=log_file, stderr=subprocess.STDOUT, cwd=root)
+            self.processes[name] = process
+            job.secondary_status = "Training"
+            while process.poll() is None:
+                time.sleep(0.3)
+                self._sync_checkpoints(job, root)
+            self._sync_checkpoints(job, root)
+            progress = json.loads((root / "output" / "progress.json").read_text()) \
+                if (root / "output" / "progress.json").is_file() else {}
+            failure = root / "output" / "failure"
+            if job.training_job_status == "Stopping":
+                self._end(job, "Stopped", "Stopped")
+            elif process.returncode == 0 and progress.get("status") == "Complete":
+                self._upload_model(job, root)
+                self._end(job, "Completed", "Completed")
+            else:
+                reason = failure.read_text().strip() if failure.is_file() else \
+                    f"AlgorithmError: the container exited with status {process.returncode}"
+                self._end(job, "Failed", "Failed", reason)
+        except Exception as exc:  # noqa: BLE001 - as SageMaker would, the job fails with the reason
+            self._end(job, "Failed", "Failed", f"InternalServerError: the emulated instance failed: {exc!r}")
+
+    def _lay_out(self, job: Any, root: Path) -> None:
+        s3 = self.client("s3")
+        (root / "input" / "config").mkdir(parents=True, exist_ok=True)
+        (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(job.hyper_parameters))
+        for channel in job.input_data_config:
+            source = channel["DataSource"]["S3DataSource"]
+            folder = root / "input" / "data" / channel["ChannelName"]
+            folder.mkdir(parents=True, exist_ok=True)
+            bucket, key = split_s3(source["S3Uri"])
+            if source["S3DataType"] == "ManifestFile":
+                prefix, *names = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+                base_bucket, base_key = split_s3(prefix["prefix"])
+                objects = [(base_bucket, base_key + n, n) for n in names]
+            else:
+                listed = s3.list_objects_v2(Bucket=bucket, Prefix=key).get("Contents", [])
+                objects = [(bucket, o["Key"], o["Key"][len(key):].lstrip("/")) for o in listed]
+            for object_bucket, object_key, relative in objects:
+                target = folder / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(object_bucket, object_key, str(target))
+        bucket, prefix = split_s3(job.checkpoint_config["S3Uri"])
+        checkpoints = root / "checkpoints"
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
+            target = checkpoints / o["Key"][len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, o["Key"], str(target))
+        latest = checkpoints / "latest.json"
+        self.resumed_from[job.training_job_name] = json.loads(latest.read_text())["step"] if latest.is_file() else None
+        self._synced[job.training_job_name] = {}
+
+    def _sync_checkpoints(self, job: Any, root: Path) -> None:
+        """What SageMaker's checkpoint sync does: new and changed files of checkpoints/ to the S3 prefix."""
+        bucket, prefix = split_s3(job.checkpoint_config["S3Uri"])
+        s3 = self.client("s3")
+        for path in sorted((root / "checkpoints").rglob("*")):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # replaced while we looked
+                continue
+            if not path.is_file() or path.name.endswith(".tmp"):
+                continue
+            relative = str(path.relative_to(root / "checkpoints"))
+            synced = self._synced[job.training_job_name]
+            if synced.get(relative) == (stat.st_mtime_ns, stat.st_size):
+                continue
+            try:
+                s3.put_object(Bucket=bucket, Key=prefix + relative, Body=path.read_bytes())
+            except FileNotFoundError:
+                continue
+            synced[relative] = (stat.st_mtime_ns, stat.st_size)
+
+    def _upload_model(self, job: Any, root: Path) -> None:
+        import io
+        import tarfile
+
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for path in sorted((root / "model").iterdir()):
+                tar.add(path, arcname=path.name)
+        bucket, key = split_s3(job.model_artifacts["S3ModelArtifacts"])
+        self.client("s3").put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+
+    def _end(self, job: Any, status: str, secondary: str, reason: str | None = None) -> None:
+        job.training_job_status, job.secondary_status = status, secondary
+        if reason:
+            job.failure_reason = reason
+        self.send_state_change(job)
+
+    def send_state_change(self, job: Any) -> None:
+        """The event the stack's rule delivers to its events queue (DescribeTrainingJob's fields, tags as a map)."""
+        name = job.training_job_name
+        stack = next((s for s in self.inference.events_queues if name.startswith(s + "--")), None)
+        if stack is None:
+            return
+        detail: dict[str, Any] = {
+            "TrainingJobName": name, "TrainingJobArn": job.arn, "TrainingJobStatus": job.training_job_status,
+            "SecondaryStatus": job.secondary_status, "ModelArtifacts": job.model_artifacts,
+            "HyperParameters": job.hyper_parameters, "Tags": {t["Key"]: t["Value"] for t in job.tags}}
+        if getattr(job, "failure_reason", None):
+            detail["FailureReason"] = job.failure_reason
+        event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "SageMaker Training Job State Change",
+                 "source": "aws.sagemaker", "account": ACCOUNT, "time": datetime.now(timezone.utc).isoformat(),
+                 "region": REGION, "resources": [job.arn], "detail": detail}
+        self.client("sqs").send_message(QueueUrl=self.inference.events_queues[stack], MessageBody=json.dumps(event))

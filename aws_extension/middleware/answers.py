@@ -388,6 +388,7 @@ def training_job(record: TrainingJob, input_location: str, progress: dict[str, A
     return TrainingJobAnswer(
         id=record.id, status=record.status, trainType=record.train_type, modelName=record.model_name,
         model_id=record.model_id, created=record.created, params=record.params, input_location=input_location,
+        sagemakerTrainName=record.run_name,
         dataset_name=record.dataset_name, instance_type=record.instance_type, step=progress.get("step") or 0,
         total_steps=progress.get("total_steps") or record.total_steps, loss=progress.get("loss"),
         steps_per_s=progress.get("steps_per_s"), eta_s=progress.get("eta_s"), samples=samples or [],

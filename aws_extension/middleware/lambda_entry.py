@@ -10,7 +10,13 @@
   deletions still pending (`EndpointRetirement.finish_pending`);
 - a SageMaker state change delivered straight to the function (a rule that targets it) → `handle_event`;
 - `{"sd_aws_task": "import", ...}`, the function's asynchronous invocation of itself → one step of a URL
-  import (`ModelImporter.run_step`), which invokes the function again to resume when it runs out of time.
+  import (`ModelImporter.run_step`), which invokes the function again to resume when it runs out of time;
+- `{"sd_aws_task": "prepare-model", "model_id": ...}` (PUT /model `Creating`, invoked the same way) → the
+  training base's preparation (`TrainingModelService.prepare`: the file checked, EMA weights extracted, both
+  streamed, so a 7 GB checkpoint needs no more memory than a small one).
+
+SageMaker training jobs' state changes come in SQS records like the endpoints' (`SageMakerCompute.handle_event`
+hands them to `SageMakerTraining.handle_event`); the schedule's sweep reconciles the `Training` jobs.
 
 The services are built once per container (on the first event), from the environment: `SD_AWS_BACKEND=aws`
 and `SD_AWS_STACK_NAME`. Events are never logged: an import task carries the user's download tokens.
@@ -25,12 +31,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aws_extension.middleware.services.model_import import IMPORT_TASK
+from aws_extension.middleware.services.training import PREPARE_MODEL_TASK
 
 log = logging.getLogger(__name__)
 
 # A step lives at most Lambda's 15 minutes and launches the next before it ends: an import whose progress
 # has not moved for two of those lost its chain of steps.
 STALLED_IMPORT_S = 2 * 900.0
+# A preparation waiting for its checkpoint's upload to complete stops this long before the invocation's end.
+PREPARATION_MARGIN_S = 30.0
 
 
 class CompletionEvents(Protocol):
@@ -48,10 +57,12 @@ class CompletionEvents(Protocol):
 
 
 def event_kind(event: Any) -> str:
-    """`api`, `sqs`, `schedule`, `sagemaker` or `import`; ValueError for anything else."""
+    """`api`, `sqs`, `schedule`, `sagemaker`, `import` or `prepare-model`; ValueError for anything else."""
     if isinstance(event, dict):
         if event.get("sd_aws_task") == IMPORT_TASK:
             return "import"
+        if event.get("sd_aws_task") == PREPARE_MODEL_TASK and isinstance(event.get("model_id"), str):
+            return PREPARE_MODEL_TASK
         if "requestContext" in event and ("httpMethod" in event or "routeKey" in event):
             return "api"
         records = event.get("Records")
@@ -114,7 +125,12 @@ class Container:
                 raise failed[0]
             return None
         remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
-        self.services.importer.run_step(event, remaining_s=(remaining_ms() / 1000.0) if remaining_ms else None)
+        remaining_s = (remaining_ms() / 1000.0) if remaining_ms else None
+        if kind == PREPARE_MODEL_TASK:
+            wait_s = max(0.0, remaining_s - PREPARATION_MARGIN_S) if remaining_s is not None else 3600.0
+            self.services.training_models.prepare(event["model_id"], checkpoint_wait_s=wait_s)
+            return None
+        self.services.importer.run_step(event, remaining_s=remaining_s)
         return None
 
     def _resume_stalled_imports(self) -> None:
@@ -130,6 +146,7 @@ def build_container(services: Any, api_key: str) -> Container:
     # Compute reports through the services, as under `serve`, but starts no background work: its events
     # arrive as invocations (SageMakerCompute.attach; `start` would long-poll the queue in a thread).
     services.compute.attach(services.reports())
+    services.training.compute.start(services.training)  # SageMaker's training compute starts no thread either
     return Container(services=services, api=Mangum(create_app(services, api_key), lifespan="off"))
 
 

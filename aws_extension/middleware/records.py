@@ -202,6 +202,8 @@ class TrainingJob:
     error: str | None = None
     start_time: str | None = None
     end_time: str | None = None
+    run_name: str | None = None  # the compute's name of the current run (SageMaker's training job name)
+    completing: str | None = None  # claim of the one report registering the trained model (a run name or "local")
 
 
 TRAINING_JOBS = Table("training_jobs", indexed=("status", "train_type"))

@@ -7,6 +7,7 @@ resources of the stack `SD_AWS_STACK_NAME` in the account and region of boto3's 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -19,8 +20,9 @@ from typing import Any
 from aws_extension.middleware.aws_resources import StackResources
 from aws_extension.middleware.blobs.base import BlobStore
 from aws_extension.middleware.blobs.local import LocalBlobStore
-from aws_extension.middleware.compute.base import Compute
+from aws_extension.middleware.compute.base import Compute, TrainingCompute
 from aws_extension.middleware.compute.local import LocalCompute
+from aws_extension.middleware.compute.local.training import LocalTraining
 from aws_extension.middleware.services.audit import AuditLog
 from aws_extension.middleware.services.checkpoints import CheckpointService
 from aws_extension.middleware.services.datasets import DatasetService
@@ -30,7 +32,11 @@ from aws_extension.middleware.services.jobs import JobService
 from aws_extension.middleware.services.model_import import ModelImporter
 from aws_extension.middleware.services.queue import JobQueue
 from aws_extension.middleware.services.retirement import EndpointRetirement
-from aws_extension.middleware.services.training import TrainingModelService, TrainingService, local_training
+from aws_extension.middleware.services.training import (
+    PREPARE_MODEL_TASK,
+    TrainingModelService,
+    TrainingService,
+)
 from aws_extension.middleware.services.uploads import Uploads
 from aws_extension.middleware.services.users import UserService
 from aws_extension.middleware.services.webhooks import WebhookSender
@@ -70,8 +76,8 @@ class Services:
     retirement: EndpointRetirement
     users: UserService
     audit: AuditLog
-    training_models: TrainingModelService | None = None
-    training: TrainingService | None = None
+    training_models: TrainingModelService
+    training: TrainingService
 
     def start(self) -> None:
         self._stop = threading.Event()
@@ -83,10 +89,9 @@ class Services:
         else:  # SageMaker's jobs and endpoints went on without us; only our own deletions wait
             self.retirement.finish_pending()
         self.compute.start(self.reports())
-        if self.training_models and self.training:
-            self.training_models.restore()
-            self.training.compute.start(self.training)
-            self.training.restore()
+        self.training_models.restore()
+        self.training.compute.start(self.training)
+        self.training.restore()
         self._sweeper = threading.Thread(target=self._sweep_forever, name="sweeper", daemon=True)
         self._sweeper.start()
 
@@ -99,19 +104,20 @@ class Services:
         self.importer.stop()
         self.webhooks.stop()
         self.compute.stop()
-        if self.training_models and self.training:
-            self.training_models.stop()
-            self.training.compute.shutdown()
+        self.training_models.stop()
+        self.training.compute.shutdown()
         self._sweeper.join(5)
 
     def sweep(self) -> None:
-        """Remove multipart uploads older than the TTL and fail the checkpoints that waited on them."""
+        """Remove multipart uploads older than the TTL and fail the checkpoints that waited on them; bring
+        training jobs whose end was not reported (a lost SageMaker event) up to date."""
         ttl = self.settings.multipart_ttl_s
         failed = self.checkpoints.expire_uploads(ttl)
         removed = self.blobs.sweep_incomplete_uploads(ttl)
         if failed or removed:
             log.info("sweeper: failed %d stale checkpoint uploads, removed %d incomplete uploads",
                      len(failed), len(removed))
+        self.training.reconcile()
 
     def _sweep_forever(self) -> None:
         while not self._stop.wait(self.settings.sweep_interval_s):
@@ -125,9 +131,9 @@ def build_services(settings: MiddlewareSettings, session: Any = None) -> Service
     """The services of `settings.backend`; `session`: the boto3 session of the aws backend (default: boto3's
     standard configuration)."""
     if settings.backend == "local":
-        store, blobs, webhook_secret, make_compute = _local_parts(settings)
+        store, blobs, webhook_secret, make_compute, training_compute = _local_parts(settings)
     elif settings.backend == "aws":
-        store, blobs, webhook_secret, make_compute = _aws_parts(settings, session)
+        store, blobs, webhook_secret, make_compute, training_compute = _aws_parts(settings, session)
     else:
         raise ValueError(f"backend {settings.backend!r} is unknown; use SD_AWS_BACKEND=local or aws")
     queue = JobQueue(store)
@@ -141,9 +147,12 @@ def build_services(settings: MiddlewareSettings, session: Any = None) -> Service
     jobs = JobService(queue, blobs, compute, checkpoints, endpoints, webhooks,
                       PayloadLimits.from_settings(load(WorkerSettings)), settings.max_body_bytes)
     datasets = DatasetService(store, blobs, settings.signed_url_ttl_s, settings.max_dataset_files)
-    # Training runs on the local backend only for now (no SageMaker training jobs yet).
-    training_models, training = (local_training(settings, store, blobs, checkpoints, datasets)
-                                 if settings.backend == "local" else (None, None))
+    training_models = TrainingModelService(store, blobs, checkpoints, settings.completion_wait_s,
+                                           launch=_preparation_launcher(settings))
+    # A local Stop is seconds (the answer waits for it); SageMaker's takes minutes: the answer does not wait.
+    training = TrainingService(store, blobs, training_models, datasets, checkpoints, training_compute,
+                               stop_wait_s=settings.completion_wait_s if training_compute.restarts_with_middleware
+                               else 0.0, signed_url_ttl_s=settings.signed_url_ttl_s)
     return Services(settings=settings, store=store, blobs=blobs, checkpoints=checkpoints,
                     importer=ModelImporter(checkpoints, settings),
                     datasets=datasets, training_models=training_models, training=training,
@@ -152,8 +161,26 @@ def build_services(settings: MiddlewareSettings, session: Any = None) -> Service
                     retirement=EndpointRetirement(endpoints, jobs), users=UserService(store), audit=AuditLog(store))
 
 
-# A backend's parts: its store, its blobs, the webhooks' secret, and how to make its compute over the queue.
-Parts = tuple[Store, BlobStore, str, Callable[[JobQueue], Compute]]
+# A backend's parts: its store, its blobs, the webhooks' secret, how to make its compute over the queue, and
+# its training compute.
+Parts = tuple[Store, BlobStore, str, Callable[[JobQueue], Compute], TrainingCompute]
+
+
+def _preparation_launcher(settings: MiddlewareSettings) -> Callable[[str], None] | None:
+    """Under Lambda on the aws backend, a training base's preparation (reading a checkpoint of GBs) runs in
+    an asynchronous invocation of the function itself (lambda_entry: `prepare-model`), not in the request;
+    anywhere else in a thread of this process (None)."""
+    function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    if settings.backend != "aws" or not function:
+        return None
+
+    def launch(model_id: str) -> None:
+        import boto3
+
+        boto3.client("lambda").invoke(FunctionName=function, InvocationType="Event", Payload=json.dumps(
+            {"sd_aws_task": PREPARE_MODEL_TASK, "model_id": model_id}).encode())
+
+    return launch
 
 
 def _local_parts(settings: MiddlewareSettings) -> Parts:
@@ -166,7 +193,9 @@ def _local_parts(settings: MiddlewareSettings) -> Parts:
         max_parts=settings.multipart_max_parts, max_part_bytes=settings.multipart_max_part_bytes,
         max_put_bytes=settings.blob_max_put_bytes)
     webhook_secret = settings.webhook_secret or read_or_create_secret(data_dir / "webhook_secret")
-    return SQLiteStore(data_dir / "store.sqlite3"), blobs, webhook_secret, lambda queue: LocalCompute(queue, settings)
+    training = LocalTraining(data_dir, blobs, settings.local_training_slots, settings.local_gpus)
+    return (SQLiteStore(data_dir / "store.sqlite3"), blobs, webhook_secret, lambda queue: LocalCompute(queue, settings),
+            training)
 
 
 def stack_resources(settings: MiddlewareSettings, session: Any) -> StackResources:
@@ -198,6 +227,7 @@ def _aws_parts(settings: MiddlewareSettings, session: Any) -> Parts:
     from aws_extension.middleware.blobs.s3 import S3BlobStore
     from aws_extension.middleware.compute.sagemaker.compute import SageMakerCompute
     from aws_extension.middleware.compute.sagemaker.endpoints import SageMakerEndpoints
+    from aws_extension.middleware.compute.sagemaker.training import SageMakerTraining
     from aws_extension.middleware.store.dynamodb import DynamoDBStore
 
     session = session or boto3.Session()
@@ -210,8 +240,12 @@ def _aws_parts(settings: MiddlewareSettings, session: Any) -> Parts:
         max_put_bytes=settings.blob_max_put_bytes)
     webhook_secret = settings.webhook_secret or stack_secret(session, resources.webhook_secret)
 
-    def make_compute(queue: JobQueue) -> Compute:
-        return SageMakerCompute(queue, blobs, SageMakerEndpoints(resources, settings, session), resources, settings,
-                                session)
+    training = SageMakerTraining(blobs, resources, settings, session)
 
-    return store, blobs, webhook_secret, make_compute
+    def make_compute(queue: JobQueue) -> Compute:
+        compute = SageMakerCompute(queue, blobs, SageMakerEndpoints(resources, settings, session), resources,
+                                   settings, session)
+        compute.training_events = training.handle_event  # the training jobs' state changes share its queue
+        return compute
+
+    return store, blobs, webhook_secret, make_compute, training

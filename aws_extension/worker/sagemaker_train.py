@@ -10,6 +10,9 @@ SageMaker runs `docker run IMAGE train`. Under the root (`SD_AWS_SAGEMAKER_ROOT`
   model, error) for the local backend, which runs this same entry point as a process per job;
 - resume: `checkpoints/` (synced to S3 by SageMaker's CheckpointConfig) holds the saved state and the
   generated class images; a run that finds this job's state there goes on from it;
+- the progress for SageMaker: `checkpoints/progress/` holds a copy of progress.json (at most every
+  `training_progress_sync_s`, and at every new sample and at the end) and of the samples, which SageMaker's
+  checkpoint sync puts in S3, where the middleware reads them (it cannot reach the instance);
 - failure: a one-paragraph reason in `output/failure` (SageMaker shows it as the job's FailureReason) and
   exit status 1. SIGTERM (StopTrainingJob, or the local backend's Stop) saves the state and exits 0 with the
   status `Stopped`.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BASE_CHANNEL, INSTANCE_CHANNEL, CLASS_CHANNEL = "base", "instance", "class"
 PROGRESS_FILE = "progress.json"
+SYNCED_PROGRESS_DIR = "progress"  # under checkpoints/
 FAILURE_FILE = "failure"
 STATUS_TRAINING, STATUS_FAILED = "Training", "Fail"
 
@@ -80,6 +85,14 @@ class TrainLayout:
     def failure(self) -> Path:
         return self.output / FAILURE_FILE
 
+    @property
+    def synced_progress(self) -> Path:
+        return self.checkpoints / SYNCED_PROGRESS_DIR / PROGRESS_FILE
+
+    @property
+    def synced_samples(self) -> Path:
+        return self.checkpoints / SYNCED_PROGRESS_DIR / "samples"
+
 
 def read_progress(root: Path) -> dict[str, Any] | None:
     """The job's latest progress record (for the local backend), or None before the first."""
@@ -90,19 +103,40 @@ def read_progress(root: Path) -> dict[str, Any] | None:
         return None
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 class _ProgressFile:
-    def __init__(self, layout: TrainLayout):
-        self.path = layout.progress
+    def __init__(self, layout: TrainLayout, sync_interval_s: float):
+        self.layout = layout
+        self.sync_interval_s = sync_interval_s  # each copy is an S3 upload on SageMaker
         self.record: dict[str, Any] = {"status": STATUS_TRAINING, "step": 0, "total_steps": 0, "loss": None,
                                        "steps_per_s": None, "eta_s": None, "samples": [], "model": None,
                                        "error": None}
+        self._synced_at: float | None = None
 
-    def write(self, **changes: Any) -> None:
+    def write(self, final: bool = False, **changes: Any) -> None:
+        new_samples = changes.get("samples", self.record["samples"]) != self.record["samples"]
         self.record.update(changes, updated_at=time.time())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(self.record))
-        os.replace(temporary, self.path)
+        text = json.dumps(self.record)
+        _write_atomically(self.layout.progress, text)
+        if final or new_samples or self._synced_at is None \
+                or time.monotonic() - self._synced_at >= self.sync_interval_s:
+            self._sync(text)
+
+    def _sync(self, text: str) -> None:
+        """The copy under checkpoints/ (samples first, so the progress never names one not there)."""
+        self.layout.synced_samples.mkdir(parents=True, exist_ok=True)
+        for name in self.record["samples"]:
+            target = self.layout.synced_samples / name
+            if not target.exists():
+                shutil.copyfile(self.layout.samples / name, target)
+        _write_atomically(self.layout.synced_progress, text)
+        self._synced_at = time.monotonic()
 
 
 def _read_config(layout: TrainLayout) -> TrainingConfig:
@@ -139,12 +173,12 @@ def _instance_dir(layout: TrainLayout) -> Path:
     return channel
 
 
-def run_training_job(root: Path, device: str = "auto") -> int:
+def run_training_job(root: Path, device: str = "auto", progress_sync_s: float = 10.0) -> int:
     """Run the job laid out under `root`; the exit status (0: Complete or Stopped, 1: failed)."""
     layout = TrainLayout(root)
     layout.output.mkdir(parents=True, exist_ok=True)
     layout.failure.unlink(missing_ok=True)
-    progress_file = _ProgressFile(layout)
+    progress_file = _ProgressFile(layout, progress_sync_s)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) \
         if threading.current_thread() is threading.main_thread() else None
@@ -168,7 +202,7 @@ def run_training_job(root: Path, device: str = "auto") -> int:
             result = train(config, inputs, progress=report, stop=stop, device=device)
         except TrainingError as exc:
             raise TrainJobError(str(exc)) from None
-        progress_file.write(status=result.status, step=result.step, total_steps=result.total_steps,
+        progress_file.write(final=True, status=result.status, step=result.step, total_steps=result.total_steps,
                             model=result.model.name if result.model else None,
                             samples=sorted(s.name for s in layout.samples.glob("*.png")))
         return 0
@@ -185,7 +219,7 @@ def run_training_job(root: Path, device: str = "auto") -> int:
 def _fail(layout: TrainLayout, progress_file: _ProgressFile, reason: str) -> int:
     paragraph = " ".join(reason.split())
     layout.failure.write_text(paragraph + "\n")
-    progress_file.write(status=STATUS_FAILED, error=paragraph)
+    progress_file.write(final=True, status=STATUS_FAILED, error=paragraph)
     log.error("%s", paragraph)
     return 1
 
@@ -194,4 +228,5 @@ def train_main() -> int:
     """`sd-aws sagemaker train`: the job under the settings' SageMaker root."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load(WorkerSettings)
-    return run_training_job(settings.sagemaker_root, device=settings.device)
+    return run_training_job(settings.sagemaker_root, device=settings.device,
+                            progress_sync_s=settings.training_progress_sync_s)

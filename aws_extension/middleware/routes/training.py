@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from aws_extension.middleware import answers
-from aws_extension.middleware.errors import InvalidRequest
 from aws_extension.middleware.routes.checkpoints import FilenameParts, PartTag
 from aws_extension.middleware.routes.deps import get_services, query_list
 from aws_extension.middleware.services.checkpoints import FileToUpload
@@ -17,20 +16,6 @@ from aws_extension.middleware.wiring import Services
 from aws_extension.vocabulary import TrainingModelStatus, TrainingStatus
 
 router = APIRouter(tags=["training"])
-
-
-def _training_models(services: Services):
-    if services.training_models is None:
-        raise InvalidRequest(f"training is not available on the {services.settings.backend} backend yet; "
-                             "run the middleware with SD_AWS_BACKEND=local.")
-    return services.training_models
-
-
-def _training(services: Services):
-    if services.training is None:
-        raise InvalidRequest(f"training is not available on the {services.settings.backend} backend yet; "
-                             "run the middleware with SD_AWS_BACKEND=local.")
-    return services.training
 
 
 class Strict(BaseModel):
@@ -65,7 +50,7 @@ class UpdateTraining(Strict):
 @router.post("/model", response_model=answers.TrainingModelCreated,
              summary="A training base from an Active checkpoint (checkpoint_id) or an upload (filenames)")
 def create_model(body: CreateModel, services: Services = Depends(get_services)):
-    models = _training_models(services)
+    models = services.training_models
     record, urls = models.create(body.model_type, body.name, body.checkpoint_id,
                                  [FileToUpload(f.filename, f.parts_number, f.sha256) for f in body.filenames],
                                  body.params)
@@ -77,20 +62,20 @@ def create_model(body: CreateModel, services: Services = Depends(get_services)):
             summary="Complete the upload, if any, and prepare the base (Complete or Fail, in the background)")
 async def update_model(body: UpdateModel, services: Services = Depends(get_services)):
     tags = {name: [(t.PartNumber, t.ETag) for t in parts] for name, parts in (body.multi_parts_tags or {}).items()}
-    record = await _training_models(services).start_creating(body.model_id, tags)
-    return answers.training_model_creating(record, _training_models(services).location(record))
+    record = await services.training_models.start_creating(body.model_id, tags)
+    return answers.training_model_creating(record, services.training_models.location(record))
 
 
 @router.get("/models", response_model=answers.TrainingModelList)
 def list_models(request: Request, services: Services = Depends(get_services)):
-    models = _training_models(services)
+    models = services.training_models
     records = models.list(query_list(request, "status"), query_list(request, "types"))
     return answers.TrainingModelList(models=[answers.training_model_job(r, models.location(r)) for r in records])
 
 
 @router.post("/train", response_model=answers.TrainingJobCreated, summary="Create a training job (Initial)")
 def create_training(body: CreateTraining, services: Services = Depends(get_services)):
-    training = _training(services)
+    training = services.training
     record = training.create(body.train_type, body.model_id, body.params)
     return answers.TrainingJobCreated(job=answers.training_job(record, training.input_location(record)))
 
@@ -98,7 +83,7 @@ def create_training(body: CreateTraining, services: Services = Depends(get_servi
 @router.put("/train", response_model=answers.OneTrainingJob,
             summary="Training: start (or resume a Stopped job); Stopped: stop, keeping its saved state")
 async def update_training(body: UpdateTraining, services: Services = Depends(get_services)):
-    training = _training(services)
+    training = services.training
     if body.status == TrainingStatus.TRAINING:
         record = await anyio.to_thread.run_sync(training.start, body.train_job_id)
     else:
@@ -108,7 +93,7 @@ async def update_training(body: UpdateTraining, services: Services = Depends(get
 
 @router.get("/trains", response_model=answers.TrainingJobList)
 def list_trainings(request: Request, services: Services = Depends(get_services)):
-    training = _training(services)
+    training = services.training
     records = training.list(query_list(request, "status"), query_list(request, "types"))
     return answers.TrainingJobList(trainJobs=[answers.training_job(r, training.input_location(r)) for r in records])
 
@@ -116,7 +101,7 @@ def list_trainings(request: Request, services: Services = Depends(get_services))
 @router.get("/train/{train_job_id}", response_model=answers.OneTrainingJob,
             summary="One training job with its live progress and signed URLs of its sample images")
 def get_training(train_job_id: str, services: Services = Depends(get_services)):
-    training = _training(services)
+    training = services.training
     record, progress, samples, position = training.describe(train_job_id)
     return answers.OneTrainingJob(job=answers.training_job(record, training.input_location(record), progress,
                                                            samples, position))

@@ -8,9 +8,10 @@ file in the background (checked with `model_files`; `extract_ema`: the EMA weigh
 Jobs: `Initial` → `Training` → `Complete` | `Fail` | `Stopped`; `Stopped` → `Training` (resume). Everything
 the trainer could refuse is checked at `POST /train` (`parse_training_config`, the base, the dataset, the
 instance type), so a job fails later only for what only running shows (a broken image, NaN, a crash). The
-compute runs the jobs and reports each process end (`process_ended`): a process that dies (a signal, a crash
-without a reason) is started again once from its saved state, then the job fails with the reason. A
-`Complete` job's model becomes an Active checkpoint (`Lora` or `Stable-diffusion`) of the catalogue.
+training compute (`compute/base.py` `TrainingCompute`: local processes, or SageMaker training jobs) runs each
+run of a job and reports its end (`run_ended`): a run that dies (a signal, a crash without a reason, SageMaker
+stopping it) is started again once from its saved state, then the job fails with the reason. A `Complete`
+job's model becomes an Active checkpoint (`Lora` or `Stable-diffusion`) of the catalogue.
 """
 
 from __future__ import annotations
@@ -23,18 +24,19 @@ import logging
 import struct
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 
 from aws_extension.middleware.blobs.base import BlobStore
-from aws_extension.middleware.blobs.local import LocalBlobStore
-from aws_extension.middleware.compute.local.training import (
+from aws_extension.middleware.compute.base import (
+    LOCAL_INSTANCE_TYPE,
     ChannelFile,
-    LocalTraining,
-    ProcessEnded,
+    TrainingCompute,
+    TrainingEnded,
     TrainingRun,
 )
 from aws_extension.middleware.errors import InvalidRequest, ServiceError, UnknownRecord, WrongState
@@ -56,7 +58,6 @@ from aws_extension.model_files import (
     check_model_file,
     read_safetensors_header,
 )
-from aws_extension.settings import MiddlewareSettings
 from aws_extension.training import TrainingConfig, TrainingConfigError, parse_training_config
 from aws_extension.vocabulary import (
     MODEL_SUFFIXES,
@@ -70,21 +71,29 @@ from aws_extension.vocabulary import (
 log = logging.getLogger(__name__)
 
 SD = str(CheckpointType.STABLE_DIFFUSION)
-LOCAL_INSTANCE_TYPE = "local"
 IMAGE_SIGNATURES = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",),
                     ".webp": (b"RIFF",)}
 CAPTION_SUFFIX = ".txt"
-PROCESS_STARTS = 2  # a job's process may die once and be started again from its state
+PROCESS_STARTS = 2  # a job's run may die once and be started again from its state
 COPY_CHUNK = 8 * 1024 * 1024
+PREPARE_MODEL_TASK = "prepare-model"  # lambda_entry routes {"sd_aws_task": "prepare-model"} to prepare()
+# A claim on registering a trained model older than this is taken over (its holder died): registering copies
+# the model once, well within Lambda's 15 minutes.
+COMPLETING_STALE_S = 1800.0
 
 
 # -- training bases --------------------------------------------------------------------------------------
 class TrainingModelService:
-    def __init__(self, store: Store, blobs: BlobStore, checkpoints: CheckpointService, wait_s: float):
+    """`launch`: how a preparation runs elsewhere (under Lambda: an asynchronous invocation of the function,
+    which calls `prepare`); default: a thread of this process."""
+
+    def __init__(self, store: Store, blobs: BlobStore, checkpoints: CheckpointService, wait_s: float,
+                 launch: Callable[[str], None] | None = None):
         self.records = Records(store, TRAINING_MODELS, TrainingModel)
         self.blobs = blobs
         self.checkpoints = checkpoints
         self.wait_s = wait_s
+        self.launch = launch
         self._preparations = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-preparation")
 
     def create(self, model_type: str, name: str | None, checkpoint_id: str | None,
@@ -153,6 +162,9 @@ class TrainingModelService:
                                       expect={"status": TrainingModelStatus.INITIALED})
         if started is None:
             raise WrongState(f"model {model_id} is being created by another request.")
+        if self.launch is not None:  # the request ends before a preparation of GBs would
+            await anyio.to_thread.run_sync(self.launch, model_id)
+            return started
         preparation = self._preparations.submit(self.prepare, model_id)
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(preparation)), self.wait_s)
@@ -300,7 +312,7 @@ def _trained_name(config: TrainingConfig, job_id: str) -> str:
 
 class TrainingService:
     def __init__(self, store: Store, blobs: BlobStore, models: TrainingModelService, datasets: DatasetService,
-                 checkpoints: CheckpointService, compute: LocalTraining, *, stop_wait_s: float, signed_url_ttl_s: int):
+                 checkpoints: CheckpointService, compute: TrainingCompute, *, stop_wait_s: float, signed_url_ttl_s: int):
         self.records = Records(store, TRAINING_JOBS, TrainingJob)
         self.blobs = blobs
         self.models = models
@@ -309,7 +321,7 @@ class TrainingService:
         self.compute = compute
         self.stop_wait_s = stop_wait_s
         self.signed_url_ttl_s = signed_url_ttl_s
-        self._ended_lock = threading.Lock()
+        self._ended_lock = threading.RLock()  # a refused submit reports while a report is being handled
 
     # -- POST /train ----------------------------------------------------------------------------------
     def create(self, train_type: str, model_id: str, params: dict[str, Any]) -> TrainingJob:
@@ -317,7 +329,7 @@ class TrainingService:
         config_params = params.get("config_params") or {}
         if not isinstance(training_params, dict) or not isinstance(config_params, dict):
             raise InvalidRequest("params.training_params and params.config_params must be objects.")
-        instance_type = self._check_instance_type(training_params.get("training_instance_type", LOCAL_INSTANCE_TYPE))
+        instance_type = self._check_instance_type(training_params)
         try:
             config = parse_training_config(train_type, config_params)
         except TrainingConfigError as exc:
@@ -347,16 +359,10 @@ class TrainingService:
         self.records.create(record)
         return record
 
-    @staticmethod
-    def _check_instance_type(instance_type: Any) -> str:
-        if instance_type == LOCAL_INSTANCE_TYPE:
-            return instance_type
-        if isinstance(instance_type, str) and instance_type.startswith("ml."):
-            raise InvalidRequest(f"training_params.training_instance_type: {instance_type} is a SageMaker training "
-                                 "instance, and this middleware runs the local backend, which trains on this "
-                                 f"machine: use {LOCAL_INSTANCE_TYPE!r}.")
-        raise InvalidRequest(f"training_params.training_instance_type {instance_type!r} is unknown; on the local "
-                             f"backend use {LOCAL_INSTANCE_TYPE!r}.")
+    def _check_instance_type(self, training_params: dict[str, Any]) -> str:
+        """Where the job trains (`training_instance_type`, with `use_spot`), as the backend's compute allows."""
+        return self.compute.check_instance_type(training_params.get("training_instance_type", LOCAL_INSTANCE_TYPE),
+                                                training_params.get("use_spot", False))
 
     def _usable_dataset(self, name: str, field: str) -> Dataset:
         try:
@@ -403,10 +409,11 @@ class TrainingService:
         if record.status not in (TrainingStatus.INITIAL, TrainingStatus.STOPPED):
             raise WrongState(f"training job {job_id} is {record.status}; only an {TrainingStatus.INITIAL} or "
                              f"{TrainingStatus.STOPPED} job can start training.")
-        if self.compute.is_running(job_id):
+        if self.compute.is_running(record):
             raise WrongState(f"training job {job_id} is still saving its state after Stop; try again in a moment.")
         started = self.records.update(job_id, {"status": TrainingStatus.TRAINING, "attempts": 1, "error": None,
-                                                "start_time": record.start_time or time_text(now())},
+                                                "start_time": record.start_time or time_text(now()),
+                                                "run_name": self.compute.new_run_name(job_id), "completing": None},
                                       expect={"status": record.status})
         if started is None:
             raise WrongState(f"training job {job_id} changed while it was being started; try again.")
@@ -420,11 +427,11 @@ class TrainingService:
         if record.status != TrainingStatus.TRAINING:
             raise WrongState(f"training job {job_id} is {record.status}; only a {TrainingStatus.TRAINING} job "
                              "can be stopped.")
-        if self.compute.stop(job_id):
+        if await anyio.to_thread.run_sync(self.compute.stop, record):
             await anyio.to_thread.run_sync(self._end, job_id, TrainingStatus.STOPPED, {})
             return await anyio.to_thread.run_sync(self.get, job_id)
         deadline = time.monotonic() + self.stop_wait_s
-        while self.compute.is_running(job_id) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and await anyio.to_thread.run_sync(self.compute.is_running, record):
             await asyncio.sleep(0.2)
         return await anyio.to_thread.run_sync(self.get, job_id)
 
@@ -432,61 +439,81 @@ class TrainingService:
         model = self.models.get(record.model_id)
         instance = self.datasets.get(record.dataset_name).files
         class_files = self.datasets.get(record.class_dataset_name).files if record.class_dataset_name else []
+        training_params = record.params.get("training_params") or {}
         return TrainingRun(job_id=record.id, hyperparameters=record.hyperparameters,
                            base=ChannelFile(model.base_key, model.base_filename),
                            instance=[ChannelFile(f.key, f.filename) for f in instance],
-                           class_images=[ChannelFile(f.key, f.filename) for f in class_files])
+                           class_images=[ChannelFile(f.key, f.filename) for f in class_files],
+                           instance_type=record.instance_type, use_spot=training_params.get("use_spot") is True,
+                           run_name=record.run_name)
 
     # -- the compute's reports ------------------------------------------------------------------------
-    def process_ended(self, job_id: str, ended: ProcessEnded) -> None:
+    def run_ended(self, job_id: str, ended: TrainingEnded) -> None:
+        """A run ended (`TrainingReports`): Complete (the model registered), Fail with the reason, Stopped, or,
+        for a run that died, once more from its saved state. A report of another run than the record's
+        current one (late, or repeated after a new start) changes nothing."""
         with self._ended_lock:
             record = self.get(job_id)
             if record.status != TrainingStatus.TRAINING:
                 return
+            if ended.run_name != record.run_name:
+                log.info("training %s: a report of run %s, not of its current run %s: ignored", job_id,
+                         ended.run_name, record.run_name)
+                return
             progress = {k: v for k, v in (ended.progress or {}).items() if k != "updated_at"}
-            if ended.returncode == 0 and ended.status == TrainingStatus.COMPLETE:
-                self._complete(record, progress)
+            if ended.completed:
+                self._complete(record, ended, progress)
             elif ended.failure:
                 self._end(job_id, TrainingStatus.FAIL, {"progress": progress, "error": ended.failure})
-            elif ended.stop_requested:  # stopped as asked (SIGTERM before the trainer listened to it: its last state)
+            elif ended.stopped:  # stopped as asked (SIGTERM before the trainer listened to it: its last state)
                 self._end(job_id, TrainingStatus.STOPPED, {"progress": progress})
             elif record.attempts < PROCESS_STARTS:
-                log.warning("training %s: %s; starting it again from its last saved state", job_id, ended.death())
-                again = self.records.update(job_id, {"attempts": record.attempts + 1, "progress": progress}, expect={"status": TrainingStatus.TRAINING})
+                log.warning("training %s: %s; starting it again from its last saved state", job_id, ended.death)
+                again = self.records.update(job_id, {"attempts": record.attempts + 1, "progress": progress,
+                                                     "run_name": self.compute.new_run_name(job_id)},
+                                            expect={"status": TrainingStatus.TRAINING, "run_name": record.run_name})
                 if again:
                     self.compute.submit(self._run(again))
             else:
                 self._end(job_id, TrainingStatus.FAIL, {
                     "progress": progress,
-                    "error": f"{ended.death()} at step {progress.get('step', 0)}, after it had already been started "
-                             "again once from its saved state; see the job's train.log in the data dir."})
+                    "error": f"{ended.death} at step {progress.get('step', 0)}, after it had already been started "
+                             f"again once from its saved state; {self.compute.logs}."})
 
-    def _complete(self, record: TrainingJob, progress: dict[str, Any]) -> None:
-        trained = self.compute.root(record.id) / "model" / str(progress.get("model") or "")
+    def _complete(self, record: TrainingJob, ended: TrainingEnded, progress: dict[str, Any]) -> None:
+        """Register the trained model once: a claim (`completing`) keeps a repeated report from registering
+        it twice; a claim whose holder died is taken over after COMPLETING_STALE_S."""
+        claim = f"{record.run_name or 'local'}@{time.time():.0f}"
+        held = record.completing
+        if held and time.time() - float(held.rsplit("@", 1)[-1] or 0) < COMPLETING_STALE_S:
+            return
+        if self.records.update(record.id, {"completing": claim},
+                               expect={"status": TrainingStatus.TRAINING, "completing": held}) is None:
+            return  # another report claimed it first
         try:
-            checkpoint_id = self._register(record, trained)
-        except (ServiceError, OSError) as exc:
+            with self.compute.open_model(record, ended.model or "") as (name, stream):
+                checkpoint_id = self._register(record, name, stream)
+        except (ServiceError, OSError, ValueError) as exc:  # a tar that is not one, a model missing from it
             reason = exc.message if isinstance(exc, ServiceError) else str(exc)
             self._end(record.id, TrainingStatus.FAIL, {"progress": progress,
                                                        "error": f"the trained model could not be registered: {reason}"})
             return
         self._end(record.id, TrainingStatus.COMPLETE, {"progress": progress, "checkpoint_id": checkpoint_id})
 
-    def _register(self, record: TrainingJob, trained: Path) -> str:
+    def _register(self, record: TrainingJob, trained_name: str, trained: BinaryIO) -> str:
         """The trained file as an Active checkpoint of the catalogue (a name already taken gets the job's id)."""
-        if not trained.is_file():
-            raise InvalidRequest(f"the trainer reported {trained.name!r}, which is not in its model folder")
-        filename = f"{record.model_name}{trained.suffix}"
+        suffix = Path(trained_name).suffix
+        filename = f"{record.model_name}{suffix}"
         if filename in self.checkpoints.active_file_names(record.train_type):
-            filename = f"{record.model_name}-{record.id[:8]}{trained.suffix}"
+            filename = f"{record.model_name}-{record.id[:8]}{suffix}"
         checkpoint = self.checkpoints.new_record(record.train_type, [filename],
                                                  {"training_job_id": record.id, "model_id": record.model_id},
                                                  source="train")
         self.checkpoints.records.create(checkpoint)
         entry = checkpoint.files[0]
         digest, size = hashlib.sha256(), 0
-        with self.blobs.writer(entry.key) as out, trained.open("rb") as source:
-            while chunk := source.read(COPY_CHUNK):
+        with self.blobs.writer(entry.key) as out:
+            while chunk := trained.read(COPY_CHUNK):
                 out.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
@@ -503,25 +530,22 @@ class TrainingService:
     def describe(self, job_id: str) -> tuple[TrainingJob, dict[str, Any], list[str], int | None]:
         """The record, its progress (live while it trains), signed URLs of its samples, its queue position."""
         record = self.get(job_id)
-        live = self.compute.progress(job_id) if record.status == TrainingStatus.TRAINING else None
+        if record.status == TrainingStatus.TRAINING:
+            self.compute.reconcile(record)  # an end whose report was lost shows now
+            record = self.get(job_id)
+        live = self.compute.progress(record) if record.status == TrainingStatus.TRAINING else None
         progress = {**(record.progress or {}), **(live or {})}
         return record, progress, self._sample_urls(record, progress.get("samples") or []), \
             self.compute.queue_position(job_id)
 
     def _sample_urls(self, record: TrainingJob, names: list[str]) -> list[str]:
-        folder = self.compute.root(record.id) / "output" / "data" / "samples"
         urls = []
         for name in names:
             if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
                 continue  # the trainer writes plain PNG names; anything else is not read
-            key = f"train/{record.id}/samples/{name}"
-            if not self.blobs.exists(key):
-                source = folder / name
-                if not source.is_file():
-                    continue
-                with self.blobs.writer(key) as out:
-                    out.write(source.read_bytes())
-            urls.append(self.blobs.signed_url(key, "GET", self.signed_url_ttl_s))
+            key = self.compute.sample_key(record, name)
+            if key is not None:
+                urls.append(self.blobs.signed_url(key, "GET", self.signed_url_ttl_s))
         return urls
 
     def list(self, statuses: list[str], types: list[str]) -> list[TrainingJob]:
@@ -531,7 +555,11 @@ class TrainingService:
         return self.blobs.uri(f"train/{record.id}")
 
     def restore(self) -> None:
-        """At start: jobs that were `Training` when the middleware stopped run again from their saved state."""
+        """At start: jobs that were `Training` when the middleware stopped run again from their saved state
+        (local processes died with it); SageMaker's ran on, and are reconciled."""
+        if not self.compute.restarts_with_middleware:
+            self.reconcile()
+            return
         for record in self.records.all({"status": [TrainingStatus.TRAINING]}, oldest_first=True):
             log.info("training %s was running when the middleware stopped; resuming it", record.id)
             try:
@@ -539,14 +567,13 @@ class TrainingService:
             except ServiceError as exc:
                 self._end(record.id, TrainingStatus.FAIL, {"error": f"it cannot resume: {exc.message}"})
                 continue
+            self.records.update(record.id, {"completing": None}, expect={"status": TrainingStatus.TRAINING})
             self.compute.submit(run)
 
-
-
-def local_training(settings: MiddlewareSettings, store: Store, blobs: LocalBlobStore, checkpoints: CheckpointService,
-                   datasets: DatasetService) -> tuple[TrainingModelService, TrainingService]:
-    """The training services of the local backend (training processes on this machine)."""
-    models = TrainingModelService(store, blobs, checkpoints, settings.completion_wait_s)
-    compute = LocalTraining(settings.data_dir, blobs, settings.local_training_slots, settings.local_gpus)
-    return models, TrainingService(store, blobs, models, datasets, checkpoints, compute,
-                                   stop_wait_s=settings.completion_wait_s, signed_url_ttl_s=settings.signed_url_ttl_s)
+    def reconcile(self) -> None:
+        """Every `Training` job whose run ended unreported (a lost event) gets its end now (the sweep)."""
+        for record in self.records.all({"status": [TrainingStatus.TRAINING]}, oldest_first=True):
+            try:
+                self.compute.reconcile(record)
+            except Exception:  # one job's trouble must not stop the others'
+                log.exception("training %s: reconciling it with its compute failed", record.id)

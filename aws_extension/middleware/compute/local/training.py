@@ -5,7 +5,7 @@ At most `local_training_slots` processes run at once; the other jobs wait in a q
 channels are linked in from the blob folder (copied where a link cannot be made). A process is started from
 one long-lived thread with PR_SET_PDEATHSIG, so it dies with the middleware, and its environment has none of
 the middleware's settings (its secrets among them), like the inference workers'. When a process ends, the
-`TrainingReports` it was started with hears how (`process_ended`); `shutdown` stops every process (SIGTERM:
+`TrainingReports` it was started with hears how (`run_ended`); `shutdown` stops every process (SIGTERM:
 each saves its state) without reporting, so the jobs are still `Training` at the next start and resume.
 """
 
@@ -20,15 +20,24 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO
 
 from aws_extension.child_processes import die_with_parent
 from aws_extension.middleware.blobs.local import LocalBlobStore
+from aws_extension.middleware.compute.base import (
+    LOCAL_INSTANCE_TYPE,
+    TrainingEnded,
+    TrainingReports,
+    TrainingRun,
+)
 from aws_extension.middleware.compute.local.processes import WorkerProcesses, local_gpus, worker_environment
+from aws_extension.middleware.errors import InvalidRequest
+from aws_extension.middleware.records import TrainingJob
 from aws_extension.worker.sagemaker_train import (
     BASE_CHANNEL,
     CLASS_CHANNEL,
@@ -42,52 +51,15 @@ log = logging.getLogger(__name__)
 STOP_WAIT_S = 60.0  # a trainer saves its state on SIGTERM; one that takes longer is killed
 
 
-@dataclass(frozen=True)
-class ChannelFile:
-    """A file of an input channel: its blob key and its name in the channel."""
-
-    key: str
-    filename: str
-
-
-@dataclass(frozen=True)
-class TrainingRun:
-    """What a training process needs: the channels' files and the hyperparameters."""
-
-    job_id: str
-    hyperparameters: dict[str, str]
-    base: ChannelFile
-    instance: list[ChannelFile]
-    class_images: list[ChannelFile]
-
-
-@dataclass(frozen=True)
-class ProcessEnded:
-    """How a training process ended: its exit status (negative: the signal that killed it), its last
-    progress record and the failure paragraph it left, if any."""
-
-    returncode: int
-    progress: dict[str, Any] | None
-    failure: str | None
-    stop_requested: bool  # a user's Stop (SIGTERM) was sent to it
-
-    @property
-    def status(self) -> str | None:
-        return (self.progress or {}).get("status")
-
-    def death(self) -> str:
-        """The cause of an end without a result, in words."""
-        if self.returncode < 0:
-            try:
-                name = signal.Signals(-self.returncode).name
-            except ValueError:
-                name = f"signal {-self.returncode}"
-            return f"the training process was killed ({name})"
-        return f"the training process exited with status {self.returncode} without a result"
-
-
-class TrainingReports(Protocol):
-    def process_ended(self, job_id: str, ended: ProcessEnded) -> None: ...
+def death(returncode: int) -> str:
+    """How a training process that left no result ended, in words."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"the training process was killed ({name})"
+    return f"the training process exited with status {returncode} without a result"
 
 
 @dataclass
@@ -99,7 +71,10 @@ class _Running:
 
 
 class LocalTraining:
-    """Training processes on this machine, `slots` at once, the rest queued."""
+    """Training processes on this machine, `slots` at once, the rest queued (a `TrainingCompute`)."""
+
+    restarts_with_middleware = True
+    logs = "see the job's train.log in the data dir"
 
     def __init__(self, data_dir: Path, blobs: LocalBlobStore, slots: int, gpus_setting: str | None):
         self.folder = data_dir / "trainings"
@@ -119,6 +94,27 @@ class LocalTraining:
     def start(self, reports: TrainingReports) -> None:
         self._reports = reports
 
+    @staticmethod
+    def check_instance_type(instance_type: object, use_spot: object) -> str:
+        if instance_type == LOCAL_INSTANCE_TYPE:
+            if use_spot:
+                raise InvalidRequest("training_params.use_spot is for SageMaker's spot instances; this middleware "
+                                     "runs the local backend, which trains on this machine.")
+            return instance_type
+        if isinstance(instance_type, str) and instance_type.startswith("ml."):
+            raise InvalidRequest(f"training_params.training_instance_type: {instance_type} is a SageMaker training "
+                                 "instance, and this middleware runs the local backend, which trains on this "
+                                 f"machine: use {LOCAL_INSTANCE_TYPE!r}.")
+        raise InvalidRequest(f"training_params.training_instance_type {instance_type!r} is unknown; on the local "
+                             f"backend use {LOCAL_INSTANCE_TYPE!r}.")
+
+    @staticmethod
+    def new_run_name(job_id: str) -> None:
+        return None  # one process at a time per job: its reports need no name
+
+    def reconcile(self, job: TrainingJob) -> None:
+        """Nothing to do: every process reports its own end."""
+
     # -- the queue ------------------------------------------------------------------------------------
     def submit(self, run: TrainingRun) -> None:
         """Queue the job; it starts when a slot is free (at once if one is)."""
@@ -133,19 +129,19 @@ class LocalTraining:
         with self._lock:
             return next((i for i, q in enumerate(self._queue) if q.job_id == job_id), None)
 
-    def is_running(self, job_id: str) -> bool:
+    def is_running(self, job: TrainingJob) -> bool:
         with self._lock:
-            return job_id in self._running
+            return job.id in self._running
 
-    def stop(self, job_id: str) -> bool:
+    def stop(self, job: TrainingJob) -> bool:
         """A user's Stop: a waiting job leaves the queue (True: it never ran now), a running one gets
         SIGTERM (it saves its state, exits, and is reported as it ends)."""
         with self._lock:
             for queued in list(self._queue):
-                if queued.job_id == job_id:
+                if queued.job_id == job.id:
                     self._queue.remove(queued)
                     return True
-            running = self._running.get(job_id)
+            running = self._running.get(job.id)
             if running is None:
                 return True
             running.stop_requested = True
@@ -153,8 +149,27 @@ class LocalTraining:
             running.process.send_signal(signal.SIGTERM)
         return False
 
-    def progress(self, job_id: str) -> dict[str, Any] | None:
-        return read_progress(self.root(job_id))
+    def progress(self, job: TrainingJob) -> dict[str, Any] | None:
+        return read_progress(self.root(job.id))
+
+    def sample_key(self, job: TrainingJob, name: str) -> str | None:
+        """The sample, copied from the job's folder into the blobs (`train/<id>/samples/`) the first time."""
+        key = f"train/{job.id}/samples/{name}"
+        if not self.blobs.exists(key):
+            source = TrainLayout(self.root(job.id)).samples / name
+            if not source.is_file():
+                return None
+            with self.blobs.writer(key) as out:
+                out.write(source.read_bytes())
+        return key
+
+    @contextmanager
+    def open_model(self, job: TrainingJob, model: str) -> Iterator[tuple[str, BinaryIO]]:
+        path = TrainLayout(self.root(job.id)).model_dir / model
+        if not model or Path(model).name != model or not path.is_file():
+            raise FileNotFoundError(f"the trainer reported {model!r}, which is not in its model folder")
+        with path.open("rb") as stream:
+            yield path.name, stream
 
     def _fill_slots(self) -> None:
         while True:
@@ -172,8 +187,7 @@ class LocalTraining:
                 log.exception("training %s could not start", run.job_id)
                 with self._lock:
                     self._running.pop(run.job_id, None)
-                self._report(run.job_id, ProcessEnded(1, None, f"the training process could not start: {exc}",
-                                                      stop_requested=False))
+                self._report(run.job_id, TrainingEnded(None, failure=f"the training process could not start: {exc}"))
                 continue
             with self._lock:
                 self._running[run.job_id].process = process
@@ -217,7 +231,12 @@ class LocalTraining:
         returncode = running.process.wait()
         layout = TrainLayout(self.root(job_id))
         failure = layout.failure.read_text().strip() if layout.failure.exists() else None
-        ended = ProcessEnded(returncode, read_progress(layout.root), failure, running.stop_requested)
+        progress = read_progress(layout.root)
+        completed = returncode == 0 and (progress or {}).get("status") == "Complete"
+        ended = TrainingEnded(progress, completed=completed, model=(progress or {}).get("model") if completed else None,
+                              failure=None if completed else failure,
+                              stopped=not completed and not failure and running.stop_requested,
+                              death=death(returncode))
         with self._lock:
             self._running.pop(job_id, None)
             closing = self._closing
@@ -225,11 +244,11 @@ class LocalTraining:
             self._report(job_id, ended)
             self._fill_slots()
 
-    def _report(self, job_id: str, ended: ProcessEnded) -> None:
+    def _report(self, job_id: str, ended: TrainingEnded) -> None:
         if self._reports is None:
             return
         try:
-            self._reports.process_ended(job_id, ended)
+            self._reports.run_ended(job_id, ended)
         except Exception:
             log.exception("training %s: recording how its process ended failed", job_id)
 

@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -36,6 +37,7 @@ from aws_extension.middleware.compute.sagemaker.notifications import (
     is_endpoint_state_change,
     unwrap,
 )
+from aws_extension.middleware.compute.sagemaker.training import is_training_job_state_change
 from aws_extension.middleware.errors import ServiceError
 from aws_extension.middleware.records import Endpoint, InferenceJob
 from aws_extension.middleware.services.queue import LIVE, JobQueue
@@ -73,6 +75,8 @@ class SageMakerCompute:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._queue_url: str | None = None
+        # Training jobs' state changes arrive on the same queue: the wiring hands them to SageMakerTraining.
+        self.training_events: Callable[[dict[str, Any]], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def attach(self, events: ComputeEvents) -> None:
@@ -154,6 +158,9 @@ class SageMakerCompute:
         the message is delivered again."""
         try:
             event = unwrap(message)
+            if is_training_job_state_change(event) and self.training_events is not None:
+                self.training_events(event)  # the training compute's (compute/sagemaker/training.py)
+                return
             if is_endpoint_state_change(event):
                 change = self.endpoints.state_change(event)
                 if change is not None:
