@@ -23,6 +23,8 @@ class Principal:
     roles: tuple[str, ...]
     permissions: frozenset[str]  # the union of its roles' permissions
     key_id: str | None = None  # None: the bootstrap key
+    max_queued_jobs: int | None = None  # the most generous of its roles' limits; None: no limit
+    max_concurrent_trainings: int | None = None
 
     def may(self, permission: str) -> bool:
         return grants(self.permissions, permission)
