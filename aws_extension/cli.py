@@ -143,7 +143,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--description", default="")
     _add_client_flags(p)
+
+    us = sub.add_parser("user", help="users and their API keys (needs user:all)").add_subparsers(dest="action",
+                                                                                                 required=True)
+    p = us.add_parser("create", help="create a user; prints its first API key (shown once)")
+    p.add_argument("username")
+    p.add_argument("--role", dest="roles", action="append", help="a role (repeat, or a,b); default: user")
+    _add_expiry_flags(p)
+    _add_client_flags(p)
+    p = us.add_parser("list", help="list users")
+    _add_client_flags(p)
+    p = us.add_parser("delete", help="delete a user: its keys stop at once, its name stays reserved")
+    p.add_argument("username")
+    _add_client_flags(p)
+    p = us.add_parser("key-create", help="a new API key for a user (shown once); rotate, then key-revoke the old")
+    p.add_argument("username")
+    _add_expiry_flags(p)
+    _add_client_flags(p)
+    p = us.add_parser("key-list", help="a user's keys: ids, status, expiry (never the keys)")
+    p.add_argument("username")
+    _add_client_flags(p)
+    p = us.add_parser("key-revoke", help="revoke a key: it stops at once")
+    p.add_argument("username")
+    p.add_argument("key_id")
+    _add_client_flags(p)
+
+    ro = sub.add_parser("role", help="roles: named sets of permissions (needs role:all)").add_subparsers(
+        dest="action", required=True)
+    p = ro.add_parser("create", help="create a role")
+    p.add_argument("role_name")
+    p.add_argument("--permission", dest="permissions", action="append", required=True,
+                   help="a permission such as inference:all or checkpoint:list (repeat, or a,b)")
+    p.add_argument("--max-queued-jobs", type=int, help="queued inference jobs per user (default: no limit)")
+    p.add_argument("--max-concurrent-trainings", type=int, help="trainings at once per user (default: no limit)")
+    _add_client_flags(p)
+    p = ro.add_parser("list", help="list roles")
+    _add_client_flags(p)
+    p = ro.add_parser("delete", help="delete a role no user has")
+    p.add_argument("role_name")
+    _add_client_flags(p)
     return parser
+
+
+def _add_expiry_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--expires-in-days", type=float, help="the key stops working after this many days")
+    p.add_argument("--expires-at", help="or at this ISO 8601 time (UTC if no zone)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,6 +191,26 @@ BUILT_IN_ROLES: dict[str, frozenset[str]] = {
 }
 
 
+# The permission that makes a key an administrator: it manages users and sees every owner's records.
+ADMIN_PERMISSION = Permission.USER_ALL.value
+
+
+class UserStatus(Word):
+    """A user is `active` until deleted; a deleted user stays as a tombstone (`deleted`), so the name is never
+    given to someone new (who would inherit the old user's records)."""
+
+    ACTIVE = "active"
+    DELETED = "deleted"
+
+
+class ApiKeyStatus(Word):
+    """What `GET /users/{name}/keys` says of a key (stored as times: `revoked`, `expires`)."""
+
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
 class MergeMethod(Word):
     """A1111's Checkpoint Merger: A·(1−M) + B·M; A + (B − C)·M; A alone."""
 

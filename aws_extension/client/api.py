@@ -31,6 +31,11 @@ MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 16 * MiB  # S3's minimum part is 5 MiB; bigger parts mean fewer round trips
 
 
+def _quoted(part: str) -> str:
+    """One path segment, quoted (a name cannot reach another route)."""
+    return requests.utils.quote(part, safe="")
+
+
 class ApiError(Exception):
     """The middleware answered an error (or could not be reached: status 0)."""
 
@@ -77,6 +82,64 @@ class MiddlewareClient:
 
     def test_connection(self) -> dict:
         return self.request("GET", "/inference/test-connection")
+
+    def whoami(self) -> dict:
+        """Who the key is: `{"message", "username", "roles", "permissions"}` (test-connection's answer)."""
+        return self.test_connection()
+
+    # -- users, keys, roles, the audit trail -------------------------------------------------------------
+    @staticmethod
+    def _expiry(expires_in_days: float | None, expires_at: str | None) -> dict:
+        return {k: v for k, v in (("expires_in_days", expires_in_days), ("expires_at", expires_at)) if v is not None}
+
+    def create_user(self, username: str, roles: list[str], expires_in_days: float | None = None,
+                    expires_at: str | None = None) -> dict:
+        """POST /users: the user and its first key (`api_key`, shown this once; `key_id`)."""
+        return self.request("POST", "/users", json={"username": username, "roles": roles,
+                                                    **self._expiry(expires_in_days, expires_at)})
+
+    def list_users(self, limit: int = 100, last_key: str | None = None) -> dict:
+        """One page: `{"users": [...], "last_key"}` (pass `last_key` for the next page)."""
+        params = {"limit": limit, **({"last_key": last_key} if last_key else {})}
+        return self.request("GET", "/users", params=params)
+
+    def set_user_roles(self, username: str, roles: list[str]) -> dict:
+        return self.request("PUT", f"/users/{_quoted(username)}", json={"roles": roles})["user"]
+
+    def delete_user(self, username: str) -> dict:
+        return self.request("DELETE", f"/users/{_quoted(username)}")["user"]
+
+    def create_key(self, username: str, expires_in_days: float | None = None, expires_at: str | None = None) -> dict:
+        """POST /users/{name}/keys: `{"api_key" (shown this once), "key_id", "expires", ...}`."""
+        return self.request("POST", f"/users/{_quoted(username)}/keys",
+                            json=self._expiry(expires_in_days, expires_at))
+
+    def list_keys(self, username: str) -> list[dict]:
+        return self.request("GET", f"/users/{_quoted(username)}/keys")["keys"]
+
+    def revoke_key(self, username: str, key_id: str) -> dict:
+        return self.request("DELETE", f"/users/{_quoted(username)}/keys/{_quoted(key_id)}")["key"]
+
+    def create_role(self, role_name: str, permissions: list[str], max_queued_jobs: int | None = None,
+                    max_concurrent_trainings: int | None = None) -> dict:
+        body: dict[str, Any] = {"role_name": role_name, "permissions": permissions}
+        for key, value in (("max_queued_jobs", max_queued_jobs), ("max_concurrent_trainings", max_concurrent_trainings)):
+            if value is not None:
+                body[key] = value
+        return self.request("POST", "/roles", json=body)["role"]
+
+    def list_roles(self) -> list[dict]:
+        return self.request("GET", "/roles")["roles"]
+
+    def delete_role(self, role_name: str) -> dict:
+        return self.request("DELETE", f"/roles/{_quoted(role_name)}")
+
+    def audit_trail(self, limit: int = 100, last_key: str | None = None, actor: str | None = None,
+                    since: str | float | None = None) -> dict:
+        """One page of the audit trail, newest first: `{"entries": [...], "last_key"}`."""
+        params = {k: v for k, v in (("limit", limit), ("last_key", last_key), ("actor", actor), ("since", since))
+                  if v is not None}
+        return self.request("GET", "/audit", params=params)
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def create_checkpoint(self, checkpoint_type: str, filenames: list[tuple[str, int]],

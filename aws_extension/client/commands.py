@@ -1,16 +1,24 @@
-"""The client subcommands of `sd-aws` (checkpoint, dataset), on top of MiddlewareClient."""
+"""The client subcommands of `sd-aws` (checkpoint, dataset, endpoint, job, user, role), on top of MiddlewareClient."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 
 from tqdm import tqdm
 
 from aws_extension.client.api import ApiError, MiddlewareClient, default_api_key
 from aws_extension.settings import ClientSettings, load
-from aws_extension.vocabulary import CheckpointStatus, CheckpointType, EndpointStatus, JobStatus, Task
+from aws_extension.vocabulary import (
+    USER_ROLE,
+    CheckpointStatus,
+    CheckpointType,
+    EndpointStatus,
+    JobStatus,
+    Task,
+)
 
 
 def client_from_args(args: argparse.Namespace) -> MiddlewareClient:
@@ -168,11 +176,96 @@ def job_cancel(client: MiddlewareClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _time(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp)) if timestamp else ""
+
+
+def _listed(values: list[str]) -> list[str]:
+    """`--role a --role b` and `--role a,b` alike."""
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+def user_create(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    created = client.create_user(args.username, _listed(args.roles) or [USER_ROLE], args.expires_in_days,
+                                 args.expires_at)
+    print(f"user {created['username']} (roles {', '.join(created['roles'])}); key {created['key_id']}"
+          f"{' expires ' + _time(created['expires']) + ' UTC' if created['expires'] else ''}. "
+          "The key is shown this once:", file=sys.stderr)
+    print(created["api_key"])
+    return 0
+
+
+def user_list(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    users, last_key = [], None
+    while True:
+        page = client.list_users(last_key=last_key)
+        users += page["users"]
+        last_key = page.get("last_key")
+        if not last_key:
+            break
+    _print_table([[u["username"], ", ".join(u["roles"]), _time(u["created"]), u["creator"]] for u in users],
+                 ["username", "roles", "created (UTC)", "creator"])
+    return 0
+
+
+def user_delete(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    user = client.delete_user(args.username)
+    print(f"{user['username']} deleted: its keys stopped working; its name stays reserved")
+    return 0
+
+
+def user_key_create(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    created = client.create_key(args.username, args.expires_in_days, args.expires_at)
+    print(f"key {created['key_id']} for {created['username']}"
+          f"{' expires ' + _time(created['expires']) + ' UTC' if created['expires'] else ''}. "
+          "The key is shown this once:", file=sys.stderr)
+    print(created["api_key"])
+    return 0
+
+
+def user_key_list(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    _print_table([[k["key_id"], k["status"], _time(k["created"]), _time(k["expires"]) or "never"]
+                  for k in client.list_keys(args.username)], ["key id", "status", "created (UTC)", "expires"])
+    return 0
+
+
+def user_key_revoke(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    key = client.revoke_key(args.username, args.key_id)
+    print(f"{key['key_id']}  {key['status']}")
+    return 0
+
+
+def role_create(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    role = client.create_role(args.role_name, _listed(args.permissions), args.max_queued_jobs,
+                              args.max_concurrent_trainings)
+    print(f"{role['role_name']}  {', '.join(role['permissions'])}")
+    return 0
+
+
+def role_list(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    def limit(value: int | None) -> str:
+        return "-" if value is None else str(value)
+
+    _print_table([[r["role_name"], ", ".join(r["permissions"]), limit(r["max_queued_jobs"]),
+                   limit(r["max_concurrent_trainings"]), "yes" if r["built_in"] else ""] for r in client.list_roles()],
+                 ["role", "permissions", "max queued jobs", "max trainings", "built in"])
+    return 0
+
+
+def role_delete(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    print(f"{client.delete_role(args.role_name)['role_name']} deleted")
+    return 0
+
+
 COMMANDS = {("checkpoint", "upload"): checkpoint_upload, ("checkpoint", "import"): checkpoint_import,
             ("checkpoint", "list"): checkpoint_list, ("dataset", "create"): dataset_create,
             ("endpoint", "deploy"): endpoint_deploy, ("endpoint", "list"): endpoint_list,
             ("endpoint", "delete"): endpoint_delete, ("txt2img", None): txt2img, ("job", "list"): job_list,
-            ("job", "show"): job_show, ("job", "cancel"): job_cancel}
+            ("job", "show"): job_show, ("job", "cancel"): job_cancel,
+            ("user", "create"): user_create, ("user", "list"): user_list, ("user", "delete"): user_delete,
+            ("user", "key-create"): user_key_create, ("user", "key-list"): user_key_list,
+            ("user", "key-revoke"): user_key_revoke, ("role", "create"): role_create, ("role", "list"): role_list,
+            ("role", "delete"): role_delete}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,8 +1,9 @@
 """The answers of API.md: one pydantic model per shape (the routes' `response_model`, so `/openapi.json`
 documents them) and the functions that make them from records. Field names are the seed's.
 
-Every record's answer has its `owner` (`ownership.owner_label`: records from before owners are the bootstrap
-administrator's).
+Every record's answer has its `owner`: `label(owner_name(record.owner))`, where `label` is
+`UserService.owner_label` ("deleted user NAME" once that user is deleted) when the caller has it, else the
+name as it is (records from before owners are the bootstrap administrator's: `ownership.owner_name`).
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ from pydantic import BaseModel, ConfigDict
 
 from aws_extension import __version__
 from aws_extension.middleware.records import (
+    ApiKey,
+    AuditEntry,
     Checkpoint,
     Dataset,
     Endpoint,
     InferenceJob,
+    Role,
     TrainingJob,
     TrainingModel,
+    User,
 )
 from aws_extension.middleware.services.datasets import DatasetFileState
-from aws_extension.middleware.services.ownership import owner_label
+from aws_extension.middleware.services.names import time_text
+from aws_extension.middleware.services.ownership import OwnerLabel, as_named, owner_name
 from aws_extension.vocabulary import DatasetStatus
 
 
@@ -34,7 +40,12 @@ class Health(BaseModel):
 
 
 class ConnectionAnswer(BaseModel):
+    """Also who the key is, so a client learns its name and what it may do."""
+
     message: str = "Success"
+    username: str
+    roles: list[str]
+    permissions: list[str]
 
 
 # -- endpoints ---------------------------------------------------------------------------------------------
@@ -74,14 +85,14 @@ def deployment_started(record: Endpoint) -> DeploymentStarted:
                              startTime=record.start_time)
 
 
-def endpoint_answer(record: Endpoint) -> EndpointAnswer:
+def endpoint_answer(record: Endpoint, label: OwnerLabel = as_named) -> EndpointAnswer:
     return EndpointAnswer(
         EndpointDeploymentJobId=record.id, startTime=record.start_time, endTime=record.end_time, error=record.error,
         status=record.deployment_status, endpoint_name=record.endpoint_name, endpoint_status=record.endpoint_status,
         instance_type=record.instance_type, current_instance_count=record.current_instance_count,
         autoscaling=record.autoscaling, min_instance_number=record.min_instance_number,
         max_instance_number=record.max_instance_number, assign_to_roles=record.assign_to_roles,
-        owner=owner_label(record.owner))
+        owner=label(owner_name(record.owner)))
 
 
 # -- inference jobs ------------------------------------------------------------------------------------------
@@ -128,14 +139,14 @@ def job_started(job: InferenceJob, upload_url: str | None) -> JobStarted:
                       output_path=job.output_path, api_params_upload_url=upload_url)
 
 
-def job_answer(job: InferenceJob, queue_position: int | None = None) -> JobAnswer:
+def job_answer(job: InferenceJob, queue_position: int | None = None, label: OwnerLabel = as_named) -> JobAnswer:
     return JobAnswer(
         InferenceJobId=job.id, status=job.status, taskType=job.task, startTime=job.start_time,
         completeTime=job.complete_time, endpoint_name=job.endpoint, image_names=job.image_names,
         inference_info_name=f"{job.id}_param.json", sagemakerRaw=job.worker_answer, error=job.error,
         progress=job.progress, queue_position=queue_position, timings=job.timings, output_path=job.output_path,
         attempts=job.attempts, checkpoint_id=job.merge.checkpoint_id if job.merge else None, callback=job.callback,
-        owner=owner_label(job.owner))
+        owner=label(owner_name(job.owner)))
 
 
 def merge_started(job: InferenceJob) -> MergeStarted:
@@ -217,20 +228,20 @@ class OneCheckpoint(BaseModel):
     checkpoint: ListedCheckpoint
 
 
-def public_checkpoint(record: Checkpoint) -> PublicCheckpoint:
+def public_checkpoint(record: Checkpoint, label: OwnerLabel = as_named) -> PublicCheckpoint:
     return PublicCheckpoint(id=record.id, type=record.type, s3_location=record.s3_location, status=record.status,
                             params=record.params, name=record.names, sha256=record.sha256, size=record.size,
                             error=record.error, completing=record.completing is not None,
-                            owner=owner_label(record.owner), allowed_roles=record.allowed_roles)
+                            owner=label(owner_name(record.owner)), allowed_roles=record.allowed_roles)
 
 
-def listed_checkpoint(record: Checkpoint) -> ListedCheckpoint:
+def listed_checkpoint(record: Checkpoint, label: OwnerLabel = as_named) -> ListedCheckpoint:
     return ListedCheckpoint(
         id=record.id, s3Location=record.s3_location, type=record.type, status=record.status, name=record.names,
         created=record.created, sha256=record.sha256, size=record.size, params=record.params,
         files=[CheckpointFileEntry(filename=f.filename, sha256=f.sha256, size=f.size) for f in record.files],
         error=record.error, progress=record.progress, completing=record.completing is not None,
-        owner=owner_label(record.owner), allowed_roles=record.allowed_roles)
+        owner=label(owner_name(record.owner)), allowed_roles=record.allowed_roles)
 
 
 # -- datasets ------------------------------------------------------------------------------------------------
@@ -284,9 +295,9 @@ class DatasetData(BaseModel):
     data: list[DatasetFileEntry]
 
 
-def listed_dataset(record: Dataset) -> ListedDataset:
+def listed_dataset(record: Dataset, label: OwnerLabel = as_named) -> ListedDataset:
     return ListedDataset(**{**record.params, "datasetName": record.name, "s3": record.s3,
-                            "status": record.status, "timestamp": record.created, "owner": owner_label(record.owner)})
+                            "status": record.status, "timestamp": record.created, "owner": label(owner_name(record.owner))})
 
 
 def dataset_data(dataset_name: str, files: list[DatasetFileState]) -> DatasetData:
@@ -331,11 +342,11 @@ class TrainingModelList(BaseModel):
     models: list[TrainingModelJob]
 
 
-def training_model_job(record: TrainingModel, location: str) -> TrainingModelJob:
+def training_model_job(record: TrainingModel, location: str, label: OwnerLabel = as_named) -> TrainingModelJob:
     return TrainingModelJob(id=record.id, model_name=record.name, status=record.status, s3_base=location,
                             output_s3_location=location, model_type=record.model_type, created=record.created,
                             params=record.params, checkpoint_id=record.checkpoint_id, sha256=record.sha256,
-                            error=record.error, owner=owner_label(record.owner))
+                            error=record.error, owner=label(owner_name(record.owner)))
 
 
 def training_model_creating(record: TrainingModel, location: str) -> TrainingModelCreating:
@@ -391,7 +402,8 @@ class TrainingJobList(BaseModel):
 
 
 def training_job(record: TrainingJob, input_location: str, progress: dict[str, Any] | None = None,
-                 samples: list[str] | None = None, queue_position: int | None = None) -> TrainingJobAnswer:
+                 samples: list[str] | None = None, queue_position: int | None = None,
+                 label: OwnerLabel = as_named) -> TrainingJobAnswer:
     progress = {**(record.progress or {}), **(progress or {})}
     return TrainingJobAnswer(
         id=record.id, status=record.status, trainType=record.train_type, modelName=record.model_name,
@@ -400,4 +412,139 @@ def training_job(record: TrainingJob, input_location: str, progress: dict[str, A
         total_steps=progress.get("total_steps") or record.total_steps, loss=progress.get("loss"),
         steps_per_s=progress.get("steps_per_s"), eta_s=progress.get("eta_s"), samples=samples or [],
         queue_position=queue_position, attempts=record.attempts, checkpoint_id=record.checkpoint_id,
-        error=record.error, start_time=record.start_time, end_time=record.end_time, owner=owner_label(record.owner))
+        error=record.error, start_time=record.start_time, end_time=record.end_time, owner=label(owner_name(record.owner)))
+
+
+# -- users, keys, roles, the audit trail -----------------------------------------------------------------------
+class UserAnswer(BaseModel):
+    username: str
+    roles: list[str]
+    permissions: list[str]  # what its roles allow, together
+    status: str
+    created: float
+    creator: str
+
+
+class KeyAnswer(BaseModel):
+    """A key as listed: never the key itself (it is shown once, when made)."""
+
+    key_id: str
+    username: str
+    status: str  # active | revoked | expired
+    created: float
+    expires: float | None  # Unix seconds; None: never
+    revoked: float | None
+    creator: str
+
+
+class UserCreated(BaseModel):
+    statusCode: int = 200
+    user: UserAnswer
+    username: str
+    roles: list[str]
+    api_key: str  # shown this once
+    key_id: str
+    expires: float | None
+
+
+class OneUser(BaseModel):
+    statusCode: int = 200
+    user: UserAnswer
+
+
+class UserDeleted(BaseModel):
+    statusCode: int = 200
+    message: str = "User deleted"
+    user: UserAnswer
+
+
+class UserList(BaseModel):
+    statusCode: int = 200
+    users: list[UserAnswer]
+    last_key: str | None = None  # the key of the next page, None on the last one
+
+
+class KeyCreated(BaseModel):
+    statusCode: int = 200
+    username: str
+    api_key: str  # shown this once
+    key_id: str
+    expires: float | None
+    key: KeyAnswer
+
+
+class KeyList(BaseModel):
+    statusCode: int = 200
+    keys: list[KeyAnswer]
+
+
+class KeyRevoked(BaseModel):
+    statusCode: int = 200
+    message: str = "Key revoked"
+    key: KeyAnswer
+
+
+class RoleAnswer(BaseModel):
+    role_name: str
+    permissions: list[str]
+    built_in: bool
+    creator: str
+    created: float
+    max_queued_jobs: int | None
+    max_concurrent_trainings: int | None
+
+
+class OneRole(BaseModel):
+    statusCode: int = 200
+    role: RoleAnswer
+
+
+class RoleList(BaseModel):
+    statusCode: int = 200
+    roles: list[RoleAnswer]
+
+
+class RoleDeleted(BaseModel):
+    statusCode: int = 200
+    message: str = "Role deleted"
+    role_name: str
+
+
+class AuditEntryAnswer(BaseModel):
+    id: str
+    created: float
+    time: str  # the seed's time format, UTC
+    actor: str
+    key_id: str | None
+    action: str
+    status: int
+    path_params: dict[str, str]
+    record_ids: list[str]
+
+
+class AuditList(BaseModel):
+    statusCode: int = 200
+    entries: list[AuditEntryAnswer]
+    last_key: str | None = None
+
+
+def user_answer(record: User, permissions: frozenset[str] | set[str]) -> UserAnswer:
+    return UserAnswer(username=record.username, roles=record.roles, permissions=sorted(permissions),
+                      status=record.status, created=record.created, creator=record.creator)
+
+
+def key_answer(record: ApiKey, status: str) -> KeyAnswer:
+    return KeyAnswer(key_id=record.id, username=record.username, status=status, created=record.created,
+                     expires=record.expires, revoked=record.revoked, creator=record.creator)
+
+
+def role_answer(record: Role, built_in: bool) -> RoleAnswer:
+    return RoleAnswer(role_name=record.role_name, permissions=record.permissions, built_in=built_in,
+                      creator=record.creator, created=record.created, max_queued_jobs=record.max_queued_jobs,
+                      max_concurrent_trainings=record.max_concurrent_trainings)
+
+
+def audit_answer(record: AuditEntry) -> AuditEntryAnswer:
+    return AuditEntryAnswer(id=record.id, created=record.created, time=time_text(record.created), actor=record.actor,
+                            key_id=record.key_id, action=record.action, status=record.status,
+                            path_params=record.path_params, record_ids=record.record_ids)

@@ -8,11 +8,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aws_extension import __version__
 from aws_extension.middleware.answers import Health
-from aws_extension.middleware.auth import key_problem, require_api_key
+from aws_extension.middleware.audit import AuditTrail
+from aws_extension.middleware.auth import Authenticator, authorize, check_permission
 from aws_extension.middleware.blobs.base import KeyConflict, ObjectTooLarge, StorageFull
 from aws_extension.middleware.blobs.local import LocalBlobStore
 from aws_extension.middleware.errors import (
@@ -36,8 +38,13 @@ from aws_extension.middleware.routes import (
     endpoints,
     inference,
     training,
+    users,
 )
 from aws_extension.middleware.wiring import Services
+
+# The routers whose every route needs a key and the route's permission (`permissions.ROUTE_PERMISSIONS`).
+KEYED_ROUTERS = (connection.router, checkpoints.router, endpoints.router, inference.router, datasets.router,
+                 training.router, users.router)
 
 # The HTTP status of each error the services and the stores raise for a reason the user can act on (the
 # first class in an error's MRO that is listed here); anything else is a 500.
@@ -93,7 +100,7 @@ def create_app(services: Services, api_key: str, readiness: Readiness | None = N
     app = FastAPI(title="sd-aws middleware", version=__version__, lifespan=lifespan,
                   description="The Stable Diffusion AWS extension API (see API.md).")
     app.state.services = services
-    app.state.api_key = api_key
+    authenticator = app.state.authenticator = Authenticator(api_key, services.users)
     readiness = readiness or Readiness()
     readiness.backend = services.settings.backend
 
@@ -112,12 +119,19 @@ def create_app(services: Services, api_key: str, readiness: Readiness | None = N
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        # FastAPI reads and validates the body before the routers' key check runs: check the key first, so
-        # that a request without a valid key learns that, not what is wrong with its body.
+        # FastAPI reads and validates the body before the routers' dependency runs: check the key and the
+        # route's permission first, so that a request that may not pass learns that, not what is wrong
+        # with its body.
         if not request.url.path.startswith("/blobs/"):
-            auth = key_problem(request.headers, api_key)
-            if auth:
-                return error_body(status_of(auth), auth.message)
+            found = await run_in_threadpool(authenticator.authenticate, request.headers)
+            route = request.scope.get("route")
+            try:
+                if isinstance(found, ServiceError):
+                    raise found
+                if route is not None:
+                    check_permission(found, request.method, route.path)
+            except ServiceError as refused:
+                return error_body(status_of(refused), refused.message)
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_body(400, f"The request body is not valid JSON ({errors[0].get('ctx', {}).get('error', 'parse error')}).")
@@ -141,16 +155,13 @@ def create_app(services: Services, api_key: str, readiness: Readiness | None = N
         health = readiness.health()
         return health if health.ready else JSONResponse(health.model_dump(), status_code=503)
 
-    authenticated = [Depends(require_api_key)]
+    authenticated = [Depends(authorize)]  # the key, then the route's permission (permissions.py)
     if isinstance(services.blobs, LocalBlobStore):  # signed URLs of other stores point at the store itself
         app.include_router(blobs.router)
-    app.include_router(connection.router, dependencies=authenticated)
-    app.include_router(checkpoints.router, dependencies=authenticated)
-    app.include_router(endpoints.router, dependencies=authenticated)
-    app.include_router(inference.router, dependencies=authenticated)
-    app.include_router(datasets.router, dependencies=authenticated)
-    app.include_router(training.router, dependencies=authenticated)
+    for router in KEYED_ROUTERS:
+        app.include_router(router, dependencies=authenticated)
+    app.add_middleware(AuditTrail, audit=services.audit)
     app.add_middleware(RequestBodyGuard, max_bytes=services.settings.max_body_bytes,
-                       key_problem=lambda headers: key_problem(headers, api_key), status_of=status_of)
+                       authenticate=authenticator.authenticate, status_of=status_of)
     app.add_middleware(UnexpectedErrors)
     return app

@@ -2,8 +2,9 @@
 
 `RequestBodyGuard` reads every JSON body before the app does: over the limit → 413 (declared or streamed);
 not UTF-8, `NaN`/`Infinity` (not JSON) or a number too large for a double, or a string with a lone UTF-16 surrogate (it cannot be encoded in
-any answer, so one stored would break every list that shows it) → 400. The key is checked first, so a
-request without a valid key learns that, whatever its body. Blob URLs are exempt (they take files).
+any answer, so one stored would break every list that shows it) → 400. The key is checked first
+(`auth.Authenticator.authenticate`), so a request without a valid key learns that, whatever its body.
+Blob URLs are exempt (they take files).
 
 `UnexpectedErrors` answers an error the app did not handle with API.md's 500 body and keeps the
 connection open (Starlette's own handler re-raises, and the server then drops the keep-alive connection).
@@ -16,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
@@ -83,16 +85,18 @@ def body_problem(body: bytes) -> str | None:
 
 
 class RequestBodyGuard:
-    def __init__(self, app, max_bytes: int, key_problem: Callable[[Headers], ServiceError | None],
+    def __init__(self, app, max_bytes: int, authenticate: Callable[[Headers], Any],
                  status_of: Callable[[Exception], int]):
         self.app = app
         self.max_bytes = max_bytes
-        self.key_problem = key_problem
+        self.authenticate = authenticate  # the key's Principal, or the ServiceError refusing it
         self.status_of = status_of
 
-    def _refusal(self, headers: Headers, status: int, message: str) -> JSONResponse:
-        auth = self.key_problem(headers)
-        return error_body(self.status_of(auth), auth.message) if auth else error_body(status, message)
+    async def _refusal(self, headers: Headers, status: int, message: str) -> JSONResponse:
+        found = await run_in_threadpool(self.authenticate, headers)  # it may read the store
+        if isinstance(found, ServiceError):
+            return error_body(self.status_of(found), found.message)
+        return error_body(status, message)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"].startswith("/blobs/"):
@@ -103,7 +107,7 @@ class RequestBodyGuard:
                      "api_params_upload_url it answers, then PUT /inference/v2/{id}/run).")
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refusal(headers, 413, too_large)(scope, receive, send)
+            return await (await self._refusal(headers, 413, too_large))(scope, receive, send)
         body, more = b"", True
         while more:
             message = await receive()
@@ -112,10 +116,10 @@ class RequestBodyGuard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
-                return await self._refusal(headers, 413, too_large)(scope, receive, send)
+                return await (await self._refusal(headers, 413, too_large))(scope, receive, send)
         problem = body_problem(body) if body.strip() else None
         if problem:
-            return await self._refusal(headers, 400, problem)(scope, receive, send)
+            return await (await self._refusal(headers, 400, problem))(scope, receive, send)
         replayed = False
 
         async def replay():

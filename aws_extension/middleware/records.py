@@ -20,6 +20,7 @@ from aws_extension.vocabulary import (
     JobStatus,
     TrainingModelStatus,
     TrainingStatus,
+    UserStatus,
 )
 
 
@@ -219,3 +220,72 @@ class TrainingJob:
 
 
 TRAINING_JOBS = Table("training_jobs", indexed=("status", "train_type", "owner"))
+
+
+# -- users, their keys, roles, the audit trail ---------------------------------------------------------------
+@dataclass
+class User:
+    """A person (or program) with keys of its own. Deleting a user keeps its record as a tombstone."""
+
+    id: str  # the username
+    username: str
+    status: UserStatus
+    created: float
+    roles: list[str]
+    creator: str  # the username of who created it
+    deleted: float | None = None
+    deleted_by: str | None = None
+
+
+USERS = Table("users", indexed=("status",))
+
+
+@dataclass
+class ApiKey:
+    """One API key of a user: `sdk_<id>_<secret>`. Only a salted hash of the secret is kept."""
+
+    id: str  # the key id, also inside the key
+    username: str
+    created: float
+    salt: str  # hex
+    secret_hash: str  # HMAC-SHA256(salt, secret), hex
+    creator: str
+    expires: float | None = None  # Unix seconds; None: never
+    revoked: float | None = None
+    revoked_by: str | None = None
+
+
+API_KEYS = Table("api_keys", indexed=("username",))
+
+
+@dataclass
+class Role:
+    """A named set of permissions (the built-in `admin` and `user` roles are not stored: see vocabulary)."""
+
+    id: str  # the role name
+    role_name: str
+    created: float
+    permissions: list[str]
+    creator: str
+    max_queued_jobs: int | None = None  # None: no limit
+    max_concurrent_trainings: int | None = None
+
+
+ROLES = Table("roles", indexed=())
+
+
+@dataclass
+class AuditEntry:
+    """One successful change (POST, PUT or DELETE): who, what, when. Never a key, a URL or a body."""
+
+    id: str
+    created: float
+    actor: str  # the username of the key
+    key_id: str | None  # None: the bootstrap key
+    action: str  # "<METHOD> <route template>", e.g. "DELETE /users/{username}"
+    status: int
+    path_params: dict[str, str] = field(default_factory=dict)
+    record_ids: list[str] = field(default_factory=list)  # the path parameters' and the answer's ids
+
+
+AUDIT = Table("audit", indexed=("actor",))

@@ -76,7 +76,8 @@ class MiddlewareServer(uvicorn.Server):
 
 
 def api_key_for(settings: MiddlewareSettings) -> tuple[str, bool]:
-    """The API key (env SD_AWS_API_KEY, else `<data dir>/api_key`); True when it was just generated."""
+    """The bootstrap administrator's API key (env SD_AWS_API_KEY, else `<data dir>/api_key`, or the stack's
+    secret); True when it was just generated. Users' keys are in the store (`services/users.py`)."""
     if settings.api_key:
         return settings.api_key, False
     if settings.backend == "aws":
@@ -101,6 +102,8 @@ def run_middleware(settings: MiddlewareSettings, announce_key: bool,
     print(f"sd-aws middleware: {url}  (data: {settings.data_dir})", flush=True)
     if generated and announce_key:
         print(f"API key (shown once; kept in {settings.data_dir / 'api_key'}): {api_key}", flush=True)
+        print("It is the bootstrap administrator's key: give each person a key of their own with "
+              "`sd-aws user create NAME --role user`.", flush=True)
     elif not settings.api_key and announce_key and settings.backend == "local":
         print(f"API key: in {settings.data_dir / 'api_key'}", flush=True)
     protocol = type("HeaderDeadlineH11", (HeaderDeadline,), {"header_timeout_s": settings.header_timeout_s})

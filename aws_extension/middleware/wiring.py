@@ -21,6 +21,7 @@ from aws_extension.middleware.blobs.base import BlobStore
 from aws_extension.middleware.blobs.local import LocalBlobStore
 from aws_extension.middleware.compute.base import Compute
 from aws_extension.middleware.compute.local import LocalCompute
+from aws_extension.middleware.services.audit import AuditLog
 from aws_extension.middleware.services.checkpoints import CheckpointService
 from aws_extension.middleware.services.datasets import DatasetService
 from aws_extension.middleware.services.endpoints import EndpointService
@@ -31,6 +32,7 @@ from aws_extension.middleware.services.queue import JobQueue
 from aws_extension.middleware.services.retirement import EndpointRetirement
 from aws_extension.middleware.services.training import TrainingModelService, TrainingService, local_training
 from aws_extension.middleware.services.uploads import Uploads
+from aws_extension.middleware.services.users import UserService
 from aws_extension.middleware.services.webhooks import WebhookSender
 from aws_extension.middleware.store.base import Store
 from aws_extension.middleware.store.sqlite import SQLiteStore
@@ -66,6 +68,8 @@ class Services:
     webhooks: WebhookSender
     jobs: JobService
     retirement: EndpointRetirement
+    users: UserService
+    audit: AuditLog
     training_models: TrainingModelService | None = None
     training: TrainingService | None = None
 
@@ -134,8 +138,9 @@ def build_services(settings: MiddlewareSettings, session: Any = None) -> Service
     webhooks = WebhookSender(webhook_secret.encode(), settings.webhook_attempts, settings.webhook_timeout_s,
                              settings.webhook_allow_private_addresses)
     endpoints = EndpointService(store, compute, settings.max_instances_per_endpoint, settings.max_endpoints)
+    users = UserService(store)
     jobs = JobService(queue, blobs, compute, checkpoints, endpoints, webhooks,
-                      PayloadLimits.from_settings(load(WorkerSettings)), settings.max_body_bytes)
+                      PayloadLimits.from_settings(load(WorkerSettings)), settings.max_body_bytes, users.owner_label)
     datasets = DatasetService(store, blobs, settings.signed_url_ttl_s, settings.max_dataset_files)
     # Training runs on the local backend only for now (no SageMaker training jobs yet).
     training_models, training = (local_training(settings, store, blobs, checkpoints, datasets)
@@ -145,7 +150,7 @@ def build_services(settings: MiddlewareSettings, session: Any = None) -> Service
                     datasets=datasets, training_models=training_models, training=training,
                     uploads=Uploads(blobs),
                     compute=compute, endpoints=endpoints, webhooks=webhooks, jobs=jobs,
-                    retirement=EndpointRetirement(endpoints, jobs))
+                    retirement=EndpointRetirement(endpoints, jobs), users=users, audit=AuditLog(store))
 
 
 # A backend's parts: its store, its blobs, the webhooks' secret, and how to make its compute over the queue.

@@ -37,7 +37,6 @@ from aws_extension.middleware.services.checkpoints import CheckpointService
 from aws_extension.middleware.services.datasets import DatasetService, FileToAdd
 from aws_extension.middleware.services.endpoints import EndpointService
 from aws_extension.middleware.services.jobs import JobService
-from aws_extension.middleware.services.ownership import owner_label
 from aws_extension.middleware.services.queue import JobQueue
 from aws_extension.middleware.services.webhooks import WebhookSender
 from aws_extension.middleware.store.sqlite import MIGRATIONS, SQLiteStore
@@ -192,8 +191,6 @@ def test_records_from_before_owners_are_the_bootstrap_administrators(world):
     world.queue.jobs.update(old, {"owner": None})  # as written by a version without owners
     assert world.jobs.describe(old, ADMIN).owner == "admin"
     assert isinstance(_refused(world.jobs.describe, old, ALICE), UnknownRecord)
-    assert owner_label(None) == "admin"
-    assert owner_label("alice", is_deleted=lambda name: name == "alice") == "deleted user alice"
 
 
 def test_the_sqlite_migration_gives_old_records_to_the_bootstrap_administrator(tmp_path):

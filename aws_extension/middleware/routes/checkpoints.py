@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from aws_extension.middleware import answers
 from aws_extension.middleware.errors import InvalidRequest
 from aws_extension.middleware.principals import Principal, current_principal
-from aws_extension.middleware.routes.deps import get_services, query_list
+from aws_extension.middleware.routes.deps import get_services, owner_labels, query_list
 from aws_extension.middleware.services.checkpoints import FileToUpload
 from aws_extension.middleware.services.ownership import may_use_checkpoint
 from aws_extension.middleware.wiring import Services
@@ -61,7 +61,8 @@ def create_checkpoint(body: CreateCheckpoint, services: Services = Depends(get_s
     record, urls = services.checkpoints.create_upload(
         body.checkpoint_type, [FileToUpload(f.filename, f.parts_number, f.sha256) for f in body.filenames], body.params,
         principal)
-    return answers.CheckpointUploadStarted(checkpoint=answers.public_checkpoint(record), s3PresignUrl=urls,
+    return answers.CheckpointUploadStarted(checkpoint=answers.public_checkpoint(record, owner_labels(services)),
+                                           s3PresignUrl=urls,
                                            existing=record.status == CheckpointStatus.ACTIVE)
 
 
@@ -78,7 +79,7 @@ async def update_checkpoint(body: UpdateCheckpoint, services: Services = Depends
     if body.status is not None:
         tags = {name: [(t.PartNumber, t.ETag) for t in parts] for name, parts in (body.multi_parts_tags or {}).items()}
         record = await services.checkpoints.update(body.checkpoint_id, CheckpointStatus(body.status), tags)
-    return answers.CheckpointAnswer(checkpoint=answers.public_checkpoint(record))
+    return answers.CheckpointAnswer(checkpoint=answers.public_checkpoint(record, owner_labels(services)))
 
 
 @router.get("/checkpoints", response_model=answers.CheckpointList,
@@ -90,14 +91,16 @@ def list_checkpoints(request: Request, limit: int | None = Query(None, ge=1, le=
         records, next_key = services.checkpoints.list(statuses, types), None
     else:
         records, next_key = services.checkpoints.page(statuses, types, limit or 100, last_key)
-    return answers.CheckpointList(checkpoints=[answers.listed_checkpoint(r) for r in records
+    label = owner_labels(services)
+    return answers.CheckpointList(checkpoints=[answers.listed_checkpoint(r, label) for r in records
                                                if may_use_checkpoint(principal, r)], last_key=next_key)
 
 
 @router.get("/checkpoint/{checkpoint_id}", response_model=answers.OneCheckpoint,
             summary="One checkpoint (as listed by GET /checkpoints)")
 def get_checkpoint(checkpoint_id: str, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
-    return answers.OneCheckpoint(checkpoint=answers.listed_checkpoint(services.checkpoints.get(checkpoint_id, principal)))
+    record = services.checkpoints.get(checkpoint_id, principal)
+    return answers.OneCheckpoint(checkpoint=answers.listed_checkpoint(record, owner_labels(services)))
 
 
 @router.delete("/checkpoint/{checkpoint_id}", response_model=answers.CheckpointDeleted,
@@ -110,7 +113,7 @@ def delete_checkpoint(checkpoint_id: str, services: Services = Depends(get_servi
 @router.post("/upload_checkpoint", response_model=answers.CheckpointAnswer)
 def import_checkpoint(body: ImportCheckpoint, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
     record = services.importer.start(body.checkpointType, body.modelUrl, body.params, principal)
-    return answers.CheckpointAnswer(checkpoint=answers.public_checkpoint(record))
+    return answers.CheckpointAnswer(checkpoint=answers.public_checkpoint(record, owner_labels(services)))
 
 
 def _names(checkpoint_type: str):

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aws_extension.middleware import answers
 from aws_extension.middleware.principals import Principal, current_principal
-from aws_extension.middleware.routes.deps import get_services, query_list
+from aws_extension.middleware.routes.deps import get_services, owner_labels, query_list
 from aws_extension.middleware.services.datasets import FileToAdd
 from aws_extension.middleware.wiring import Services
 from aws_extension.vocabulary import DatasetStatus
@@ -56,7 +56,8 @@ def update_dataset(body: UpdateDataset, services: Services = Depends(get_service
             summary="The key's own datasets (administrators: everyone's, or ?owner=NAME's)")
 def list_datasets(request: Request, owner: str | None = None, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
     records = services.datasets.list(query_list(request, "dataset_status"), principal, owner)
-    return answers.DatasetList(datasets=[answers.listed_dataset(r) for r in records])
+    label = owner_labels(services)
+    return answers.DatasetList(datasets=[answers.listed_dataset(r, label) for r in records])
 
 
 @router.delete("/dataset/{dataset_name}", response_model=answers.DatasetDeleted,

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aws_extension.middleware import answers
 from aws_extension.middleware.errors import MisdirectedRequest
 from aws_extension.middleware.principals import Principal, current_principal
-from aws_extension.middleware.routes.deps import get_services
+from aws_extension.middleware.routes.deps import get_services, owner_labels
 from aws_extension.middleware.wiring import Services
 
 router = APIRouter(tags=["endpoints"])
@@ -61,9 +61,10 @@ def delete_endpoints(body: DeleteEndpoints, services: Services = Depends(get_ser
             summary="Endpoint deployment jobs, newest first (those assigned to one of the key's roles, or to none)")
 def list_endpoints(status: str | None = None, endpoint_name: str | None = None,
                    services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
-    return [answers.endpoint_answer(r) for r in services.endpoints.list(status, endpoint_name, principal)]
+    label = owner_labels(services)
+    return [answers.endpoint_answer(r, label) for r in services.endpoints.list(status, endpoint_name, principal)]
 
 
 @router.get("/inference/get-endpoint-deployment-job", response_model=answers.EndpointAnswer)
 def endpoint_deployment_job(jobID: str = Query(...), services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
-    return answers.endpoint_answer(services.endpoints.get(jobID, principal))
+    return answers.endpoint_answer(services.endpoints.get(jobID, principal), owner_labels(services))

@@ -12,7 +12,7 @@ from aws_extension.middleware import answers
 from aws_extension.middleware.errors import InvalidRequest
 from aws_extension.middleware.principals import Principal, current_principal
 from aws_extension.middleware.routes.checkpoints import FilenameParts, PartTag
-from aws_extension.middleware.routes.deps import get_services, query_list
+from aws_extension.middleware.routes.deps import get_services, owner_labels, query_list
 from aws_extension.middleware.services.checkpoints import FileToUpload
 from aws_extension.middleware.wiring import Services
 from aws_extension.vocabulary import TrainingModelStatus, TrainingStatus
@@ -70,7 +70,8 @@ def create_model(body: CreateModel, services: Services = Depends(get_services), 
     record, urls = models.create(body.model_type, body.name, body.checkpoint_id,
                                  [FileToUpload(f.filename, f.parts_number, f.sha256) for f in body.filenames],
                                  body.params, principal)
-    return answers.TrainingModelCreated(job=answers.training_model_job(record, models.location(record)),
+    return answers.TrainingModelCreated(job=answers.training_model_job(record, models.location(record),
+                                                                        owner_labels(services)),
                                         s3PresignUrl=urls)
 
 
@@ -87,14 +88,15 @@ async def update_model(body: UpdateModel, services: Services = Depends(get_servi
 def list_models(request: Request, owner: str | None = None, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
     models = _training_models(services)
     records = models.list(query_list(request, "status"), query_list(request, "types"), principal, owner)
-    return answers.TrainingModelList(models=[answers.training_model_job(r, models.location(r)) for r in records])
+    label = owner_labels(services)
+    return answers.TrainingModelList(models=[answers.training_model_job(r, models.location(r), label) for r in records])
 
 
 @router.post("/train", response_model=answers.TrainingJobCreated, summary="Create a training job (Initial)")
 def create_training(body: CreateTraining, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
     training = _training(services)
     record = training.create(body.train_type, body.model_id, body.params, principal)
-    return answers.TrainingJobCreated(job=answers.training_job(record, training.input_location(record)))
+    return answers.TrainingJobCreated(job=answers.training_job(record, training.input_location(record), label=owner_labels(services)))
 
 
 @router.put("/train", response_model=answers.OneTrainingJob,
@@ -105,7 +107,7 @@ async def update_training(body: UpdateTraining, services: Services = Depends(get
         record = await anyio.to_thread.run_sync(training.start, body.train_job_id, principal)
     else:
         record = await training.stop(body.train_job_id, principal)
-    return answers.OneTrainingJob(job=answers.training_job(record, training.input_location(record)))
+    return answers.OneTrainingJob(job=answers.training_job(record, training.input_location(record), label=owner_labels(services)))
 
 
 @router.get("/trains", response_model=answers.TrainingJobList,
@@ -113,7 +115,9 @@ async def update_training(body: UpdateTraining, services: Services = Depends(get
 def list_trainings(request: Request, owner: str | None = None, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
     training = _training(services)
     records = training.list(query_list(request, "status"), query_list(request, "types"), principal, owner)
-    return answers.TrainingJobList(trainJobs=[answers.training_job(r, training.input_location(r)) for r in records])
+    label = owner_labels(services)
+    return answers.TrainingJobList(trainJobs=[answers.training_job(r, training.input_location(r), label=label)
+                                              for r in records])
 
 
 @router.get("/train/{train_job_id}", response_model=answers.OneTrainingJob,

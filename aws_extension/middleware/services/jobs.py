@@ -8,6 +8,7 @@ completion path, whoever ran the job; `_after_end` runs once for every job that 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import asdict
@@ -31,6 +32,8 @@ from aws_extension.middleware.services.endpoints import EndpointService
 from aws_extension.middleware.services.models import ModelResolver, check_models_field
 from aws_extension.middleware.services.names import check_filename, new_id, now, time_text
 from aws_extension.middleware.services.ownership import (
+    OwnerLabel,
+    as_named,
     check_queued_jobs,
     listed_owners,
     may_use_checkpoint,
@@ -58,7 +61,8 @@ ROUTING_FIELDS = ("task_type", "models", "sagemaker_endpoint_name", "callback_ur
 
 class JobService:
     def __init__(self, queue: JobQueue, blobs: BlobStore, compute: Compute, checkpoints: CheckpointService,
-                 endpoints: EndpointService, webhooks: WebhookSender, limits: PayloadLimits, max_params_bytes: int):
+                 endpoints: EndpointService, webhooks: WebhookSender, limits: PayloadLimits, max_params_bytes: int,
+                 owner_label: OwnerLabel = as_named):
         self.records = queue.jobs
         self.queue = queue
         self.blobs = blobs
@@ -69,6 +73,7 @@ class JobService:
         self.limits = limits
         self.models = ModelResolver(checkpoints.active)
         self.results = JobResults(blobs, checkpoints, max_params_bytes)
+        self.owner_label = owner_label  # how answers name owners (UserService.owner_label)
 
     # -- creating and starting jobs -------------------------------------------------------------------------
     def _pick_endpoint(self, name: Any, principal: Principal) -> str:
@@ -200,7 +205,7 @@ class JobService:
 
     def describe(self, job_id: str, principal: Principal) -> JobAnswer:
         job = self.compute.observe(self.visible(job_id, principal))
-        return job_answer(job, self.queue.position(job))
+        return job_answer(job, self.queue.position(job), self.owner_label)
 
     def list(self, status: str | None, task_type: str | None, endpoint: str | None, limit: int,
              last_key: str | None, principal: Principal, owner: str | None = None) -> list[JobAnswer]:
@@ -213,7 +218,9 @@ class JobService:
             if previous is None or not sees_owner(principal, previous.owner):
                 raise InvalidRequest(f"last_key {last_key!r} is not the id of a job.")
             after = self.records.key_after(previous)
-        return [job_answer(j, self.queue.position(j)) for j in self.records.page(where, limit=limit, after=after).records]
+        label = functools.cache(self.owner_label)
+        return [job_answer(j, self.queue.position(j), label)
+                for j in self.records.page(where, limit=limit, after=after).records]
 
     def _finished(self, job_id: str, principal: Principal) -> InferenceJob:
         job = self.visible(job_id, principal)
@@ -242,12 +249,12 @@ class JobService:
             if ended.status == JobStatus.CANCELLED and job.status == JobStatus.INPROGRESS:
                 self.compute.interrupt(ended)  # a backend's own queue (SageMaker's) may still start it
             self._after_end(ended)
-            return job_answer(ended)
+            return job_answer(ended, label=self.owner_label)
         stopping = self.queue.ask_to_stop(job_id, reason)
         if stopping is None:
             raise WrongState(f"job {job_id} is {self.get(job_id).status} now; it was not cancelled.")
         self.compute.interrupt(stopping)
-        return job_answer(stopping)
+        return job_answer(stopping, label=self.owner_label)
 
     def complete(self, job_id: str, answer: InvocationAnswer) -> None:
         """The one completion path: a worker's answer (or compute's report) settles the job."""
@@ -278,7 +285,7 @@ class JobService:
         if job.merge and job.status != JobStatus.SUCCEED:  # the merge's checkpoint will never arrive
             self.checkpoints.fail(job.merge.checkpoint_id, f"the merge job {job.id} ended {job.status}: {job.error}")
         if job.callback_url:
-            self.webhooks.send(job.callback_url, job.id, job.status, job_answer(job).model_dump(),
+            self.webhooks.send(job.callback_url, job.id, job.status, job_answer(job, label=self.owner_label).model_dump(),
                                self.record_delivery)
 
     def record_delivery(self, job_id: str, delivery: dict[str, Any]) -> None:

@@ -10,8 +10,8 @@
 - Records written before owners existed have no `owner`: they are the bootstrap administrator's
   (`owner_name`). The SQLite store's migration writes that owner into them; on DynamoDB they keep none,
   so `?owner=admin` does not list them there.
-- A deleted user's records stay, answered as owned by "deleted user NAME" (`owner_label`, fed by whoever
-  knows which users were deleted: the users service's tombstones).
+- A deleted user's records stay, answered as owned by "deleted user NAME" (`UserService.owner_label`, which
+  the routes and the job service give the answers as their `label`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,13 @@ def owner_name(owner: str | None) -> str:
     return owner or BOOTSTRAP_USERNAME
 
 
-def owner_label(owner: str | None, is_deleted: Callable[[str], bool] = lambda name: False) -> str:
-    """How answers name a record's owner: the username, or "deleted user NAME" once that user is deleted."""
-    name = owner_name(owner)
-    return f"deleted user {name}" if is_deleted(name) else name
+# How answers name an owner (a username): `UserService.owner_label` says "deleted user NAME" once the user is
+# deleted; `as_named` is the name as it is.
+OwnerLabel = Callable[[str], str]
+
+
+def as_named(username: str) -> str:
+    return username
 
 
 def sees_owner(principal: Principal, owner: str | None) -> bool:

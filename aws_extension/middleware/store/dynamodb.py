@@ -43,16 +43,20 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from aws_extension.middleware.records import (
+    API_KEYS,
+    AUDIT,
     CHECKPOINTS,
     DATASETS,
     ENDPOINTS,
     JOBS,
+    ROLES,
     TRAINING_JOBS,
     TRAINING_MODELS,
+    USERS,
 )
 from aws_extension.middleware.store.base import DuplicateRecord, Item, Page, Table
 
-ALL_TABLES = (CHECKPOINTS, DATASETS, ENDPOINTS, JOBS, TRAINING_MODELS, TRAINING_JOBS)
+ALL_TABLES = (CHECKPOINTS, DATASETS, ENDPOINTS, JOBS, TRAINING_MODELS, TRAINING_JOBS, USERS, API_KEYS, ROLES, AUDIT)
 
 # Which filter's GSI serves a query that filters on several fields (the others filter its pages). First
 # the fields whose values are transient (a job's queue_state is cleared when it ends, so the queue's

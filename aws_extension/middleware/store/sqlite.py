@@ -29,6 +29,10 @@ COLUMNS: dict[str, dict[str, str]] = {
                        "owner": "owner", "live_owner": "live_owner", "fair_slot": "fair_slot"},
     "training_models": {"status": "status", "model_type": "kind", "owner": "owner"},
     "training_jobs": {"status": "status", "train_type": "kind", "owner": "owner"},
+    "users": {"status": "status"},
+    "api_keys": {"username": "name"},
+    "roles": {},
+    "audit": {"actor": "name"},
 }
 INDEX_COLUMNS = ("status", "kind", "name", "queue_state", "owner", "live_owner", "fair_slot")
 
@@ -81,7 +85,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE records ADD COLUMN owner TEXT;
     ALTER TABLE records ADD COLUMN live_owner TEXT;
     ALTER TABLE records ADD COLUMN fair_slot TEXT;
-    UPDATE records SET data = json_set(data, '$.owner', 'admin') WHERE json_extract(data, '$.owner') IS NULL;
+    UPDATE records SET data = json_set(data, '$.owner', 'admin') WHERE json_extract(data, '$.owner') IS NULL
+        AND tbl IN ('checkpoints', 'datasets', 'endpoints', 'inference_jobs', 'training_models', 'training_jobs');
     UPDATE records SET owner = 'admin' WHERE tbl IN ('datasets', 'inference_jobs', 'training_models', 'training_jobs');
     UPDATE records SET data = json_set(data, '$.live_owner', 'admin'), live_owner = 'admin'
         WHERE tbl = 'inference_jobs' AND status IN ('created', 'inprogress', 'cancelling');
