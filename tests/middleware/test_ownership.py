@@ -13,10 +13,12 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 import uvicorn
 
 from aws_extension.client import MiddlewareClient
@@ -32,7 +34,14 @@ from aws_extension.middleware.errors import (
     WrongState,
 )
 from aws_extension.middleware.principals import BOOTSTRAP_ADMIN, Principal
-from aws_extension.middleware.records import JOBS, Checkpoint, CheckpointFile, Endpoint, InferenceJob
+from aws_extension.middleware.records import (
+    JOBS,
+    Checkpoint,
+    CheckpointFile,
+    Endpoint,
+    InferenceJob,
+    TrainingJob,
+)
 from aws_extension.middleware.services.checkpoints import CheckpointService
 from aws_extension.middleware.services.datasets import DatasetService, FileToAdd
 from aws_extension.middleware.services.endpoints import EndpointService
@@ -51,9 +60,18 @@ from aws_extension.vocabulary import (
     DeploymentStatus,
     EndpointStatus,
     JobStatus,
+    TrainingStatus,
 )
 from tests.aws_stack import atomic_moto_dynamodb_writes
 from tests.helpers import free_port
+from tests.inference.conftest import API_KEY as STACK_KEY
+from tests.inference.conftest import (
+    SEED_BODY,
+    SEED_MODEL,
+    deploy,
+    register_tiny_models,
+    stack,  # noqa: F401 - the inference stack fixture, for the HTTP test
+)
 
 
 def user(name: str, *roles: str, **limits) -> Principal:
@@ -261,6 +279,35 @@ def test_queued_jobs_over_the_limit_are_429_with_retry_after_until_one_ends(worl
     assert world.jobs.create(body(), dana).status == JobStatus.INPROGRESS
 
 
+def test_trainings_over_the_limit_are_429_and_another_users_training_is_unknown(world, store, tmp_path):
+    from aws_extension.middleware.services.training import local_training
+
+    settings = load(MiddlewareSettings, environ={}, data_dir=tmp_path / "data", backend="local")
+    _, training = local_training(settings, store, world.datasets.blobs, world.checkpoints, world.datasets)
+    erin = user("erin", max_concurrent_trainings=1)
+
+    def job(job_id: str, status: TrainingStatus, owner: str) -> TrainingJob:
+        record = TrainingJob(id=job_id, train_type="Lora", status=status, created=time.time(), model_id="m",
+                             dataset_name="d", instance_type="local", params={}, hyperparameters={},
+                             model_name=job_id, owner=owner)
+        training.records.create(record)
+        return record
+
+    job("running", TrainingStatus.TRAINING, "erin")
+    job("next", TrainingStatus.INITIAL, "erin")
+    job("franks", TrainingStatus.TRAINING, "frank")
+    refused = _refused(training.start, "next", erin)
+    assert isinstance(refused, TooManyRequests) and refused.retry_after_s > 0
+    assert refused.message == ("user erin has 1 trainings running, the limit of role 'user' "
+                               "(max_concurrent_trainings=1); wait for one to finish or stop one.")
+    assert training.get("next").status == TrainingStatus.INITIAL
+    assert [r.id for r in training.list([], [], erin)] == ["next", "running"]
+    assert {r.id for r in training.list([], [], ADMIN)} == {"running", "next", "franks"}
+    for call in (training.get, training.describe, training.start):
+        assert isinstance(_refused(call, "franks", erin), UnknownRecord)
+    assert isinstance(_refused(asyncio.run, training.stop("franks", erin)), UnknownRecord)
+
+
 def test_a_429_answer_carries_retry_after(tmp_path):
     services = build_services(load(MiddlewareSettings, environ={}, data_dir=tmp_path / "data", backend="local"))
     app = create_app(services, "key")
@@ -371,8 +418,6 @@ class InProcessMiddleware:
 
 
 def test_one_users_twenty_queued_jobs_do_not_hold_back_another_users_job(tmp_path, tiny_models_dir):
-    from tests.inference.conftest import deploy, register_tiny_models
-
     with InProcessMiddleware(tmp_path / "data", "fair-key") as middleware:
         register_tiny_models(middleware.client, tiny_models_dir, tmp_path, "tiny.safetensors")
         deploy(middleware.client, "fair", 1)
@@ -391,3 +436,87 @@ def test_one_users_twenty_queued_jobs_do_not_hold_back_another_users_job(tmp_pat
         started = sorted(ended, key=lambda i: ended[i].dispatched_at)
         assert started.index(bobs) <= 1  # bob's job started before alice's second
         assert [i for i in started if i != bobs] == alices  # alice's own jobs, oldest first
+
+
+# -- over HTTP, with users' keys (both backends) ----------------------------------------------------------
+
+
+class Key:
+    """Requests with one key to the stack."""
+
+    def __init__(self, url: str, key: str):
+        self.url, self.key = url, key
+
+    def __call__(self, method: str, path: str, **kwargs) -> requests.Response:
+        return requests.request(method, self.url + path, headers={"x-api-key": self.key}, timeout=60, **kwargs)
+
+
+def _user_key(stack, name: str, roles: list[str]) -> Key:  # noqa: F811
+    answer = stack.client.create_user(name, roles)
+    return Key(stack.url, answer["api_key"])
+
+
+def test_over_http_two_users_and_an_administrator_each_see_their_own(stack):  # noqa: F811
+    suffix = uuid.uuid4().hex[:6]
+    alice_name, bob_name = f"alice-{suffix}", f"bob-{suffix}"
+    alice, bob, admin = _user_key(stack, alice_name, ["user"]), _user_key(stack, bob_name, ["user"]), \
+        Key(stack.url, STACK_KEY)
+    seed = {**SEED_BODY, "width": 64, "height": 64, "steps": 1}
+    alices = alice("POST", "/inference/v2", json=seed).json()["inference_id"]
+    bobs = bob("POST", "/inference/v2", json={**seed, "run": False}).json()["inference_id"]
+    assert MiddlewareClient(stack.url, alice.key).wait_for_job(alices, timeout_s=600)["status"] == "succeed"
+
+    def listed(key: Key, **params) -> set[str]:
+        answer = key("GET", "/inference/list-inference-jobs", params={"limit": 1000, **params})
+        assert answer.status_code == 200, answer.text
+        return {j["InferenceJobId"] for j in answer.json()}
+
+    assert listed(alice) == {alices} and listed(bob) == {bobs}
+    assert {alices, bobs} <= listed(admin)
+    assert listed(admin, owner=alice_name) == {alices}
+    assert bob("GET", "/inference/list-inference-jobs", params={"owner": alice_name}).status_code == 403
+    job = alice("GET", "/inference/get-inference-job", params={"jobID": alices}).json()
+    assert job["owner"] == alice_name
+
+    unknown = str(uuid.uuid4())
+    for method, path, params in [("GET", "/inference/get-inference-job", {"jobID": "{id}"}),
+                                 ("GET", "/inference/get-inference-job-image-output", {"jobID": "{id}"}),
+                                 ("GET", "/inference/get-inference-job-param-output", {"jobID": "{id}"}),
+                                 ("PUT", "/inference/v2/{id}/cancel", {}),
+                                 ("PUT", "/inference/v2/{id}/run", {})]:
+        for asker, theirs in ((bob, alices), (alice, bobs)):
+            answers = [asker(method, path.format(id=job_id), params={k: v.format(id=job_id) for k, v in params.items()})
+                       for job_id in (theirs, unknown)]
+            assert [a.status_code for a in answers] == [404, 404], (method, path)
+            assert answers[0].json()["error"] == answers[1].json()["error"].replace(unknown, theirs), (method, path)
+    assert admin("GET", "/inference/get-inference-job", params={"jobID": bobs}).json()["status"] == "created"
+    assert alice("GET", "/inference/get-inference-job-image-output", params={"jobID": alices}).status_code == 200
+
+    # a role with a queued-jobs limit: 429 with Retry-After, naming it
+    limited = f"limited-{suffix}"
+    stack.client.create_role(limited, ["inference:all", "checkpoint:list", "sagemaker_endpoint:list"],
+                             max_queued_jobs=1)
+    carol = _user_key(stack, f"carol-{suffix}", [limited])
+    assert carol("POST", "/inference/v2", json={**seed, "run": False}).status_code == 200
+    refused = carol("POST", "/inference/v2", json={**seed, "run": False})
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    assert refused.json()["error"] == (f"user carol-{suffix} has 1 queued jobs, the limit of role '{limited}' "
+                                       "(max_queued_jobs=1); wait for one to finish.")
+
+    # a checkpoint limited to a role is unknown to the others
+    checkpoint = next(c for c in stack.client.list_checkpoints(["Stable-diffusion"]) if SEED_MODEL in c["name"])
+    limit = admin("PUT", "/checkpoint", json={"checkpoint_id": checkpoint["id"], "allowed_roles": ["artist"]})
+    try:
+        assert limit.status_code == 200 and limit.json()["checkpoint"]["allowed_roles"] == ["artist"]
+        assert checkpoint["id"] not in {c["id"] for c in alice("GET", "/checkpoints").json()["checkpoints"]}
+        assert alice("GET", f"/checkpoint/{checkpoint['id']}").status_code == 404
+        refused = alice("POST", "/inference/v2", json=seed)
+        assert refused.status_code == 400 and SEED_MODEL in refused.json()["error"], refused.text
+    finally:
+        admin("PUT", "/checkpoint", json={"checkpoint_id": checkpoint["id"], "allowed_roles": []})
+    assert alice("POST", "/inference/v2", json={**seed, "run": False}).status_code == 200
+
+    # a deleted user's records stay, owned by "deleted user NAME"
+    stack.client.delete_user(bob_name)
+    assert admin("GET", "/inference/get-inference-job", params={"jobID": bobs}).json()["owner"] == \
+        f"deleted user {bob_name}"
