@@ -109,10 +109,10 @@ class JobQueue:
         dispatcher may win a job, then the next one is tried): the oldest, or with `round_robin` the oldest
         of the lowest round."""
         if not self.round_robin:
-            return self._claim_oldest(endpoint, worker, {"endpoint": [endpoint], "queue_state": [QUEUED]})
+            return self._claim_oldest(worker, {"endpoint": [endpoint], "queue_state": [QUEUED]})
         while True:
             queue_round, version = self._current(endpoint)
-            claimed = self._claim_oldest(endpoint, worker, {"fair_slot": [fair_slot(endpoint, queue_round)]})
+            claimed = self._claim_oldest(worker, {"fair_slot": [fair_slot(endpoint, queue_round)]})
             if claimed:
                 return claimed
             waiting = self.jobs.page({"endpoint": [endpoint], "queue_state": [QUEUED]}, limit=8,
@@ -120,12 +120,12 @@ class JobQueue:
             if not waiting:
                 return None
             if any(job.fair_slot is None for job in waiting):  # queued before rounds existed: oldest first
-                claimed = self._claim_oldest(endpoint, worker, {"endpoint": [endpoint], "queue_state": [QUEUED]})
+                claimed = self._claim_oldest(worker, {"endpoint": [endpoint], "queue_state": [QUEUED]})
                 if claimed:
                     return claimed
             self._advance(endpoint, queue_round, version, [j.queue_round for j in waiting if j.fair_slot])
 
-    def _claim_oldest(self, endpoint: str, worker: str, where: dict[str, list[Any]]) -> InferenceJob | None:
+    def _claim_oldest(self, worker: str, where: dict[str, list[Any]]) -> InferenceJob | None:
         while True:
             waiting = self.jobs.page(where, limit=8, oldest_first=True).records
             if not waiting:
