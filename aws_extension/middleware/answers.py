@@ -1,5 +1,9 @@
 """The answers of API.md: one pydantic model per shape (the routes' `response_model`, so `/openapi.json`
 documents them) and the functions that make them from records. Field names are the seed's.
+
+Every record's answer has its `owner`: `label(owner_name(record.owner))`, where `label` is
+`UserService.owner_label` ("deleted user NAME" once that user is deleted) when the caller has it, else the
+name as it is (records from before owners are the bootstrap administrator's: `ownership.owner_name`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from aws_extension.middleware.records import (
 )
 from aws_extension.middleware.services.datasets import DatasetFileState
 from aws_extension.middleware.services.names import time_text
+from aws_extension.middleware.services.ownership import OwnerLabel, as_named, owner_name
 from aws_extension.vocabulary import DatasetStatus
 
 
@@ -65,6 +70,8 @@ class EndpointAnswer(BaseModel):
     autoscaling: bool
     min_instance_number: int
     max_instance_number: int
+    assign_to_roles: list[str] = []  # who may see it and run jobs on it; empty: everyone
+    owner: str = ""
 
 
 class EndpointsDeleted(BaseModel):
@@ -78,13 +85,14 @@ def deployment_started(record: Endpoint) -> DeploymentStarted:
                              startTime=record.start_time)
 
 
-def endpoint_answer(record: Endpoint) -> EndpointAnswer:
+def endpoint_answer(record: Endpoint, label: OwnerLabel = as_named) -> EndpointAnswer:
     return EndpointAnswer(
         EndpointDeploymentJobId=record.id, startTime=record.start_time, endTime=record.end_time, error=record.error,
         status=record.deployment_status, endpoint_name=record.endpoint_name, endpoint_status=record.endpoint_status,
         instance_type=record.instance_type, current_instance_count=record.current_instance_count,
         autoscaling=record.autoscaling, min_instance_number=record.min_instance_number,
-        max_instance_number=record.max_instance_number)
+        max_instance_number=record.max_instance_number, assign_to_roles=record.assign_to_roles,
+        owner=label(owner_name(record.owner)))
 
 
 # -- inference jobs ------------------------------------------------------------------------------------------
@@ -114,6 +122,7 @@ class JobAnswer(BaseModel):
     attempts: int
     checkpoint_id: str | None  # merges: the checkpoint the job fills
     callback: dict[str, Any] | None  # webhook deliveries
+    owner: str = ""
 
 
 class MergeStarted(BaseModel):
@@ -130,13 +139,14 @@ def job_started(job: InferenceJob, upload_url: str | None) -> JobStarted:
                       output_path=job.output_path, api_params_upload_url=upload_url)
 
 
-def job_answer(job: InferenceJob, queue_position: int | None = None) -> JobAnswer:
+def job_answer(job: InferenceJob, queue_position: int | None = None, label: OwnerLabel = as_named) -> JobAnswer:
     return JobAnswer(
         InferenceJobId=job.id, status=job.status, taskType=job.task, startTime=job.start_time,
         completeTime=job.complete_time, endpoint_name=job.endpoint, image_names=job.image_names,
         inference_info_name=f"{job.id}_param.json", sagemakerRaw=job.worker_answer, error=job.error,
         progress=job.progress, queue_position=queue_position, timings=job.timings, output_path=job.output_path,
-        attempts=job.attempts, checkpoint_id=job.merge.checkpoint_id if job.merge else None, callback=job.callback)
+        attempts=job.attempts, checkpoint_id=job.merge.checkpoint_id if job.merge else None, callback=job.callback,
+        owner=label(owner_name(job.owner)))
 
 
 def merge_started(job: InferenceJob) -> MergeStarted:
@@ -161,6 +171,8 @@ class PublicCheckpoint(BaseModel):
     size: int | None
     error: str | None
     completing: bool  # an upload's completion is going on in the background
+    owner: str = ""
+    allowed_roles: list[str] = []  # who may see and use it; empty: everyone
 
 
 class CheckpointAnswer(BaseModel):
@@ -201,6 +213,8 @@ class ListedCheckpoint(BaseModel):
     error: str | None = None
     progress: dict[str, Any] | None = None  # imports: files and bytes so far
     completing: bool = False  # an upload's completion is going on in the background
+    owner: str = ""
+    allowed_roles: list[str] = []  # who may see and use it; empty: everyone
 
 
 class CheckpointList(BaseModel):
@@ -214,18 +228,20 @@ class OneCheckpoint(BaseModel):
     checkpoint: ListedCheckpoint
 
 
-def public_checkpoint(record: Checkpoint) -> PublicCheckpoint:
+def public_checkpoint(record: Checkpoint, label: OwnerLabel = as_named) -> PublicCheckpoint:
     return PublicCheckpoint(id=record.id, type=record.type, s3_location=record.s3_location, status=record.status,
                             params=record.params, name=record.names, sha256=record.sha256, size=record.size,
-                            error=record.error, completing=record.completing is not None)
+                            error=record.error, completing=record.completing is not None,
+                            owner=label(owner_name(record.owner)), allowed_roles=record.allowed_roles)
 
 
-def listed_checkpoint(record: Checkpoint) -> ListedCheckpoint:
+def listed_checkpoint(record: Checkpoint, label: OwnerLabel = as_named) -> ListedCheckpoint:
     return ListedCheckpoint(
         id=record.id, s3Location=record.s3_location, type=record.type, status=record.status, name=record.names,
         created=record.created, sha256=record.sha256, size=record.size, params=record.params,
         files=[CheckpointFileEntry(filename=f.filename, sha256=f.sha256, size=f.size) for f in record.files],
-        error=record.error, progress=record.progress, completing=record.completing is not None)
+        error=record.error, progress=record.progress, completing=record.completing is not None,
+        owner=label(owner_name(record.owner)), allowed_roles=record.allowed_roles)
 
 
 # -- datasets ------------------------------------------------------------------------------------------------
@@ -256,6 +272,7 @@ class ListedDataset(BaseModel):
     s3: str
     status: str
     timestamp: float
+    owner: str = ""
 
 
 class DatasetList(BaseModel):
@@ -278,9 +295,9 @@ class DatasetData(BaseModel):
     data: list[DatasetFileEntry]
 
 
-def listed_dataset(record: Dataset) -> ListedDataset:
+def listed_dataset(record: Dataset, label: OwnerLabel = as_named) -> ListedDataset:
     return ListedDataset(**{**record.params, "datasetName": record.name, "s3": record.s3,
-                            "status": record.status, "timestamp": record.created})
+                            "status": record.status, "timestamp": record.created, "owner": label(owner_name(record.owner))})
 
 
 def dataset_data(dataset_name: str, files: list[DatasetFileState]) -> DatasetData:
@@ -304,6 +321,7 @@ class TrainingModelJob(BaseModel):
     checkpoint_id: str | None
     sha256: str | None
     error: str | None
+    owner: str = ""
 
 
 class TrainingModelCreated(BaseModel):
@@ -324,11 +342,11 @@ class TrainingModelList(BaseModel):
     models: list[TrainingModelJob]
 
 
-def training_model_job(record: TrainingModel, location: str) -> TrainingModelJob:
+def training_model_job(record: TrainingModel, location: str, label: OwnerLabel = as_named) -> TrainingModelJob:
     return TrainingModelJob(id=record.id, model_name=record.name, status=record.status, s3_base=location,
                             output_s3_location=location, model_type=record.model_type, created=record.created,
                             params=record.params, checkpoint_id=record.checkpoint_id, sha256=record.sha256,
-                            error=record.error)
+                            error=record.error, owner=label(owner_name(record.owner)))
 
 
 def training_model_creating(record: TrainingModel, location: str) -> TrainingModelCreating:
@@ -364,6 +382,7 @@ class TrainingJobAnswer(BaseModel):
     error: str | None = None
     start_time: str | None = None
     end_time: str | None = None
+    owner: str = ""
 
 
 class TrainingJobCreated(BaseModel):
@@ -383,7 +402,8 @@ class TrainingJobList(BaseModel):
 
 
 def training_job(record: TrainingJob, input_location: str, progress: dict[str, Any] | None = None,
-                 samples: list[str] | None = None, queue_position: int | None = None) -> TrainingJobAnswer:
+                 samples: list[str] | None = None, queue_position: int | None = None,
+                 label: OwnerLabel = as_named) -> TrainingJobAnswer:
     progress = {**(record.progress or {}), **(progress or {})}
     return TrainingJobAnswer(
         id=record.id, status=record.status, trainType=record.train_type, modelName=record.model_name,
@@ -393,7 +413,7 @@ def training_job(record: TrainingJob, input_location: str, progress: dict[str, A
         total_steps=progress.get("total_steps") or record.total_steps, loss=progress.get("loss"),
         steps_per_s=progress.get("steps_per_s"), eta_s=progress.get("eta_s"), samples=samples or [],
         queue_position=queue_position, attempts=record.attempts, checkpoint_id=record.checkpoint_id,
-        error=record.error, start_time=record.start_time, end_time=record.end_time)
+        error=record.error, start_time=record.start_time, end_time=record.end_time, owner=label(owner_name(record.owner)))
 
 
 # -- users, keys, roles, the audit trail -----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from aws_extension.middleware.errors import (
     NotAuthenticated,
     ServiceError,
     TooLarge,
+    TooManyRequests,
     UnknownRecord,
     WorkerResultMissing,
     WrongState,
@@ -57,6 +58,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     ObjectTooLarge: 413,
     TooLarge: 413,
     MisdirectedRequest: 422,
+    TooManyRequests: 429,
     WorkerResultMissing: 502,
     StorageFull: 507,
 }
@@ -107,7 +109,10 @@ def create_app(services: Services, api_key: str, readiness: Readiness | None = N
         if isinstance(exc, MisdirectedRequest):
             return error_body(status_of(exc), message,
                               detail=[{"loc": ["body", exc.field], "msg": message, "type": "value_error"}])
-        return error_body(status_of(exc), message)
+        answer = error_body(status_of(exc), message)
+        if isinstance(exc, TooManyRequests):
+            answer.headers["Retry-After"] = str(exc.retry_after_s)
+        return answer
 
     for error_class in (ServiceError, KeyConflict, ObjectTooLarge, StorageFull):
         app.add_exception_handler(error_class, known_error)

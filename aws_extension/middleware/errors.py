@@ -32,6 +32,15 @@ class TooLarge(ServiceError):
     """What the request asks for is over a size limit (the message says which)."""
 
 
+class TooManyRequests(ServiceError):
+    """A per-user limit is reached (the message names it and its value); try again after `retry_after_s`
+    (the answer's `Retry-After` header)."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class WrongState(ServiceError):
     """The record exists but its status does not allow this (API.md's refused transitions)."""
 

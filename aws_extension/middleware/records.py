@@ -1,6 +1,8 @@
 """The middleware's records, one dataclass per table, and the tables' indexed fields.
 
-Statuses are the `vocabulary` enums. Times are Unix seconds (`created`, ...) plus the seed's text form
+Statuses are the `vocabulary` enums. `owner` is the username of the principal that created a record through
+the API (None on records written before owners existed: they are the bootstrap administrator's, see
+`services/ownership.py`). Times are Unix seconds (`created`, ...) plus the seed's text form
 where API.md shows one (`start_time`, ...). The answers of API.md are made from these in `answers.py`.
 """
 
@@ -50,6 +52,8 @@ class Checkpoint:
     completing: str | None = None  # the claim of the request completing the upload
     progress: dict[str, Any] | None = None  # imports: files and bytes so far
     urls: list[str] = field(default_factory=list)  # imports
+    owner: str | None = None  # the uploader or importer; a trained checkpoint: its training job's owner
+    allowed_roles: list[str] = field(default_factory=list)  # who may see and use it; empty: everyone
 
     @property
     def names(self) -> list[str]:
@@ -76,9 +80,10 @@ class Dataset:
     s3: str
     params: dict[str, Any] = field(default_factory=dict)
     files: list[DatasetFile] = field(default_factory=list)
+    owner: str | None = None
 
 
-DATASETS = Table("datasets", indexed=("status",))
+DATASETS = Table("datasets", indexed=("status", "owner"))
 
 
 @dataclass
@@ -101,6 +106,7 @@ class Endpoint:
     live_name: str | None = None  # the name while the endpoint is not deleted: live names are unique
     end_time: str | None = None
     error: str | None = None
+    owner: str | None = None
 
 
 ENDPOINTS = Table("endpoints", indexed=("deployment_status", "endpoint_status", "live_name"), unique="live_name")
@@ -155,9 +161,16 @@ class InferenceJob:
     worker_answer: str | None = None  # the worker's answer without images (the seed's `sagemakerRaw`)
     error: str | None = None
     cancel_reason: str | None = None
+    owner: str | None = None
+    # Owned by the JobQueue too: `live_owner` is the owner while the job has not ended (what the owner's
+    # queued-jobs limit counts); `fair_slot` is `<endpoint>#<round>` while it is queued on a backend whose
+    # dispatch is round-robin across owners (local compute: see queue.py).
+    live_owner: str | None = None
+    queue_round: int | None = None
+    fair_slot: str | None = None
 
 
-JOBS = Table("inference_jobs", indexed=("status", "task", "endpoint", "queue_state"))
+JOBS = Table("inference_jobs", indexed=("status", "task", "endpoint", "queue_state", "owner", "live_owner", "fair_slot"))
 
 
 @dataclass
@@ -176,9 +189,10 @@ class TrainingModel:
     sha256: str | None = None
     extract_ema: bool = False
     error: str | None = None
+    owner: str | None = None
 
 
-TRAINING_MODELS = Table("training_models", indexed=("status", "model_type"))
+TRAINING_MODELS = Table("training_models", indexed=("status", "model_type", "owner"))
 
 
 @dataclass
@@ -204,9 +218,10 @@ class TrainingJob:
     end_time: str | None = None
     run_name: str | None = None  # the compute's name of the current run (SageMaker's training job name)
     completing: str | None = None  # claim of the one report registering the trained model (a run name or "local")
+    owner: str | None = None
 
 
-TRAINING_JOBS = Table("training_jobs", indexed=("status", "train_type"))
+TRAINING_JOBS = Table("training_jobs", indexed=("status", "train_type", "owner"))
 
 
 # -- users, their keys, roles, the audit trail ---------------------------------------------------------------

@@ -144,8 +144,9 @@ def build_services(settings: MiddlewareSettings, session: Any = None) -> Service
     webhooks = WebhookSender(webhook_secret.encode(), settings.webhook_attempts, settings.webhook_timeout_s,
                              settings.webhook_allow_private_addresses)
     endpoints = EndpointService(store, compute, settings.max_instances_per_endpoint, settings.max_endpoints)
+    users = UserService(store)
     jobs = JobService(queue, blobs, compute, checkpoints, endpoints, webhooks,
-                      PayloadLimits.from_settings(load(WorkerSettings)), settings.max_body_bytes)
+                      PayloadLimits.from_settings(load(WorkerSettings)), settings.max_body_bytes, users.owner_label)
     datasets = DatasetService(store, blobs, settings.signed_url_ttl_s, settings.max_dataset_files)
     training_models = TrainingModelService(store, blobs, checkpoints, settings.completion_wait_s,
                                            launch=_preparation_launcher(settings))
@@ -158,7 +159,7 @@ def build_services(settings: MiddlewareSettings, session: Any = None) -> Service
                     datasets=datasets, training_models=training_models, training=training,
                     uploads=Uploads(blobs),
                     compute=compute, endpoints=endpoints, webhooks=webhooks, jobs=jobs,
-                    retirement=EndpointRetirement(endpoints, jobs), users=UserService(store), audit=AuditLog(store))
+                    retirement=EndpointRetirement(endpoints, jobs), users=users, audit=AuditLog(store))
 
 
 # A backend's parts: its store, its blobs, the webhooks' secret, how to make its compute over the queue, and

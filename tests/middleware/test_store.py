@@ -269,4 +269,4 @@ def test_dynamodb_queries_never_scan_and_read_on_past_a_sparse_filter(store):
     store.ensure_tables([JOBS])
     described = store.client.describe_table(TableName=store.table_name(JOBS))["Table"]
     assert {i["IndexName"] for i in described["GlobalSecondaryIndexes"]} == {
-        "by_all", "by_status", "by_task", "by_endpoint", "by_queue_state"}
+        "by_all", "by_status", "by_task", "by_endpoint", "by_queue_state", "by_owner", "by_live_owner", "by_fair_slot"}

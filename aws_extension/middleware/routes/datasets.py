@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from aws_extension.middleware import answers
-from aws_extension.middleware.routes.deps import get_services, query_list
+from aws_extension.middleware.principals import Principal, current_principal
+from aws_extension.middleware.routes.deps import get_services, owner_labels, query_list
 from aws_extension.middleware.services.datasets import FileToAdd
 from aws_extension.middleware.wiring import Services
 from aws_extension.vocabulary import DatasetStatus
@@ -38,33 +39,36 @@ class UpdateDataset(Strict):
 
 
 @router.post("/dataset", response_model=answers.DatasetCreated)
-def create_dataset(body: CreateDataset, services: Services = Depends(get_services)):
+def create_dataset(body: CreateDataset, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
     urls = services.datasets.create(
-        body.dataset_name, [FileToAdd(c.filename, c.name or c.filename, c.type) for c in body.content], body.params)
+        body.dataset_name, [FileToAdd(c.filename, c.name or c.filename, c.type) for c in body.content], body.params,
+        principal)
     return answers.DatasetCreated(datasetName=body.dataset_name, s3PresignUrl=urls)
 
 
 @router.put("/dataset", response_model=answers.DatasetStatusAnswer)
-def update_dataset(body: UpdateDataset, services: Services = Depends(get_services)):
-    record = services.datasets.set_status(body.dataset_name, DatasetStatus(body.status))
+def update_dataset(body: UpdateDataset, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
+    record = services.datasets.set_status(body.dataset_name, DatasetStatus(body.status), principal)
     return answers.DatasetStatusAnswer(datasetName=record.name, status=record.status)
 
 
-@router.get("/datasets", response_model=answers.DatasetList)
-def list_datasets(request: Request, services: Services = Depends(get_services)):
-    records = services.datasets.list(query_list(request, "dataset_status"))
-    return answers.DatasetList(datasets=[answers.listed_dataset(r) for r in records])
+@router.get("/datasets", response_model=answers.DatasetList,
+            summary="The key's own datasets (administrators: everyone's, or ?owner=NAME's)")
+def list_datasets(request: Request, owner: str | None = None, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
+    records = services.datasets.list(query_list(request, "dataset_status"), principal, owner)
+    label = owner_labels(services)
+    return answers.DatasetList(datasets=[answers.listed_dataset(r, label) for r in records])
 
 
 @router.delete("/dataset/{dataset_name}", response_model=answers.DatasetDeleted,
                summary="Delete a dataset and its files")
-def delete_dataset(dataset_name: str, services: Services = Depends(get_services)):
-    services.datasets.delete(dataset_name)
+def delete_dataset(dataset_name: str, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
+    services.datasets.delete(dataset_name, principal)
     return answers.DatasetDeleted(datasetName=dataset_name)
 
 
-def dataset_data(dataset_name: str, services: Services = Depends(get_services)):
-    return answers.dataset_data(dataset_name, services.datasets.files(dataset_name))
+def dataset_data(dataset_name: str, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
+    return answers.dataset_data(dataset_name, services.datasets.files(dataset_name, principal))
 
 
 router.add_api_route("/dataset/{dataset_name}/data", dataset_data, methods=["GET"], response_model=answers.DatasetData)

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aws_extension.middleware import answers
 from aws_extension.middleware.errors import MisdirectedRequest
-from aws_extension.middleware.routes.deps import get_services
+from aws_extension.middleware.principals import Principal, current_principal
+from aws_extension.middleware.routes.deps import get_services, owner_labels
 from aws_extension.middleware.wiring import Services
 
 router = APIRouter(tags=["endpoints"])
@@ -46,8 +47,8 @@ def _deploy_request(body: dict[str, Any]) -> DeployEndpoint:
 @router.post("/endpoints", response_model=answers.DeploymentStarted,
              summary="Deploy an endpoint (answers at once; it comes up in the background)")
 def deploy_endpoint(body: dict[str, Any] = Body(..., examples=[{"instance_type": "local", "initial_instance_count": 1}]),
-                    services: Services = Depends(get_services)):
-    record = services.endpoints.deploy(_deploy_request(body).model_dump(exclude_none=True))
+                    services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
+    record = services.endpoints.deploy(_deploy_request(body).model_dump(exclude_none=True), principal)
     return answers.deployment_started(record)
 
 
@@ -56,12 +57,14 @@ def delete_endpoints(body: DeleteEndpoints, services: Services = Depends(get_ser
     return answers.EndpointsDeleted(results=services.retirement.delete(body.delete_endpoint_list))
 
 
-@router.get("/endpoints", response_model=list[answers.EndpointAnswer], summary="Endpoint deployment jobs, newest first")
+@router.get("/endpoints", response_model=list[answers.EndpointAnswer],
+            summary="Endpoint deployment jobs, newest first (those assigned to one of the key's roles, or to none)")
 def list_endpoints(status: str | None = None, endpoint_name: str | None = None,
-                   services: Services = Depends(get_services)):
-    return [answers.endpoint_answer(r) for r in services.endpoints.list(status, endpoint_name)]
+                   services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
+    label = owner_labels(services)
+    return [answers.endpoint_answer(r, label) for r in services.endpoints.list(status, endpoint_name, principal)]
 
 
 @router.get("/inference/get-endpoint-deployment-job", response_model=answers.EndpointAnswer)
-def endpoint_deployment_job(jobID: str = Query(...), services: Services = Depends(get_services)):
-    return answers.endpoint_answer(services.endpoints.get(jobID))
+def endpoint_deployment_job(jobID: str = Query(...), services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
+    return answers.endpoint_answer(services.endpoints.get(jobID, principal), owner_labels(services))

@@ -17,8 +17,10 @@ import anyio
 
 from aws_extension.middleware.blobs.base import BlobStore, UploadError, UploadNotFound
 from aws_extension.middleware.errors import InvalidRequest, ServiceError, TooLarge, UnknownRecord, WrongState
+from aws_extension.middleware.principals import BOOTSTRAP_ADMIN, Principal
 from aws_extension.middleware.records import CHECKPOINTS, Checkpoint, CheckpointFile
 from aws_extension.middleware.services.names import check_filename, new_id, now, time_text
+from aws_extension.middleware.services.ownership import check_roles, may_use_checkpoint
 from aws_extension.middleware.store.base import Store
 from aws_extension.middleware.store.typed import Records
 from aws_extension.model_files import ModelFileError, check_model_file
@@ -63,23 +65,26 @@ class CheckpointService:
         self.max_files = max_files
 
     def new_record(self, checkpoint_type: str, filenames: list[str], params: dict[str, Any],
-                   source: str) -> Checkpoint:
+                   source: str, owner: str | None = None, allowed_roles: list[str] | None = None) -> Checkpoint:
         checkpoint_id, created = new_id(), now()
         return Checkpoint(
             id=checkpoint_id, type=check_type(checkpoint_type), status=INITIALED, created=created, source=source,
+            owner=owner, allowed_roles=check_roles(allowed_roles),
             params={**params, "created": time_text(created)},
             s3_location=self.blobs.uri(f"models/{checkpoint_type}/{checkpoint_id}"),
             files=[CheckpointFile(filename=f, key=file_key(checkpoint_type, checkpoint_id, f)) for f in filenames])
 
-    def create_upload(self, checkpoint_type: str, files: list[FileToUpload],
-                      params: dict[str, Any]) -> tuple[Checkpoint, dict[str, list[str]]]:
-        """Create an `Initialed` record and one multipart upload per file; returns it and the part URLs.
-        When the client declares every file's sha256 and an Active checkpoint of that type has exactly that
-        content, that checkpoint is returned instead, with no URLs: nothing is uploaded twice."""
+    def create_upload(self, checkpoint_type: str, files: list[FileToUpload], params: dict[str, Any],
+                      principal: Principal = BOOTSTRAP_ADMIN) -> tuple[Checkpoint, dict[str, list[str]]]:
+        """Create an `Initialed` record (the principal's; `params.allowed_roles` limits who sees it) and one
+        multipart upload per file; returns it and the part URLs. When the client declares every file's
+        sha256 and an Active checkpoint of that type that the principal sees has exactly that content, that
+        checkpoint is returned instead, with no URLs: nothing is uploaded twice."""
         check_type(checkpoint_type)
+        allowed_roles = check_roles(params.get("allowed_roles"), "params.allowed_roles")
         declared = [f.sha256 for f in files]
         existing = self.find_content(checkpoint_type, declared) if files and all(declared) else None
-        if existing:
+        if existing and may_use_checkpoint(principal, existing):
             return existing, {}
         names = self.check_filenames([f.filename for f in files], "filenames")
         for f in files:
@@ -89,7 +94,8 @@ class CheckpointService:
         if sum(f.parts_number for f in files) > self.max_parts:
             raise TooLarge(f"the files have {sum(f.parts_number for f in files)} parts in all; one checkpoint may "
                            f"have at most {self.max_parts} (use larger parts).")
-        record = self.new_record(checkpoint_type, names, params, source="upload")
+        record = self.new_record(checkpoint_type, names, params, source="upload", owner=principal.username,
+                                 allowed_roles=allowed_roles)
         urls: dict[str, list[str]] = {}
         for entry, f in zip(record.files, files):
             entry.parts_number, entry.declared_sha256 = f.parts_number, f.sha256
@@ -117,11 +123,20 @@ class CheckpointService:
             raise InvalidRequest("each file name may be listed only once.")
         return names
 
-    def get(self, checkpoint_id: str) -> Checkpoint:
+    def get(self, checkpoint_id: str, principal: Principal = BOOTSTRAP_ADMIN) -> Checkpoint:
+        """The checkpoint, if the principal sees it (`allowed_roles`); else as if it did not exist."""
         record = self.records.get(checkpoint_id)
-        if record is None:
+        if record is None or not may_use_checkpoint(principal, record):
             raise UnknownRecord(f"checkpoint {checkpoint_id} does not exist.")
         return record
+
+    def set_allowed_roles(self, checkpoint_id: str, roles: object, principal: Principal) -> Checkpoint:
+        """PUT /checkpoint `allowed_roles`: who may see and use the checkpoint from now on ([]: everyone)."""
+        self.get(checkpoint_id, principal)
+        updated = self.records.update(checkpoint_id, {"allowed_roles": check_roles(roles)})
+        if updated is None:
+            raise UnknownRecord(f"checkpoint {checkpoint_id} does not exist.")
+        return updated
 
     async def update(self, checkpoint_id: str, status: CheckpointStatus,
                      multi_parts_tags: dict[str, list[tuple[int, str]]] | None) -> Checkpoint:
@@ -246,7 +261,8 @@ class CheckpointService:
 
     def page(self, statuses: list[str], types: list[str], limit: int,
              last_key: str | None) -> tuple[list[Checkpoint], str | None]:
-        """One page, newest first, after the checkpoint whose id is `last_key`; and the next page's key."""
+        """One page, newest first, after the checkpoint whose id is `last_key`; and the next page's key.
+        (The routes leave out what the principal may not see: a page may be shorter than `limit`.)"""
         after = None
         if last_key:
             previous = self.records.get(last_key)
@@ -256,8 +272,9 @@ class CheckpointService:
         page = self.records.page({"status": statuses, "type": [check_type(t) for t in types]}, limit, after)
         return page.records, page.records[-1].id if page.next_key else None
 
-    def active_file_names(self, checkpoint_type: str) -> list[str]:
-        return list(dict.fromkeys(n for record in self.list([ACTIVE], [checkpoint_type]) for n in record.names))
+    def active_file_names(self, checkpoint_type: str, principal: Principal = BOOTSTRAP_ADMIN) -> list[str]:
+        return list(dict.fromkeys(n for record in self.list([ACTIVE], [checkpoint_type])
+                                  if may_use_checkpoint(principal, record) for n in record.names))
 
     def release_stale_claims(self) -> list[str]:
         """At start: completions claimed by a process that died (one middleware owns a data dir) are given
@@ -269,9 +286,9 @@ class CheckpointService:
             self.records.update(checkpoint_id, {"completing": None}, expect={"status": INITIALED})
         return stale
 
-    def delete(self, checkpoint_id: str) -> None:
+    def delete(self, checkpoint_id: str, principal: Principal = BOOTSTRAP_ADMIN) -> None:
         """Remove a checkpoint and its files (jobs still waiting for it fail when they are dispatched)."""
-        record = self.get(checkpoint_id)
+        record = self.get(checkpoint_id, principal)
         if record.completing:
             raise WrongState(f"checkpoint {checkpoint_id} is being completed; delete it when that has ended.")
         self.records.delete(checkpoint_id)

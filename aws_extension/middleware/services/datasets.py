@@ -11,8 +11,10 @@ from typing import Any
 
 from aws_extension.middleware.blobs.base import BlobStore
 from aws_extension.middleware.errors import InvalidRequest, TooLarge, UnknownRecord, WrongState
+from aws_extension.middleware.principals import BOOTSTRAP_ADMIN, Principal
 from aws_extension.middleware.records import DATASETS, Dataset, DatasetFile
 from aws_extension.middleware.services.names import check_filename, check_name, now
+from aws_extension.middleware.services.ownership import listed_owners, sees_owner
 from aws_extension.middleware.store.base import DuplicateRecord, Store
 from aws_extension.middleware.store.typed import Records
 from aws_extension.vocabulary import DatasetStatus
@@ -51,8 +53,10 @@ class DatasetService:
         self.upload_url_ttl_s = upload_url_ttl_s
         self.max_files = max_files
 
-    def create(self, dataset_name: str, content: list[FileToAdd], params: dict[str, Any]) -> dict[str, str]:
-        """Create an `Initialed` dataset; returns a signed PUT URL per file name."""
+    def create(self, dataset_name: str, content: list[FileToAdd], params: dict[str, Any],
+               principal: Principal = BOOTSTRAP_ADMIN) -> dict[str, str]:
+        """Create an `Initialed` dataset, the principal's; returns a signed PUT URL per file name. (Dataset
+        names are one namespace: a name another user took is refused as taken.)"""
         check_name(dataset_name, "dataset name")
         if not content:
             raise InvalidRequest("content is empty: a dataset needs at least one file.")
@@ -62,7 +66,7 @@ class DatasetService:
         if len(set(filenames)) != len(filenames):
             raise InvalidRequest("each file name may be listed only once in a dataset.")
         record = Dataset(id=dataset_name, name=dataset_name, status=INITIALED, created=now(),
-                         s3=self.blobs.uri(f"dataset/{dataset_name}"), params=params,
+                         s3=self.blobs.uri(f"dataset/{dataset_name}"), params=params, owner=principal.username,
                          files=[DatasetFile(filename=f.filename, name=f.name, type=f.type,
                                             key=file_key(dataset_name, f.filename)) for f in content])
         try:
@@ -71,14 +75,15 @@ class DatasetService:
             raise WrongState(f"a dataset named {dataset_name!r} already exists; choose another name.") from None
         return {f.filename: self.blobs.signed_url(f.key, "PUT", self.upload_url_ttl_s) for f in record.files}
 
-    def get(self, dataset_name: str) -> Dataset:
+    def get(self, dataset_name: str, principal: Principal = BOOTSTRAP_ADMIN) -> Dataset:
+        """The dataset, if the principal sees it (its own, or any for administrators)."""
         record = self.records.get(dataset_name)
-        if record is None:
+        if record is None or not sees_owner(principal, record.owner):
             raise UnknownRecord(f"dataset {dataset_name!r} does not exist.")
         return record
 
-    def set_status(self, dataset_name: str, status: DatasetStatus) -> Dataset:
-        record = self.get(dataset_name)
+    def set_status(self, dataset_name: str, status: DatasetStatus, principal: Principal = BOOTSTRAP_ADMIN) -> Dataset:
+        record = self.get(dataset_name, principal)
         if (record.status, status) not in _TRANSITIONS:
             raise WrongState(f"dataset {dataset_name!r} is {record.status}; it cannot become {status}.")
         if status == ENABLED:
@@ -91,16 +96,16 @@ class DatasetService:
             raise WrongState(f"dataset {dataset_name!r} changed while it was being updated; try again.")
         return updated
 
-    def delete(self, dataset_name: str) -> None:
+    def delete(self, dataset_name: str, principal: Principal = BOOTSTRAP_ADMIN) -> None:
         """Remove a dataset and its files."""
-        self.get(dataset_name)
+        self.get(dataset_name, principal)
         self.records.delete(dataset_name)
         self.blobs.delete_prefix(f"dataset/{dataset_name}")
 
-    def list(self, statuses: list[str]) -> list[Dataset]:
-        return self.records.all({"status": statuses})
+    def list(self, statuses: list[str], principal: Principal = BOOTSTRAP_ADMIN, owner: str | None = None) -> list[Dataset]:
+        return self.records.all({"status": statuses, "owner": listed_owners(principal, owner)})
 
-    def files(self, dataset_name: str) -> list[DatasetFileState]:
+    def files(self, dataset_name: str, principal: Principal = BOOTSTRAP_ADMIN) -> list[DatasetFileState]:
         """The files of a dataset, with a signed preview URL for each one that has arrived."""
         return [DatasetFileState(f, self.blobs.signed_url(f.key) if self.blobs.exists(f.key) else None)
-                for f in self.get(dataset_name).files]
+                for f in self.get(dataset_name, principal).files]

@@ -13,8 +13,10 @@ from typing import Any
 
 from aws_extension.middleware.compute.base import Compute, EndpointChange
 from aws_extension.middleware.errors import InvalidRequest, TooLarge, UnknownRecord, WrongState
+from aws_extension.middleware.principals import BOOTSTRAP_ADMIN, Principal
 from aws_extension.middleware.records import ENDPOINTS, Endpoint
 from aws_extension.middleware.services.names import check_name, new_id, now, time_text
+from aws_extension.middleware.services.ownership import check_roles, in_roles
 from aws_extension.middleware.store.base import DuplicateRecord, Store
 from aws_extension.middleware.store.typed import Records
 from aws_extension.vocabulary import DeploymentStatus, EndpointStatus
@@ -37,7 +39,7 @@ class EndpointService:
         self.max_instances = max_instances
         self.max_endpoints = max_endpoints
 
-    def deploy(self, body: dict[str, Any]) -> Endpoint:
+    def deploy(self, body: dict[str, Any], principal: Principal = BOOTSTRAP_ADMIN) -> Endpoint:
         instance_type = body.get("instance_type")
         self.compute.check_instance_type(instance_type)
         autoscaling = bool(body.get("autoscaling_enabled"))
@@ -62,7 +64,8 @@ class EndpointService:
                           endpoint_status=EndpointStatus.CREATING, created=started, start_time=time_text(started),
                           instance_type=instance_type, initial_instance_count=count, autoscaling=autoscaling,
                           min_instance_number=minimum, max_instance_number=maximum,
-                          assign_to_roles=body.get("assign_to_roles") or [])
+                          assign_to_roles=check_roles(body.get("assign_to_roles"), "assign_to_roles"),
+                          owner=principal.username)
         try:
             self.records.create(record)
         except DuplicateRecord:
@@ -95,29 +98,34 @@ class EndpointService:
             return False
         return change.status == EndpointStatus.FAILED
 
-    def get(self, job_id: str) -> Endpoint:
+    def get(self, job_id: str, principal: Principal = BOOTSTRAP_ADMIN) -> Endpoint:
         record = self.records.get(job_id)
-        if record is None:
+        if record is None or not in_roles(principal, record.assign_to_roles):
             raise UnknownRecord(f"endpoint deployment job {job_id} does not exist.")
         return record
 
     def live(self, name: str) -> Endpoint | None:
         return self.records.find("live_name", name)
 
-    def in_service(self, name: str) -> Endpoint:
+    def in_service(self, name: str, principal: Principal = BOOTSTRAP_ADMIN) -> Endpoint:
+        """The InService endpoint of that name, if the principal may run jobs on it (`assign_to_roles`)."""
         record = self.live(name)
-        if record is None:
+        if record is None or not in_roles(principal, record.assign_to_roles):
             raise UnknownRecord(f"endpoint {name!r} does not exist; create it with POST /endpoints.")
         if record.endpoint_status != EndpointStatus.IN_SERVICE:
             raise WrongState(f"endpoint {name!r} is {record.endpoint_status}, not InService; wait for it or use another.")
         return record
 
-    def list(self, status: str | None = None, endpoint_name: str | None = None) -> list[Endpoint]:
+    def list(self, status: str | None = None, endpoint_name: str | None = None,
+             principal: Principal = BOOTSTRAP_ADMIN) -> list[Endpoint]:
+        """The endpoints the principal may use (those assigned to one of its roles, or to none)."""
         records = self.records.all({"deployment_status": [status] if status else []})
-        return [r for r in records if not endpoint_name or r.endpoint_name == endpoint_name]
+        return [r for r in records if (not endpoint_name or r.endpoint_name == endpoint_name)
+                and in_roles(principal, r.assign_to_roles)]
 
-    def in_service_names(self) -> list[str]:
-        return [r.endpoint_name for r in self.records.all({"endpoint_status": [EndpointStatus.IN_SERVICE]})]
+    def in_service_names(self, principal: Principal = BOOTSTRAP_ADMIN) -> list[str]:
+        return [r.endpoint_name for r in self.records.all({"endpoint_status": [EndpointStatus.IN_SERVICE]})
+                if in_roles(principal, r.assign_to_roles)]
 
     def begin_delete(self, name: str) -> Endpoint:
         """Move a live endpoint to Deleting (one request wins a race); raises UnknownRecord/WrongState."""

@@ -33,9 +33,11 @@ import requests
 
 from aws_extension.middleware.blobs.base import UploadError, UploadNotFound
 from aws_extension.middleware.errors import InvalidRequest, ServiceError, TooLarge
+from aws_extension.middleware.principals import BOOTSTRAP_ADMIN, Principal
 from aws_extension.middleware.records import Checkpoint, CheckpointFile
 from aws_extension.middleware.services.checkpoints import INITIALED, CheckpointService, check_type, file_key
 from aws_extension.middleware.services.names import check_filename
+from aws_extension.middleware.services.ownership import check_roles
 from aws_extension.middleware.services.url_guard import RefusedAddress, check_download_url, guarded_session
 from aws_extension.settings import MiddlewareSettings
 
@@ -153,7 +155,8 @@ class ModelImporter:
         self.runner = runner or default_runner(settings)
         self._stopping = threading.Event()
 
-    def start(self, checkpoint_type: str, urls: list[str], params: dict[str, Any]) -> Checkpoint:
+    def start(self, checkpoint_type: str, urls: list[str], params: dict[str, Any],
+              principal: Principal = BOOTSTRAP_ADMIN) -> Checkpoint:
         """Import the files at `urls` in the background. `params.sha256` (one per URL, as model sites list
         them) makes it content-addressed: if that content is Active already, that checkpoint is the answer
         and nothing is downloaded; a download that does not hash to it fails."""
@@ -174,7 +177,8 @@ class ModelImporter:
             if not isinstance(token, str) or not token.isprintable() or " " in token:
                 raise InvalidRequest(f"params.{name} must be the site's access token (printable text, no spaces).")
         stored_params = {k: v for k, v in params.items() if k not in TOKEN_HOSTS}
-        record = self.checkpoints.new_record(checkpoint_type, [], stored_params, source="url")
+        record = self.checkpoints.new_record(checkpoint_type, [], stored_params, source="url", owner=principal.username,
+                                             allowed_roles=check_roles(params.get("allowed_roles"), "params.allowed_roles"))
         record.urls = urls
         record.progress = {"files_done": 0, "files_total": len(urls), "bytes_received": 0, "bytes_total": None}
         self.checkpoints.records.create(record)

@@ -8,7 +8,7 @@ object `{"name", "sha256"}` (matched by sha256).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,17 +58,23 @@ class Catalogue:
         return found
 
 
+def _everyone(record: Checkpoint) -> bool:
+    return True
+
+
 class ModelResolver:
     def __init__(self, active_checkpoints):
         self._active_checkpoints = active_checkpoints  # () -> list[Checkpoint], one catalogue read
 
-    def catalogue(self) -> Catalogue:
-        return Catalogue.of(self._active_checkpoints())
+    def catalogue(self, may_use: Callable[[Checkpoint], bool] = _everyone) -> Catalogue:
+        """The Active files, of the checkpoints `may_use` allows (the others are as if they did not exist)."""
+        return Catalogue.of(record for record in self._active_checkpoints() if may_use(record))
 
-    def resolve(self, models: dict[str, list[Any]], params: dict[str, Any]) -> list[JobModel]:
+    def resolve(self, models: dict[str, list[Any]], params: dict[str, Any],
+                may_use: Callable[[Checkpoint], bool] = _everyone) -> list[JobModel]:
         """Every catalogue file a job uses (the request's `models` checked by the validator: one
         Stable-diffusion entry, known types); InvalidRequest naming every missing one."""
-        catalogue = self.catalogue()
+        catalogue = self.catalogue(may_use)
         wanted: list[tuple[str, Any]] = [(t, e) for t, entries in models.items() for e in entries]
         prompts = prompts_of(params)
         wanted += [(CheckpointType.LORA, name) for name in lora_names(prompts)]

@@ -40,6 +40,7 @@ from aws_extension.middleware.compute.base import (
     TrainingRun,
 )
 from aws_extension.middleware.errors import InvalidRequest, ServiceError, UnknownRecord, WrongState
+from aws_extension.middleware.principals import BOOTSTRAP_ADMIN, Principal
 from aws_extension.middleware.records import (
     TRAINING_JOBS,
     TRAINING_MODELS,
@@ -50,6 +51,7 @@ from aws_extension.middleware.records import (
 from aws_extension.middleware.services.checkpoints import CheckpointService, FileToUpload
 from aws_extension.middleware.services.datasets import DatasetService
 from aws_extension.middleware.services.names import check_name, new_id, now, time_text
+from aws_extension.middleware.services.ownership import check_trainings, listed_owners, sees_owner
 from aws_extension.middleware.store.base import Store
 from aws_extension.middleware.store.typed import Records
 from aws_extension.model_files import (
@@ -96,8 +98,9 @@ class TrainingModelService:
         self.launch = launch
         self._preparations = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-preparation")
 
-    def create(self, model_type: str, name: str | None, checkpoint_id: str | None,
-               filenames: list[FileToUpload], params: dict[str, Any]) -> tuple[TrainingModel, dict[str, list[str]] | None]:
+    def create(self, model_type: str, name: str | None, checkpoint_id: str | None, filenames: list[FileToUpload],
+               params: dict[str, Any], principal: Principal = BOOTSTRAP_ADMIN,
+               ) -> tuple[TrainingModel, dict[str, list[str]] | None]:
         """POST /model: an `Initialed` base from an Active checkpoint, or with part URLs to upload one."""
         create_params = params.get("create_model_params") or {}
         if not isinstance(create_params, dict):
@@ -115,7 +118,7 @@ class TrainingModelService:
                                  "(one model file to upload).")
         urls: dict[str, list[str]] | None = None
         if checkpoint_id:
-            checkpoint = self.checkpoints.get(checkpoint_id)
+            checkpoint = self.checkpoints.get(checkpoint_id, principal)
             if checkpoint.type != SD or checkpoint.status != CheckpointStatus.ACTIVE:
                 raise InvalidRequest(f"checkpoint {checkpoint_id} is a {checkpoint.status} {checkpoint.type} "
                                      f"checkpoint; a training model needs an Active {SD} one.")
@@ -128,30 +131,34 @@ class TrainingModelService:
             if not filenames[0].filename.lower().endswith(MODEL_SUFFIXES):
                 raise InvalidRequest(f"filenames: {filenames[0].filename!r} is not a model file (they end in "
                                      f"{', '.join(MODEL_SUFFIXES)}); upload the checkpoint itself, not an archive.")
-            checkpoint, urls = self.checkpoints.create_upload(SD, filenames, {"training_model": name})
+            checkpoint, urls = self.checkpoints.create_upload(SD, filenames, {"training_model": name}, principal)
         created = now()
         record = TrainingModel(id=new_id(), name=name, status=TrainingModelStatus.INITIALED, created=created,
                                model_type=SD, params={**params, "created": time_text(created)},
-                               checkpoint_id=checkpoint.id, extract_ema=bool(create_params.get("extract_ema")))
+                               checkpoint_id=checkpoint.id, extract_ema=bool(create_params.get("extract_ema")),
+                               owner=principal.username)
         self.records.create(record)
         return record, urls
 
-    def get(self, model_id: str) -> TrainingModel:
+    def get(self, model_id: str, principal: Principal = BOOTSTRAP_ADMIN) -> TrainingModel:
+        """The base, if the principal sees it (its own, or any for administrators)."""
         record = self.records.get(model_id)
-        if record is None:
+        if record is None or not sees_owner(principal, record.owner):
             raise UnknownRecord(f"model {model_id} does not exist.")
         return record
 
-    def list(self, statuses: list[str], types: list[str]) -> list[TrainingModel]:
-        return self.records.all({"status": statuses, "model_type": types})
+    def list(self, statuses: list[str], types: list[str], principal: Principal = BOOTSTRAP_ADMIN,
+             owner: str | None = None) -> list[TrainingModel]:
+        return self.records.all({"status": statuses, "model_type": types, "owner": listed_owners(principal, owner)})
 
     def location(self, record: TrainingModel) -> str:
         return self.blobs.uri(record.base_key or f"training-models/{record.id}")
 
-    async def start_creating(self, model_id: str, tags: dict[str, list[tuple[int, str]]]) -> TrainingModel:
+    async def start_creating(self, model_id: str, tags: dict[str, list[tuple[int, str]]],
+                             principal: Principal = BOOTSTRAP_ADMIN) -> TrainingModel:
         """PUT /model `Creating`: complete the upload (if any), then prepare the base in the background; the
         answer waits for the preparation up to `wait_s`."""
-        record = await anyio.to_thread.run_sync(self.get, model_id)
+        record = await anyio.to_thread.run_sync(self.get, model_id, principal)
         if record.status != TrainingModelStatus.INITIALED:
             raise WrongState(f"model {model_id} is {record.status}, not {TrainingModelStatus.INITIALED}: "
                              "it was already created.")
@@ -324,7 +331,8 @@ class TrainingService:
         self._ended_lock = threading.RLock()  # a refused submit reports while a report is being handled
 
     # -- POST /train ----------------------------------------------------------------------------------
-    def create(self, train_type: str, model_id: str, params: dict[str, Any]) -> TrainingJob:
+    def create(self, train_type: str, model_id: str, params: dict[str, Any],
+               principal: Principal = BOOTSTRAP_ADMIN) -> TrainingJob:
         training_params = params.get("training_params") or {}
         config_params = params.get("config_params") or {}
         if not isinstance(training_params, dict) or not isinstance(config_params, dict):
@@ -335,19 +343,19 @@ class TrainingService:
         except TrainingConfigError as exc:
             where = exc.field if exc.field == "train_type" else f"config_params.{exc.field}"
             raise InvalidRequest(f"{where}: {exc}.") from None
-        model = self.models.get(model_id)
+        model = self.models.get(model_id, principal)
         if model.status != TrainingModelStatus.COMPLETE:
             raise InvalidRequest(f"model {model_id} is {model.status}"
                                  + (f" ({model.error})" if model.error else "")
                                  + f"; a training job needs a {TrainingModelStatus.COMPLETE} model (PUT /model).")
         dataset_name, field = _one_reference(training_params, config_params,
                                              ("dataset_name", "data_tar_list", "instance_data_dir"), required=True)
-        images = self._images(self._usable_dataset(dataset_name, field), field)
+        images = self._images(self._usable_dataset(dataset_name, field, principal), field)
         class_name, class_field = _one_reference(training_params, config_params,
                                                  ("class_dataset_name", "class_data_tar_list", "class_data_dir"),
                                                  required=False)
         if class_name:
-            self._images(self._usable_dataset(class_name, class_field), class_field)
+            self._images(self._usable_dataset(class_name, class_field, principal), class_field)
         job_id, created = new_id(), now()
         model_name = _trained_name(config, job_id)
         config = dataclasses.replace(config, model_name=model_name)
@@ -355,7 +363,8 @@ class TrainingService:
                              created=created, model_id=model_id, dataset_name=dataset_name, instance_type=instance_type,
                              params={**params, "created": time_text(created)},
                              hyperparameters=config.to_hyperparameters(), model_name=model_name,
-                             total_steps=config.total_steps(len(images)), class_dataset_name=class_name)
+                             total_steps=config.total_steps(len(images)), class_dataset_name=class_name,
+                             owner=principal.username)
         self.records.create(record)
         return record
 
@@ -364,9 +373,9 @@ class TrainingService:
         return self.compute.check_instance_type(training_params.get("training_instance_type", LOCAL_INSTANCE_TYPE),
                                                 training_params.get("use_spot", False))
 
-    def _usable_dataset(self, name: str, field: str) -> Dataset:
+    def _usable_dataset(self, name: str, field: str, principal: Principal) -> Dataset:
         try:
-            dataset = self.datasets.get(name)
+            dataset = self.datasets.get(name, principal)
         except UnknownRecord:
             raise InvalidRequest(f"{field}: dataset {name!r} does not exist; create it with POST /dataset.") from None
         if dataset.status != DatasetStatus.ENABLED:
@@ -395,15 +404,17 @@ class TrainingService:
         return images
 
     # -- PUT /train -----------------------------------------------------------------------------------
-    def get(self, job_id: str) -> TrainingJob:
+    def get(self, job_id: str, principal: Principal = BOOTSTRAP_ADMIN) -> TrainingJob:
+        """The job, if the principal sees it (its own, or any for administrators)."""
         record = self.records.get(job_id)
-        if record is None:
+        if record is None or not sees_owner(principal, record.owner):
             raise UnknownRecord(f"training job {job_id} does not exist.")
         return record
 
-    def start(self, job_id: str) -> TrainingJob:
-        """`Training`: start an `Initial` job or resume a `Stopped` one (from its saved state)."""
-        record = self.get(job_id)
+    def start(self, job_id: str, principal: Principal = BOOTSTRAP_ADMIN) -> TrainingJob:
+        """`Training`: start an `Initial` job or resume a `Stopped` one (from its saved state), within the
+        principal's `max_concurrent_trainings`."""
+        record = self.get(job_id, principal)
         if record.status == TrainingStatus.TRAINING:
             raise WrongState(f"training job {job_id} is already {TrainingStatus.TRAINING}.")
         if record.status not in (TrainingStatus.INITIAL, TrainingStatus.STOPPED):
@@ -411,6 +422,9 @@ class TrainingService:
                              f"{TrainingStatus.STOPPED} job can start training.")
         if self.compute.is_running(record):
             raise WrongState(f"training job {job_id} is still saving its state after Stop; try again in a moment.")
+        if principal.max_concurrent_trainings is not None:
+            check_trainings(principal, self.records.count({"owner": [principal.username],
+                                                           "status": [TrainingStatus.TRAINING]}))
         started = self.records.update(job_id, {"status": TrainingStatus.TRAINING, "attempts": 1, "error": None,
                                                 "start_time": record.start_time or time_text(now()),
                                                 "run_name": self.compute.new_run_name(job_id), "completing": None},
@@ -420,10 +434,10 @@ class TrainingService:
         self.compute.submit(self._run(started))
         return self.get(job_id)
 
-    async def stop(self, job_id: str) -> TrainingJob:
+    async def stop(self, job_id: str, principal: Principal = BOOTSTRAP_ADMIN) -> TrainingJob:
         """`Stopped`: a waiting job is Stopped at once; a running one saves its state and exits (the answer
         waits for that up to `stop_wait_s`, after which it shows `Training` until the process has ended)."""
-        record = await anyio.to_thread.run_sync(self.get, job_id)
+        record = await anyio.to_thread.run_sync(self.get, job_id, principal)
         if record.status != TrainingStatus.TRAINING:
             raise WrongState(f"training job {job_id} is {record.status}; only a {TrainingStatus.TRAINING} job "
                              "can be stopped.")
@@ -508,7 +522,7 @@ class TrainingService:
             filename = f"{record.model_name}-{record.id[:8]}{suffix}"
         checkpoint = self.checkpoints.new_record(record.train_type, [filename],
                                                  {"training_job_id": record.id, "model_id": record.model_id},
-                                                 source="train")
+                                                 source="train", owner=record.owner)
         self.checkpoints.records.create(checkpoint)
         entry = checkpoint.files[0]
         digest, size = hashlib.sha256(), 0
@@ -527,12 +541,13 @@ class TrainingService:
             log.info("training %s: %s%s", job_id, status, f" ({ended.error})" if ended.error else "")
 
     # -- reading --------------------------------------------------------------------------------------
-    def describe(self, job_id: str) -> tuple[TrainingJob, dict[str, Any], list[str], int | None]:
+    def describe(self, job_id: str, principal: Principal = BOOTSTRAP_ADMIN,
+                 ) -> tuple[TrainingJob, dict[str, Any], list[str], int | None]:
         """The record, its progress (live while it trains), signed URLs of its samples, its queue position."""
-        record = self.get(job_id)
+        record = self.get(job_id, principal)
         if record.status == TrainingStatus.TRAINING:
             self.compute.reconcile(record)  # an end whose report was lost shows now
-            record = self.get(job_id)
+            record = self.get(job_id, principal)
         live = self.compute.progress(record) if record.status == TrainingStatus.TRAINING else None
         progress = {**(record.progress or {}), **(live or {})}
         return record, progress, self._sample_urls(record, progress.get("samples") or []), \
@@ -548,8 +563,9 @@ class TrainingService:
                 urls.append(self.blobs.signed_url(key, "GET", self.signed_url_ttl_s))
         return urls
 
-    def list(self, statuses: list[str], types: list[str]) -> list[TrainingJob]:
-        return self.records.all({"status": statuses, "train_type": types})
+    def list(self, statuses: list[str], types: list[str], principal: Principal = BOOTSTRAP_ADMIN,
+             owner: str | None = None) -> list[TrainingJob]:
+        return self.records.all({"status": statuses, "train_type": types, "owner": listed_owners(principal, owner)})
 
     def input_location(self, record: TrainingJob) -> str:
         return self.blobs.uri(f"train/{record.id}")

@@ -62,7 +62,7 @@ ALL_TABLES = (CHECKPOINTS, DATASETS, ENDPOINTS, JOBS, TRAINING_MODELS, TRAINING_
 # the fields whose values are transient (a job's queue_state is cleared when it ends, so the queue's
 # queries read the jobs waiting, not the endpoint's history); by default the order of `table.indexed`.
 PREFERRED: dict[str, tuple[str, ...]] = {
-    "inference_jobs": ("queue_state", "endpoint", "status", "task"),
+    "inference_jobs": ("fair_slot", "live_owner", "queue_state", "owner", "endpoint", "status", "task"),
     "checkpoints": ("sha256", "type", "status"),  # content lookups read only that content's records
 }
 

@@ -1,9 +1,8 @@
 """The embedded table store: one SQLite file in WAL mode.
 
-All tables share one `records` table: `tbl`, `id`, the item as JSON in `data`, `created`, and four
-generic index columns (`status`, `kind`, `name`, `queue_state`) that each table's indexed fields map to
-(`COLUMNS`). Every state change is one transaction; `update` runs under BEGIN IMMEDIATE (SQLite's write
-lock), so reading the conditions and writing the change cannot interleave with another writer.
+All tables share one `records` table: `tbl`, `id`, the item as JSON in `data`, `created`, and generic
+index columns (`INDEX_COLUMNS`) that each table's indexed fields map to (`COLUMNS`). Every state change
+is one transaction; `update` runs under BEGIN IMMEDIATE (SQLite's write lock), so reading the conditions and writing the change cannot interleave with another writer.
 """
 
 from __future__ import annotations
@@ -24,17 +23,18 @@ from aws_extension.middleware.store.base import DuplicateRecord, Item, Page, Tab
 # Each table's indexed fields → the index column holding them.
 COLUMNS: dict[str, dict[str, str]] = {
     "checkpoints": {"status": "status", "type": "kind", "sha256": "name"},
-    "datasets": {"status": "status"},
+    "datasets": {"status": "status", "owner": "owner"},
     "endpoints": {"deployment_status": "status", "endpoint_status": "kind", "live_name": "name"},
-    "inference_jobs": {"status": "status", "task": "kind", "endpoint": "name", "queue_state": "queue_state"},
-    "training_models": {"status": "status", "model_type": "kind"},
-    "training_jobs": {"status": "status", "train_type": "kind"},
+    "inference_jobs": {"status": "status", "task": "kind", "endpoint": "name", "queue_state": "queue_state",
+                       "owner": "owner", "live_owner": "live_owner", "fair_slot": "fair_slot"},
+    "training_models": {"status": "status", "model_type": "kind", "owner": "owner"},
+    "training_jobs": {"status": "status", "train_type": "kind", "owner": "owner"},
     "users": {"status": "status"},
     "api_keys": {"username": "name"},
     "roles": {},
     "audit": {"actor": "name"},
 }
-INDEX_COLUMNS = ("status", "kind", "name", "queue_state")
+INDEX_COLUMNS = ("status", "kind", "name", "queue_state", "owner", "live_owner", "fair_slot")
 
 
 def _renamed(table: str, renames: dict[str, str]) -> str:
@@ -79,6 +79,21 @@ MIGRATIONS: list[str] = [
     ]),
     # Checkpoints found by content: their sha256 in the `name` column.
     "UPDATE records SET name = json_extract(data, '$.sha256') WHERE tbl = 'checkpoints'",
+    # Owners: records written before them are the bootstrap administrator's ("admin"); `live_owner` is a
+    # job's owner while it has not ended, `fair_slot` its round-robin place while queued (services/queue.py).
+    """
+    ALTER TABLE records ADD COLUMN owner TEXT;
+    ALTER TABLE records ADD COLUMN live_owner TEXT;
+    ALTER TABLE records ADD COLUMN fair_slot TEXT;
+    UPDATE records SET data = json_set(data, '$.owner', 'admin') WHERE json_extract(data, '$.owner') IS NULL
+        AND tbl IN ('checkpoints', 'datasets', 'endpoints', 'inference_jobs', 'training_models', 'training_jobs');
+    UPDATE records SET owner = 'admin' WHERE tbl IN ('datasets', 'inference_jobs', 'training_models', 'training_jobs');
+    UPDATE records SET data = json_set(data, '$.live_owner', 'admin'), live_owner = 'admin'
+        WHERE tbl = 'inference_jobs' AND status IN ('created', 'inprogress', 'cancelling');
+    CREATE INDEX records_by_owner ON records (tbl, owner, created DESC, id DESC);
+    CREATE INDEX records_by_live_owner ON records (tbl, live_owner, created, id);
+    CREATE INDEX records_by_fair_slot ON records (tbl, fair_slot, created, id)
+    """,
 ]
 
 
@@ -205,8 +220,8 @@ class SQLiteStore:
                         (table.name, unique)).fetchone():
                     raise DuplicateRecord(f"{table.name} with {table.unique} {unique!r} exists")
                 conn.execute(
-                    "INSERT INTO records (tbl, id, status, kind, name, queue_state, created, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO records (tbl, id, {', '.join(INDEX_COLUMNS)}, created, data) "  # noqa: S608
+                    f"VALUES (?, ?, {', '.join('?' * len(INDEX_COLUMNS))}, ?, ?)",
                     (table.name, item["id"], *self._index_values(table, item), item["created"], json.dumps(item)))
         except sqlite3.IntegrityError as exc:
             raise DuplicateRecord(f"{table.name} item {item['id']} exists") from exc
@@ -229,7 +244,7 @@ class SQLiteStore:
                 return None
             item = {**_load(row[0]), **changes}
             conn.execute(
-                "UPDATE records SET status = ?, kind = ?, name = ?, queue_state = ?, created = ?, data = ? "
+                f"UPDATE records SET {''.join(f'{c} = ?, ' for c in INDEX_COLUMNS)}created = ?, data = ? "  # noqa: S608
                 "WHERE tbl = ? AND id = ?",
                 (*self._index_values(table, item), item["created"], json.dumps(item), table.name, item_id))
             return item

@@ -52,6 +52,7 @@ class LocalCompute:
 
     def __init__(self, queue: JobQueue, settings: MiddlewareSettings):
         self.queue = queue
+        queue.round_robin = True  # its dispatchers take the jobs of each endpoint round-robin across owners
         self.settings = settings
         self.root = settings.data_dir / "endpoints"
         self.processes = WorkerProcesses(settings)

@@ -1,5 +1,6 @@
-"""One dispatcher thread per instance: it takes its endpoint's queued jobs, oldest first, one at a time,
-and sends each to the worker's `/invocations`, polling the worker's `/sdapi/v1/progress` meanwhile.
+"""One dispatcher thread per instance: it takes its endpoint's queued jobs one at a time (round-robin across
+their owners, oldest first within an owner: `JobQueue.claim_next`), and sends each to the worker's
+`/invocations`, polling the worker's `/sdapi/v1/progress` meanwhile.
 
 A worker that dies is restarted; its job is queued again (up to `job_attempts` runs), then failed with the
 reason. A job past the invocation timeout fails and its worker is restarted (as SageMaker gives up on an
