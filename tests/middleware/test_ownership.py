@@ -280,10 +280,13 @@ def test_queued_jobs_over_the_limit_are_429_with_retry_after_until_one_ends(worl
 
 
 def test_trainings_over_the_limit_are_429_and_another_users_training_is_unknown(world, store, tmp_path):
-    from aws_extension.middleware.services.training import local_training
+    from aws_extension.middleware.compute.local.training import LocalTraining
+    from aws_extension.middleware.services.training import TrainingModelService, TrainingService
 
-    settings = load(MiddlewareSettings, environ={}, data_dir=tmp_path / "data", backend="local")
-    _, training = local_training(settings, store, world.datasets.blobs, world.checkpoints, world.datasets)
+    blobs = world.datasets.blobs
+    models = TrainingModelService(store, blobs, world.checkpoints, 10.0)
+    training = TrainingService(store, blobs, models, world.datasets, world.checkpoints,
+                               LocalTraining(tmp_path / "data", blobs, 1, None), stop_wait_s=10.0, signed_url_ttl_s=60)
     erin = user("erin", max_concurrent_trainings=1)
 
     def job(job_id: str, status: TrainingStatus, owner: str) -> TrainingJob:
