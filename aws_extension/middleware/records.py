@@ -6,18 +6,21 @@ where API.md shows one (`start_time`, ...). The answers of API.md are made from 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from aws_extension.middleware.store.base import Table
+from aws_extension.middleware.store.base import Item, Table
 from aws_extension.vocabulary import (
     CheckpointStatus,
+    CheckpointType,
     DatasetStatus,
     DeploymentStatus,
     EndpointStatus,
     JobStatus,
     TrainingModelStatus,
     TrainingStatus,
+    model_stem,
 )
 
 
@@ -55,7 +58,41 @@ class Checkpoint:
         return [f.filename for f in self.files]
 
 
-CHECKPOINTS = Table("checkpoints", indexed=("status", "type", "sha256"))  # sha256: the catalogue is content-addressed
+# What a job's model names are looked up by (`services/models.py`): an Active checkpoint's files, each by
+# its stem (`vocabulary.model_stem`: a name or an A1111 title without its hash has the same stem) and its
+# sha256, and an embedding also by the first word of its stem (what a prompt that uses it must contain).
+_FIRST_WORD = re.compile(r"[\w-]*")
+
+
+def name_keyword(checkpoint_type: str, name: str) -> str:
+    return f"{checkpoint_type}|name|{model_stem(name)}"
+
+
+def sha256_keyword(checkpoint_type: str, sha256: str) -> str:
+    return f"{checkpoint_type}|sha256|{sha256}"
+
+
+def word_keyword(word: str) -> str:
+    """An embedding whose stem begins with `word` (the empty word: one that begins with another character)."""
+    return f"{CheckpointType.EMBEDDINGS}|word|{word}"
+
+
+def catalogue_keywords(item: Item) -> list[str]:
+    if item.get("status") != CheckpointStatus.ACTIVE:
+        return []
+    words: list[str] = []
+    for entry in item.get("files") or []:
+        words.append(name_keyword(item["type"], entry["filename"]))
+        if entry.get("sha256"):
+            words.append(sha256_keyword(item["type"], entry["sha256"]))
+        if item["type"] == CheckpointType.EMBEDDINGS:
+            words.append(word_keyword(_FIRST_WORD.match(model_stem(entry["filename"])).group()))  # type: ignore[union-attr]
+    return list(dict.fromkeys(words))
+
+
+CHECKPOINTS = Table("checkpoints", indexed=("status", "type", "sha256"),  # sha256: the catalogue is content-addressed
+                    pairs=(("status", "type"),), keywords=catalogue_keywords,
+                    keyword_inputs=("status", "type", "files"))
 
 
 @dataclass
@@ -102,7 +139,8 @@ class Endpoint:
     error: str | None = None
 
 
-ENDPOINTS = Table("endpoints", indexed=("deployment_status", "endpoint_status", "live_name"), unique="live_name")
+ENDPOINTS = Table("endpoints", indexed=("deployment_status", "endpoint_status", "live_name", "endpoint_name"),
+                  unique="live_name")
 
 
 @dataclass
@@ -156,7 +194,7 @@ class InferenceJob:
     cancel_reason: str | None = None
 
 
-JOBS = Table("inference_jobs", indexed=("status", "task", "endpoint", "queue_state"))
+JOBS = Table("inference_jobs", indexed=("status", "task", "endpoint", "queue_state"), pairs=(("status", "endpoint"),))
 
 
 @dataclass
@@ -204,3 +242,5 @@ class TrainingJob:
 
 
 TRAINING_JOBS = Table("training_jobs", indexed=("status", "train_type"))
+
+ALL_TABLES = (CHECKPOINTS, DATASETS, ENDPOINTS, JOBS, TRAINING_MODELS, TRAINING_JOBS)

@@ -27,6 +27,7 @@ exactly one wins.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +39,13 @@ class Table:
     name: str
     indexed: tuple[str, ...]  # fields that lists may filter on and counts count
     unique: str | None = None  # no two items may have the same non-null value of this field
+    # Pairs of indexed fields (a, b) that lists often filter on together: one index serves both filters,
+    # so such a list reads only the items it answers with (a job list by status and endpoint).
+    pairs: tuple[tuple[str, str], ...] = ()
+    # Words an item is found by (`Store.with_keywords`), made from the item by `keywords`, which reads only
+    # the fields `keyword_inputs` (for a list-valued thing, such as a checkpoint's file names).
+    keywords: Callable[[Item], list[str]] | None = None
+    keyword_inputs: tuple[str, ...] = ()
 
 
 class DuplicateRecord(Exception):
@@ -72,6 +80,9 @@ class Store(Protocol):
     def count(self, table: Table, *, where: dict[str, list[Any]] | None = None,
               before: Item | None = None) -> int:
         """How many items match `where` (and, with `before`, come before that item, oldest first)."""
+
+    def with_keywords(self, table: Table, keywords: list[str]) -> list[Item]:
+        """The items that have at least one of `keywords` now (read consistently), in no order."""
 
     def key_after(self, table: Table, item: Item) -> str:
         """The `after` key that lists the items following `item`."""
