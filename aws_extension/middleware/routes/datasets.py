@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from aws_extension.middleware import answers
 from aws_extension.middleware.routes.deps import get_services, query_list
+from aws_extension.middleware.routes.paging import LIST_PAGE, LIST_PAGE_MAX
 from aws_extension.middleware.services.datasets import FileToAdd
 from aws_extension.middleware.wiring import Services
 from aws_extension.vocabulary import DatasetStatus
@@ -50,10 +51,13 @@ def update_dataset(body: UpdateDataset, services: Services = Depends(get_service
     return answers.DatasetStatusAnswer(datasetName=record.name, status=record.status)
 
 
-@router.get("/datasets", response_model=answers.DatasetList)
-def list_datasets(request: Request, services: Services = Depends(get_services)):
-    records = services.datasets.list(query_list(request, "dataset_status"))
-    return answers.DatasetList(datasets=[answers.listed_dataset(r) for r in records])
+@router.get("/datasets", response_model=answers.DatasetList, summary="Datasets, newest first, a page at a time",
+            description="`limit` datasets (default 100, at most 1000) after the one named `last_key`; the answer's "
+                        "`last_key` is the next page's, null on the last page.")
+def list_datasets(request: Request, limit: int = Query(LIST_PAGE, ge=1, le=LIST_PAGE_MAX), last_key: str | None = None,
+                  services: Services = Depends(get_services)):
+    records, next_key = services.datasets.page(query_list(request, "dataset_status"), limit, last_key)
+    return answers.DatasetList(datasets=[answers.listed_dataset(r) for r in records], last_key=next_key)
 
 
 @router.delete("/dataset/{dataset_name}", response_model=answers.DatasetDeleted,

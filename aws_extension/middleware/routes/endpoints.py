@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aws_extension.middleware import answers
 from aws_extension.middleware.errors import MisdirectedRequest
 from aws_extension.middleware.routes.deps import get_services
+from aws_extension.middleware.routes.paging import LIST_PAGE, LIST_PAGE_MAX
 from aws_extension.middleware.wiring import Services
 
 router = APIRouter(tags=["endpoints"])
@@ -56,10 +57,15 @@ def delete_endpoints(body: DeleteEndpoints, services: Services = Depends(get_ser
     return answers.EndpointsDeleted(results=services.retirement.delete(body.delete_endpoint_list))
 
 
-@router.get("/endpoints", response_model=list[answers.EndpointAnswer], summary="Endpoint deployment jobs, newest first")
+@router.get("/endpoints", response_model=list[answers.EndpointAnswer],
+            summary="Endpoint deployment jobs, newest first, a page at a time",
+            description="Pages as GET /inference/list-inference-jobs does: `limit` records (default 100, at most "
+                        "1000), after the record whose `EndpointDeploymentJobId` is `last_key`; a page shorter than "
+                        "`limit` is the last one.")
 def list_endpoints(status: str | None = None, endpoint_name: str | None = None,
+                   limit: int = Query(LIST_PAGE, ge=1, le=LIST_PAGE_MAX), last_key: str | None = None,
                    services: Services = Depends(get_services)):
-    return [answers.endpoint_answer(r) for r in services.endpoints.list(status, endpoint_name)]
+    return [answers.endpoint_answer(r) for r in services.endpoints.page(status, endpoint_name, limit, last_key)]
 
 
 @router.get("/inference/get-endpoint-deployment-job", response_model=answers.EndpointAnswer)

@@ -97,8 +97,16 @@ class DatasetService:
         self.records.delete(dataset_name)
         self.blobs.delete_prefix(f"dataset/{dataset_name}")
 
-    def list(self, statuses: list[str]) -> list[Dataset]:
-        return self.records.all({"status": statuses})
+    def page(self, statuses: list[str], limit: int, last_key: str | None) -> tuple[list[Dataset], str | None]:
+        """One page, newest first, after the dataset named `last_key`; and the next page's key (GET /datasets)."""
+        after = None
+        if last_key:
+            previous = self.records.get(last_key)
+            if previous is None:
+                raise InvalidRequest(f"last_key {last_key!r} is not the name of a dataset.")
+            after = self.records.key_after(previous)
+        page = self.records.page({"status": statuses}, limit, after)
+        return page.records, page.records[-1].id if page.next_key else None
 
     def files(self, dataset_name: str) -> list[DatasetFileState]:
         """The files of a dataset, with a signed preview URL for each one that has arrived."""

@@ -112,9 +112,17 @@ class EndpointService:
             raise WrongState(f"endpoint {name!r} is {record.endpoint_status}, not InService; wait for it or use another.")
         return record
 
-    def list(self, status: str | None = None, endpoint_name: str | None = None) -> list[Endpoint]:
-        records = self.records.all({"deployment_status": [status] if status else []})
-        return [r for r in records if not endpoint_name or r.endpoint_name == endpoint_name]
+    def page(self, status: str | None, endpoint_name: str | None, limit: int,
+             last_key: str | None) -> list[Endpoint]:
+        """One page of deployment jobs, newest first, after the one whose id is `last_key` (GET /endpoints)."""
+        after = None
+        if last_key:
+            previous = self.records.get(last_key)
+            if previous is None:
+                raise InvalidRequest(f"last_key {last_key!r} is not the id of an endpoint deployment job.")
+            after = self.records.key_after(previous)
+        where = {"deployment_status": [status] if status else [], "endpoint_name": [endpoint_name] if endpoint_name else []}
+        return self.records.page(where, limit, after).records
 
     def in_service_names(self) -> list[str]:
         return [r.endpoint_name for r in self.records.all({"endpoint_status": [EndpointStatus.IN_SERVICE]})]
