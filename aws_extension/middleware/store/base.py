@@ -18,7 +18,9 @@ them to its own indexes:
   one query per value merged by `created#id`; the other filters are a FilterExpression on its pages),
   newest first, and `after` is `(created, id)` encoded opaquely, continued with a key condition on the
   sort key; `count` is the same query with Select=COUNT. No call scans. GSI reads are eventually
-  consistent: only `get` and the unique markers read what was just written.
+  consistent: only `get`, `with_keywords` and the unique markers read what was just written. A pair of
+  `Table.pairs` has its own GSI (partition key the first field's `_i_`, sort key `_p_<second>` = the second
+  value's JSON + `#` + `_sk`); keywords are posting items `keyword#<word>` (a string set of item ids).
 
 Every item has `id` and `created` (Unix seconds, the sort order). `update` is the only way to change an
 item and takes conditions, so a state transition is one conditional write: of two racing requests
