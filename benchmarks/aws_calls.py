@@ -1,6 +1,6 @@
 """AWS calls per API route on the aws backend, at two table sizes, and what a month costs.
 
-    cd /work/wt-aws-costs && HF_HUB_OFFLINE=1 /work/main/.venv/bin/python benchmarks/aws_calls.py [--sizes 10,500]
+    HF_HUB_OFFLINE=1 /work/main/.venv/bin/python benchmarks/aws_calls.py [--sizes 10,500]   (from the checkout's root)
 
 For each size N: moto's `ThreadedMotoServer` on 127.0.0.1, a new stack made by `sd-aws aws init`'s code
 (`tests/aws_stack.create_stack_resources`), SageMaker's asynchronous inference emulated by

@@ -242,5 +242,3 @@ class TrainingJob:
 
 
 TRAINING_JOBS = Table("training_jobs", indexed=("status", "train_type"))
-
-ALL_TABLES = (CHECKPOINTS, DATASETS, ENDPOINTS, JOBS, TRAINING_MODELS, TRAINING_JOBS)

@@ -42,10 +42,17 @@ import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from aws_extension.middleware.records import ALL_TABLES
+from aws_extension.middleware.records import (
+    CHECKPOINTS,
+    DATASETS,
+    ENDPOINTS,
+    JOBS,
+    TRAINING_JOBS,
+    TRAINING_MODELS,
+)
 from aws_extension.middleware.store.base import DuplicateRecord, Item, Page, Table
 
-__all__ = ["ALL_TABLES", "DynamoDBStore"]
+ALL_TABLES = (CHECKPOINTS, DATASETS, ENDPOINTS, JOBS, TRAINING_MODELS, TRAINING_JOBS)
 
 # Which GSI serves a query that filters on several fields (a field, or a pair of `Table.pairs` when both
 # are filtered; the other filters filter its pages). First the fields whose values are transient (a job's

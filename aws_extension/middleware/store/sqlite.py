@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aws_extension.middleware.blobs.base import StorageFull
-from aws_extension.middleware.records import ALL_TABLES
+from aws_extension.middleware.records import CHECKPOINTS
 from aws_extension.middleware.store.base import DuplicateRecord, Item, Page, Table
 
 # Each table's indexed fields → the index column holding them.
@@ -90,6 +90,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 KEYWORDS_VERSION = 5  # the migration that adds the keywords table: items written before it get theirs then
+KEYWORD_TABLES = (CHECKPOINTS,)  # the tables with keywords at that migration (a later one fills its own)
 
 
 # A JSON escape of a UTF-16 surrogate: how a stored string could hold a lone one (the door refuses them now;
@@ -186,7 +187,7 @@ class SQLiteStore:
                 conn.execute(f"PRAGMA user_version = {number}")
 
     def _fill_keywords(self, conn: sqlite3.Connection) -> None:
-        for table in ALL_TABLES:
+        for table in KEYWORD_TABLES:
             if table.keywords:
                 for item_id, data in conn.execute("SELECT id, data FROM records WHERE tbl = ?", (table.name,)).fetchall():
                     self._set_keywords(conn, table, item_id, _load(data))
