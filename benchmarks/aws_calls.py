@@ -1,12 +1,12 @@
 """AWS calls per API route on the aws backend, at two table sizes, and what a month costs.
 
-    cd /work/wt-aws-costs && HF_HUB_OFFLINE=1 /work/main/.venv/bin/python benchmarks/aws_calls.py [--sizes 10,500]
+    HF_HUB_OFFLINE=1 /work/main/.venv/bin/python benchmarks/aws_calls.py [--sizes 10,500]   (from the checkout's root)
 
 For each size N: moto's `ThreadedMotoServer` on 127.0.0.1, a new stack made by `sd-aws aws init`'s code
 (`tests/aws_stack.create_stack_resources`), SageMaker's asynchronous inference emulated by
 `tests/aws_stack.AsyncInference` in manual mode (no worker process: invocations are held, then finished by
 hand with a one-image worker answer, so the completion handler runs). Every table is filled with N records
-(checkpoints, datasets, endpoints, inference jobs) straight through the store, then the middleware is built
+(checkpoints, datasets, endpoints, inference jobs) in the store's own encoding (`bulk_create`), then the middleware is built
 in-process (`wiring.build_services` + `app.create_app`, FastAPI's TestClient) on a boto3 session whose
 clients carry a botocore `before-call` hook. Each call is charged to the route whose request made it (a
 contextvar set by an ASGI wrapper); calls of background threads (SQS poller, reaper, deployment) are
@@ -42,7 +42,7 @@ from aws_extension.middleware.records import (
     Endpoint,
     InferenceJob,
 )
-from aws_extension.middleware.store.typed import Records
+from aws_extension.middleware.store.typed import encode
 from aws_extension.vocabulary import (
     CheckpointStatus,
     DatasetStatus,
@@ -93,17 +93,33 @@ def png() -> bytes:
     return out.getvalue()
 
 
+def bulk_create(store: Any, table: Any, records: list[Any]) -> None:
+    """What `store.create` writes for each record (the store's own encoding, a checkpoint's posting items
+    too), in BatchWriteItems of 25: moto copies every table for each transaction, so filling thousands of
+    records one `create` at a time would take hours. The filler's records have no unique value, and each
+    checkpoint its own keywords."""
+    writes: list[dict[str, Any]] = []
+    for record in records:
+        item = store._encoded(table, encode(record))
+        writes.append({"PutRequest": {"Item": item}})
+        if table.keywords:
+            writes += [{"PutRequest": {"Item": {"id": {"S": store._posting_id(word)}, "_kind": {"S": "keyword"},
+                                                "_ids": {"SS": [record.id]}}}}
+                       for word in json.loads(item["_kw"]["S"])]
+    for start in range(0, len(writes), 25):
+        request = {store.table_name(table): writes[start:start + 25]}
+        while request:
+            request = store.client.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+
+
 def fill(store: Any, blobs: Any, n: int, endpoint_name: str) -> str:
     """N records in each table; returns the file name of an Active Stable-diffusion checkpoint (whose file
     is in the bucket: a job's submission checks it is there)."""
     now = time.time()
-    checkpoints = Records(store, CHECKPOINTS, Checkpoint)
-    datasets = Records(store, DATASETS, Dataset)
-    endpoints = Records(store, ENDPOINTS, Endpoint)
-    jobs = Records(store, JOBS, InferenceJob)
+    made: dict[Any, list[Any]] = {CHECKPOINTS: [], DATASETS: [], ENDPOINTS: [], JOBS: []}
     for i in range(n):
         cid = str(uuid.uuid4())
-        checkpoints.create(Checkpoint(
+        made[CHECKPOINTS].append(Checkpoint(
             id=cid, type="Stable-diffusion", status=CheckpointStatus.ACTIVE, created=now - i, source="upload",
             s3_location=f"s3://b/models/Stable-diffusion/{cid}", sha256=f"{i:064x}", size=1,
             files=[CheckpointFile(filename=f"model-{i}.safetensors", key=f"models/Stable-diffusion/{cid}/model-{i}.safetensors",
@@ -111,17 +127,19 @@ def fill(store: Any, blobs: Any, n: int, endpoint_name: str) -> str:
         if i == 0:
             with blobs.writer(f"models/Stable-diffusion/{cid}/model-0.safetensors") as out:
                 out.write(b"0")
-        datasets.create(Dataset(id=f"ds-{i}", name=f"ds-{i}", status=DatasetStatus.ENABLED, created=now - i,
-                                s3=f"s3://b/dataset/ds-{i}"))
-        endpoints.create(Endpoint(
+        made[DATASETS].append(Dataset(id=f"ds-{i}", name=f"ds-{i}", status=DatasetStatus.ENABLED, created=now - i,
+                                      s3=f"s3://b/dataset/ds-{i}"))
+        made[ENDPOINTS].append(Endpoint(
             id=str(uuid.uuid4()), endpoint_name=f"old-{i}", deployment_status=DeploymentStatus.DELETED,
             endpoint_status=EndpointStatus.DELETED, created=now - 1000 - i, start_time="2026-01-01 00:00:00.000000",
             instance_type=INSTANCE_TYPE, initial_instance_count=1, min_instance_number=0, max_instance_number=1))
         jid = str(uuid.uuid4())
-        jobs.create(InferenceJob(
+        made[JOBS].append(InferenceJob(
             id=jid, task="txt2img", status=JobStatus.SUCCEED, endpoint=endpoint_name, created=now - 1000 - i,
             start_time="2026-01-01 00:00:00.000000", params_key=f"params/{jid}.json", output_path=f"out/{jid}",
             image_names=[f"{jid}-0.png"], complete_time="2026-01-01 00:00:05.000000"))
+    for table, records in made.items():
+        bulk_create(store, table, records)
     return "model-0.safetensors"
 
 
@@ -237,8 +255,12 @@ def measure(fake: AsyncInference, n: int) -> dict[str, Counter]:
                 fake.drop(second)
         background_before = Counter(CALLS["background"])
         call("DELETE /endpoints", "DELETE", "/endpoints", json={"delete_endpoint_list": ["live"]})
-        time.sleep(3)
-        results["endpoint deletion (background, 3 s)"] = Counter(CALLS["background"]) - background_before
+        deadline = time.monotonic() + 60  # until the record is Deleted (its jobs ended), then the stragglers
+        while (time.monotonic() < deadline and services.endpoints.get(made["EndpointDeploymentJobId"]).endpoint_status
+               != EndpointStatus.DELETED):
+            time.sleep(0.2)
+        time.sleep(1)
+        results["endpoint deletion (background)"] = Counter(CALLS["background"]) - background_before
     return results
 
 

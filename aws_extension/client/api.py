@@ -28,6 +28,7 @@ from aws_extension.vocabulary import (
 )
 
 MiB = 1024 * 1024
+LIST_PAGE_MAX = 1000  # the most records a list route answers at once (API.md: `?limit=` at most 1000)
 DEFAULT_PART_SIZE = 16 * MiB  # S3's minimum part is 5 MiB; bigger parts mean fewer round trips
 
 
@@ -158,9 +159,22 @@ class MiddlewareClient:
     def set_checkpoint_status(self, checkpoint_id: str, status: str) -> dict:
         return self.request("PUT", "/checkpoint", json={"checkpoint_id": checkpoint_id, "status": status})
 
+    def _all_pages(self, path: str, params: dict[str, Any], field: str) -> list[dict]:
+        """Every record of a list route that answers `{field: [...], "last_key": ...}`, page after page."""
+        records: list[dict] = []
+        last_key = None
+        while True:
+            answer = self.request("GET", path, params={**params, "limit": LIST_PAGE_MAX,
+                                                       **({"last_key": last_key} if last_key else {})})
+            records += answer[field]
+            last_key = answer.get("last_key")
+            if not last_key:
+                return records
+
     def list_checkpoints(self, types: list[str] | None = None, status: list[str] | None = None) -> list[dict]:
+        """Every checkpoint of these types and statuses (all pages), newest first."""
         params = {"types": ",".join(types or []), "status": ",".join(status or [])}
-        return self.request("GET", "/checkpoints", params={k: v for k, v in params.items() if v})["checkpoints"]
+        return self._all_pages("/checkpoints", {k: v for k, v in params.items() if v}, "checkpoints")
 
     def get_checkpoint(self, checkpoint_id: str) -> dict:
         return self.request("GET", f"/checkpoint/{checkpoint_id}")["checkpoint"]
@@ -192,8 +206,8 @@ class MiddlewareClient:
         return self.request("PUT", "/dataset", json={"dataset_name": name, "status": status})
 
     def list_datasets(self, status: list[str] | None = None) -> list[dict]:
-        params = {"dataset_status": ",".join(status)} if status else None
-        return self.request("GET", "/datasets", params=params)["datasets"]
+        """Every dataset (all pages), newest first."""
+        return self._all_pages("/datasets", {"dataset_status": ",".join(status)} if status else {}, "datasets")
 
     def dataset_files(self, name: str) -> list[dict]:
         return self.request("GET", f"/dataset/{requests.utils.quote(name, safe='')}/data")["data"]
@@ -211,8 +225,15 @@ class MiddlewareClient:
         return self.request("POST", "/endpoints", json=body)
 
     def list_endpoints(self, status: str | None = None, endpoint_name: str | None = None) -> list[dict]:
-        params = {k: v for k, v in (("status", status), ("endpoint_name", endpoint_name)) if v}
-        return self.request("GET", "/endpoints", params=params)
+        """Every endpoint deployment job (all pages: a full page is followed by the next, after its last id)."""
+        params: dict[str, Any] = {k: v for k, v in (("status", status), ("endpoint_name", endpoint_name)) if v}
+        records: list[dict] = []
+        while True:
+            page = self.request("GET", "/endpoints", params={**params, "limit": LIST_PAGE_MAX})
+            records += page
+            if len(page) < LIST_PAGE_MAX:
+                return records
+            params["last_key"] = page[-1]["EndpointDeploymentJobId"]
 
     def endpoint_deployment_job(self, job_id: str) -> dict:
         return self.request("GET", "/inference/get-endpoint-deployment-job", params={"jobID": job_id})

@@ -220,7 +220,7 @@ class ListedCheckpoint(BaseModel):
 class CheckpointList(BaseModel):
     statusCode: int = 200
     checkpoints: list[ListedCheckpoint]
-    last_key: str | None = None  # with ?limit=: the key of the next page, None on the last one
+    last_key: str | None = None  # the key of the next page, None on the last one
 
 
 class OneCheckpoint(BaseModel):
@@ -278,6 +278,7 @@ class ListedDataset(BaseModel):
 class DatasetList(BaseModel):
     statusCode: int = 200
     datasets: list[ListedDataset]
+    last_key: str | None = None  # the key of the next page, None on the last one
 
 
 class DatasetFileEntry(BaseModel):

@@ -8,12 +8,14 @@ where API.md shows one (`start_time`, ...). The answers of API.md are made from 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from aws_extension.middleware.store.base import Table
+from aws_extension.middleware.store.base import Item, Table
 from aws_extension.vocabulary import (
     CheckpointStatus,
+    CheckpointType,
     DatasetStatus,
     DeploymentStatus,
     EndpointStatus,
@@ -21,6 +23,7 @@ from aws_extension.vocabulary import (
     TrainingModelStatus,
     TrainingStatus,
     UserStatus,
+    model_stem,
 )
 
 
@@ -60,7 +63,41 @@ class Checkpoint:
         return [f.filename for f in self.files]
 
 
-CHECKPOINTS = Table("checkpoints", indexed=("status", "type", "sha256"))  # sha256: the catalogue is content-addressed
+# What a job's model names are looked up by (`services/models.py`): an Active checkpoint's files, each by
+# its stem (`vocabulary.model_stem`: a name or an A1111 title without its hash has the same stem) and its
+# sha256, and an embedding also by the first word of its stem (what a prompt that uses it must contain).
+_FIRST_WORD = re.compile(r"[\w-]*")
+
+
+def name_keyword(checkpoint_type: str, name: str) -> str:
+    return f"{checkpoint_type}|name|{model_stem(name)}"
+
+
+def sha256_keyword(checkpoint_type: str, sha256: str) -> str:
+    return f"{checkpoint_type}|sha256|{sha256}"
+
+
+def word_keyword(word: str) -> str:
+    """An embedding whose stem begins with `word` (the empty word: one that begins with another character)."""
+    return f"{CheckpointType.EMBEDDINGS}|word|{word}"
+
+
+def catalogue_keywords(item: Item) -> list[str]:
+    if item.get("status") != CheckpointStatus.ACTIVE:
+        return []
+    words: list[str] = []
+    for entry in item.get("files") or []:
+        words.append(name_keyword(item["type"], entry["filename"]))
+        if entry.get("sha256"):
+            words.append(sha256_keyword(item["type"], entry["sha256"]))
+        if item["type"] == CheckpointType.EMBEDDINGS:
+            words.append(word_keyword(_FIRST_WORD.match(model_stem(entry["filename"])).group()))  # type: ignore[union-attr]
+    return list(dict.fromkeys(words))
+
+
+CHECKPOINTS = Table("checkpoints", indexed=("status", "type", "sha256"),  # sha256: the catalogue is content-addressed
+                    pairs=(("status", "type"),), keywords=catalogue_keywords,
+                    keyword_inputs=("status", "type", "files"))
 
 
 @dataclass
@@ -109,7 +146,8 @@ class Endpoint:
     owner: str | None = None
 
 
-ENDPOINTS = Table("endpoints", indexed=("deployment_status", "endpoint_status", "live_name"), unique="live_name")
+ENDPOINTS = Table("endpoints", indexed=("deployment_status", "endpoint_status", "live_name", "endpoint_name"),
+                  unique="live_name")
 
 
 @dataclass
@@ -170,7 +208,8 @@ class InferenceJob:
     fair_slot: str | None = None
 
 
-JOBS = Table("inference_jobs", indexed=("status", "task", "endpoint", "queue_state", "owner", "live_owner", "fair_slot"))
+JOBS = Table("inference_jobs", indexed=("status", "task", "endpoint", "queue_state", "owner", "live_owner", "fair_slot"),
+             pairs=(("status", "endpoint"),))
 
 
 @dataclass

@@ -370,6 +370,26 @@ def test_bad_inference_requests(stack):
     assert empty.status_code == 400 and "empty" in empty.json()["error"]
 
 
+def test_endpoints_are_listed_a_page_at_a_time(stack, monkeypatch):
+    whole = [e["EndpointDeploymentJobId"] for e in stack.client.list_endpoints()]
+    assert whole, "the stack deployed its endpoint"
+    seen, params = [], {"limit": 1}
+    while True:  # as list-inference-jobs: after the last id; a short page is the last
+        page = requests.get(f"{stack.url}/endpoints", params=params, headers=HEADERS, timeout=10).json()
+        seen += [e["EndpointDeploymentJobId"] for e in page]
+        if len(page) < 1:
+            break
+        params["last_key"] = page[-1]["EndpointDeploymentJobId"]
+    assert seen == whole
+    monkeypatch.setattr("aws_extension.client.api.LIST_PAGE_MAX", 1)  # the client follows the pages
+    assert [e["EndpointDeploymentJobId"] for e in stack.client.list_endpoints()] == whole
+    named = stack.client.list_endpoints(endpoint_name=SEED_ENDPOINT)
+    assert named and {e["endpoint_name"] for e in named} == {SEED_ENDPOINT}
+    assert all(e["status"] == "success" for e in stack.client.list_endpoints(status="success"))
+    bad = requests.get(f"{stack.url}/endpoints", params={"last_key": "nope"}, headers=HEADERS, timeout=10)
+    assert bad.status_code == 400 and "last_key" in bad.json()["error"]
+
+
 def test_deleting_an_endpoint_while_it_is_created_ends_its_deployment(stack):
     job = stack.client.deploy_endpoint(stack.instance_type, 1, endpoint_name="short-lived")
     assert stack.client.delete_endpoints(["short-lived"])["results"] == {"short-lived": "deleted"}

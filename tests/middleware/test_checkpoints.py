@@ -264,7 +264,7 @@ def test_get_one_checkpoint(middleware, headers, client, tmp_path):
     assert missing.status_code == 404 and "does not exist" in missing.json()["error"]
 
 
-def test_checkpoints_paged(middleware, headers, client, tmp_path):
+def test_checkpoints_paged(middleware, headers, client, tmp_path, monkeypatch):
     for i in range(5):
         client.upload_checkpoint_files("Lora", [fake_lora(tmp_path / f"paged-{i}.safetensors")], {"batch": "paged"})
     whole = [c["id"] for c in client.list_checkpoints(["Lora"])]
@@ -277,6 +277,11 @@ def test_checkpoints_paged(middleware, headers, client, tmp_path):
         if last_key is None:
             break
     assert seen == whole
+    default = requests.get(f"{middleware.url}/checkpoints", params={"types": "Lora"}, headers=headers, timeout=10).json()
+    assert [c["id"] for c in default["checkpoints"]] == whole[:100]  # one page of 100 without ?limit=
+    assert (default["last_key"] is None) == (len(whole) <= 100)
+    monkeypatch.setattr("aws_extension.client.api.LIST_PAGE_MAX", 2)  # the client follows the pages
+    assert [c["id"] for c in client.list_checkpoints(["Lora"])] == whole
     bad = requests.get(f"{middleware.url}/checkpoints", params={"limit": 2, "last_key": "nope"}, headers=headers, timeout=10)
     assert bad.status_code == 400 and "last_key" in bad.json()["error"]
 

@@ -80,3 +80,33 @@ def test_client_creates_enabled_dataset(client, tmp_path):
     result = client.create_dataset_from_files("client-ds", paths, "made by the client")
     assert result["status"] == "Enabled"
     assert len(client.dataset_files("client-ds")) == 3
+
+
+def _pages(url: str, headers: dict, limit: int, field: str, **params) -> list[str]:
+    seen, last_key = [], None
+    while True:
+        page = requests.get(url, params={**params, "limit": limit, **({"last_key": last_key} if last_key else {})},
+                            headers=headers, timeout=10).json()
+        seen.extend(d["datasetName"] for d in page[field])
+        last_key = page["last_key"]
+        if last_key is None:
+            return seen
+
+
+def test_datasets_are_listed_a_page_at_a_time(middleware, headers, client, monkeypatch):
+    for i in range(5):
+        assert requests.post(f"{middleware.url}/dataset", headers=headers, timeout=10, json={
+            "dataset_name": f"paged-{i}", "content": [{"filename": "a.png"}]}).status_code == 200
+    whole = [d["datasetName"] for d in client.list_datasets()]
+    assert whole[:5] == [f"paged-{i}" for i in reversed(range(5))]  # newest first
+    assert _pages(f"{middleware.url}/datasets", headers, 2, "datasets") == whole
+    assert _pages(f"{middleware.url}/datasets", headers, 2, "datasets", dataset_status="Initialed") == \
+        [d["datasetName"] for d in client.list_datasets(["Initialed"])]
+    default = requests.get(f"{middleware.url}/datasets", headers=headers, timeout=10).json()
+    assert len(default["datasets"]) == min(len(whole), 100) and (default["last_key"] is None) == (len(whole) <= 100)
+    monkeypatch.setattr("aws_extension.client.api.LIST_PAGE_MAX", 2)  # the client follows the pages
+    assert [d["datasetName"] for d in client.list_datasets()] == whole
+    bad = requests.get(f"{middleware.url}/datasets", params={"last_key": "no-such-dataset"}, headers=headers, timeout=10)
+    assert bad.status_code == 400 and "last_key" in bad.json()["error"]
+    too_many = requests.get(f"{middleware.url}/datasets", params={"limit": 1001}, headers=headers, timeout=10)
+    assert too_many.status_code == 422

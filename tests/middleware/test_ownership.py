@@ -195,9 +195,9 @@ def test_each_user_lists_and_reads_only_their_jobs_and_another_users_id_is_unkno
 
 def test_datasets_are_their_owners_and_administrators_filter_by_owner(world):
     world.datasets.create("alices-cats", [FileToAdd("1.png", "1.png", "image")], {}, ALICE)
-    assert [d.name for d in world.datasets.list([], ALICE)] == ["alices-cats"]
-    assert world.datasets.list([], BOB) == []
-    assert [d.owner for d in world.datasets.list([], ADMIN, owner="alice")] == ["alice"]
+    assert [d.name for d in world.datasets.page([], 100, None, ALICE)[0]] == ["alices-cats"]
+    assert world.datasets.page([], 100, None, BOB)[0] == []
+    assert [d.owner for d in world.datasets.page([], 100, None, ADMIN, owner="alice")[0]] == ["alice"]
     for call in (world.datasets.get, world.datasets.files, world.datasets.delete):
         assert isinstance(_refused(call, "alices-cats", BOB), UnknownRecord)
     assert isinstance(_refused(world.datasets.set_status, "alices-cats", "Enabled", BOB), UnknownRecord)
@@ -254,8 +254,8 @@ def test_an_endpoint_assigned_to_roles_runs_only_their_jobs(world):
     assert refused.message == _refused(world.jobs.create, body(endpoint="nowhere"), ALICE).message.replace(
         "nowhere", "studio")
     assert world.jobs.create(body(endpoint="studio"), CAROL).endpoint_name == "studio"
-    assert [e.endpoint_name for e in world.endpoints.list(principal=ALICE)] == ["shared"]
-    assert [e.endpoint_name for e in world.endpoints.list(principal=CAROL)] == ["studio", "shared"]
+    assert [e.endpoint_name for e in world.endpoints.page(None, None, 100, None, ALICE)] == ["shared"]
+    assert [e.endpoint_name for e in world.endpoints.page(None, None, 100, None, CAROL)] == ["studio", "shared"]
     assert isinstance(_refused(world.endpoints.get, "deploy-studio", ALICE), UnknownRecord)
     # without a name, a job goes to an endpoint its owner may use
     assert {world.jobs.create(body(endpoint=None), ALICE).endpoint_name for _ in range(3)} == {"shared"}

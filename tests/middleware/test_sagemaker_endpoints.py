@@ -313,10 +313,41 @@ def test_instance_types_offered_and_checked(aws):
 
     narrowed = _endpoints(aws, sagemaker_instance_types="ml.g5.xlarge, ml.g6.xlarge")
     narrowed.check_instance_type("ml.g6.xlarge")
-    with pytest.raises(InvalidRequest, match="use one of ml.g5.xlarge, ml.g6.xlarge."):
+    with pytest.raises(InvalidRequest, match=f"{REGION} offers ml.g5.xlarge, ml.g6.xlarge."):
         narrowed.check_instance_type("ml.g4dn.xlarge")
     with pytest.raises(ValueError, match="ml.inf2.xlarge"):
         _endpoints(aws, sagemaker_instance_types="ml.g5.xlarge,ml.inf2.xlarge")
+
+
+def test_each_region_offers_its_own_types_and_an_unknown_region_the_whole_table():
+    ireland = instance_types.offered_types(None, "eu-west-1")
+    ireland.check("ml.g5.xlarge")
+    ireland.check("ml.p4d.24xlarge")
+    ireland.check("ml.c7i.xlarge")
+    with pytest.raises(InvalidRequest) as caught:
+        ireland.check("ml.g6.xlarge")  # no L4 machines in Ireland
+    assert "in eu-west-1" in caught.value.message and "eu-west-1 offers ml.g4dn.xlarge" in caught.value.message
+    assert "ml.g6" not in caught.value.message.split("offers", 1)[1]
+    for region in instance_types.REGION_FAMILIES:
+        offer = instance_types.offered_types(None, region)
+        assert offer.region_known and set(offer.types) <= set(instance_types.ASYNC_INFERENCE_TYPES)
+        assert "ml.g5.xlarge" in offer.types and "ml.p5e.48xlarge" not in offer.types
+    tokyo = instance_types.offered_types(None, "ap-northeast-1")
+    assert "ml.g6e.xlarge" in tokyo.types and "ml.p6-b200.48xlarge" not in tokyo.types
+    unknown = instance_types.offered_types(None, "xx-test-9")
+    assert unknown.types == instance_types.ASYNC_INFERENCE_TYPES and not unknown.region_known
+    unknown.check("ml.p5e.48xlarge")
+    with pytest.raises(InvalidRequest, match="no list of what xx-test-9 offers"):
+        unknown.check("ml.t2.medium")
+    chosen = instance_types.offered_types("ml.g6.xlarge", "eu-west-1")  # the operator's setting wins
+    chosen.check("ml.g6.xlarge")
+
+
+def test_a_quota_error_without_the_quota_in_its_message_names_the_instance_types_quota(aws):
+    endpoints = _endpoints(aws)
+    _fail_call(endpoints.sagemaker, "CreateEndpoint", "ResourceLimitExceeded", "Account limit exceeded.")
+    with pytest.raises(DeploymentRefused, match="quota 'ml.g5.xlarge for endpoint usage' in us-east-1"):
+        endpoints.deploy(_record("epsilon"))
 
 
 def test_the_instance_type_table_is_sagemakers_own_names():

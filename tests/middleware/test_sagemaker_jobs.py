@@ -161,6 +161,11 @@ def test_an_instance_type_sagemaker_does_not_offer_is_refused_at_the_door(sm):
     response = requests.post(f"{server.url}/endpoints", headers={"x-api-key": API_KEY}, timeout=10,
                              json={"instance_type": "local", "initial_instance_count": 1, "endpoint_name": "nowhere"})
     assert response.status_code == 400 and "'local' is not offered" in response.json()["error"], response.text
+    # a type SageMaker has, but not in this region (the stack's region, us-east-1: no ml.p5e outside capacity blocks)
+    elsewhere = requests.post(f"{server.url}/endpoints", headers={"x-api-key": API_KEY}, timeout=10, json={
+        "instance_type": "ml.p5e.48xlarge", "initial_instance_count": 1, "endpoint_name": "nowhere"})
+    error = elsewhere.json()["error"]
+    assert elsewhere.status_code == 400 and "in us-east-1" in error and "ml.g5.xlarge" in error, elsewhere.text
     assert len(client.list_endpoints()) == before  # no record was made
 
 

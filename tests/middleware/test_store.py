@@ -10,11 +10,22 @@ import threading
 
 import pytest
 
-from aws_extension.middleware.records import ENDPOINTS, JOBS, Endpoint, InferenceJob
+from aws_extension.middleware.records import (
+    CHECKPOINTS,
+    ENDPOINTS,
+    JOBS,
+    Checkpoint,
+    CheckpointFile,
+    Endpoint,
+    InferenceJob,
+    name_keyword,
+    sha256_keyword,
+    word_keyword,
+)
 from aws_extension.middleware.store.base import DuplicateRecord, Store
-from aws_extension.middleware.store.sqlite import MIGRATIONS, SQLiteStore
-from aws_extension.middleware.store.typed import Records
-from aws_extension.vocabulary import DeploymentStatus, EndpointStatus, JobStatus
+from aws_extension.middleware.store.sqlite import KEYWORDS_VERSION, MIGRATIONS, SQLiteStore
+from aws_extension.middleware.store.typed import Records, encode
+from aws_extension.vocabulary import CheckpointStatus, DeploymentStatus, EndpointStatus, JobStatus
 from tests.aws_stack import atomic_moto_dynamodb_writes
 
 
@@ -250,15 +261,15 @@ def test_racing_creates_of_one_unique_value_have_one_winner(store):
 def test_dynamodb_queries_never_scan_and_read_on_past_a_sparse_filter(store):
     jobs = Records(store, JOBS, InferenceJob)
     for i in range(40):
-        jobs.create(_record(i, status=JobStatus.SUCCEED if i % 10 else JobStatus.INPROGRESS))
+        jobs.create(_record(i, task="img2img" if i % 10 == 0 else "txt2img"))
     calls: list[str] = []
     store.client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
-    # the endpoint's GSI serves it; 4 of its 40 items match the status filter, found over growing pages
-    page = jobs.page({"endpoint": ["ep"], "status": [JobStatus.INPROGRESS]}, limit=3)
+    # the endpoint's GSI serves it; 4 of its 40 items match the task filter, found over growing pages
+    page = jobs.page({"endpoint": ["ep"], "task": ["img2img"]}, limit=3)
     assert [r.id for r in page.records] == ["id-0030", "id-0020", "id-0010"] and page.next_key
-    assert [r.id for r in jobs.page({"endpoint": ["ep"], "status": [JobStatus.INPROGRESS]}, limit=3,
+    assert [r.id for r in jobs.page({"endpoint": ["ep"], "task": ["img2img"]}, limit=3,
                                     after=page.next_key).records] == ["id-0000"]
-    assert jobs.count({"status": [JobStatus.SUCCEED]}) == 36
+    assert jobs.count({"task": ["txt2img"]}) == 36
     assert jobs.find("endpoint", "ep").id == "id-0039"
     assert set(calls) == {"Query"}
     store.ensure_tables()  # idempotent; and a table that lacks a GSI gets it
@@ -269,4 +280,137 @@ def test_dynamodb_queries_never_scan_and_read_on_past_a_sparse_filter(store):
     store.ensure_tables([JOBS])
     described = store.client.describe_table(TableName=store.table_name(JOBS))["Table"]
     assert {i["IndexName"] for i in described["GlobalSecondaryIndexes"]} == {
-        "by_all", "by_status", "by_task", "by_endpoint", "by_queue_state", "by_owner", "by_live_owner", "by_fair_slot"}
+        "by_all", "by_status", "by_task", "by_endpoint", "by_queue_state", "by_owner", "by_live_owner", "by_fair_slot",
+        "by_status_endpoint"}
+
+
+# -- pairs of filters (`Table.pairs`) and keywords (`Table.keywords`) ----------------------------------------------
+def _expected(records: list[InferenceJob], statuses: list[str], endpoints: list[str]) -> list[str]:
+    return [r.id for r in sorted(records, key=lambda r: (r.created, r.id), reverse=True)
+            if r.status in statuses and r.endpoint in endpoints]
+
+
+def test_a_pair_of_filters_pages_counts_and_follows_updates(jobs):
+    made = [_record(i, endpoint=f"ep{i % 3}", status=[JobStatus.INPROGRESS, JobStatus.SUCCEED, JobStatus.CREATED][i % 4 % 3])
+            for i in range(30)]
+    for record in made:
+        jobs.create(record)
+    live, names = [JobStatus.INPROGRESS, JobStatus.CREATED], ["ep0", "ep2"]
+    where = {"status": live, "endpoint": names}
+    want = _expected(made, live, names)
+    assert [r.id for r in jobs.all(where)] == want
+    pages, after = [], None
+    while True:  # pages of 2: the bound's own item is never repeated nor lost
+        page = jobs.page(where, limit=2, after=after)
+        pages += [r.id for r in page.records]
+        if not page.next_key:
+            break
+        after = page.next_key
+    assert pages == want
+    assert [r.id for r in jobs.all(where, oldest_first=True)] == list(reversed(want))
+    middle = jobs.get(want[3])
+    assert jobs.count(where) == len(want) and jobs.count(where, before=middle) == len(want) - 4
+    # a status change moves the item in the pair's index; so does a change of the second field (read first)
+    jobs.update(want[0], {"status": JobStatus.SUCCEED})
+    jobs.update(want[1], {"endpoint": "ep1"}, expect={"status": live})
+    assert [r.id for r in jobs.all(where)] == want[2:]
+    assert jobs.get(want[1]).endpoint == "ep1" and jobs.update(want[1], {"endpoint": "x"}, expect={"status": "failed"}) is None
+    assert jobs.all({"status": [JobStatus.SUCCEED], "endpoint": [made[int(want[0][3:])].endpoint]})[0].id == want[0]
+
+
+def _checkpoint(i: int, files: list[str], status=CheckpointStatus.ACTIVE, kind="Lora") -> Checkpoint:
+    return Checkpoint(id=f"ck-{i}", type=kind, status=status, created=3000.0 + i, source="upload", s3_location="",
+                      files=[CheckpointFile(filename=f, key=f"k/{f}", sha256=f"{i:02d}{n}" * 4) for n, f in enumerate(files)])
+
+
+def test_keywords_follow_the_items(store):
+    checkpoints = Records(store, CHECKPOINTS, Checkpoint)
+    checkpoints.create(_checkpoint(1, ["a.safetensors", "sub/b.safetensors"]))
+    checkpoints.create(_checkpoint(2, ["a.safetensors"], status=CheckpointStatus.INITIALED))
+    checkpoints.create(_checkpoint(3, ["bad-hands v2.pt"], kind="embeddings"))
+
+    def found(*words: str) -> set[str]:
+        return {r.id for r in checkpoints.with_keywords(list(words))}
+
+    assert found(name_keyword("Lora", "a.safetensors")) == {"ck-1"}  # Initialed: not looked up
+    assert found(name_keyword("Lora", "sub/b"), word_keyword("bad-hands")) == {"ck-1", "ck-3"}
+    assert found(sha256_keyword("Lora", "010" * 4), name_keyword("VAE", "a")) == {"ck-1"}
+    assert found() == set() and found("nothing") == set()
+    assert checkpoints.update("ck-2", {"status": CheckpointStatus.ACTIVE}, expect={"status": CheckpointStatus.INITIALED})
+    assert found(name_keyword("Lora", "a")) == {"ck-1", "ck-2"}
+    checkpoints.update("ck-1", {"error": "a field that is no input"})
+    checkpoints.update("ck-1", {"files": [CheckpointFile(filename="c.safetensors", key="k/c")]})
+    assert found(name_keyword("Lora", "a"), name_keyword("Lora", "sub/b")) == {"ck-2"}
+    assert found(name_keyword("Lora", "c")) == {"ck-1"}
+    checkpoints.update("ck-2", {"status": CheckpointStatus.DISABLED})
+    checkpoints.delete("ck-1")
+    assert found(name_keyword("Lora", "a"), name_keyword("Lora", "c")) == set()
+    assert checkpoints.all() and {r.id for r in checkpoints.all()} == {"ck-2", "ck-3"}  # no posting item is listed
+    assert checkpoints.count() == 2 and checkpoints.get("keyword#" + name_keyword("Lora", "a")) is None
+
+
+def test_racing_keyword_updates_end_with_the_winners_keywords(store):
+    checkpoints = Records(store, CHECKPOINTS, Checkpoint)
+    checkpoints.create(_checkpoint(1, ["a.safetensors"], status=CheckpointStatus.INITIALED))
+    barrier, wins = threading.Barrier(4), []
+
+    def rename(n: int) -> None:
+        barrier.wait()
+        if checkpoints.update("ck-1", {"status": CheckpointStatus.ACTIVE,
+                                       "files": [CheckpointFile(filename=f"n{n}.safetensors", key="k")]},
+                              expect={"status": CheckpointStatus.INITIALED}):
+            wins.append(n)
+
+    threads = [threading.Thread(target=rename, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert [r.id for r in checkpoints.with_keywords([name_keyword("Lora", f"n{n}") for n in range(4)])] == ["ck-1"]
+    assert checkpoints.with_keywords([name_keyword("Lora", f"n{n}") for n in range(4) if n != wins[0]]) == []
+
+
+def test_the_keywords_migration_fills_them_for_existing_items(tmp_path):
+    path = tmp_path / "store.sqlite3"
+    old = sqlite3.connect(path)
+    for script in MIGRATIONS[:KEYWORDS_VERSION - 1]:
+        for statement in filter(str.strip, script.split(";")):
+            old.execute(statement)
+    old.execute(f"PRAGMA user_version = {KEYWORDS_VERSION - 1}")
+    item = encode(_checkpoint(1, ["a.safetensors"]))
+    old.execute("INSERT INTO records (tbl, id, status, kind, name, created, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ("checkpoints", "ck-1", "Active", "Lora", item["sha256"], item["created"], json.dumps(item)))
+    endpoint = encode(_endpoint(1, "live"))
+    old.execute("INSERT INTO records (tbl, id, status, kind, name, created, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ("endpoints", "ep-1", "inprogress", "Creating", "live", endpoint["created"], json.dumps(endpoint)))
+    old.commit()
+    old.close()
+    store = SQLiteStore(path)
+    assert [r.id for r in Records(store, CHECKPOINTS, Checkpoint).with_keywords([name_keyword("Lora", "a")])] == ["ck-1"]
+    assert Records(store, ENDPOINTS, Endpoint).all({"endpoint_name": ["live"]})[0].id == "ep-1"
+    store.close()
+
+
+@pytest.mark.parametrize("store", ["dynamodb"], indirect=True)
+def test_dynamodb_reads_only_what_a_pair_or_keywords_answer(store):
+    """Items read (ScannedCount, BatchGetItem answers) do not grow with the items that do not match."""
+    jobs, checkpoints = Records(store, JOBS, InferenceJob), Records(store, CHECKPOINTS, Checkpoint)
+    read: list[tuple[str, int]] = []
+
+    def count(model, parsed, **_):
+        read.append((model.name, parsed.get("ScannedCount", sum(len(v) for v in parsed.get("Responses", {}).values()))))
+
+    store.client.meta.events.register("after-call.dynamodb", count)
+    made = 0
+    for size in (5, 40):
+        while made < size:
+            jobs.create(_record(made, status=JobStatus.SUCCEED))
+            checkpoints.create(_checkpoint(made, [f"other-{made}.safetensors"]))
+            made += 1
+        jobs.create(_record(1000 + size, status=JobStatus.INPROGRESS))
+        read.clear()
+        live = jobs.all({"status": [JobStatus.INPROGRESS, JobStatus.CANCELLING], "endpoint": ["ep"]})
+        found = checkpoints.with_keywords([name_keyword("Lora", "other-3"), name_keyword("Lora", "none")])
+        assert len(live) == (1 if size == 5 else 2) and [r.id for r in found] == ["ck-3"]
+        assert read == [("Query", len(live)), ("Query", 0), ("BatchGetItem", 1), ("BatchGetItem", 1)], size

@@ -12,6 +12,7 @@ from aws_extension.middleware import answers
 from aws_extension.middleware.errors import InvalidRequest
 from aws_extension.middleware.principals import Principal, current_principal
 from aws_extension.middleware.routes.deps import get_services, owner_labels, query_list
+from aws_extension.middleware.routes.paging import LIST_PAGE, LIST_PAGE_MAX
 from aws_extension.middleware.services.checkpoints import FileToUpload
 from aws_extension.middleware.services.ownership import may_use_checkpoint
 from aws_extension.middleware.wiring import Services
@@ -83,14 +84,15 @@ async def update_checkpoint(body: UpdateCheckpoint, services: Services = Depends
 
 
 @router.get("/checkpoints", response_model=answers.CheckpointList,
-            summary="Checkpoints, newest first; ?limit= and ?last_key=<last id> page them")
-def list_checkpoints(request: Request, limit: int | None = Query(None, ge=1, le=1000), last_key: str | None = None,
-                     services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
+            summary="Checkpoints, newest first, a page at a time",
+            description="`limit` checkpoints (default 100, at most 1000) after the one whose id is `last_key`; the "
+                        "answer's `last_key` is the next page's, null on the last page. Checkpoints limited to roles "
+                        "the key does not have are left out (a page may then be shorter than `limit`).")
+def list_checkpoints(request: Request, limit: int = Query(LIST_PAGE, ge=1, le=LIST_PAGE_MAX),
+                     last_key: str | None = None, services: Services = Depends(get_services),
+                     principal: Principal = Depends(current_principal)):
     statuses, types = query_list(request, "status"), query_list(request, "types")
-    if limit is None and last_key is None:  # the seed's route: the whole catalogue
-        records, next_key = services.checkpoints.list(statuses, types), None
-    else:
-        records, next_key = services.checkpoints.page(statuses, types, limit or 100, last_key)
+    records, next_key = services.checkpoints.page(statuses, types, limit, last_key)
     label = owner_labels(services)
     return answers.CheckpointList(checkpoints=[answers.listed_checkpoint(r, label) for r in records
                                                if may_use_checkpoint(principal, r)], last_key=next_key)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from aws_extension.middleware import answers
 from aws_extension.middleware.principals import Principal, current_principal
 from aws_extension.middleware.routes.deps import get_services, owner_labels, query_list
+from aws_extension.middleware.routes.paging import LIST_PAGE, LIST_PAGE_MAX
 from aws_extension.middleware.services.datasets import FileToAdd
 from aws_extension.middleware.wiring import Services
 from aws_extension.vocabulary import DatasetStatus
@@ -53,11 +54,15 @@ def update_dataset(body: UpdateDataset, services: Services = Depends(get_service
 
 
 @router.get("/datasets", response_model=answers.DatasetList,
-            summary="The key's own datasets (administrators: everyone's, or ?owner=NAME's)")
-def list_datasets(request: Request, owner: str | None = None, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
-    records = services.datasets.list(query_list(request, "dataset_status"), principal, owner)
+            summary="The key's own datasets (administrators: everyone's, or ?owner=NAME's), newest first, a page at a time",
+            description="`limit` datasets (default 100, at most 1000) after the one named `last_key`; the answer's "
+                        "`last_key` is the next page's, null on the last page.")
+def list_datasets(request: Request, owner: str | None = None, limit: int = Query(LIST_PAGE, ge=1, le=LIST_PAGE_MAX),
+                  last_key: str | None = None, services: Services = Depends(get_services),
+                  principal: Principal = Depends(current_principal)):
+    records, next_key = services.datasets.page(query_list(request, "dataset_status"), limit, last_key, principal, owner)
     label = owner_labels(services)
-    return answers.DatasetList(datasets=[answers.listed_dataset(r, label) for r in records])
+    return answers.DatasetList(datasets=[answers.listed_dataset(r, label) for r in records], last_key=next_key)
 
 
 @router.delete("/dataset/{dataset_name}", response_model=answers.DatasetDeleted,

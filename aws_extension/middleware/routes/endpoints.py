@@ -12,6 +12,7 @@ from aws_extension.middleware import answers
 from aws_extension.middleware.errors import MisdirectedRequest
 from aws_extension.middleware.principals import Principal, current_principal
 from aws_extension.middleware.routes.deps import get_services, owner_labels
+from aws_extension.middleware.routes.paging import LIST_PAGE, LIST_PAGE_MAX
 from aws_extension.middleware.wiring import Services
 
 router = APIRouter(tags=["endpoints"])
@@ -58,11 +59,17 @@ def delete_endpoints(body: DeleteEndpoints, services: Services = Depends(get_ser
 
 
 @router.get("/endpoints", response_model=list[answers.EndpointAnswer],
-            summary="Endpoint deployment jobs, newest first (those assigned to one of the key's roles, or to none)")
+            summary="Endpoint deployment jobs, newest first, a page at a time (those assigned to one of the key's "
+                    "roles, or to none)",
+            description="Pages as GET /inference/list-inference-jobs does: `limit` records (default 100, at most "
+                        "1000), after the record whose `EndpointDeploymentJobId` is `last_key`; a page shorter than "
+                        "`limit` is the last one.")
 def list_endpoints(status: str | None = None, endpoint_name: str | None = None,
+                   limit: int = Query(LIST_PAGE, ge=1, le=LIST_PAGE_MAX), last_key: str | None = None,
                    services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
     label = owner_labels(services)
-    return [answers.endpoint_answer(r, label) for r in services.endpoints.list(status, endpoint_name, principal)]
+    return [answers.endpoint_answer(r, label)
+            for r in services.endpoints.page(status, endpoint_name, limit, last_key, principal)]
 
 
 @router.get("/inference/get-endpoint-deployment-job", response_model=answers.EndpointAnswer)

@@ -255,9 +255,10 @@ class CheckpointService:
     def list(self, statuses: list[str], types: list[str]) -> list[Checkpoint]:
         return self.records.all({"status": statuses, "type": [check_type(t) for t in types]})
 
-    def active(self) -> list[Checkpoint]:
-        """The Active checkpoints of every type: what jobs may use (one read per request)."""
-        return self.records.all({"status": [ACTIVE]})
+    def active(self, keywords: list[str]) -> list[Checkpoint]:
+        """The Active checkpoints that have one of these keywords (`records.catalogue_keywords`): what a job
+        may mean by the names it uses (`services/models.py`), read without reading the whole catalogue."""
+        return [record for record in self.records.with_keywords(keywords) if record.status == ACTIVE]
 
     def page(self, statuses: list[str], types: list[str], limit: int,
              last_key: str | None) -> tuple[list[Checkpoint], str | None]:

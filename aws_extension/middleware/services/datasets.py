@@ -102,8 +102,18 @@ class DatasetService:
         self.records.delete(dataset_name)
         self.blobs.delete_prefix(f"dataset/{dataset_name}")
 
-    def list(self, statuses: list[str], principal: Principal = BOOTSTRAP_ADMIN, owner: str | None = None) -> list[Dataset]:
-        return self.records.all({"status": statuses, "owner": listed_owners(principal, owner)})
+    def page(self, statuses: list[str], limit: int, last_key: str | None, principal: Principal = BOOTSTRAP_ADMIN,
+             owner: str | None = None) -> tuple[list[Dataset], str | None]:
+        """One page of the principal's datasets (administrators: everyone's, or `owner`'s), newest first, after
+        the dataset named `last_key`; and the next page's key (GET /datasets)."""
+        after = None
+        if last_key:
+            previous = self.records.get(last_key)
+            if previous is None or not sees_owner(principal, previous.owner):
+                raise InvalidRequest(f"last_key {last_key!r} is not the name of a dataset.")
+            after = self.records.key_after(previous)
+        page = self.records.page({"status": statuses, "owner": listed_owners(principal, owner)}, limit, after)
+        return page.records, page.records[-1].id if page.next_key else None
 
     def files(self, dataset_name: str, principal: Principal = BOOTSTRAP_ADMIN) -> list[DatasetFileState]:
         """The files of a dataset, with a signed preview URL for each one that has arrived."""

@@ -116,12 +116,25 @@ class EndpointService:
             raise WrongState(f"endpoint {name!r} is {record.endpoint_status}, not InService; wait for it or use another.")
         return record
 
-    def list(self, status: str | None = None, endpoint_name: str | None = None,
+    def page(self, status: str | None, endpoint_name: str | None, limit: int, last_key: str | None,
              principal: Principal = BOOTSTRAP_ADMIN) -> list[Endpoint]:
-        """The endpoints the principal may use (those assigned to one of its roles, or to none)."""
-        records = self.records.all({"deployment_status": [status] if status else []})
-        return [r for r in records if (not endpoint_name or r.endpoint_name == endpoint_name)
-                and in_roles(principal, r.assign_to_roles)]
+        """One page of the deployment jobs the principal may use (those assigned to one of its roles, or to
+        none), newest first, after the one whose id is `last_key` (GET /endpoints): a page shorter than
+        `limit` is the last one, so pages are read on until `limit` usable ones are found."""
+        after = None
+        if last_key:
+            previous = self.records.get(last_key)
+            if previous is None or not in_roles(principal, previous.assign_to_roles):
+                raise InvalidRequest(f"last_key {last_key!r} is not the id of an endpoint deployment job.")
+            after = self.records.key_after(previous)
+        where = {"deployment_status": [status] if status else [], "endpoint_name": [endpoint_name] if endpoint_name else []}
+        usable: list[Endpoint] = []
+        while True:
+            page = self.records.page(where, limit, after)
+            usable += [r for r in page.records if in_roles(principal, r.assign_to_roles)]
+            if len(usable) >= limit or not page.next_key:
+                return usable[:limit]
+            after = page.next_key
 
     def in_service_names(self, principal: Principal = BOOTSTRAP_ADMIN) -> list[str]:
         return [r.endpoint_name for r in self.records.all({"endpoint_status": [EndpointStatus.IN_SERVICE]})

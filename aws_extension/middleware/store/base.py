@@ -18,7 +18,9 @@ them to its own indexes:
   one query per value merged by `created#id`; the other filters are a FilterExpression on its pages),
   newest first, and `after` is `(created, id)` encoded opaquely, continued with a key condition on the
   sort key; `count` is the same query with Select=COUNT. No call scans. GSI reads are eventually
-  consistent: only `get` and the unique markers read what was just written.
+  consistent: only `get`, `with_keywords` and the unique markers read what was just written. A pair of
+  `Table.pairs` has its own GSI (partition key the first field's `_i_`, sort key `_p_<second>` = the second
+  value's JSON + `#` + `_sk`); keywords are posting items `keyword#<word>` (a string set of item ids).
 
 Every item has `id` and `created` (Unix seconds, the sort order). `update` is the only way to change an
 item and takes conditions, so a state transition is one conditional write: of two racing requests
@@ -27,6 +29,7 @@ exactly one wins.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +41,13 @@ class Table:
     name: str
     indexed: tuple[str, ...]  # fields that lists may filter on and counts count
     unique: str | None = None  # no two items may have the same non-null value of this field
+    # Pairs of indexed fields (a, b) that lists often filter on together: one index serves both filters,
+    # so such a list reads only the items it answers with (a job list by status and endpoint).
+    pairs: tuple[tuple[str, str], ...] = ()
+    # Words an item is found by (`Store.with_keywords`), made from the item by `keywords`, which reads only
+    # the fields `keyword_inputs` (for a list-valued thing, such as a checkpoint's file names).
+    keywords: Callable[[Item], list[str]] | None = None
+    keyword_inputs: tuple[str, ...] = ()
 
 
 class DuplicateRecord(Exception):
@@ -72,6 +82,9 @@ class Store(Protocol):
     def count(self, table: Table, *, where: dict[str, list[Any]] | None = None,
               before: Item | None = None) -> int:
         """How many items match `where` (and, with `before`, come before that item, oldest first)."""
+
+    def with_keywords(self, table: Table, keywords: list[str]) -> list[Item]:
+        """The items that have at least one of `keywords` now (read consistently), in no order."""
 
     def key_after(self, table: Table, item: Item) -> str:
         """The `after` key that lists the items following `item`."""

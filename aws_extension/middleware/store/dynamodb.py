@@ -58,13 +58,17 @@ from aws_extension.middleware.store.base import DuplicateRecord, Item, Page, Tab
 
 ALL_TABLES = (CHECKPOINTS, DATASETS, ENDPOINTS, JOBS, TRAINING_MODELS, TRAINING_JOBS, USERS, API_KEYS, ROLES, AUDIT)
 
-# Which filter's GSI serves a query that filters on several fields (the others filter its pages). First
-# the fields whose values are transient (a job's queue_state is cleared when it ends, so the queue's
-# queries read the jobs waiting, not the endpoint's history); by default the order of `table.indexed`.
-PREFERRED: dict[str, tuple[str, ...]] = {
-    "inference_jobs": ("fair_slot", "live_owner", "queue_state", "owner", "endpoint", "status", "task"),
-    "checkpoints": ("sha256", "type", "status"),  # content lookups read only that content's records
+# Which GSI serves a query that filters on several fields (a field, or a pair of `Table.pairs` when both
+# are filtered; the other filters filter its pages). First the fields whose values are transient (a job's
+# queue_state is cleared when it ends, so the queue's queries read the jobs waiting, not the endpoint's
+# history), then the pairs, then single fields; by default the pairs, then the order of `table.indexed`.
+PREFERRED: dict[str, tuple[str | tuple[str, str], ...]] = {
+    "inference_jobs": ("fair_slot", "live_owner", "queue_state", "owner", ("status", "endpoint"), "endpoint", "status",
+                       "task"),
+    "checkpoints": ("sha256", ("status", "type"), "type", "status"),  # content lookups read only that content
+    "endpoints": ("live_name", "endpoint_name", "endpoint_status", "deployment_status"),
 }
+TRANSACTION_ITEMS = 100  # DynamoDB's most writes in one TransactWriteItems
 
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
@@ -95,6 +99,16 @@ def _decode_key(key: str) -> tuple[float, str]:
 
 def _indexable(value: Any) -> bool:
     return isinstance(value, str) and value != ""
+
+
+def _pair_prefix(value: str) -> str:
+    """The start of a pair index's sort key for `value`: its JSON string (no JSON string is the start of
+    another one, so one value's keys are one contiguous range), then `#`."""
+    return json.dumps(value) + "#"
+
+
+# After a pair prefix come `_sk`'s 16 hex digits: every key of a value is below prefix + "~".
+_PAIR_END = "~"
 
 
 # -- values: JSON-like Python ⇄ DynamoDB attribute values ---------------------------------------------------
@@ -141,8 +155,8 @@ def _floated(value: Any, path: list[Any]) -> Any:
 
 
 def _decoded(raw: dict[str, Any] | None) -> Item | None:
-    """The record item of a DynamoDB item (None for a missing item or a unique marker)."""
-    if raw is None or "_owner" in raw:
+    """The record item of a DynamoDB item (None for a missing item, a unique marker or a posting item)."""
+    if raw is None or "_owner" in raw or "_kind" in raw:
         return None
     item: Item = {}
     for key, attribute in raw.items():
@@ -193,12 +207,14 @@ class _Expression:
 
 @dataclass(frozen=True)
 class _Plan:
-    """How a list or count runs: queries of one GSI, one per key value, the other filters on their pages."""
+    """How a list or count runs: queries of one GSI, one per key (its partition key's value and, on a pair
+    index, the second field's value), the other filters on their pages."""
 
     index: str
     key_attribute: str
-    keys: list[str]
+    keys: list[tuple[str, str | None]]
     filters: dict[str, list[Any]]
+    sort_attribute: str = "_sk"  # a pair index's: `_p_<second field>` = its value's prefix + `_sk`
 
 
 def _error_code(exc: ClientError) -> str:
@@ -224,6 +240,10 @@ class DynamoDBStore:
     def _indexes(self, table: Table) -> dict[str, dict[str, Any]]:
         indexes = {_ALL_INDEX: self._index(_ALL_INDEX, "_all")}
         indexes.update({f"by_{field}": self._index(f"by_{field}", f"_i_{field}") for field in table.indexed})
+        for first, second in table.pairs:
+            index = self._index(f"by_{first}_{second}", f"_i_{first}")
+            index["KeySchema"][1]["AttributeName"] = f"_p_{second}"
+            indexes[index["IndexName"]] = index
         return indexes
 
     @staticmethod
@@ -274,13 +294,45 @@ class DynamoDBStore:
         attributes[f"_f_{field}"] = json.dumps(paths) if paths else None
         return attributes
 
+    @staticmethod
+    def _derived(table: Table, item: Item) -> dict[str, Any]:
+        """The attributes made from several fields of the whole item (None: remove): each pair's sort key,
+        and the item's keywords (`_kw`, a JSON list: what `with_keywords` checks the posting items against)."""
+        attributes: dict[str, Any] = {}
+        for _, second in table.pairs:
+            value = item.get(second)
+            attributes[f"_p_{second}"] = (_pair_prefix(value) + _sort_key(item["created"], item["id"])
+                                          if _indexable(value) else None)
+        if table.keywords:
+            attributes["_kw"] = json.dumps(table.keywords(item))
+        return attributes
+
     def _encoded(self, table: Table, item: Item) -> dict[str, Any]:
         if any(key.startswith("_") for key in item):
             raise ValueError("item fields may not start with '_' (the store's own attributes do)")
         attributes: dict[str, Any] = {**item, "_all": "1", "_sk": _sort_key(item["created"], item["id"])}
         for field, value in item.items():
             attributes.update(self._internal(table, field, value))
+        attributes.update(self._derived(table, item))
         return {key: _serialized(value) for key, value in attributes.items() if value is not None or key in item}
+
+    @staticmethod
+    def _posting_id(word: str) -> str:
+        return f"keyword#{word}"
+
+    def _posting_writes(self, table: Table, item_id: str, old: list[str], new: list[str]) -> list[dict[str, Any]]:
+        """The transaction items that take `item_id` out of the posting items of the words it loses and into
+        those of the words it gains. A posting item (`keyword#<word>`) holds the ids of the items having the
+        word in a string set (`_ids`); ADD and DELETE change it without reading it."""
+        writes = []
+        for words, action in ((dict.fromkeys(w for w in old if w not in new), "DELETE"),
+                              (dict.fromkeys(w for w in new if w not in old), "ADD")):
+            writes += [{"Update": {
+                "TableName": self.table_name(table), "Key": self._key(self._posting_id(word)),
+                "UpdateExpression": f"SET #k = :k {action} #i :i",
+                "ExpressionAttributeNames": {"#k": "_kind", "#i": "_ids"},
+                "ExpressionAttributeValues": {":k": {"S": "keyword"}, ":i": {"SS": [item_id]}}}} for word in words]
+        return writes
 
     @staticmethod
     def _marker_id(table: Table, value: str) -> str:
@@ -293,12 +345,13 @@ class DynamoDBStore:
         name, attributes = self.table_name(table), self._encoded(table, item)
         unique = item.get(table.unique) if table.unique else None
         new = {"TableName": name, "Item": attributes, "ConditionExpression": "attribute_not_exists(id)"}
+        writes = self._posting_writes(table, item["id"], [], json.loads(attributes["_kw"]["S"])) if table.keywords else []
+        if _indexable(unique):
+            marker = {"id": {"S": self._marker_id(table, unique)}, "_owner": {"S": item["id"]}}
+            writes.insert(0, {"Put": {"TableName": name, "Item": marker, "ConditionExpression": "attribute_not_exists(id)"}})
         try:
-            if _indexable(unique):
-                marker = {"id": {"S": self._marker_id(table, unique)}, "_owner": {"S": item["id"]}}
-                self.client.transact_write_items(TransactItems=[
-                    {"Put": new},
-                    {"Put": {"TableName": name, "Item": marker, "ConditionExpression": "attribute_not_exists(id)"}}])
+            if writes:
+                self.client.transact_write_items(TransactItems=self._checked_size([{"Put": new}, *writes]))
             else:
                 self.client.put_item(**new)
         except ClientError as exc:
@@ -324,23 +377,42 @@ class DynamoDBStore:
             attributes["_sk"] = _sort_key(changes["created"], item_id)
         return attributes
 
-    def _update_request(self, table: Table, item_id: str, changes: Item, expect: Item | None) -> dict[str, Any]:
-        """An UpdateItem's parameters: the changes with their internal attributes, under `expect`."""
+    def _update_request(self, table: Table, item_id: str, changes: Item, expect: Item | None,
+                        derived: dict[str, Any] | None = None, version: int | None = None) -> dict[str, Any]:
+        """An UpdateItem's parameters: the changes with their internal attributes, under `expect`; with
+        `derived` (an update that read the item first), those attributes too, under the version read."""
         expression = _Expression()
-        internal = self._changed(table, item_id, changes)
+        internal = {**self._changed(table, item_id, changes), **(derived or {})}
         sets = [f"{expression.name(k)} = {expression.value(v)}" for k, v in changes.items()]
         sets += [f"{expression.name(k)} = {expression.value(v)}" for k, v in internal.items() if v is not None]
         removes = [expression.name(k) for k, v in internal.items() if v is None]
         update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
-        # attribute_exists(id): no upsert; no _owner: a unique marker is not an item
-        conditions = ["attribute_exists(id)", f"attribute_not_exists({expression.name('_owner')})"]
+        # attribute_exists(id): no upsert; no _owner or _kind: a unique marker or posting item is not an item
+        conditions = ["attribute_exists(id)", f"attribute_not_exists({expression.name('_owner')})",
+                      f"attribute_not_exists({expression.name('_kind')})"]
         conditions += [expression.equals(field, wanted) for field, wanted in (expect or {}).items()]
+        if derived is not None:
+            conditions.append(self._version_condition(expression, version))
         return {"TableName": self.table_name(table), "Key": self._key(item_id), "UpdateExpression": update,
                 "ConditionExpression": " AND ".join(conditions), **expression.params()}
 
+    @staticmethod
+    def _version_condition(expression: _Expression, version: int | None) -> str:
+        """The item is as it was read: its `_v`, which every update that reads first increments."""
+        name = expression.name("_v")
+        return f"attribute_not_exists({name})" if version is None else f"{name} = {expression.value(version)}"
+
+    @staticmethod
+    def _reads_first(table: Table, changes: Item) -> bool:
+        """Whether an update needs the item's other fields: it moves the unique marker, changes the keywords'
+        inputs, or changes what a pair's sort key is made of (DynamoDB cannot build a string from attributes)."""
+        return bool((table.unique and table.unique in changes)
+                    or (table.keywords and set(changes) & set(table.keyword_inputs))
+                    or any(second in changes or "created" in changes for _, second in table.pairs))
+
     def update(self, table: Table, item_id: str, changes: Item, expect: Item | None = None) -> Item | None:
-        if table.unique and table.unique in changes:
-            return self._update_unique(table, item_id, changes, expect)
+        if self._reads_first(table, changes):
+            return self._update_read_first(table, item_id, changes, expect)
         try:
             answer = self.client.update_item(**self._update_request(table, item_id, changes, expect),
                                              ReturnValues="ALL_NEW")
@@ -364,34 +436,60 @@ class DynamoDBStore:
                 "ConditionExpression": "attribute_not_exists(id)"}})
         return writes
 
+    @staticmethod
+    def _checked_size(writes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if len(writes) > TRANSACTION_ITEMS:
+            raise ValueError(f"one write would change {len(writes)} items; DynamoDB allows {TRANSACTION_ITEMS} "
+                             "(fewer files per checkpoint)")
+        return writes
+
     def _transact(self, writes: list[dict[str, Any]]) -> list[str] | None:
         """Run a transaction: None when it committed, else each write's cancellation code."""
         try:
-            self.client.transact_write_items(TransactItems=writes)
+            self.client.transact_write_items(TransactItems=self._checked_size(writes))
             return None
         except ClientError as exc:
             if _error_code(exc) != "TransactionCanceledException":
                 raise
             return [reason.get("Code", "") for reason in exc.response.get("CancellationReasons", [])]
 
-    def _update_unique(self, table: Table, item_id: str, changes: Item, expect: Item | None) -> Item | None:
-        """An update that changes the unique field: the item and its marker in one transaction, under the
-        unique field's current value (read first; read again if another writer changed it meanwhile)."""
-        unique = table.unique or ""
+    @staticmethod
+    def _version(raw: dict[str, Any]) -> int | None:
+        return int(raw["_v"]["N"]) if "_v" in raw else None
+
+    @staticmethod
+    def _keywords_of(raw: dict[str, Any]) -> list[str]:
+        return json.loads(raw["_kw"]["S"]) if "_kw" in raw else []
+
+    def _update_read_first(self, table: Table, item_id: str, changes: Item, expect: Item | None) -> Item | None:
+        """An update that needs the whole item (`_reads_first`): read it, write the changes with what they
+        derive (the unique marker moved, the posting items, the pairs' sort keys) in one transaction under
+        the version read; read again if another writer changed the item meanwhile."""
         while True:
-            current = self.get(table, item_id)
-            if current is None or not _matches(current, expect or {}):
+            raw = self._get_raw(table, item_id)
+            current = _decoded(raw)
+            if raw is None or current is None or not _matches(current, expect or {}):
                 return None
-            old, new = current.get(unique), changes[unique]
-            request = self._update_request(table, item_id, changes, {**(expect or {}), unique: old})
-            request.pop("TableName")
-            request.pop("Key")
-            update = {"Update": {"TableName": self.table_name(table), "Key": self._key(item_id), **request}}
-            codes = self._transact([update, *self._marker_writes(table, item_id, old, new)])
+            new, version = {**current, **changes}, self._version(raw)
+            derived = {**self._derived(table, new), "_v": (version or 0) + 1}
+            writes = []
+            if table.unique and table.unique in changes:
+                writes += self._marker_writes(table, item_id, current.get(table.unique), changes[table.unique])
+            if table.keywords:
+                writes += self._posting_writes(table, item_id, self._keywords_of(raw), json.loads(derived["_kw"]))
+            request = self._update_request(table, item_id, changes, expect, derived, version)
+            if not writes:
+                try:
+                    return _decoded(self.client.update_item(**request, ReturnValues="ALL_NEW")["Attributes"])
+                except ClientError as exc:
+                    if _error_code(exc) != "ConditionalCheckFailedException":
+                        raise
+                    continue
+            codes = self._transact([{"Update": request}, *writes])
             if codes is None:
                 return self.get(table, item_id)
-            if codes[0] != "ConditionalCheckFailed" and codes[-1] == "ConditionalCheckFailed":
-                raise DuplicateRecord(f"{table.name} with {unique} {new!r} exists")
+            if codes[0] != "ConditionalCheckFailed" and "ConditionalCheckFailed" in codes[1:]:
+                raise DuplicateRecord(f"{table.name} with {table.unique} {changes.get(table.unique or '')!r} exists")
 
     # -- queries -----------------------------------------------------------------------------------------
     def _plan(self, table: Table, where: dict[str, list[Any]] | None) -> _Plan:
@@ -402,16 +500,34 @@ class DynamoDBStore:
             if values:
                 active[field] = list(dict.fromkeys(values))
         if not active:
-            return _Plan(_ALL_INDEX, "_all", ["1"], {})
-        field = next(f for f in PREFERRED.get(table.name, table.indexed) if f in active)
-        keys = [value for value in active.pop(field) if _indexable(value)]  # no item has another key
-        return _Plan(f"by_{field}", f"_i_{field}", keys, active)
+            return _Plan(_ALL_INDEX, "_all", [("1", None)], {})
+        choice = next(c for c in PREFERRED.get(table.name, (*table.pairs, *table.indexed))
+                      if (set(c) <= set(active) if isinstance(c, tuple) else c in active))
+        if isinstance(choice, tuple):
+            first, second = choice
+            firsts, seconds = active.pop(first), active.pop(second)
+            keys = [(a, _pair_prefix(b)) for a in firsts if _indexable(a) for b in seconds if _indexable(b)]
+            return _Plan(f"by_{first}_{second}", f"_i_{first}", keys, active, f"_p_{second}")
+        keys = [(value, None) for value in active.pop(choice) if _indexable(value)]  # no item has another key
+        return _Plan(f"by_{choice}", f"_i_{choice}", keys, active)
 
-    def _query(self, table: Table, plan: _Plan, key: str, bound: tuple[str, str] | None) -> dict[str, Any]:
-        """A Query's parameters for one key of the plan; `bound` = (operator, `_sk` value)."""
+    def _query(self, table: Table, plan: _Plan, key: tuple[str, str | None],
+               bound: tuple[str, str] | None, exact: str | None = None) -> dict[str, Any]:
+        """A Query's parameters for one key of the plan; `bound` = (operator, `_sk` value). On a pair index
+        the sort key's range is the second value's prefix, up to or from the bound, inclusive (BETWEEN is
+        the only way to give both ends): the bound's own item is left out by `_stream` and `count`."""
         expression = _Expression()
-        condition = f"{expression.name(plan.key_attribute)} = {expression.value(key)}"
-        if bound:
+        value, prefix = key
+        condition = f"{expression.name(plan.key_attribute)} = {expression.value(value)}"
+        if exact is not None:  # one sort key value
+            condition += f" AND {expression.name(plan.sort_attribute)} = {expression.value(exact)}"
+        elif prefix is not None:
+            low, high = prefix, prefix + _PAIR_END
+            if bound:
+                low, high = (prefix, prefix + bound[1]) if bound[0] == "<" else (prefix + bound[1], high)
+            condition += (f" AND {expression.name(plan.sort_attribute)} BETWEEN {expression.value(low)} "
+                          f"AND {expression.value(high)}")
+        elif bound:
             condition += f" AND {expression.name('_sk')} {bound[0]} {expression.value(bound[1])}"
         request = {"TableName": self.table_name(table), "IndexName": plan.index,
                    "KeyConditionExpression": condition}
@@ -432,16 +548,18 @@ class DynamoDBStore:
             if "Limit" in request and "FilterExpression" in request:
                 request["Limit"] = max(request["Limit"], min(request["Limit"] * 2, 1000))
 
-    def _stream(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _stream(self, request: dict[str, Any], skip: str | None = None) -> Iterator[dict[str, Any]]:
         for answer in self._pages(request):
-            yield from answer["Items"]
+            yield from (raw for raw in answer["Items"] if raw["_sk"]["S"] != skip)
 
     def list(self, table: Table, *, where: dict[str, list[Any]] | None = None, limit: int = 100,
              after: str | None = None, oldest_first: bool = False) -> Page:
         plan = self._plan(table, where)
         bound = (">" if oldest_first else "<", _sort_key(*_decode_key(after))) if after else None
+        extra = 1 if bound and plan.sort_attribute != "_sk" else 0  # the bound's own item may come first
         streams = [self._stream({**self._query(table, plan, key, bound), "ScanIndexForward": oldest_first,
-                                 "Limit": limit + 1}) for key in plan.keys]
+                                 "Limit": limit + 1 + extra}, bound[1] if extra and bound else None)
+                   for key in plan.keys]
         # each value's query is in `_sk` order: merging them gives the page, reading only what it needs
         merged = heapq.merge(*streams, key=lambda raw: raw["_sk"]["S"], reverse=not oldest_first)
         rows = list(itertools.islice(merged, limit + 1))
@@ -454,34 +572,73 @@ class DynamoDBStore:
               before: Item | None = None) -> int:
         plan = self._plan(table, where)
         bound = ("<", _sort_key(before["created"], before["id"])) if before else None
-        return sum(answer["Count"] for key in plan.keys
-                   for answer in self._pages({**self._query(table, plan, key, bound), "Select": "COUNT"}))
+        total = sum(answer["Count"] for key in plan.keys
+                    for answer in self._pages({**self._query(table, plan, key, bound), "Select": "COUNT"}))
+        if bound and plan.sort_attribute != "_sk":  # BETWEEN counted the bound's own item if it matches
+            total -= sum(answer["Count"] for key in plan.keys for answer in self._pages(
+                {**self._query(table, plan, key, None, exact=f"{key[1]}{bound[1]}"), "Select": "COUNT"}))
+        return total
 
     def find(self, table: Table, field: str, value: Any) -> Item | None:
         if field not in table.indexed:
             raise ValueError(f"cannot filter {table.name} on {field}")
         if not _indexable(value):
             return None
-        plan = _Plan(f"by_{field}", f"_i_{field}", [value], {})
-        answer = self.client.query(**self._query(table, plan, value, None), ScanIndexForward=False, Limit=1)
+        plan = _Plan(f"by_{field}", f"_i_{field}", [(value, None)], {})
+        answer = self.client.query(**self._query(table, plan, (value, None), None), ScanIndexForward=False, Limit=1)
         return _decoded(answer["Items"][0]) if answer["Items"] else None
+
+    def _batch_get(self, table: Table, ids: list[str]) -> Iterator[dict[str, Any]]:
+        """The items with these ids that exist, read consistently (BatchGetItem: 100 keys a call)."""
+        name = self.table_name(table)
+        for start in range(0, len(ids), 100):
+            request: dict[str, Any] = {name: {"Keys": [self._key(i) for i in ids[start:start + 100]],
+                                              "ConsistentRead": True}}
+            while request:
+                answer = self.client.batch_get_item(RequestItems=request)
+                yield from answer["Responses"].get(name, [])
+                request = answer.get("UnprocessedKeys") or {}
+                if request:
+                    time.sleep(0.05)  # throttled: DynamoDB's advice is to back off before asking again
+
+    def with_keywords(self, table: Table, keywords: list[str]) -> list[Item]:
+        """Two BatchGetItems (per 100 keys): the words' posting items, then the items they name, kept only
+        if they have one of the words now (their `_kw`), so a posting item never needs to be exact."""
+        wanted = set(keywords)
+        ids: set[str] = set()
+        for posting in self._batch_get(table, [self._posting_id(word) for word in dict.fromkeys(keywords)]):
+            ids.update(posting.get("_ids", {}).get("SS", []))
+        return [item for raw in self._batch_get(table, sorted(ids))
+                if wanted & set(self._keywords_of(raw)) and (item := _decoded(raw)) is not None]
 
     def key_after(self, table: Table, item: Item) -> str:
         return _encode_key(item["created"], item["id"])
 
     def delete(self, table: Table, item_id: str) -> None:
-        if not table.unique:
+        if not table.unique and not table.keywords:
             self.client.delete_item(TableName=self.table_name(table), Key=self._key(item_id))
             return
-        while True:  # the item and its marker together, under the unique value read
-            current = self.get(table, item_id)
-            if current is None:
+        while True:  # the item, its marker and its posting entries together, under the version read
+            raw = self._get_raw(table, item_id)
+            current = _decoded(raw)
+            if raw is None or current is None:
                 return
-            old = current.get(table.unique)
             expression = _Expression()
             delete = {"TableName": self.table_name(table), "Key": self._key(item_id),
-                      "ConditionExpression": expression.equals(table.unique, old), **expression.params()}
-            if self._transact([{"Delete": delete}, *self._marker_writes(table, item_id, old, None)]) is None:
+                      "ConditionExpression": self._version_condition(expression, self._version(raw)),
+                      **expression.params()}
+            writes = self._posting_writes(table, item_id, self._keywords_of(raw), [])
+            if table.unique:
+                writes += self._marker_writes(table, item_id, current.get(table.unique), None)
+            if not writes:
+                try:
+                    self.client.delete_item(**delete)
+                    return
+                except ClientError as exc:
+                    if _error_code(exc) != "ConditionalCheckFailedException":
+                        raise
+                    continue
+            if self._transact([{"Delete": delete}, *writes]) is None:
                 return
 
     def close(self) -> None:

@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from aws_extension.middleware.blobs.base import StorageFull
+from aws_extension.middleware.records import CHECKPOINTS
 from aws_extension.middleware.store.base import DuplicateRecord, Item, Page, Table
 
 # Each table's indexed fields → the index column holding them.
 COLUMNS: dict[str, dict[str, str]] = {
     "checkpoints": {"status": "status", "type": "kind", "sha256": "name"},
     "datasets": {"status": "status", "owner": "owner"},
-    "endpoints": {"deployment_status": "status", "endpoint_status": "kind", "live_name": "name"},
+    "endpoints": {"deployment_status": "status", "endpoint_status": "kind", "live_name": "name",
+                  "endpoint_name": "queue_state"},
     "inference_jobs": {"status": "status", "task": "kind", "endpoint": "name", "queue_state": "queue_state",
                        "owner": "owner", "live_owner": "live_owner", "fair_slot": "fair_slot"},
     "training_models": {"status": "status", "model_type": "kind", "owner": "owner"},
@@ -79,6 +81,17 @@ MIGRATIONS: list[str] = [
     ]),
     # Checkpoints found by content: their sha256 in the `name` column.
     "UPDATE records SET name = json_extract(data, '$.sha256') WHERE tbl = 'checkpoints'",
+    # Lists by two fields (`Table.pairs`: jobs by status and endpoint, checkpoints by status and type), the
+    # endpoints by name, and the items' keywords (`Table.keywords`, filled by `_fill_keywords`).
+    """
+    CREATE INDEX records_by_status_name ON records (tbl, status, name, created DESC, id DESC);
+    CREATE INDEX records_by_status_kind ON records (tbl, status, kind, created DESC, id DESC);
+    UPDATE records SET queue_state = json_extract(data, '$.endpoint_name') WHERE tbl = 'endpoints';
+    CREATE INDEX records_by_queue_state ON records (tbl, queue_state, created DESC, id DESC);
+    CREATE TABLE keywords (tbl TEXT NOT NULL, keyword TEXT NOT NULL, id TEXT NOT NULL,
+                           PRIMARY KEY (tbl, keyword, id));
+    CREATE INDEX keywords_by_id ON keywords (tbl, id);
+    """,
     # Owners: records written before them are the bootstrap administrator's ("admin"); `live_owner` is a
     # job's owner while it has not ended, `fair_slot` its round-robin place while queued (services/queue.py).
     """
@@ -95,6 +108,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX records_by_fair_slot ON records (tbl, fair_slot, created, id)
     """,
 ]
+KEYWORDS_VERSION = 5  # the migration that adds the keywords table: items written before it get theirs then
+KEYWORD_TABLES = (CHECKPOINTS,)  # the tables with keywords at that migration (a later one fills its own)
 
 
 # A JSON escape of a UTF-16 surrogate: how a stored string could hold a lone one (the door refuses them now;
@@ -186,7 +201,24 @@ class SQLiteStore:
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in filter(str.strip, script.split(";")):
                     conn.execute(statement)
+                if number == KEYWORDS_VERSION:
+                    self._fill_keywords(conn)
                 conn.execute(f"PRAGMA user_version = {number}")
+
+    def _fill_keywords(self, conn: sqlite3.Connection) -> None:
+        for table in KEYWORD_TABLES:
+            if table.keywords:
+                for item_id, data in conn.execute("SELECT id, data FROM records WHERE tbl = ?", (table.name,)).fetchall():
+                    self._set_keywords(conn, table, item_id, _load(data))
+
+    @staticmethod
+    def _set_keywords(conn: sqlite3.Connection, table: Table, item_id: str, item: Item | None) -> None:
+        """The item's keywords, in the write transaction that changes it (None: it is deleted)."""
+        if not table.keywords:
+            return
+        conn.execute("DELETE FROM keywords WHERE tbl = ? AND id = ?", (table.name, item_id))
+        conn.executemany("INSERT INTO keywords (tbl, keyword, id) VALUES (?, ?, ?)",
+                         [(table.name, word, item_id) for word in dict.fromkeys(table.keywords(item))] if item else [])
 
     @property
     def schema_version(self) -> int:
@@ -223,6 +255,7 @@ class SQLiteStore:
                     f"INSERT INTO records (tbl, id, {', '.join(INDEX_COLUMNS)}, created, data) "  # noqa: S608
                     f"VALUES (?, ?, {', '.join('?' * len(INDEX_COLUMNS))}, ?, ?)",
                     (table.name, item["id"], *self._index_values(table, item), item["created"], json.dumps(item)))
+                self._set_keywords(conn, table, item["id"], item)
         except sqlite3.IntegrityError as exc:
             raise DuplicateRecord(f"{table.name} item {item['id']} exists") from exc
 
@@ -247,6 +280,8 @@ class SQLiteStore:
                 f"UPDATE records SET {''.join(f'{c} = ?, ' for c in INDEX_COLUMNS)}created = ?, data = ? "  # noqa: S608
                 "WHERE tbl = ? AND id = ?",
                 (*self._index_values(table, item), item["created"], json.dumps(item), table.name, item_id))
+            if set(changes) & set(table.keyword_inputs):
+                self._set_keywords(conn, table, item_id, item)
             return item
 
     def _where(self, table: Table, where: dict[str, list[Any]] | None) -> tuple[list[str], list[Any]]:
@@ -283,9 +318,18 @@ class SQLiteStore:
         return self._connect().execute(
             f"SELECT COUNT(*) FROM records WHERE {' AND '.join(clauses)}", args).fetchone()[0]  # noqa: S608
 
+    def with_keywords(self, table: Table, keywords: list[str]) -> list[Item]:
+        if not keywords:
+            return []
+        rows = self._connect().execute(
+            "SELECT data FROM records WHERE tbl = ? AND id IN (SELECT id FROM keywords WHERE tbl = ? AND "  # noqa: S608
+            f"keyword IN ({', '.join('?' * len(keywords))}))", (table.name, table.name, *keywords)).fetchall()
+        return [_load(row[0]) for row in rows]
+
     def key_after(self, table: Table, item: Item) -> str:
         return _encode_key(item["created"], item["id"])
 
     def delete(self, table: Table, item_id: str) -> None:
         with self._transaction() as conn:
             conn.execute("DELETE FROM records WHERE tbl = ? AND id = ?", (table.name, item_id))
+            self._set_keywords(conn, table, item_id, None)

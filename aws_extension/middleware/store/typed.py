@@ -129,6 +129,12 @@ class Records(Generic[R]):
         return self.store.count(self.table, where=self._checked(where),
                                 before=None if before is None else encode(before))
 
+    def with_keywords(self, keywords: list[str]) -> list[R]:
+        """The records that have at least one of these keywords (`Table.keywords`), newest first."""
+        items = sorted(self.store.with_keywords(self.table, list(keywords)),
+                       key=lambda item: (item["created"], item["id"]), reverse=True)
+        return [decode(self.record_type, item) for item in items]
+
     def key_after(self, record: R) -> str:
         return self.store.key_after(self.table, encode(record))
 

@@ -108,7 +108,7 @@ class SageMakerEndpoints:
         self.resources = resources
         self.settings = settings
         self.worker = worker_settings or load(WorkerSettings)
-        self.offered = instance_types.offered_types(settings.sagemaker_instance_types)
+        self.offered = instance_types.offered_types(settings.sagemaker_instance_types, resources.region)
         session = session or boto3.Session()
         self.sagemaker = session.client("sagemaker", region_name=resources.region)
         self.autoscaling = session.client("application-autoscaling", region_name=resources.region)
@@ -147,7 +147,7 @@ class SageMakerEndpoints:
     # --- deploy ------------------------------------------------------------------------------------------
 
     def check_instance_type(self, instance_type: str) -> None:
-        instance_types.check_instance_type(instance_type, self.offered)
+        self.offered.check(instance_type)
 
     def deploy(self, endpoint: Endpoint) -> None:
         """Create the model, the endpoint config and the endpoint (autoscaling follows when it is in service).

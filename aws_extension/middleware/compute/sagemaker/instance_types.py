@@ -13,10 +13,19 @@ Where the table comes from:
 - GPU model, count and memory per GPU: AWS's instance-type pages (EC2 accelerated computing; SageMaker's
   `ml.` types are the same machines) and NVIDIA's data sheets. Memory is the nominal size per GPU in GiB;
   the driver reports a little less as usable.
-- Regions: not every region offers every type, and AWS publishes no machine-readable list of which. The
-  region's own answer is the authority: CreateEndpointConfig/CreateEndpoint refuse a type a region does not
-  offer, and `endpoints.py` turns that into a `DeploymentRefused` naming the region. An operator narrows the
-  offer to what a region has (and what the account's quotas allow) with `SD_AWS_SAGEMAKER_INSTANCE_TYPES`.
+- Regions (`REGION_FAMILIES`): not every region has every GPU family. For the regions the product targets,
+  the table lists the GPU families whose EC2 instances the region has (SageMaker's `ml.` types run on the
+  same machines, so a family EC2 lacks in a region SageMaker lacks too), from the per-region EC2 offer of
+  instances.vantage.sh as collected in github.com/tsaol/aws-gpu `data/all_gpu_instances.js`, dated
+  2026-01-21 (`REGION_TABLE_DATE`); SageMaker's own regional lists (its pricing page) are not published as
+  data. p5e is left out everywhere (EC2 sells it only as capacity blocks). Every listed region has all the
+  CPU types. SageMaker can still lack a listed type in a region, or an account its quota: the region's own
+  answer (CreateEndpointConfig/CreateEndpoint refuse it) is turned into a `DeploymentRefused` naming the
+  region by `endpoints.py`.
+- A region not in the table: the whole list is offered and the refusal says this server does not know
+  that region's list (SageMaker's answer then decides). `SD_AWS_SAGEMAKER_INSTANCE_TYPES`, when set, is the
+  offer whatever the region (an operator who knows the region or the account's quotas better than the
+  table, e.g. after AWS adds a family to it).
 """
 
 from __future__ import annotations
@@ -72,20 +81,52 @@ CPU_TYPES: tuple[str, ...] = tuple(f"ml.{family}.{size}" for family, sizes in _C
 ASYNC_INFERENCE_TYPES: tuple[str, ...] = (*GPUS, *CPU_TYPES)
 
 
-def offered_types(setting: str | None) -> tuple[str, ...]:
+REGION_TABLE_DATE = "2026-01-21"
+# The GPU families each region has (see the module's docstring for where this comes from).
+_EVERY_GPU_FAMILY = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5en", "p6-b200")
+REGION_FAMILIES: dict[str, tuple[str, ...]] = {
+    "us-east-1": _EVERY_GPU_FAMILY,
+    "us-west-2": _EVERY_GPU_FAMILY,
+    "eu-west-1": ("g4dn", "g5", "p4d"),
+    "ap-northeast-1": ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5en"),
+}
+
+
+def _family_of(instance_type: str) -> str:
+    return instance_type.split(".")[1]
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The instance types POST /endpoints accepts, and for which region they were chosen."""
+
+    types: tuple[str, ...]
+    region: str
+    region_known: bool  # the table (or the operator's setting) says what this region has
+
+    def check(self, instance_type: object) -> None:
+        if instance_type in self.types:
+            return
+        if self.region_known:
+            raise InvalidRequest(f"instance_type {instance_type!r} is not offered for SageMaker endpoints in "
+                                 f"{self.region}; {self.region} offers {', '.join(self.types)}.")
+        raise InvalidRequest(f"instance_type {instance_type!r} is not one this server can run on SageMaker; use one "
+                             f"of {', '.join(self.types)} (this server has no list of what {self.region} offers: "
+                             "SageMaker may still refuse one of them there).")
+
+
+def offered_types(setting: str | None, region: str = "") -> Offer:
     """The types POST /endpoints accepts: the `SD_AWS_SAGEMAKER_INSTANCE_TYPES` setting (each one must be in
-    the table), else the whole table."""
-    if not setting:
-        return ASYNC_INFERENCE_TYPES
-    chosen = tuple(dict.fromkeys(name.strip() for name in setting.split(",") if name.strip()))
-    unknown = [name for name in chosen if name not in ASYNC_INFERENCE_TYPES]
-    if unknown or not chosen:
-        raise ValueError(f"SD_AWS_SAGEMAKER_INSTANCE_TYPES names {', '.join(unknown) or 'no type'}, which the worker "
-                         f"cannot run on; choose from {', '.join(ASYNC_INFERENCE_TYPES)}")
-    return chosen
-
-
-def check_instance_type(instance_type: object, offered: tuple[str, ...]) -> None:
-    if instance_type not in offered:
-        raise InvalidRequest(f"instance_type {instance_type!r} is not offered on this server's SageMaker endpoints; "
-                             f"use one of {', '.join(offered)}.")
+    the table), else the region's types of the table, else (a region not in it) the whole table."""
+    if setting:
+        chosen = tuple(dict.fromkeys(name.strip() for name in setting.split(",") if name.strip()))
+        unknown = [name for name in chosen if name not in ASYNC_INFERENCE_TYPES]
+        if unknown or not chosen:
+            raise ValueError(f"SD_AWS_SAGEMAKER_INSTANCE_TYPES names {', '.join(unknown) or 'no type'}, which the "
+                             f"worker cannot run on; choose from {', '.join(ASYNC_INFERENCE_TYPES)}")
+        return Offer(chosen, region, region_known=True)
+    families = REGION_FAMILIES.get(region)
+    if families is None:
+        return Offer(ASYNC_INFERENCE_TYPES, region, region_known=False)
+    return Offer(tuple(t for t in ASYNC_INFERENCE_TYPES if t in CPU_TYPES or _family_of(t) in families), region,
+                 region_known=True)
