@@ -161,7 +161,7 @@ class SageMakerTraining:
         self.blobs = blobs
         self.resources = resources
         self.settings = settings
-        self.offered = tuple(t for t in instance_types.offered_types(settings.sagemaker_instance_types)
+        self.offered = tuple(t for t in instance_types.offered_types(settings.sagemaker_instance_types, resources.region).types
                              if t in instance_types.GPUS)
         if gateway is None:
             session = session or boto3.Session()
