@@ -101,6 +101,11 @@ class MiddlewareSettings:
     # Training on the local backend (compute/local/training.py)
     local_training_slots: int = _env("SD_AWS_LOCAL_TRAINING_SLOTS", 1,
                                      "training processes that run at once on this machine (the others wait in a queue)")
+    # Training: the GPU memory check of POST /train (training_memory.py)
+    local_training_gpu_memory_gib: float = _env(
+        "SD_AWS_LOCAL_TRAINING_GPU_MEMORY_GIB", 0.0,
+        "GPU memory (GiB) of this machine's training GPU: POST /train refuses settings that cannot fit it; "
+        "0: not checked (training on the CPU, or a GPU you size yourself)")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ MAX_CLASS_IMAGES = 10_000
 MAX_SAMPLES = 16
 MAX_SEED = 2**32 - 1
 HYPERPARAMETER_TRAIN_TYPE = "train_type"
+# The modules a LoRA adapts (diffusers' / transformers' names, which A1111's checkpoint keys share).
+UNET_LORA_TARGETS: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+TEXT_LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 class TrainingConfigError(ValueError):

@@ -41,12 +41,10 @@ from aws_extension.engine.train.data import (
 )
 from aws_extension.engine.train.export import kohya_lora_state, save_checkpoint, save_lora
 from aws_extension.model_files import file_sha256
-from aws_extension.training import Concept, TrainingConfig
+from aws_extension.training import TEXT_LORA_TARGETS, UNET_LORA_TARGETS, Concept, TrainingConfig
 
 log = logging.getLogger(__name__)
 
-UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
-TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 STATUS_COMPLETE, STATUS_STOPPED = "Complete", "Stopped"
 
 
@@ -148,12 +146,12 @@ class _Trainer:
         if config.is_lora:
             rank, alpha = config.unet_rank_alpha()
             self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                             target_modules=UNET_LORA_TARGETS))
+                                             target_modules=list(UNET_LORA_TARGETS)))
             if config.lora_txt_rank:
                 rank, alpha = config.text_rank_alpha()
                 # peft directly: transformers' own add_adapter wants a newer peft than diffusers does
                 inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                                   target_modules=TEXT_LORA_TARGETS), self.text_encoder)
+                                                   target_modules=list(TEXT_LORA_TARGETS)), self.text_encoder)
                 for name, parameter in self.text_encoder.named_parameters():
                     parameter.requires_grad_(".lora_" in name)
                 self.trains_text = True

@@ -37,6 +37,7 @@ from aws_extension.middleware.compute.local.training import (
     ProcessEnded,
     TrainingRun,
 )
+from aws_extension.middleware.compute.sagemaker.instance_types import GPUS
 from aws_extension.middleware.errors import InvalidRequest, ServiceError, UnknownRecord, WrongState
 from aws_extension.middleware.records import (
     TRAINING_JOBS,
@@ -58,6 +59,7 @@ from aws_extension.model_files import (
 )
 from aws_extension.settings import MiddlewareSettings
 from aws_extension.training import TrainingConfig, TrainingConfigError, parse_training_config
+from aws_extension.training_memory import DoesNotFit, base_model_size, check_fits
 from aws_extension.vocabulary import (
     MODEL_SUFFIXES,
     CheckpointStatus,
@@ -298,9 +300,30 @@ def _trained_name(config: TrainingConfig, job_id: str) -> str:
     return name or f"{config.train_type.lower()}-{job_id[:8]}"
 
 
+def _check_gpu_memory(config: TrainingConfig, instance_type: str, local_gpu_memory_gib: float, blobs: BlobStore,
+                      model: TrainingModel) -> None:
+    """InvalidRequest when the job's settings cannot fit the GPU it would run on (`training_memory.py`): an
+    `ml.*` type's GPU, or for `local` the SD_AWS_LOCAL_TRAINING_GPU_MEMORY_GIB setting (0: not checked)."""
+    if instance_type == LOCAL_INSTANCE_TYPE:
+        gpu_gib, where, others = local_gpu_memory_gib, "this machine's GPU", {}
+    else:  # a CPU type has no GPU to fit
+        gpu_gib = GPUS[instance_type].memory_gib if instance_type in GPUS else 0
+        where = instance_type
+        others = {name: gpu.memory_gib for name, gpu in GPUS.items() if gpu.count == 1}  # the trainer uses one GPU
+    if not gpu_gib:
+        return
+    size = base_model_size(lambda start, length: blobs.read(model.base_key, start, length),
+                           blobs.size(model.base_key) or 0, model.base_filename)
+    try:
+        check_fits(config, where, gpu_gib, size, others)
+    except DoesNotFit as exc:
+        raise InvalidRequest(f"config_params: {exc}") from None
+
+
 class TrainingService:
     def __init__(self, store: Store, blobs: BlobStore, models: TrainingModelService, datasets: DatasetService,
-                 checkpoints: CheckpointService, compute: LocalTraining, *, stop_wait_s: float, signed_url_ttl_s: int):
+                 checkpoints: CheckpointService, compute: LocalTraining, *, stop_wait_s: float, signed_url_ttl_s: int,
+                 local_gpu_memory_gib: float = 0.0):
         self.records = Records(store, TRAINING_JOBS, TrainingJob)
         self.blobs = blobs
         self.models = models
@@ -310,6 +333,7 @@ class TrainingService:
         self.stop_wait_s = stop_wait_s
         self.signed_url_ttl_s = signed_url_ttl_s
         self._ended_lock = threading.Lock()
+        self.local_gpu_memory_gib = local_gpu_memory_gib  # the memory check of `local` jobs (0: none)
 
     # -- POST /train ----------------------------------------------------------------------------------
     def create(self, train_type: str, model_id: str, params: dict[str, Any]) -> TrainingJob:
@@ -336,6 +360,7 @@ class TrainingService:
                                                  required=False)
         if class_name:
             self._images(self._usable_dataset(class_name, class_field), class_field)
+        _check_gpu_memory(config, instance_type, self.local_gpu_memory_gib, self.blobs, model)
         job_id, created = new_id(), now()
         model_name = _trained_name(config, job_id)
         config = dataclasses.replace(config, model_name=model_name)
@@ -549,4 +574,5 @@ def local_training(settings: MiddlewareSettings, store: Store, blobs: LocalBlobS
     models = TrainingModelService(store, blobs, checkpoints, settings.completion_wait_s)
     compute = LocalTraining(settings.data_dir, blobs, settings.local_training_slots, settings.local_gpus)
     return models, TrainingService(store, blobs, models, datasets, checkpoints, compute,
-                                   stop_wait_s=settings.completion_wait_s, signed_url_ttl_s=settings.signed_url_ttl_s)
+                                   stop_wait_s=settings.completion_wait_s, signed_url_ttl_s=settings.signed_url_ttl_s,
+                                   local_gpu_memory_gib=settings.local_training_gpu_memory_gib)
