@@ -58,7 +58,13 @@ from aws_extension.model_files import (
     read_safetensors_header,
 )
 from aws_extension.settings import MiddlewareSettings
-from aws_extension.training import TrainingConfig, TrainingConfigError, parse_training_config
+from aws_extension.training import (
+    TrainingConfig,
+    TrainingConfigError,
+    concept_subfolder,
+    parse_training_config,
+    trained_indices,
+)
 from aws_extension.training_memory import DoesNotFit, base_model_size, check_fits
 from aws_extension.vocabulary import (
     MODEL_SUFFIXES,
@@ -268,30 +274,45 @@ def _dataset_name(reference: Any, field: str) -> str:
     return text
 
 
-def _one_reference(training_params: dict[str, Any], config_params: dict[str, Any], names: tuple[str, str, str],
-                   required: bool) -> tuple[str | None, str | None]:
-    """(dataset name, field that named it) from `dataset_name`, a `*_tar_list` or the first concept's `*_dir`."""
-    own, tar_list, concept_dir = names
-    if training_params.get(own):
-        return _dataset_name(training_params[own], f"training_params.{own}"), f"training_params.{own}"
+DatasetReference = tuple[str, str]  # (dataset name, the body's field that named it)
+
+
+def _concept_datasets(training_params: dict[str, Any], config: TrainingConfig, own: str, tar_list: str,
+                      concept_fields: tuple[str, str], required: bool) -> list[DatasetReference | None]:
+    """Each trained concept's dataset (`config.trained_concepts`, in order), from the concept's own fields
+    (`concept_fields`: ours and the seed's), entry i of `training_params.<tar_list>` and, for the first
+    concept, `training_params.<own>`; fields that name different datasets for one concept are refused."""
+    indices = trained_indices(config.concepts_list)
     listed = training_params.get(tar_list)
-    if listed is not None:
-        if not isinstance(listed, list):
-            raise InvalidRequest(f"training_params.{tar_list} must be a list of dataset locations.")
-        given = [x for x in listed if x]
-        if len(given) > 1:
-            raise InvalidRequest(f"training_params.{tar_list} lists {len(given)} datasets; a job trains on one.")
-        if given:
-            return _dataset_name(given[0], f"training_params.{tar_list}[0]"), f"training_params.{tar_list}"
-    concepts = config_params.get("concepts_list") or []
-    first = concepts[0] if isinstance(concepts, list) and concepts and isinstance(concepts[0], dict) else {}
-    if first.get(concept_dir):
-        field = f"config_params.concepts_list[0].{concept_dir}"
-        return _dataset_name(first[concept_dir], field), field
-    if required:
-        raise InvalidRequest(f"training_params.{own} is missing: name the dataset of training images "
-                             f"({own}, or the seed's {tar_list}).")
-    return None, None
+    if listed is not None and not isinstance(listed, list):
+        raise InvalidRequest(f"training_params.{tar_list} must be a list of dataset locations.")
+    listed = listed or []
+    if any(listed[len(indices):]):
+        raise InvalidRequest(f"training_params.{tar_list} lists {len([x for x in listed if x])} datasets and the job "
+                             f"trains {len(indices)} concept(s): give one per concept, in the order of concepts_list.")
+    references: list[DatasetReference | None] = []
+    for position, index in enumerate(indices):
+        concept = config.concepts_list[index]
+        named = []
+        if position == 0 and training_params.get(own):
+            named.append((training_params[own], f"training_params.{own}"))
+        if position < len(listed) and listed[position]:
+            named.append((listed[position], f"training_params.{tar_list}[{position}]"))
+        named += [(getattr(concept, name), f"config_params.concepts_list[{index}].{name}")
+                  for name in concept_fields if getattr(concept, name)]
+        resolved = [(_dataset_name(value, field), field) for value, field in named]
+        if len({name for name, _ in resolved}) > 1:
+            raise InvalidRequest(f"{resolved[0][1]} and {resolved[1][1]} name different datasets "
+                                 f"({resolved[0][0]!r}, {resolved[1][0]!r}); name one dataset per concept.")
+        if not resolved and required:
+            if position == 0:
+                raise InvalidRequest(f"training_params.{own} is missing: name the dataset of training images "
+                                     f"({own}, or the seed's {tar_list}).")
+            raise InvalidRequest(f"config_params.concepts_list[{index}].{concept_fields[0]} is missing: name the "
+                                 f"dataset of this concept's images ({concept_fields[0]}, the seed's "
+                                 f"{concept_fields[1]}, or entry {position} of training_params.{tar_list}).")
+        references.append(resolved[0] if resolved else None)
+    return references
 
 
 def _trained_name(config: TrainingConfig, job_id: str) -> str:
@@ -352,14 +373,20 @@ class TrainingService:
             raise InvalidRequest(f"model {model_id} is {model.status}"
                                  + (f" ({model.error})" if model.error else "")
                                  + f"; a training job needs a {TrainingModelStatus.COMPLETE} model (PUT /model).")
-        dataset_name, field = _one_reference(training_params, config_params,
-                                             ("dataset_name", "data_tar_list", "instance_data_dir"), required=True)
-        images = self._images(self._usable_dataset(dataset_name, field), field)
-        class_name, class_field = _one_reference(training_params, config_params,
-                                                 ("class_dataset_name", "class_data_tar_list", "class_data_dir"),
-                                                 required=False)
-        if class_name:
-            self._images(self._usable_dataset(class_name, class_field), class_field)
+        instances = _concept_datasets(training_params, config, "dataset_name", "data_tar_list",
+                                      ("dataset_name", "instance_data_dir"), required=True)
+        classes = _concept_datasets(training_params, config, "class_dataset_name", "class_data_tar_list",
+                                    ("class_dataset_name", "class_data_dir"), required=False)
+        images = 0
+        concepts = list(config.concepts_list)
+        for index, (name, field), class_reference in zip(trained_indices(concepts), instances, classes, strict=True):
+            images += len(self._images(self._usable_dataset(name, field), field))
+            if class_reference:
+                self._images(self._usable_dataset(*class_reference), class_reference[1])
+            concepts[index] = dataclasses.replace(concepts[index], dataset_name=name,
+                                                  class_dataset_name=class_reference[0] if class_reference else "")
+        config = dataclasses.replace(config, concepts_list=tuple(concepts))
+        dataset_name, class_name = instances[0][0], classes[0][0] if classes[0] else None
         _check_gpu_memory(config, instance_type, self.local_gpu_memory_gib, self.blobs, model)
         job_id, created = new_id(), now()
         model_name = _trained_name(config, job_id)
@@ -368,7 +395,7 @@ class TrainingService:
                              created=created, model_id=model_id, dataset_name=dataset_name, instance_type=instance_type,
                              params={**params, "created": time_text(created)},
                              hyperparameters=config.to_hyperparameters(), model_name=model_name,
-                             total_steps=config.total_steps(len(images)), class_dataset_name=class_name)
+                             total_steps=config.total_steps(images), class_dataset_name=class_name)
         self.records.create(record)
         return record
 
@@ -454,13 +481,22 @@ class TrainingService:
         return await anyio.to_thread.run_sync(self.get, job_id)
 
     def _run(self, record: TrainingJob) -> TrainingRun:
+        """The job's channels: each concept's dataset in its folder (`worker/sagemaker_train.py`)."""
         model = self.models.get(record.model_id)
-        instance = self.datasets.get(record.dataset_name).files
-        class_files = self.datasets.get(record.class_dataset_name).files if record.class_dataset_name else []
+        concepts = TrainingConfig.from_hyperparameters(record.hyperparameters).trained_concepts
+        instance: list[ChannelFile] = []
+        class_images: list[ChannelFile] = []
+        for index, concept in enumerate(concepts):
+            folder = concept_subfolder(index, len(concepts))
+            several = len(concepts) > 1  # one concept: the record's names (jobs from before concepts had names)
+            class_name = concept.class_dataset_name if several else record.class_dataset_name
+            instance += [ChannelFile(f.key, folder + f.filename)
+                         for f in self.datasets.get(concept.dataset_name if several else record.dataset_name).files]
+            if class_name:
+                class_images += [ChannelFile(f.key, folder + f.filename) for f in self.datasets.get(class_name).files]
         return TrainingRun(job_id=record.id, hyperparameters=record.hyperparameters,
-                           base=ChannelFile(model.base_key, model.base_filename),
-                           instance=[ChannelFile(f.key, f.filename) for f in instance],
-                           class_images=[ChannelFile(f.key, f.filename) for f in class_files])
+                           base=ChannelFile(model.base_key, model.base_filename), instance=instance,
+                           class_images=class_images)
 
     # -- the compute's reports ------------------------------------------------------------------------
     def process_ended(self, job_id: str, ended: ProcessEnded) -> None:
