@@ -280,7 +280,8 @@ def train_stop(client: MiddlewareClient, args: argparse.Namespace) -> int:
 
 
 def train_list(client: MiddlewareClient, args: argparse.Namespace) -> int:
-    jobs = client.list_trainings([args.status] if args.status else None)
+    jobs = [client.training_job(j["id"]) if j["status"] == TrainingStatus.TRAINING else j  # the live step
+            for j in client.list_trainings([args.status] if args.status else None)]
     _print_table([[j["id"], j["trainType"], j["status"], f"{j['step']}/{j['total_steps']}",
                    f"{j['loss']:.4f}" if j.get("loss") is not None else "", j["modelName"], j["dataset_name"],
                    j["instance_type"]] for j in jobs],
