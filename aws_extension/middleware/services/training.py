@@ -301,9 +301,10 @@ def _concept_datasets(training_params: dict[str, Any], config: TrainingConfig, o
         named += [(getattr(concept, name), f"config_params.concepts_list[{index}].{name}")
                   for name in concept_fields if getattr(concept, name)]
         resolved = [(_dataset_name(value, field), field) for value, field in named]
-        if len({name for name, _ in resolved}) > 1:
-            raise InvalidRequest(f"{resolved[0][1]} and {resolved[1][1]} name different datasets "
-                                 f"({resolved[0][0]!r}, {resolved[1][0]!r}); name one dataset per concept.")
+        differing = next((other for other in resolved if other[0] != resolved[0][0]), None)
+        if differing:
+            raise InvalidRequest(f"{resolved[0][1]} and {differing[1]} name different datasets "
+                                 f"({resolved[0][0]!r}, {differing[0]!r}); name one dataset per concept.")
         if not resolved and required:
             if position == 0:
                 raise InvalidRequest(f"training_params.{own} is missing: name the dataset of training images "
