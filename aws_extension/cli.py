@@ -182,6 +182,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = ro.add_parser("delete", help="delete a role no user has")
     p.add_argument("role_name")
     _add_client_flags(p)
+
+    tr = sub.add_parser("train", help="training jobs (LoRA, DreamBooth)").add_subparsers(dest="action", required=True)
+    for kind, what in (("lora", "a LoRA"), ("dreambooth", "a full DreamBooth checkpoint")):
+        p = tr.add_parser(kind, help=f"train {what} on a dataset and register it as a model")
+        p.add_argument("--base", required=True, help="an Active Stable-diffusion checkpoint (file name or id)")
+        p.add_argument("--dataset", required=True, help="the dataset of training images (sd-aws dataset create)")
+        p.add_argument("--instance-prompt", required=True, help="the images' caption where they have no .txt")
+        p.add_argument("--class-prompt", help="prior preservation: the class the images belong to")
+        p.add_argument("--class-dataset", help="your own class images (else generated from --class-prompt)")
+        p.add_argument("--class-images-per", type=int, default=1,
+                       help="class images per training image with --class-prompt (default 1)")
+        p.add_argument("--steps", type=int, help="training steps (default: 100 epochs of the dataset)")
+        if kind == "lora":
+            p.add_argument("--rank", type=int, help="LoRA rank of the UNet (default 4)")
+        p.add_argument("--learning-rate", type=float, help="default 1e-4 for a LoRA, 5e-6 for DreamBooth")
+        p.add_argument("--resolution", type=int, help="a multiple of 64 (default 512)")
+        p.add_argument("--seed", type=int)
+        p.add_argument("--name", help="the trained model's name (default: <dataset>-<kind>)")
+        p.add_argument("--instance-type", default="local", help="local, or an ml.* GPU type (AWS backend)")
+        p.add_argument("--wait", action="store_true", help="follow it with a progress bar until it ends")
+        _add_client_flags(p)
+    p = tr.add_parser("resume", help="start a Stopped job again from its saved state")
+    p.add_argument("job_id")
+    p.add_argument("--wait", action="store_true", help="follow it with a progress bar until it ends")
+    _add_client_flags(p)
+    p = tr.add_parser("stop", help="stop a job, keeping its saved state")
+    p.add_argument("job_id")
+    _add_client_flags(p)
+    p = tr.add_parser("list", help="training jobs")
+    p.add_argument("--status")
+    _add_client_flags(p)
+    p = tr.add_parser("show", help="one training job")
+    p.add_argument("job_id")
+    _add_client_flags(p)
     return parser
 
 

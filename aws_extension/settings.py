@@ -113,6 +113,11 @@ class MiddlewareSettings:
     sagemaker_training_vanished_grace_s: float = _env(
         "SD_AWS_SAGEMAKER_TRAINING_VANISHED_GRACE_S", 120.0,
         "a run SageMaker does not know fails its job only once it is this old (it may still be being created)")
+    # Training: the GPU memory check of POST /train (training_memory.py)
+    local_training_gpu_memory_gib: float = _env(
+        "SD_AWS_LOCAL_TRAINING_GPU_MEMORY_GIB", 0.0,
+        "GPU memory (GiB) of this machine's training GPU: POST /train refuses settings that cannot fit it; "
+        "0: not checked (training on the CPU, or a GPU you size yourself)")
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,12 @@ MAX_RESOLUTION = 2048
 MAX_BATCH_SIZE = 64
 MAX_CLASS_IMAGES = 10_000
 MAX_SAMPLES = 16
+MAX_CONCEPTS = 16
 MAX_SEED = 2**32 - 1
 HYPERPARAMETER_TRAIN_TYPE = "train_type"
+# The modules a LoRA adapts (diffusers' / transformers' names, which A1111's checkpoint keys share).
+UNET_LORA_TARGETS: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+TEXT_LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 class TrainingConfigError(ValueError):
@@ -69,6 +73,8 @@ class Concept:
     num_class_images_per: int = 0  # class images per instance image (prior preservation when > 0)
     instance_data_dir: str = ""  # the seed's dataset reference; the middleware resolves it to a channel
     class_data_dir: str = ""
+    dataset_name: str = ""  # ours: the concept's dataset of /dataset (the middleware writes the resolved name)
+    class_dataset_name: str = ""  # ours: its dataset of class images
     is_valid: bool = True
     n_save_sample: int = 1
     sample_seed: int = -1  # -1: the job's `seed`
@@ -112,6 +118,12 @@ class TrainingConfig:
     @property
     def is_lora(self) -> bool:
         return self.train_type == CheckpointType.LORA
+
+    @property
+    def trained_concepts(self) -> tuple[Concept, ...]:
+        """The concepts that train: those `is_valid` (the seed's flag), else the first. With several, concept
+        i's images are in folder `<i>/` of the instance and class channels (`worker/sagemaker_train.py`)."""
+        return tuple(self.concepts_list[i] for i in trained_indices(self.concepts_list))
 
     def unet_rank_alpha(self) -> tuple[int, float]:
         return self.lora_unet_rank, self.lora_alpha or float(self.lora_unet_rank)
@@ -161,6 +173,17 @@ class TrainingConfig:
                 params[name] = raw
         train_type = params.pop(HYPERPARAMETER_TRAIN_TYPE, str(CheckpointType.LORA))
         return parse_training_config(train_type, params)
+
+
+def trained_indices(concepts: tuple[Concept, ...]) -> list[int]:
+    """Where in `concepts_list` the concepts that train are: those `is_valid`, else the first."""
+    return [i for i, c in enumerate(concepts) if c.is_valid] or [0]
+
+
+def concept_subfolder(index: int, concepts: int) -> str:
+    """The folder of trained concept `index` (of `concepts`) in the instance and class channels: the channel
+    itself ("") for a job of one concept, `<index>/` for several (`worker/sagemaker_train.py`)."""
+    return "" if concepts == 1 else f"{index}/"
 
 
 _CONCEPT_FIELDS = {f.name: f for f in dataclasses.fields(Concept)}
@@ -268,8 +291,14 @@ def parse_training_config(train_type: Any, config_params: Any) -> TrainingConfig
                           ("lr_scheduler", LR_SCHEDULERS)):
         if checked[name] not in allowed:
             raise TrainingConfigError(f"{name} must be one of {', '.join(allowed)}, not {checked[name]!r}", name)
-    if not any(c.instance_prompt.strip() or c.instance_token.strip() for c in concepts):
-        raise TrainingConfigError("concepts_list needs an instance_prompt (the images' caption when they have "
-                                  "no .txt beside them)", "concepts_list[0].instance_prompt")
+    trained = trained_indices(concepts)
+    for index in trained:
+        concept = concepts[index]
+        if not (concept.instance_prompt.strip() or concept.instance_token.strip()):
+            raise TrainingConfigError(f"concepts_list[{index}] needs an instance_prompt (the caption of its images "
+                                      "that have no .txt beside them)", f"concepts_list[{index}].instance_prompt")
+    if len(trained) > MAX_CONCEPTS:
+        raise TrainingConfigError(f"concepts_list has {len(trained)} concepts to train; at most {MAX_CONCEPTS}",
+                                  "concepts_list")
     return config
 

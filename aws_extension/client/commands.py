@@ -1,4 +1,5 @@
-"""The client subcommands of `sd-aws` (checkpoint, dataset, endpoint, job, user, role), on top of MiddlewareClient."""
+"""The client subcommands of `sd-aws` (checkpoint, dataset, endpoint, txt2img, job, train, user, role), on top of
+MiddlewareClient."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ from aws_extension.vocabulary import (
     EndpointStatus,
     JobStatus,
     Task,
+    TrainingModelStatus,
+    TrainingStatus,
+    model_stem,
+    without_hash_suffix,
 )
 
 
@@ -257,11 +262,128 @@ def role_delete(client: MiddlewareClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_base(client: MiddlewareClient, base: str) -> dict:
+    """The Complete training model of the Active Stable-diffusion checkpoint `base` (a file name, its stem or
+    the checkpoint's id): one made from it before (without extract_ema), else one made now through /model."""
+    wanted = without_hash_suffix(base)
+    active = client.list_checkpoints([CheckpointType.STABLE_DIFFUSION], [CheckpointStatus.ACTIVE])
+    checkpoint = next((c for c in active if wanted == c["id"] or wanted in c["name"]
+                       or wanted in [model_stem(n) for n in c["name"]]), None)
+    if checkpoint is None:
+        raise ApiError(0, f"No Active Stable-diffusion checkpoint is named {base!r}: see `sd-aws checkpoint list "
+                          "--type Stable-diffusion`, or upload one with `sd-aws checkpoint upload FILE --type "
+                          "Stable-diffusion`.")
+    for model in client.list_training_models([TrainingModelStatus.COMPLETE]):
+        if model["checkpoint_id"] == checkpoint["id"] \
+                and not (model["params"].get("create_model_params") or {}).get("extract_ema"):
+            return model
+    stem = "".join(c if c.isalnum() else "-" for c in model_stem(checkpoint["name"][0])).strip("-")[:56]
+    model = client.create_training_model(checkpoint["id"], f"{stem or 'model'}-base")
+    print(f"preparing the training base {model['id']} from {checkpoint['name'][0]}", file=sys.stderr)
+    client.prepare_training_model(model["id"])
+    return client.wait_for_training_model(model["id"])
+
+
+def _follow_training(client: MiddlewareClient, job: dict) -> int:
+    """A progress bar (step/total, loss, ETA) until the job ends; Ctrl-C stops it (Stopped: resumable)."""
+    job_id = job["id"]
+    with tqdm(total=job["total_steps"] or None, unit="step", desc="train", file=sys.stderr) as bar:
+        def show(current: dict) -> None:
+            bar.total = current["total_steps"] or bar.total
+            if current.get("queue_position") is not None:
+                bar.set_postfix_str(f"queued #{current['queue_position'] + 1}")
+            elif current.get("loss") is not None:
+                eta = f", eta {current['eta_s']:.0f} s" if current.get("eta_s") is not None else ""
+                bar.set_postfix_str(f"loss {current['loss']:.4f}{eta}")
+            else:
+                bar.set_postfix_str(current["status"])
+            bar.update(max(0, current["step"] - bar.n))
+        try:
+            final = client.wait_for_training(job_id, poll_s=1.0, on_update=show)
+        except KeyboardInterrupt:
+            bar.close()
+            stopped = client.stop_training(job_id)
+            print(f"stopped: {job_id} is {stopped['status']} at step {stopped['step']} of {stopped['total_steps']}, "
+                  f"its state saved; resume it with `sd-aws train resume {job_id} --wait`", file=sys.stderr)
+            return 130
+    if final["status"] == TrainingStatus.FAIL:
+        print(f"error: training {job_id} failed at step {final['step']}: {final['error']}", file=sys.stderr)
+        return 1
+    if final["status"] != TrainingStatus.COMPLETE:
+        print(f"training {job_id} is {final['status']} at step {final['step']} of {final['total_steps']}; resume it "
+              f"with `sd-aws train resume {job_id} --wait`", file=sys.stderr)
+        return 1
+    checkpoint = client.get_checkpoint(final["checkpoint_id"])
+    filename = checkpoint["name"][0]
+    print(f"{job_id}  Complete  {checkpoint['type']} {filename}  (checkpoint {checkpoint['id']})")
+    if checkpoint["type"] == CheckpointType.LORA:
+        print(f"use it in a prompt: <lora:{model_stem(filename)}:1>")
+    else:
+        print(f"use it as the model: sd-aws txt2img PROMPT --model {filename}")
+    return 0
+
+
+def train_start(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    """`sd-aws train lora|dreambooth`: the base (made or reused), the job, started; followed with --wait."""
+    lora = args.action == "lora"
+    model = _training_base(client, args.base)
+    concept: dict = {"instance_prompt": args.instance_prompt}
+    if args.class_prompt:
+        concept |= {"class_prompt": args.class_prompt, "num_class_images_per": args.class_images_per}
+    config: dict = {"concepts_list": [concept], "model_name": args.name or f"{args.dataset}-{args.action}"}
+    for field, value in (("max_train_steps", args.steps), ("lora_unet_rank", getattr(args, "rank", None)),
+                         ("resolution", args.resolution), ("seed", args.seed),
+                         ("lora_learning_rate" if lora else "learning_rate", args.learning_rate)):
+        if value is not None:
+            config[field] = value
+    training = {"dataset_name": args.dataset, "training_instance_type": args.instance_type}
+    if args.class_dataset:
+        training["class_dataset_name"] = args.class_dataset
+    train_type = CheckpointType.LORA if lora else CheckpointType.STABLE_DIFFUSION
+    job = client.start_training(client.create_training(train_type.value, model["id"], training, config)["id"])
+    print(f"training {job['id']}: {job['trainType']} {job['modelName']}, {job['total_steps']} steps on "
+          f"{job['instance_type']}", file=sys.stderr)
+    if not args.wait:
+        print(job["id"])
+        print(f"follow it with `sd-aws train show {job['id']}`", file=sys.stderr)
+        return 0
+    return _follow_training(client, job)
+
+
+def train_resume(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    job = client.start_training(args.job_id)
+    print(f"training {job['id']} resumed from its saved state ({job['status']})", file=sys.stderr)
+    return _follow_training(client, job) if args.wait else 0
+
+
+def train_stop(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    job = client.stop_training(args.job_id)
+    print(f"{job['id']}  {job['status']}  step {job['step']} of {job['total_steps']}")
+    return 0
+
+
+def train_list(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    jobs = [client.training_job(j["id"]) if j["status"] == TrainingStatus.TRAINING else j  # the live step
+            for j in client.list_trainings([args.status] if args.status else None)]
+    _print_table([[j["id"], j["trainType"], j["status"], f"{j['step']}/{j['total_steps']}",
+                   f"{j['loss']:.4f}" if j.get("loss") is not None else "", j["modelName"], j["dataset_name"],
+                   j["instance_type"]] for j in jobs],
+                 ["id", "type", "status", "step", "loss", "model", "dataset", "instance type"])
+    return 0
+
+
+def train_show(client: MiddlewareClient, args: argparse.Namespace) -> int:
+    print(json.dumps(client.training_job(args.job_id), indent=2))
+    return 0
+
+
 COMMANDS = {("checkpoint", "upload"): checkpoint_upload, ("checkpoint", "import"): checkpoint_import,
             ("checkpoint", "list"): checkpoint_list, ("dataset", "create"): dataset_create,
             ("endpoint", "deploy"): endpoint_deploy, ("endpoint", "list"): endpoint_list,
             ("endpoint", "delete"): endpoint_delete, ("txt2img", None): txt2img, ("job", "list"): job_list,
-            ("job", "show"): job_show, ("job", "cancel"): job_cancel,
+            ("job", "show"): job_show, ("job", "cancel"): job_cancel, ("train", "lora"): train_start,
+            ("train", "dreambooth"): train_start, ("train", "resume"): train_resume, ("train", "stop"): train_stop,
+            ("train", "list"): train_list, ("train", "show"): train_show,
             ("user", "create"): user_create, ("user", "list"): user_list, ("user", "delete"): user_delete,
             ("user", "key-create"): user_key_create, ("user", "key-list"): user_key_list,
             ("user", "key-revoke"): user_key_revoke, ("role", "create"): role_create, ("role", "list"): role_list,

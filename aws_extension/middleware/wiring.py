@@ -153,7 +153,8 @@ def build_services(settings: MiddlewareSettings, session: Any = None) -> Service
     # A local Stop is seconds (the answer waits for it); SageMaker's takes minutes: the answer does not wait.
     training = TrainingService(store, blobs, training_models, datasets, checkpoints, training_compute,
                                stop_wait_s=settings.completion_wait_s if training_compute.restarts_with_middleware
-                               else 0.0, signed_url_ttl_s=settings.signed_url_ttl_s)
+                               else 0.0, signed_url_ttl_s=settings.signed_url_ttl_s,
+                               local_gpu_memory_gib=settings.local_training_gpu_memory_gib)
     return Services(settings=settings, store=store, blobs=blobs, checkpoints=checkpoints,
                     importer=ModelImporter(checkpoints, settings),
                     datasets=datasets, training_models=training_models, training=training,

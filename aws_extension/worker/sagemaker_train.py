@@ -4,6 +4,12 @@ SageMaker runs `docker run IMAGE train`. Under the root (`SD_AWS_SAGEMAKER_ROOT`
 - in: `input/config/hyperparameters.json` (every value a string: `TrainingConfig.to_hyperparameters()`),
   and the channels `input/data/base/` (the base checkpoint: one model file), `input/data/instance/` (the
   images, each with an optional `<stem>.txt` caption) and, optional, `input/data/class/` (class images);
+  a job of several concepts (`TrainingConfig.trained_concepts`: the `is_valid` ones of `concepts_list`) has
+  concept i's files in `instance/<i>/` and `class/<i>/` (i = 0, 1, ... in that order; a concept without class
+  images has no `class/<i>/`), a job of one concept has them in `instance/` and `class/` themselves
+  (`engine/train/data.py` `concept_folder`). Whoever lays out the channels (the local backend's links, the
+  SageMaker backend's S3 prefixes) writes this layout; the middleware resolves each concept's dataset
+  (its `dataset_name` in the hyperparameters' `concepts_list`);
 - out: the trained model in `model/` (`<model_name>.safetensors`: a kohya LoRA or an A1111 checkpoint;
   SageMaker uploads it as model.tar.gz), the samples in `output/data/samples/`, and `output/progress.json`
   (rewritten atomically after each step: status, step, total_steps, loss, steps_per_s, eta_s, samples,

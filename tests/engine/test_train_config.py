@@ -101,3 +101,17 @@ def test_seed_minus_one_is_a_random_seed_fixed_in_the_config_and_python_bools_ar
     assert 0 <= config.seed < 2**32
     assert TrainingConfig.from_hyperparameters(config.to_hyperparameters()).seed == config.seed
     assert TrainingConfig.from_hyperparameters(config.to_hyperparameters() | {"half_model": "True"}).half_model
+
+
+def test_several_concepts_each_need_a_prompt_and_carry_their_datasets():
+    config = parse_training_config("Lora", {"concepts_list": [
+        {"instance_prompt": "sks", "dataset_name": "reds", "class_dataset_name": "red-things"},
+        {"instance_prompt": "off", "is_valid": False}, {"instance_token": "zwx", "instance_data_dir": "blues"}]})
+    assert [(c.instance_prompt or c.instance_token, c.dataset_name or c.instance_data_dir)
+            for c in config.trained_concepts] == [("sks", "reds"), ("zwx", "blues")]
+    assert TrainingConfig.from_hyperparameters(config.to_hyperparameters()) == config
+    with pytest.raises(TrainingConfigError) as caught:
+        parse_training_config("Lora", {"concepts_list": [{"instance_prompt": "sks"}, {"class_prompt": "dog"}]})
+    assert caught.value.field == "concepts_list[1].instance_prompt"
+    with pytest.raises(TrainingConfigError, match="at most 16"):
+        parse_training_config("Lora", {"concepts_list": [{"instance_prompt": f"t{i}"} for i in range(17)]})

@@ -24,6 +24,8 @@ HEADERS = {"x-api-key": API_KEY}
 BASE_NAME = "v1-5-pruned-emaonly.safetensors"  # the seed's base model name
 DATASET = "sks-red"
 RED = (220, 20, 20)
+# As if this machine trained on a 2 GiB GPU: the tiny model's jobs fit (~1 GiB), a huge batch does not.
+GPU_MEMORY_ENV = {"SD_AWS_LOCAL_TRAINING_GPU_MEMORY_GIB": "2"}
 
 # The seed's POST /model and PUT /model bodies; only the file (a .safetensors, not a .tar) and the parts differ.
 SEED_MODEL_BODY = {
@@ -86,7 +88,7 @@ def write_images(folder: Path, count: int = 2) -> list[Path]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, learnable_checkpoint):
     tmp = tmp_path_factory.mktemp("training")
-    server = start_middleware(tmp / "data", API_KEY, env={"SD_AWS_DEVICE": "cpu"})
+    server = start_middleware(tmp / "data", API_KEY, env={"SD_AWS_DEVICE": "cpu", **GPU_MEMORY_ENV})
     client = MiddlewareClient(server.url, API_KEY, timeout_s=60)
     try:
         base = tmp / BASE_NAME
@@ -294,7 +296,7 @@ def test_after_a_middleware_crash_a_training_job_resumes_to_the_weights_of_an_un
     while trainer_pids(stack["data_dir"], job["id"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert trainer_pids(stack["data_dir"], job["id"]) == []  # it died with the middleware
-    server = start_middleware(stack["data_dir"], API_KEY, env={"SD_AWS_DEVICE": "cpu"})
+    server = start_middleware(stack["data_dir"], API_KEY, env={"SD_AWS_DEVICE": "cpu", **GPU_MEMORY_ENV})
     stack.update(server=server, url=server.url, client=MiddlewareClient(server.url, API_KEY, timeout_s=60))
     resumed = wait_for(stack, job["id"], finished)
     assert resumed["status"] == "Complete", resumed
@@ -406,3 +408,71 @@ def test_an_image_the_trainer_cannot_read_fails_the_job_naming_it(stack):
     done = wait_for(stack, job["id"], finished)
     assert done["status"] == "Fail" and "broken.png" in done["error"], done
     assert done["attempts"] == 1 and done["checkpoint_id"] is None  # a reason: no second start
+
+
+# -- the GPU memory check ----------------------------------------------------------------------------------
+def test_settings_that_cannot_fit_the_gpu_are_refused_with_what_would(stack):
+    body = lora_body(stack["model_id"], "too-big", resolution=2048, train_batch_size=64)
+    response = api(stack, "POST", "/train", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error.startswith("config_params: this job needs ~") and "this machine's GPU has 2 GiB" in error
+    assert "it would fit with gradient_checkpointing true and mixed_precision fp16" in error
+
+
+# -- several concepts ----------------------------------------------------------------------------------------
+def _blue_dataset(stack) -> str:
+    client = stack["client"]
+    if "sks-blue" not in {d["datasetName"] for d in client.list_datasets()}:
+        folder = stack["tmp"] / "blue"
+        folder.mkdir(exist_ok=True)
+        paths = []
+        for i in range(3):
+            paths.append(folder / f"blue-{i}.png")
+            Image.new("RGB", (64, 64), (30, 40, 220)).save(paths[-1])
+        client.create_dataset_from_files("sks-blue", paths)
+    return "sks-blue"
+
+
+def test_a_job_of_two_concepts_trains_each_dataset_in_its_own_folder(stack):
+    blue = _blue_dataset(stack)
+    body = lora_body(stack["model_id"], "two-concepts", max_train_steps=2)
+    del body["params"]["training_params"]["dataset_name"]
+    body["params"]["config_params"]["concepts_list"] = [
+        {"instance_prompt": "sks", "dataset_name": DATASET, "n_save_sample": 0},
+        {"instance_prompt": "zwx", "instance_data_dir": f"s3://bucket/dataset/{blue}", "n_save_sample": 0}]
+    job = ok(api(stack, "POST", "/train", json=body))["job"]
+    assert job["dataset_name"] == DATASET
+    ok(api(stack, "PUT", "/train", json={"train_job_id": job["id"], "status": "Training"}))
+    done = wait_for(stack, job["id"], finished)
+    assert done["status"] == "Complete", done
+    channel = stack["data_dir"] / "trainings" / job["id"] / "input" / "data" / "instance"
+    assert sorted(p.relative_to(channel).as_posix() for p in channel.rglob("*") if p.is_file()) == [
+        "0/red-0.png", "0/red-0.txt", "0/red-1.png", "1/blue-0.png", "1/blue-1.png", "1/blue-2.png"]
+    epochs = lora_body(stack["model_id"], "two-epochs", num_train_epochs=3, max_train_steps=0)
+    epochs["params"]["training_params"] = {"data_tar_list": [DATASET, blue], "training_instance_type": "local"}
+    epochs["params"]["config_params"]["concepts_list"] = [{"instance_prompt": "sks"}, {"instance_prompt": "zwx"}]
+    assert ok(api(stack, "POST", "/train", json=epochs))["job"]["total_steps"] == 3 * (2 + 3)
+
+
+@pytest.mark.parametrize(("training", "concepts", "words"), [
+    ({"dataset_name": DATASET}, [{"instance_prompt": "sks"}, {"instance_prompt": "zwx"}],
+     "config_params.concepts_list[1].dataset_name is missing"),
+    ({"dataset_name": DATASET}, [{"instance_prompt": "sks", "dataset_name": "sks-blue"}],
+     "training_params.dataset_name and config_params.concepts_list[0].dataset_name name different datasets"),
+    ({"data_tar_list": [DATASET, "sks-blue"]}, [{"instance_prompt": "sks"}],
+     "training_params.data_tar_list lists 2 datasets and the job trains 1 concept(s)"),
+    ({"dataset_name": DATASET}, [{"instance_prompt": "sks"}, {"instance_prompt": "zwx", "dataset_name": "nope"}],
+     "config_params.concepts_list[1].dataset_name: dataset 'nope' does not exist"),
+    ({"dataset_name": DATASET}, [{"instance_prompt": "sks"}, {"dataset_name": "sks-blue"}],
+     "config_params.concepts_list[1].instance_prompt: concepts_list[1] needs an instance_prompt"),
+], ids=["second-without-dataset", "two-names-for-one", "more-datasets-than-concepts", "unknown-dataset",
+        "second-without-prompt"])
+def test_concepts_and_their_datasets_are_checked(stack, training, concepts, words):
+    _blue_dataset(stack)
+    body = lora_body(stack["model_id"], "bad-concepts")
+    body["params"]["training_params"] = {**training, "training_instance_type": "local"}
+    body["params"]["config_params"]["concepts_list"] = concepts
+    response = api(stack, "POST", "/train", json=body)
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"]

@@ -1,6 +1,10 @@
 """The training images: a folder of PNG/JPEG/WebP files with optional `<stem>.txt` captions, sorted into
 aspect-ratio buckets as kohya does (no square crop), and a deterministic batch order per epoch.
 
+Several concepts: concept i (of the trained concepts, `TrainingConfig.trained_concepts`) has its files in
+`<folder>/<i>/`; one concept has them in the folder itself (`concept_folder`). Their images go into one list
+(concept by concept) and so into one order, where the concepts mix.
+
 Buckets: sizes whose sides are multiples of 64 and whose area is at most resolution²; each image goes to the
 bucket of the nearest aspect ratio, is scaled to cover it and centre-cropped on its long side only. The order
 of an epoch depends only on (seed, epoch), so a resumed run finds its place from the step alone.
@@ -10,12 +14,12 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from aws_extension.training import RESOLUTION_MULTIPLE
+from aws_extension.training import RESOLUTION_MULTIPLE, Concept, concept_subfolder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 CAPTION_SUFFIX = ".txt"
@@ -34,6 +38,26 @@ class TrainImage:
     caption: str
     width: int
     height: int
+    concept: int = 0  # its concept's place among the trained concepts
+
+
+def concept_folder(root: Path, index: int, concepts: int) -> Path:
+    """The folder of concept `index` of `concepts` trained concepts under a channel's `root`."""
+    return Path(root) / concept_subfolder(index, concepts)
+
+
+def read_concepts(root: Path, concepts: tuple[Concept, ...]) -> list[TrainImage]:
+    """The images of every concept (concept by concept, each sorted by name), captioned from its own prompt.
+    Raises DatasetError as `read_images`, or naming the concept whose folder is missing."""
+    images: list[TrainImage] = []
+    for index, concept in enumerate(concepts):
+        folder = concept_folder(root, index, len(concepts))
+        if len(concepts) > 1 and not folder.is_dir():
+            raise DatasetError(f"concept {index} ({concept.instance_prompt or concept.instance_token!r}) has no "
+                               f"images: the folder {index}/ is missing from {Path(root).name}/")
+        images += [replace(image, concept=index)
+                   for image in read_images(folder, concept.instance_prompt or concept.instance_token)]
+    return images
 
 
 def caption_for(image: Path, instance_prompt: str) -> str:

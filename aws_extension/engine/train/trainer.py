@@ -3,7 +3,9 @@
 The loop: the images' latents are encoded once (the VAE's mean, × scaling factor); each step takes the next
 batch of the epoch's deterministic order (`data.epoch_batches`), adds noise at random timesteps (DDPM, from a
 generator of the trainer's own), and regresses the UNet's noise prediction (MSE); with prior preservation a
-batch of class images adds its loss × `prior_loss_weight`. LoRA: peft adapters on the UNet's attention
+batch of class images adds its loss × `prior_loss_weight`. Several concepts (`concepts_list`) train together:
+each image is captioned from its own concept, all of them share one data order, and each one's class image
+comes from its own concept's class images. LoRA: peft adapters on the UNet's attention
 projections (and the text encoder's with `lora_txt_rank`); DreamBooth: the UNet, and the text encoder for the
 first `stop_text_encoder` of the steps.
 
@@ -35,18 +37,17 @@ from aws_extension.engine.train.data import (
     TrainImage,
     bucket_for,
     bucket_sizes,
+    concept_folder,
     epoch_batches,
     fit_to_bucket,
-    read_images,
+    read_concepts,
 )
 from aws_extension.engine.train.export import kohya_lora_state, save_checkpoint, save_lora
 from aws_extension.model_files import file_sha256
-from aws_extension.training import Concept, TrainingConfig
+from aws_extension.training import TEXT_LORA_TARGETS, UNET_LORA_TARGETS, Concept, TrainingConfig
 
 log = logging.getLogger(__name__)
 
-UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
-TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 STATUS_COMPLETE, STATUS_STOPPED = "Complete", "Stopped"
 
 
@@ -68,7 +69,8 @@ ProgressCallback = Callable[[TrainProgress], None]
 @dataclass(frozen=True)
 class TrainInputs:
     """Where a job's files are: the base checkpoint, the instance images (with captions), the user's class
-    images (optional), the cache of generated class images, and the output, state and sample folders."""
+    images (optional), the cache of generated class images, and the output, state and sample folders. With
+    several concepts, concept i's instance and class images are in `<i>/` of those folders."""
 
     base: Path
     instance_dir: Path
@@ -92,6 +94,7 @@ class TrainResult:
 class _Example:
     latents: torch.Tensor  # (4, h/8, w/8), scaled
     caption: str
+    concept: int = 0
 
 
 def model_file_name(config: TrainingConfig) -> str:
@@ -115,10 +118,10 @@ def train(config: TrainingConfig, inputs: TrainInputs, progress: ProgressCallbac
 class _Trainer:
     def __init__(self, config: TrainingConfig, inputs: TrainInputs, device: str):
         self.config, self.inputs = config, inputs
-        self.concept: Concept = next((c for c in config.concepts_list if c.is_valid), config.concepts_list[0])
+        self.concepts: tuple[Concept, ...] = config.trained_concepts
         self.placement = resolve_placement(device, "float32")
         self.device = self.placement.device
-        self.images = read_images(inputs.instance_dir, self.concept.instance_prompt or self.concept.instance_token)
+        self.images = read_concepts(inputs.instance_dir, self.concepts)
         self.total_steps = config.total_steps(len(self.images))
         self.base_sha256 = file_sha256(inputs.base)
         self.architecture = inspect_model_file(inputs.base).architecture or "sd1"
@@ -132,7 +135,7 @@ class _Trainer:
         if self.device.type != "cuda":
             self.autocast_dtype = None  # mixed precision is a GPU feature; the CPU trains in float32
         self.fingerprint = {"config": config.to_hyperparameters(), "base_sha256": self.base_sha256,
-                            "images": [image.path.name for image in self.images]}
+                            "images": [image.path.relative_to(inputs.instance_dir).as_posix() for image in self.images]}
 
     # --- setup -----------------------------------------------------------------------------------------
 
@@ -148,12 +151,12 @@ class _Trainer:
         if config.is_lora:
             rank, alpha = config.unet_rank_alpha()
             self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                             target_modules=UNET_LORA_TARGETS))
+                                             target_modules=list(UNET_LORA_TARGETS)))
             if config.lora_txt_rank:
                 rank, alpha = config.text_rank_alpha()
                 # peft directly: transformers' own add_adapter wants a newer peft than diffusers does
                 inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                                   target_modules=TEXT_LORA_TARGETS), self.text_encoder)
+                                                   target_modules=list(TEXT_LORA_TARGETS)), self.text_encoder)
                 for name, parameter in self.text_encoder.named_parameters():
                     parameter.requires_grad_(".lora_" in name)
                 self.trains_text = True
@@ -209,7 +212,7 @@ class _Trainer:
         for index, image in enumerate(images):
             size = bucket_for(image.width, image.height, sizes)
             with Image.open(image.path) as opened:
-                examples.append(_Example(self._encode(opened, size), image.caption))
+                examples.append(_Example(self._encode(opened, size), image.caption, image.concept))
             buckets.setdefault(size, []).append(index)
         return examples, buckets
 
@@ -267,10 +270,11 @@ class _Trainer:
                 self.text_encoder.requires_grad_(False)  # stop_text_encoder: the rest of the steps train the UNet
             batch = [examples[i] for i in batches[position]]
             loss = self._loss(batch, generator, text_cache, train_text)
-            if class_examples:
-                first = step * len(batch)
-                class_batch = [class_examples[(first + k) % len(class_examples)] for k in range(len(batch))]
-                loss = loss + config.prior_loss_weight * self._loss(class_batch, generator, text_cache, train_text)
+            first = step * len(batch)  # each example's class image: the next of its concept's, in turn
+            class_batch = [class_examples[e.concept][(first + k) % len(class_examples[e.concept])]
+                           for k, e in enumerate(batch) if class_examples.get(e.concept)]
+            if class_batch:
+                loss = loss + config.prior_loss_weight * self._mean_loss(class_batch, generator, text_cache, train_text)
             loss_value = float(loss.detach())
             if not torch.isfinite(loss.detach()):
                 raise TrainingError(
@@ -308,16 +312,32 @@ class _Trainer:
             prediction = self.unet(noisy.to(self.device), timesteps.to(self.device), hidden).sample
         return torch.nn.functional.mse_loss(prediction.float(), noise.to(self.device).float())
 
-    def _class_examples(self) -> list[_Example]:
-        concept = self.concept
-        if not concept.num_class_images_per:
-            return []
-        wanted = concept.num_class_images_per * len(self.images)
-        paths = class_images(self.inputs.base, self.base_sha256, concept, self.config.resolution, wanted,
-                             self.inputs.class_dir, self.inputs.class_cache_dir or self.inputs.state_dir / "class-images",
-                             self.config.seed)
-        images = [TrainImage(p, concept.class_prompt, *_size(p)) for p in paths]
-        return self._examples(images)[0]
+    def _mean_loss(self, batch: list[_Example], generator: torch.Generator, text_cache: dict[str, torch.Tensor],
+                   train_text: bool) -> torch.Tensor:
+        """`_loss` of examples whose latents may differ in size (class images of several concepts, or a
+        user's of several shapes): the mean over groups of one size, weighted by their counts."""
+        groups: dict[tuple[int, ...], list[_Example]] = {}
+        for example in batch:
+            groups.setdefault(tuple(example.latents.shape), []).append(example)
+        if len(groups) == 1:
+            return self._loss(batch, generator, text_cache, train_text)
+        return sum(self._loss(group, generator, text_cache, train_text) * len(group)
+                   for group in groups.values()) / len(batch)
+
+    def _class_examples(self) -> dict[int, list[_Example]]:
+        """Each concept's class examples (by its place among the trained concepts; none without class images)."""
+        pools: dict[int, list[_Example]] = {}
+        cache = self.inputs.class_cache_dir or self.inputs.state_dir / "class-images"
+        for index, concept in enumerate(self.concepts):
+            if not concept.num_class_images_per:
+                continue
+            wanted = concept.num_class_images_per * sum(1 for image in self.images if image.concept == index)
+            user_dir = concept_folder(self.inputs.class_dir, index, len(self.concepts)) if self.inputs.class_dir else None
+            paths = class_images(self.inputs.base, self.base_sha256, concept, self.config.resolution, wanted,
+                                 user_dir if user_dir and user_dir.is_dir() else None, cache, self.config.seed)
+            images = [TrainImage(p, concept.class_prompt, *_size(p), concept=index) for p in paths]
+            pools[index] = self._examples(images)[0]
+        return pools
 
     def _metadata(self, loss: float) -> dict[str, str]:
         config = self.config
@@ -357,27 +377,28 @@ class _Trainer:
 
     @torch.no_grad()
     def _samples(self, step: int) -> list[Path]:
-        """`n_save_sample` images of the sample prompt with the weights of now, seeded (`sample_seed`, else
-        `seed`); the pipeline's own generator leaves the training RNGs alone."""
-        concept = self.concept
-        if not concept.n_save_sample or self.inputs.samples_dir is None:
+        """Each concept's `n_save_sample` images of its sample prompt (else its first image's caption) with
+        the weights of now, seeded (`sample_seed`, else `seed`), numbered on across the concepts; the
+        pipeline's own generator leaves the training RNGs alone."""
+        if self.inputs.samples_dir is None or not any(c.n_save_sample for c in self.concepts):
             return []
         self.inputs.samples_dir.mkdir(parents=True, exist_ok=True)
-        prompt = concept.save_sample_prompt or self.images[0].caption
-        seed = concept.sample_seed if concept.sample_seed >= 0 else self.config.seed
         was_training = self.unet.training, self.text_encoder.training
         self.unet.eval()
         self.text_encoder.eval()
-        paths = []
-        for index in range(concept.n_save_sample):
-            image = self.pipe(prompt, negative_prompt=concept.save_sample_negative_prompt or None,
-                              num_inference_steps=concept.save_infer_steps,
-                              guidance_scale=concept.save_guidance_scale, height=self.config.resolution,
-                              width=self.config.resolution,
-                              generator=torch.Generator("cpu").manual_seed(seed + index)).images[0]
-            path = self.inputs.samples_dir / f"step-{step:06d}-{index}.png"
-            image.save(path)
-            paths.append(path)
+        paths: list[Path] = []
+        for index, concept in enumerate(self.concepts):
+            prompt = concept.save_sample_prompt or next(i.caption for i in self.images if i.concept == index)
+            seed = concept.sample_seed if concept.sample_seed >= 0 else self.config.seed
+            for number in range(concept.n_save_sample):
+                image = self.pipe(prompt, negative_prompt=concept.save_sample_negative_prompt or None,
+                                  num_inference_steps=concept.save_infer_steps,
+                                  guidance_scale=concept.save_guidance_scale, height=self.config.resolution,
+                                  width=self.config.resolution,
+                                  generator=torch.Generator("cpu").manual_seed(seed + number)).images[0]
+                path = self.inputs.samples_dir / f"step-{step:06d}-{len(paths)}.png"
+                image.save(path)
+                paths.append(path)
         self.unet.train(was_training[0])
         self.text_encoder.train(was_training[1])
         return paths

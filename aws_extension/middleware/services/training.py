@@ -39,6 +39,7 @@ from aws_extension.middleware.compute.base import (
     TrainingEnded,
     TrainingRun,
 )
+from aws_extension.middleware.compute.sagemaker.instance_types import GPUS
 from aws_extension.middleware.errors import InvalidRequest, ServiceError, UnknownRecord, WrongState
 from aws_extension.middleware.principals import BOOTSTRAP_ADMIN, Principal
 from aws_extension.middleware.records import (
@@ -60,7 +61,14 @@ from aws_extension.model_files import (
     check_model_file,
     read_safetensors_header,
 )
-from aws_extension.training import TrainingConfig, TrainingConfigError, parse_training_config
+from aws_extension.training import (
+    TrainingConfig,
+    TrainingConfigError,
+    concept_subfolder,
+    parse_training_config,
+    trained_indices,
+)
+from aws_extension.training_memory import DoesNotFit, base_model_size, check_fits
 from aws_extension.vocabulary import (
     MODEL_SUFFIXES,
     CheckpointStatus,
@@ -285,30 +293,46 @@ def _dataset_name(reference: Any, field: str) -> str:
     return text
 
 
-def _one_reference(training_params: dict[str, Any], config_params: dict[str, Any], names: tuple[str, str, str],
-                   required: bool) -> tuple[str | None, str | None]:
-    """(dataset name, field that named it) from `dataset_name`, a `*_tar_list` or the first concept's `*_dir`."""
-    own, tar_list, concept_dir = names
-    if training_params.get(own):
-        return _dataset_name(training_params[own], f"training_params.{own}"), f"training_params.{own}"
+DatasetReference = tuple[str, str]  # (dataset name, the body's field that named it)
+
+
+def _concept_datasets(training_params: dict[str, Any], config: TrainingConfig, own: str, tar_list: str,
+                      concept_fields: tuple[str, str], required: bool) -> list[DatasetReference | None]:
+    """Each trained concept's dataset (`config.trained_concepts`, in order), from the concept's own fields
+    (`concept_fields`: ours and the seed's), entry i of `training_params.<tar_list>` and, for the first
+    concept, `training_params.<own>`; fields that name different datasets for one concept are refused."""
+    indices = trained_indices(config.concepts_list)
     listed = training_params.get(tar_list)
-    if listed is not None:
-        if not isinstance(listed, list):
-            raise InvalidRequest(f"training_params.{tar_list} must be a list of dataset locations.")
-        given = [x for x in listed if x]
-        if len(given) > 1:
-            raise InvalidRequest(f"training_params.{tar_list} lists {len(given)} datasets; a job trains on one.")
-        if given:
-            return _dataset_name(given[0], f"training_params.{tar_list}[0]"), f"training_params.{tar_list}"
-    concepts = config_params.get("concepts_list") or []
-    first = concepts[0] if isinstance(concepts, list) and concepts and isinstance(concepts[0], dict) else {}
-    if first.get(concept_dir):
-        field = f"config_params.concepts_list[0].{concept_dir}"
-        return _dataset_name(first[concept_dir], field), field
-    if required:
-        raise InvalidRequest(f"training_params.{own} is missing: name the dataset of training images "
-                             f"({own}, or the seed's {tar_list}).")
-    return None, None
+    if listed is not None and not isinstance(listed, list):
+        raise InvalidRequest(f"training_params.{tar_list} must be a list of dataset locations.")
+    listed = listed or []
+    if any(listed[len(indices):]):
+        raise InvalidRequest(f"training_params.{tar_list} lists {len([x for x in listed if x])} datasets and the job "
+                             f"trains {len(indices)} concept(s): give one per concept, in the order of concepts_list.")
+    references: list[DatasetReference | None] = []
+    for position, index in enumerate(indices):
+        concept = config.concepts_list[index]
+        named = []
+        if position == 0 and training_params.get(own):
+            named.append((training_params[own], f"training_params.{own}"))
+        if position < len(listed) and listed[position]:
+            named.append((listed[position], f"training_params.{tar_list}[{position}]"))
+        named += [(getattr(concept, name), f"config_params.concepts_list[{index}].{name}")
+                  for name in concept_fields if getattr(concept, name)]
+        resolved = [(_dataset_name(value, field), field) for value, field in named]
+        differing = next((other for other in resolved if other[0] != resolved[0][0]), None)
+        if differing:
+            raise InvalidRequest(f"{resolved[0][1]} and {differing[1]} name different datasets "
+                                 f"({resolved[0][0]!r}, {differing[0]!r}); name one dataset per concept.")
+        if not resolved and required:
+            if position == 0:
+                raise InvalidRequest(f"training_params.{own} is missing: name the dataset of training images "
+                                     f"({own}, or the seed's {tar_list}).")
+            raise InvalidRequest(f"config_params.concepts_list[{index}].{concept_fields[0]} is missing: name the "
+                                 f"dataset of this concept's images ({concept_fields[0]}, the seed's "
+                                 f"{concept_fields[1]}, or entry {position} of training_params.{tar_list}).")
+        references.append(resolved[0] if resolved else None)
+    return references
 
 
 def _trained_name(config: TrainingConfig, job_id: str) -> str:
@@ -317,9 +341,30 @@ def _trained_name(config: TrainingConfig, job_id: str) -> str:
     return name or f"{config.train_type.lower()}-{job_id[:8]}"
 
 
+def _check_gpu_memory(config: TrainingConfig, instance_type: str, local_gpu_memory_gib: float, blobs: BlobStore,
+                      model: TrainingModel) -> None:
+    """InvalidRequest when the job's settings cannot fit the GPU it would run on (`training_memory.py`): an
+    `ml.*` type's GPU, or for `local` the SD_AWS_LOCAL_TRAINING_GPU_MEMORY_GIB setting (0: not checked)."""
+    if instance_type == LOCAL_INSTANCE_TYPE:
+        gpu_gib, where, others = local_gpu_memory_gib, "this machine's GPU", {}
+    else:  # a CPU type has no GPU to fit
+        gpu_gib = GPUS[instance_type].memory_gib if instance_type in GPUS else 0
+        where = instance_type
+        others = {name: gpu.memory_gib for name, gpu in GPUS.items() if gpu.count == 1}  # the trainer uses one GPU
+    if not gpu_gib:
+        return
+    size = base_model_size(lambda start, length: blobs.read(model.base_key, start, length),
+                           blobs.size(model.base_key) or 0, model.base_filename)
+    try:
+        check_fits(config, where, gpu_gib, size, others)
+    except DoesNotFit as exc:
+        raise InvalidRequest(f"config_params: {exc}") from None
+
+
 class TrainingService:
     def __init__(self, store: Store, blobs: BlobStore, models: TrainingModelService, datasets: DatasetService,
-                 checkpoints: CheckpointService, compute: TrainingCompute, *, stop_wait_s: float, signed_url_ttl_s: int):
+                 checkpoints: CheckpointService, compute: TrainingCompute, *, stop_wait_s: float, signed_url_ttl_s: int,
+                 local_gpu_memory_gib: float = 0.0):
         self.records = Records(store, TRAINING_JOBS, TrainingJob)
         self.blobs = blobs
         self.models = models
@@ -329,6 +374,7 @@ class TrainingService:
         self.stop_wait_s = stop_wait_s
         self.signed_url_ttl_s = signed_url_ttl_s
         self._ended_lock = threading.RLock()  # a refused submit reports while a report is being handled
+        self.local_gpu_memory_gib = local_gpu_memory_gib  # the memory check of `local` jobs (0: none)
 
     # -- POST /train ----------------------------------------------------------------------------------
     def create(self, train_type: str, model_id: str, params: dict[str, Any],
@@ -348,14 +394,21 @@ class TrainingService:
             raise InvalidRequest(f"model {model_id} is {model.status}"
                                  + (f" ({model.error})" if model.error else "")
                                  + f"; a training job needs a {TrainingModelStatus.COMPLETE} model (PUT /model).")
-        dataset_name, field = _one_reference(training_params, config_params,
-                                             ("dataset_name", "data_tar_list", "instance_data_dir"), required=True)
-        images = self._images(self._usable_dataset(dataset_name, field, principal), field)
-        class_name, class_field = _one_reference(training_params, config_params,
-                                                 ("class_dataset_name", "class_data_tar_list", "class_data_dir"),
-                                                 required=False)
-        if class_name:
-            self._images(self._usable_dataset(class_name, class_field, principal), class_field)
+        instances = _concept_datasets(training_params, config, "dataset_name", "data_tar_list",
+                                      ("dataset_name", "instance_data_dir"), required=True)
+        classes = _concept_datasets(training_params, config, "class_dataset_name", "class_data_tar_list",
+                                    ("class_dataset_name", "class_data_dir"), required=False)
+        images = 0
+        concepts = list(config.concepts_list)
+        for index, (name, field), class_reference in zip(trained_indices(concepts), instances, classes, strict=True):
+            images += len(self._images(self._usable_dataset(name, field, principal), field))
+            if class_reference:
+                self._images(self._usable_dataset(*class_reference, principal), class_reference[1])
+            concepts[index] = dataclasses.replace(concepts[index], dataset_name=name,
+                                                  class_dataset_name=class_reference[0] if class_reference else "")
+        config = dataclasses.replace(config, concepts_list=tuple(concepts))
+        dataset_name, class_name = instances[0][0], classes[0][0] if classes[0] else None
+        _check_gpu_memory(config, instance_type, self.local_gpu_memory_gib, self.blobs, model)
         job_id, created = new_id(), now()
         model_name = _trained_name(config, job_id)
         config = dataclasses.replace(config, model_name=model_name)
@@ -363,7 +416,7 @@ class TrainingService:
                              created=created, model_id=model_id, dataset_name=dataset_name, instance_type=instance_type,
                              params={**params, "created": time_text(created)},
                              hyperparameters=config.to_hyperparameters(), model_name=model_name,
-                             total_steps=config.total_steps(len(images)), class_dataset_name=class_name,
+                             total_steps=config.total_steps(images), class_dataset_name=class_name,
                              owner=principal.username)
         self.records.create(record)
         return record
@@ -450,15 +503,23 @@ class TrainingService:
         return await anyio.to_thread.run_sync(self.get, job_id)
 
     def _run(self, record: TrainingJob) -> TrainingRun:
+        """The job's channels: each concept's dataset in its folder (`worker/sagemaker_train.py`)."""
         model = self.models.get(record.model_id)
-        instance = self.datasets.get(record.dataset_name).files
-        class_files = self.datasets.get(record.class_dataset_name).files if record.class_dataset_name else []
-        training_params = record.params.get("training_params") or {}
+        concepts = TrainingConfig.from_hyperparameters(record.hyperparameters).trained_concepts
+        instance: list[ChannelFile] = []
+        class_images: list[ChannelFile] = []
+        for index, concept in enumerate(concepts):
+            folder = concept_subfolder(index, len(concepts))
+            several = len(concepts) > 1  # one concept: the record's names (jobs from before concepts had names)
+            class_name = concept.class_dataset_name if several else record.class_dataset_name
+            instance += [ChannelFile(f.key, folder + f.filename)
+                         for f in self.datasets.get(concept.dataset_name if several else record.dataset_name).files]
+            if class_name:
+                class_images += [ChannelFile(f.key, folder + f.filename) for f in self.datasets.get(class_name).files]
         return TrainingRun(job_id=record.id, hyperparameters=record.hyperparameters,
-                           base=ChannelFile(model.base_key, model.base_filename),
-                           instance=[ChannelFile(f.key, f.filename) for f in instance],
-                           class_images=[ChannelFile(f.key, f.filename) for f in class_files],
-                           instance_type=record.instance_type, use_spot=training_params.get("use_spot") is True,
+                           base=ChannelFile(model.base_key, model.base_filename), instance=instance,
+                           class_images=class_images, instance_type=record.instance_type,
+                           use_spot=(record.params.get("training_params") or {}).get("use_spot") is True,
                            run_name=record.run_name)
 
     # -- the compute's reports ------------------------------------------------------------------------

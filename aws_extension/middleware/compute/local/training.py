@@ -220,7 +220,8 @@ class LocalTraining:
             if not files:
                 continue
             folder.mkdir(parents=True)
-            for f in files:
+            for f in files:  # a filename may name a concept's folder: `<i>/<name>` (worker/sagemaker_train.py)
+                (folder / f.filename).parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(self.blobs.path(f.key), folder / f.filename)
         # A new run's output: the progress and failure of an earlier process must not be read as this one's.
         layout.failure.unlink(missing_ok=True)

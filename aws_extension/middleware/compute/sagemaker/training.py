@@ -262,16 +262,27 @@ class SageMakerTraining:
         return None
 
     def _channel(self, job_id: str, name: str, files: list[ChannelFile]) -> dict[str, Any]:
-        """A channel whose manifest lists the files under their keys (all of a channel's under one folder)."""
-        folders = {f.key[: -len(f.filename)] for f in files}
+        """A channel whose manifest lists the files under their keys, when they are all in one folder under
+        their channel names (one dataset); otherwise (several concepts: `<i>/<file>` from several datasets)
+        the files are copied under the job's prefix first, where they are."""
+        folders = {f.key[: -len(f.filename)] for f in files if f.key.endswith("/" + f.filename)}
         if len(folders) != 1 or not all(f.key.endswith("/" + f.filename) for f in files):
-            raise ValueError(f"the files of the input channel {name!r} are not in one folder: {sorted(folders)}")
+            files = [self._staged(job_id, name, f) for f in files]
+            folders = {f"{self.prefix(job_id)}input/{name}/"}
         manifest = [{"prefix": self.blobs.uri(folders.pop().rstrip("/")) + "/"}, *(f.filename for f in files)]
         key = f"{self.prefix(job_id)}input/{name}.manifest"
         with self.blobs.writer(key) as out:
             out.write(json.dumps(manifest).encode())
         return {"ChannelName": name, "DataSource": {"S3DataSource": {
             "S3DataType": "ManifestFile", "S3Uri": self.blobs.uri(key), "S3DataDistributionType": "FullyReplicated"}}}
+
+    def _staged(self, job_id: str, channel: str, file: ChannelFile) -> ChannelFile:
+        key = f"{self.prefix(job_id)}input/{channel}/{file.filename}"
+        if not self.blobs.exists(key):
+            with self.blobs.writer(key) as out:
+                for chunk in self.blobs.iter_chunks(file.key):
+                    out.write(chunk)
+        return ChannelFile(key, file.filename)
 
     def stop(self, job: TrainingJob) -> bool:
         if not job.run_name:
