@@ -58,11 +58,23 @@ LEARNABLE_CHECKPOINT_NAME = "tiny-learnable.safetensors"
 
 @pytest.fixture(scope="session")
 def learnable_checkpoint(tmp_path_factory) -> Path:
-    """The tiny model that can show learning (`make-tiny-model --learnable`), built once per session."""
+    """The tiny model that can show learning (`make-tiny-model --learnable`), built once per run: its build
+    takes a minute, so parallel workers (pytest-xdist) share one, built by the first under a file lock in the
+    run's shared temporary folder. Tests only read it."""
+    from filelock import FileLock
+
     from aws_extension.engine.tiny import write_tiny_model
 
-    path = tmp_path_factory.mktemp("learnable") / LEARNABLE_CHECKPOINT_NAME
-    write_tiny_model(path, learnable=True)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder of every worker's basetemp
+    path = shared / "learnable" / LEARNABLE_CHECKPOINT_NAME
+    with FileLock(str(shared / "learnable.lock")):
+        if not path.is_file():  # built in a folder of its own, then moved: never seen half-written
+            building = shared / "learnable.building"
+            building.mkdir(exist_ok=True)
+            write_tiny_model(building / LEARNABLE_CHECKPOINT_NAME, learnable=True)
+            building.rename(path.parent)
     return path
 
 
