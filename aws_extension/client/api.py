@@ -320,7 +320,8 @@ class MiddlewareClient:
                                                    "status": TrainingModelStatus.CREATING.value})["job"]
 
     def list_training_models(self, status: list[str] | None = None) -> list[dict]:
-        return self.request("GET", "/models", params={"status": status} if status else None)["models"]
+        """Every training base of the key (all pages), newest first."""
+        return self._all_pages("/models", {"status": ",".join(status)} if status else {}, "models")
 
     def wait_for_training_model(self, model_id: str, timeout_s: float = 3600, poll_s: float = 1.0) -> dict:
         """Poll until the model is Complete; ApiError with its reason when it failed."""
@@ -358,8 +359,9 @@ class MiddlewareClient:
         return self.request("GET", f"/train/{train_job_id}")["job"]
 
     def list_trainings(self, status: list[str] | None = None, types: list[str] | None = None) -> list[dict]:
-        params = {k: v for k, v in {"status": status, "types": types}.items() if v}
-        return self.request("GET", "/trains", params=params or None)["trainJobs"]
+        """Every training job of the key (all pages), newest first."""
+        params = {k: ",".join(v) for k, v in {"status": status, "types": types}.items() if v}
+        return self._all_pages("/trains", params, "trainJobs")
 
     def wait_for_training(self, train_job_id: str, timeout_s: float = 24 * 3600, poll_s: float = 2.0,
                           on_update: Callable[[dict], None] | None = None) -> dict:

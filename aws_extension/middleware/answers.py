@@ -341,6 +341,7 @@ class TrainingModelCreating(BaseModel):
 class TrainingModelList(BaseModel):
     statusCode: int = 200
     models: list[TrainingModelJob]
+    last_key: str | None = None  # the next page's (null on the last page)
 
 
 def training_model_job(record: TrainingModel, location: str, label: OwnerLabel = as_named) -> TrainingModelJob:
@@ -400,6 +401,7 @@ class OneTrainingJob(BaseModel):
 class TrainingJobList(BaseModel):
     statusCode: int = 200
     trainJobs: list[TrainingJobAnswer]
+    last_key: str | None = None  # the next page's (null on the last page)
 
 
 def training_job(record: TrainingJob, input_location: str, progress: dict[str, Any] | None = None,

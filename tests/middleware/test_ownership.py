@@ -304,8 +304,14 @@ def test_trainings_over_the_limit_are_429_and_another_users_training_is_unknown(
     assert refused.message == ("user erin has 1 trainings running, the limit of role 'user' "
                                "(max_concurrent_trainings=1); wait for one to finish or stop one.")
     assert training.get("next").status == TrainingStatus.INITIAL
-    assert [r.id for r in training.list([], [], erin)] == ["next", "running"]
-    assert {r.id for r in training.list([], [], ADMIN)} == {"running", "next", "franks"}
+    assert [r.id for r in training.page([], [], 100, None, erin)[0]] == ["next", "running"]
+    assert {r.id for r in training.page([], [], 100, None, ADMIN)[0]} == {"running", "next", "franks"}
+    # GET /trains a page at a time: the next page's key is the last id, null on the last page
+    first, key = training.page([], [], 2, None, ADMIN)
+    rest, end = training.page([], [], 2, key, ADMIN)
+    assert len(first) == 2 and key == first[-1].id and [r.id for r in rest] == ["running"] and end is None
+    assert isinstance(_refused(training.page, [], [], 2, "franks", erin), InvalidRequest)  # not erin's
+    assert isinstance(_refused(training.page, [], [], 2, "no-such-job", ADMIN), InvalidRequest)
     for call in (training.get, training.describe, training.start):
         assert isinstance(_refused(call, "franks", erin), UnknownRecord)
     assert isinstance(_refused(asyncio.run, training.stop("franks", erin)), UnknownRecord)

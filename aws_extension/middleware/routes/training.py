@@ -5,18 +5,22 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from aws_extension.middleware import answers
 from aws_extension.middleware.principals import Principal, current_principal
 from aws_extension.middleware.routes.checkpoints import FilenameParts, PartTag
 from aws_extension.middleware.routes.deps import get_services, owner_labels, query_list
+from aws_extension.middleware.routes.paging import LIST_PAGE, LIST_PAGE_MAX
 from aws_extension.middleware.services.checkpoints import FileToUpload
 from aws_extension.middleware.wiring import Services
 from aws_extension.vocabulary import TrainingModelStatus, TrainingStatus
 
 router = APIRouter(tags=["training"])
+
+PAGED = ("`limit` records (default 100, at most 1000), newest first, after the one whose id is `last_key`; the "
+         "answer's `last_key` is the next page's, null on the last page.")
 
 
 class Strict(BaseModel):
@@ -69,12 +73,17 @@ async def update_model(body: UpdateModel, services: Services = Depends(get_servi
 
 
 @router.get("/models", response_model=answers.TrainingModelList,
-            summary="The key's own training bases (administrators: everyone's, or ?owner=NAME's)")
-def list_models(request: Request, owner: str | None = None, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
+            summary="The key's own training bases (administrators: everyone's, or ?owner=NAME's), a page at a time",
+            description=PAGED)
+def list_models(request: Request, owner: str | None = None, limit: int = Query(LIST_PAGE, ge=1, le=LIST_PAGE_MAX),
+                last_key: str | None = None, services: Services = Depends(get_services),
+                principal: Principal = Depends(current_principal)):
     models = services.training_models
-    records = models.list(query_list(request, "status"), query_list(request, "types"), principal, owner)
+    records, next_key = models.page(query_list(request, "status"), query_list(request, "types"), limit, last_key,
+                                    principal, owner)
     label = owner_labels(services)
-    return answers.TrainingModelList(models=[answers.training_model_job(r, models.location(r), label) for r in records])
+    return answers.TrainingModelList(models=[answers.training_model_job(r, models.location(r), label) for r in records],
+                                     last_key=next_key)
 
 
 @router.post("/train", response_model=answers.TrainingJobCreated, summary="Create a training job (Initial)")
@@ -96,13 +105,17 @@ async def update_training(body: UpdateTraining, services: Services = Depends(get
 
 
 @router.get("/trains", response_model=answers.TrainingJobList,
-            summary="The key's own training jobs (administrators: everyone's, or ?owner=NAME's)")
-def list_trainings(request: Request, owner: str | None = None, services: Services = Depends(get_services), principal: Principal = Depends(current_principal)):
+            summary="The key's own training jobs (administrators: everyone's, or ?owner=NAME's), a page at a time",
+            description=PAGED)
+def list_trainings(request: Request, owner: str | None = None, limit: int = Query(LIST_PAGE, ge=1, le=LIST_PAGE_MAX),
+                   last_key: str | None = None, services: Services = Depends(get_services),
+                   principal: Principal = Depends(current_principal)):
     training = services.training
-    records = training.list(query_list(request, "status"), query_list(request, "types"), principal, owner)
+    records, next_key = training.page(query_list(request, "status"), query_list(request, "types"), limit, last_key,
+                                      principal, owner)
     label = owner_labels(services)
     return answers.TrainingJobList(trainJobs=[answers.training_job(r, training.input_location(r), label=label)
-                                              for r in records])
+                                              for r in records], last_key=next_key)
 
 
 @router.get("/train/{train_job_id}", response_model=answers.OneTrainingJob,

@@ -14,7 +14,7 @@ from aws_extension.middleware.errors import InvalidRequest, TooLarge, UnknownRec
 from aws_extension.middleware.principals import BOOTSTRAP_ADMIN, Principal
 from aws_extension.middleware.records import DATASETS, Dataset, DatasetFile
 from aws_extension.middleware.services.names import check_filename, check_name, now
-from aws_extension.middleware.services.ownership import listed_owners, sees_owner
+from aws_extension.middleware.services.ownership import owned_page, sees_owner
 from aws_extension.middleware.store.base import DuplicateRecord, Store
 from aws_extension.middleware.store.typed import Records
 from aws_extension.vocabulary import DatasetStatus
@@ -106,14 +106,7 @@ class DatasetService:
              owner: str | None = None) -> tuple[list[Dataset], str | None]:
         """One page of the principal's datasets (administrators: everyone's, or `owner`'s), newest first, after
         the dataset named `last_key`; and the next page's key (GET /datasets)."""
-        after = None
-        if last_key:
-            previous = self.records.get(last_key)
-            if previous is None or not sees_owner(principal, previous.owner):
-                raise InvalidRequest(f"last_key {last_key!r} is not the name of a dataset.")
-            after = self.records.key_after(previous)
-        page = self.records.page({"status": statuses, "owner": listed_owners(principal, owner)}, limit, after)
-        return page.records, page.records[-1].id if page.next_key else None
+        return owned_page(self.records, {"status": statuses}, limit, last_key, principal, owner, "dataset")
 
     def files(self, dataset_name: str, principal: Principal = BOOTSTRAP_ADMIN) -> list[DatasetFileState]:
         """The files of a dataset, with a signed preview URL for each one that has arrived."""

@@ -17,11 +17,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from aws_extension.middleware.errors import AccessDenied, InvalidRequest, TooManyRequests
 from aws_extension.middleware.principals import BOOTSTRAP_USERNAME, Principal
 from aws_extension.middleware.records import Checkpoint
+from aws_extension.middleware.store.typed import Records
 from aws_extension.vocabulary import Permission
+
+R = TypeVar("R")
 
 # Retry-After of a 429: a queued job usually ends within seconds; a training slot frees up in minutes.
 QUEUED_JOBS_RETRY_AFTER_S = 10
@@ -55,6 +59,21 @@ def listed_owners(principal: Principal, requested: str | None) -> list[str]:
         raise AccessDenied(f"user {principal.username} may list only their own records; ?owner= another user "
                            "needs the user:all permission.")
     return [principal.username]
+
+
+def owned_page(records: Records[R], where: dict[str, list[Any]], limit: int, last_key: str | None,
+               principal: Principal, owner: str | None, what: str) -> tuple[list[R], str | None]:
+    """One page of the principal's records (administrators: everyone's, or `owner`'s) matching `where`,
+    newest first, after the record whose id is `last_key` (a list route's); and the next page's `last_key`
+    (None on the last page)."""
+    after = None
+    if last_key:
+        previous = records.get(last_key)
+        if previous is None or not sees_owner(principal, previous.owner):
+            raise InvalidRequest(f"last_key {last_key!r} is not the id of a {what}.")
+        after = records.key_after(previous)
+    page = records.page({**where, "owner": listed_owners(principal, owner)}, limit, after)
+    return page.records, page.records[-1].id if page.next_key else None
 
 
 def in_roles(principal: Principal, roles: Iterable[str]) -> bool:

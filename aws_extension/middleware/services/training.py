@@ -52,7 +52,7 @@ from aws_extension.middleware.records import (
 from aws_extension.middleware.services.checkpoints import CheckpointService, FileToUpload
 from aws_extension.middleware.services.datasets import DatasetService
 from aws_extension.middleware.services.names import check_name, new_id, now, time_text
-from aws_extension.middleware.services.ownership import check_trainings, listed_owners, sees_owner
+from aws_extension.middleware.services.ownership import check_trainings, owned_page, sees_owner
 from aws_extension.middleware.store.base import Store
 from aws_extension.middleware.store.typed import Records
 from aws_extension.model_files import (
@@ -155,9 +155,11 @@ class TrainingModelService:
             raise UnknownRecord(f"model {model_id} does not exist.")
         return record
 
-    def list(self, statuses: list[str], types: list[str], principal: Principal = BOOTSTRAP_ADMIN,
-             owner: str | None = None) -> list[TrainingModel]:
-        return self.records.all({"status": statuses, "model_type": types, "owner": listed_owners(principal, owner)})
+    def page(self, statuses: list[str], types: list[str], limit: int, last_key: str | None,
+             principal: Principal = BOOTSTRAP_ADMIN, owner: str | None = None) -> tuple[list[TrainingModel], str | None]:
+        """GET /models: one page of the principal's bases, newest first, and the next page's `last_key`."""
+        return owned_page(self.records, {"status": statuses, "model_type": types}, limit, last_key, principal, owner,
+                          "training model")
 
     def location(self, record: TrainingModel) -> str:
         return self.blobs.uri(record.base_key or f"training-models/{record.id}")
@@ -227,7 +229,7 @@ class TrainingModelService:
 
     def restore(self) -> None:
         """At start: preparations a stopped middleware left `Creating` run again (they are repeatable)."""
-        for record in self.list([TrainingModelStatus.CREATING], []):
+        for record in self.records.iterate({"status": [TrainingModelStatus.CREATING]}):
             self._preparations.submit(self.prepare, record.id)
 
     def stop(self) -> None:
@@ -624,9 +626,11 @@ class TrainingService:
                 urls.append(self.blobs.signed_url(key, "GET", self.signed_url_ttl_s))
         return urls
 
-    def list(self, statuses: list[str], types: list[str], principal: Principal = BOOTSTRAP_ADMIN,
-             owner: str | None = None) -> list[TrainingJob]:
-        return self.records.all({"status": statuses, "train_type": types, "owner": listed_owners(principal, owner)})
+    def page(self, statuses: list[str], types: list[str], limit: int, last_key: str | None,
+             principal: Principal = BOOTSTRAP_ADMIN, owner: str | None = None) -> tuple[list[TrainingJob], str | None]:
+        """GET /trains: one page of the principal's training jobs, newest first, and the next page's `last_key`."""
+        return owned_page(self.records, {"status": statuses, "train_type": types}, limit, last_key, principal, owner,
+                          "training job")
 
     def input_location(self, record: TrainingJob) -> str:
         return self.blobs.uri(f"train/{record.id}")
