@@ -125,3 +125,21 @@ def test_a_refused_job_is_reported_as_a_failure_and_a_name_is_new_per_run(traini
     ((_, ended),) = reports.ended
     assert "SD_AWS_WORKER_IMAGE" in ended.failure
     assert compute.is_running(job) is False  # SageMaker never heard of it
+
+
+def test_a_channel_of_several_concepts_is_copied_under_the_job_and_one_dataset_is_listed_where_it_is(training):
+    from aws_extension.middleware.compute.base import ChannelFile
+
+    compute, _ = training
+    for key in ("dataset/reds/a.png", "dataset/blues/b.png", "dataset/blues/b.txt"):
+        with compute.blobs.writer(key) as out:
+            out.write(key.encode())
+    one = compute._channel("job-1", "instance", [ChannelFile("dataset/blues/b.png", "b.png"),
+                                                 ChannelFile("dataset/blues/b.txt", "b.txt")])
+    manifest = json.loads(compute.blobs.read(one["DataSource"]["S3DataSource"]["S3Uri"].split("/", 3)[3]))
+    assert manifest == [{"prefix": compute.blobs.uri("dataset/blues") + "/"}, "b.png", "b.txt"]
+    several = compute._channel("job-2", "instance", [ChannelFile("dataset/reds/a.png", "0/a.png"),
+                                                     ChannelFile("dataset/blues/b.png", "1/b.png")])
+    manifest = json.loads(compute.blobs.read(several["DataSource"]["S3DataSource"]["S3Uri"].split("/", 3)[3]))
+    assert manifest == [{"prefix": compute.blobs.uri("training/job-2/input/instance") + "/"}, "0/a.png", "1/b.png"]
+    assert compute.blobs.read("training/job-2/input/instance/1/b.png") == b"dataset/blues/b.png"
