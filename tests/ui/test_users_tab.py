@@ -206,6 +206,11 @@ def test_two_gradio_users_have_their_own_key_file_and_their_cloud_jobs_go_with_i
         assert len(host_webui.processing.process_images(p).images) == 1
     jobs = [e for e in stack.client.audit_trail(since=since)["entries"] if e["action"] == "POST /inference/v2"]
     assert sorted(e["actor"] for e in jobs) == sorted(names.values())
+    # and each sees only their own job in the Jobs tab (the middleware lists a key's own jobs)
+    for who in names:
+        rows = tab.job_table(request=gr.Request(username=who))[0]["data"]
+        own = {i for e in jobs if e["actor"] == names[who] for i in e["record_ids"]}
+        assert len(rows) == 1 and rows[0][0] in own, (who, rows, jobs)
 
     # without a user (the WebUI's API, or no gradio auth) the shared key as before
     monkeypatch.setattr(host_webui.shared.cmd_opts, "gradio_auth", None)
