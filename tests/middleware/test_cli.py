@@ -83,7 +83,7 @@ def training_base(middleware, learnable_checkpoint, tmp_path_factory, backend):
     """The learnable tiny model as an Active checkpoint and a dataset of two red images (local backend:
     the only one that trains)."""
     if backend != "local":
-        pytest.skip("local backend only: training jobs run on the local backend")
+        pytest.skip("local backend only: the CLI is the same client on every backend (aws training: tests/training/test_sagemaker_training.py)")
     from PIL import Image
 
     tmp = tmp_path_factory.mktemp("cli-train")
@@ -99,7 +99,7 @@ def training_base(middleware, learnable_checkpoint, tmp_path_factory, backend):
     return checkpoint
 
 
-@pytest.mark.local_only("training jobs run on the local backend")
+@pytest.mark.local_only("the CLI is the same client on every backend (aws training: tests/training/test_sagemaker_training.py)")
 def test_train_lora_waits_with_a_progress_bar_and_says_how_to_use_the_lora(middleware, training_base):
     result = sd_aws(middleware, "train", "lora", "--base", "cli-tiny", *TRAIN_FLAGS, "--steps", "3", "--rank", "2",
                     "--wait", timeout_s=600)
@@ -116,7 +116,7 @@ def test_train_lora_waits_with_a_progress_bar_and_says_how_to_use_the_lora(middl
     assert shown.returncode == 0 and json.loads(shown.stdout)["checkpoint_id"] == job["checkpoint_id"]
 
 
-@pytest.mark.local_only("training jobs run on the local backend")
+@pytest.mark.local_only("the CLI is the same client on every backend (aws training: tests/training/test_sagemaker_training.py)")
 def test_ctrl_c_stops_the_job_which_resumes_and_the_base_is_reused(middleware, training_base):
     client = MiddlewareClient(middleware.url, API_KEY)
     env = {**os.environ, "SD_AWS_API_URL": middleware.url, "SD_AWS_API_KEY": API_KEY, "PYTHONPATH": str(REPO)}
@@ -147,7 +147,7 @@ def test_ctrl_c_stops_the_job_which_resumes_and_the_base_is_reused(middleware, t
     assert sd_aws(middleware, "train", "stop", job["id"]).returncode == 0
 
 
-@pytest.mark.local_only("training jobs run on the local backend")
+@pytest.mark.local_only("the CLI is the same client on every backend (aws training: tests/training/test_sagemaker_training.py)")
 def test_train_errors_are_one_sentence_and_exit_1(middleware, training_base):
     unknown = sd_aws(middleware, "train", "lora", "--base", "no-such-model", *TRAIN_FLAGS)
     assert unknown.returncode == 1
