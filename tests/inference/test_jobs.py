@@ -117,12 +117,18 @@ def test_lora_embedding_and_vae_from_the_catalogue(stack):
 
 def test_twenty_concurrent_jobs_finish_exactly_once(stack):
     body = {"task_type": "txt2img", "models": {"Stable-diffusion": [SEED_MODEL]}, "width": 64, "height": 64, "steps": 2}
+    # both workers busy first, so the twenty wait in the queue however fast they are sent (then freed)
+    busy = [stack.client.create_inference({**LONG_JOB, "seed": s})["inference_id"] for s in range(2)]
+    for job_id in busy:
+        wait_until_running(stack.client, job_id)
     with ThreadPoolExecutor(10) as pool:
         answers = list(pool.map(lambda i: stack.client.create_inference({**body, "prompt": f"job {i}", "seed": i}),
                                 range(20)))
     ids = [a["inference_id"] for a in answers]
     assert len(set(ids)) == 20
     seen_queued = any(stack.client.inference_job(i)["queue_position"] for i in ids)
+    for job_id in busy:
+        stack.client.cancel_inference(job_id)
     jobs = [stack.client.wait_for_job(i, timeout_s=600) for i in ids]
     assert [j["status"] for j in jobs] == ["succeed"] * 20
     assert all(j["attempts"] == 1 for j in jobs)
