@@ -158,3 +158,14 @@ class BlobStore(Protocol):
 
     def sweep_incomplete_uploads(self, older_than_s: float) -> list[str]:
         """Remove multipart uploads started more than `older_than_s` ago; returns their keys."""
+
+
+def key_of(blobs: BlobStore, location: str) -> str | None:
+    """The blob key of a location (`s3://<bucket>/<key>`) when it is in this store, else None."""
+    parts = location.split("/", 3)
+    if len(parts) < 4:
+        return None
+    try:
+        return parts[3] if blobs.uri(parts[3]) == location else None
+    except InvalidKey:
+        return None

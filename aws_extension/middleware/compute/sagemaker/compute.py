@@ -26,7 +26,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from aws_extension.middleware.aws_resources import StackResources
-from aws_extension.middleware.blobs.base import BlobStore, InvalidKey
+from aws_extension.middleware.blobs.base import BlobStore, key_of
 from aws_extension.middleware.compute.base import ComputeEvents, EndpointChange
 from aws_extension.middleware.compute.sagemaker.endpoints import DeploymentRefused, SageMakerEndpoints
 from aws_extension.middleware.compute.sagemaker.jobs import AsyncInvocations
@@ -191,7 +191,7 @@ class SageMakerCompute:
             if result.succeeded:
                 return InvocationAnswer.failed(job_id, "SageMaker's notification names no output location.")
             return InvocationAnswer.failed(job_id, reason)
-        key = self._key_of(result.result_location)
+        key = key_of(self.blobs, result.result_location)
         if key is None:
             return InvocationAnswer.failed(job_id, f"SageMaker wrote the result to {result.result_location}, "
                                                    "outside this stack's bucket.")
@@ -206,15 +206,6 @@ class SageMakerCompute:
             return InvocationAnswer.failed(job_id, reason)
         return answer
 
-    def _key_of(self, location: str) -> str | None:
-        """The blob key of `s3://<bucket>/<key>` when that is this store's bucket."""
-        parts = location.split("/", 3)
-        if len(parts) < 4:
-            return None
-        try:
-            return parts[3] if self.blobs.uri(parts[3]) == location else None
-        except InvalidKey:
-            return None
 
     def reap(self) -> None:
         """Fail the jobs whose notification should have come by now: the queue TTL (for a job no worker

@@ -39,7 +39,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from aws_extension.middleware.aws_resources import StackResources
-from aws_extension.middleware.blobs.base import BlobStore, InvalidKey
+from aws_extension.middleware.blobs.base import BlobStore, key_of
 from aws_extension.middleware.compute.base import (
     LOCAL_INSTANCE_TYPE,
     ChannelFile,
@@ -180,15 +180,6 @@ class SageMakerTraining:
     def _progress_key(self, job_id: str, name: str = PROGRESS_FILE) -> str:
         return f"{self.prefix(job_id)}checkpoints/{SYNCED_PROGRESS_DIR}/{name}"
 
-    def _key_of(self, location: str) -> str | None:
-        """The blob key of `s3://<bucket>/<key>` when that is this stack's bucket."""
-        parts = location.split("/", 3)
-        if len(parts) < 4:
-            return None
-        try:
-            return parts[3] if self.blobs.uri(parts[3]) == location else None
-        except InvalidKey:
-            return None
 
     # -- the port ---------------------------------------------------------------------------------------
     def start(self, reports: TrainingReports) -> None:
@@ -327,7 +318,7 @@ class SageMakerTraining:
     @contextmanager
     def open_model(self, job: TrainingJob, model: str) -> Iterator[tuple[str, BinaryIO]]:
         """The .safetensors file in the run's model.tar.gz, streamed out of it (never all in memory)."""
-        key = self._key_of(model)
+        key = key_of(self.blobs, model)
         if key is None:
             raise ValueError(f"SageMaker's model artefact {model!r} is not in this stack's bucket")
         wanted = (self._read_progress(job.id) or {}).get("model")
